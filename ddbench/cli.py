@@ -1,0 +1,417 @@
+"""The ``ddbench`` command. ``run``, ``distill`` and ``evaluate`` are Hydra apps (overrides,
+``-m`` multirun, launchers); the other sub-commands are plain argparse.
+
+    ddbench run      method=random dataset=mnist ipc=10        distill + evaluate
+    ddbench distill  method=random dataset=fashion_mnist ipc=1
+    ddbench evaluate synset=path/x.safetensors protocol=standard model=convnet
+    ddbench -m run   method=random ipc=1,10 dataset=mnist,fashion_mnist
+    ddbench data     list | prepare NAME [--download] [--force]
+    ddbench show     x.safetensors [--out grid.png]
+    ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
+    ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ddbench.errors import DDBenchError
+
+HYDRA_COMMANDS = ("run", "distill", "evaluate")
+OTHER_COMMANDS = ("data", "show", "import", "export")
+log = logging.getLogger("ddbench")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    print(f"ddbench: error: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _maybe_reexec_with_tcmalloc() -> None:
+    """Re-run this process with Debian's tcmalloc preloaded, where installed.
+
+    Per-step allocations of small-batch training make glibc's malloc page-fault heavily;
+    ``DDBENCH_ALLOCATOR=system`` keeps the default allocator.
+    """
+    from ddbench import _alloc
+
+    if os.environ.get("DDBENCH_ALLOCATOR") in ("system", "glibc") or _alloc.preloaded_allocator():
+        return
+    path = _alloc.tcmalloc_path()
+    if path is None or os.environ.get("_DDBENCH_REEXEC"):
+        return
+    env = dict(
+        os.environ,
+        LD_PRELOAD=(path + " " + os.environ.get("LD_PRELOAD", "")).strip(),
+        _DDBENCH_REEXEC="1",
+    )
+    try:
+        os.execve(sys.executable, [sys.executable, "-m", "ddbench.cli", *sys.argv[1:]], env)
+    except OSError:
+        return
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv is sys.argv[1:] or argv == sys.argv[1:]:
+        _maybe_reexec_with_tcmalloc()
+    command = next((a for a in argv if not a.startswith("-") and "=" not in a), None)
+    if command in (None, "-h", "--help", "help") or (
+        command is None and {"-h", "--help"} & set(argv)
+    ):
+        print(__doc__)
+        return
+    if command not in HYDRA_COMMANDS + OTHER_COMMANDS:
+        _fail(
+            f"unknown command {command!r}; commands: {', '.join(HYDRA_COMMANDS + OTHER_COMMANDS)}"
+        )
+    rest = argv[:]
+    rest.remove(command)
+    try:
+        if command in HYDRA_COMMANDS:
+            _hydra_app(command, rest)
+        else:
+            {"data": cmd_data, "show": cmd_show, "import": cmd_import, "export": cmd_export}[
+                command
+            ](rest)
+    except DDBenchError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+
+
+# ----------------------------------------------------------------------------- Hydra apps
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    def header(path: str) -> dict:
+        from ddbench.synset import read_header
+
+        try:
+            return read_header(path)
+        except DDBenchError:
+            return {}
+
+    for key, getter in (
+        ("synset_dataset", lambda p: header(p).get("dataset", "unknown")),
+        ("synset_method", lambda p: (header(p).get("method") or {}).get("name", "unknown")),
+        ("synset_ipc", lambda p: header(p).get("ipc", 0)),
+    ):
+        if not OmegaConf.has_resolver(key):
+            OmegaConf.register_new_resolver(key, getter)
+
+
+def _hydra_app(command: str, args: list[str]) -> None:
+    import hydra
+
+    _register_resolvers()
+    sys.argv = [f"ddbench {command}", *args]
+    task = {"run": job_run, "distill": job_distill, "evaluate": job_evaluate}[command]
+    app = hydra.main(version_base="1.3", config_path="pkg://ddbench.conf", config_name=command)(
+        _job(task)
+    )
+    app()
+
+
+def _job(fn):
+    def wrapped(cfg) -> Any:
+        try:
+            return fn(cfg)
+        except DDBenchError as e:
+            log.error("%s", e)
+            _fail(str(e))
+
+    wrapped.__name__ = fn.__name__
+    return wrapped
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
+    """A hash of the parts of the config that define a job's output."""
+    from omegaconf import OmegaConf
+
+    sub = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in keys
+        if k in cfg
+    }
+    return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model")
+_RUN_KEYS = (*_DISTILL_KEYS, "protocol")
+
+
+def _register_dataset(cfg) -> str:
+    from ddbench import data
+
+    ds = cfg.dataset
+    if ds.name == "imagefolder" or "root" in ds:
+        data.register_image_folder(
+            ds.name, ds.root, tuple(ds.get("im_size", (64, 64))), int(ds.get("channels", 3))
+        )
+    data.get_spec(ds.name)
+    return ds.name
+
+
+def _tracker(cfg, run_dir: Path):
+    from omegaconf import OmegaConf
+
+    from ddbench.tracking import Tracker
+
+    lg = cfg.logger
+    return Tracker(
+        lg.kind, project=lg.get("project", "ddbench"), group=lg.get("group"),
+        name=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), directory=str(run_dir),
+    )  # fmt: skip
+
+
+def _distill(cfg, run_dir: Path, tracker) -> Any:
+    """Make (or reuse, when it exists for this exact config) the run's synthetic set."""
+    import torch
+    from hydra.utils import get_object, instantiate
+    from omegaconf import OmegaConf
+
+    from ddbench import data, synset
+    from ddbench.augment import DSA
+    from ddbench.engine import pick_device
+    from ddbench.method import Checkpointer, Method, Task, run_distill
+    from ddbench.models import create_model
+
+    name = _register_dataset(cfg)
+    key = config_key(cfg, _DISTILL_KEYS)
+    out = run_dir / "synset.safetensors"
+    if out.exists() and not cfg.force:
+        try:
+            s = synset.load(out)
+            if s.meta.get("config_key") == key:
+                log.info("reusing %s (made by this config)", out)
+                return s, out
+        except DDBenchError as e:
+            log.warning("remaking %s: %s", out, e)
+    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
+    if "_target_" not in method_cfg:
+        raise DDBenchError(f"method config {method_cfg.get('name')!r} has no _target_")
+    try:
+        target = get_object(method_cfg["_target_"])
+    except Exception as e:
+        raise DDBenchError(f"cannot import method {method_cfg['_target_']!r}: {e}") from e
+    if not (isinstance(target, type) and issubclass(target, Method)):
+        raise DDBenchError(f"{method_cfg['_target_']} is not a ddbench.method.Method subclass")
+    try:
+        method = instantiate(method_cfg, _convert_="all")
+    except Exception as e:
+        raise DDBenchError(
+            f"could not build method {method_cfg.get('name')!r} from {method_cfg['_target_']}: {e}"
+        ) from e
+    method.name = method_cfg.get("name", method.name)
+    method.config = method_cfg  # the full node (_target_ included) is recorded in the set
+    spec = data.get_spec(name)
+    device = pick_device(cfg.device)
+    model_kwargs = dict(cfg.model.get("kwargs") or {})
+    create_model(
+        cfg.model.name, spec.channels, spec.num_classes, spec.im_size, **model_kwargs
+    )  # fail early
+
+    def model_factory():
+        return create_model(
+            cfg.model.name, spec.channels, spec.num_classes, spec.im_size, **model_kwargs
+        ).to(device)
+
+    task = Task(
+        train=data.load_split(name, "train"),
+        ipc=int(cfg.ipc),
+        model_factory=model_factory,
+        generator=torch.Generator().manual_seed(int(cfg.seed)),
+        seed=int(cfg.seed),
+        device=device,
+        augment=DSA(spec.dsa_strategy),
+        logger=tracker,
+        checkpointer=Checkpointer(run_dir, key, int(cfg.checkpoint_every)),
+        precision=cfg.precision,
+        val_loader=lambda: data.load_split(name, "val"),
+    )
+    torch.manual_seed(int(cfg.seed))
+    s = run_distill(method, task)
+    s.meta["config_key"] = key
+    synset.save(s, out)
+    task.checkpointer.clear()
+    log.info("saved %s (%d images, %.1fs)", out, len(s), s.meta["cost"]["wall_seconds"])
+    return s, out
+
+
+def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
+    from omegaconf import OmegaConf
+
+    from ddbench.protocol import Protocol, evaluate, write_result
+
+    protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True))
+    s.meta["_path"] = str(path)
+    result = evaluate(
+        s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
+        precision=cfg.precision, parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
+    )  # fmt: skip
+    result["config_key"] = config_key(cfg, _RUN_KEYS)
+    write_result(result, run_dir / "result.json")
+    tracker.result(result)
+    acc = result["accuracy"]
+    note = "" if protocol.comparable else "  [protocol not comparable with papers]"
+    print(f"{result['method']} {result['dataset']} ipc={result['ipc']} {protocol.name}/{result['model']}: "
+          f"{acc['mean']:.2f} +- {acc['std']:.2f} %{note}  -> {run_dir / 'result.json'}")  # fmt: skip
+    return result
+
+
+def _done(cfg, run_dir: Path) -> dict | None:
+    """The existing result of this exact config, if any (skipped unless force=true)."""
+    f = run_dir / "result.json"
+    if cfg.force or not f.exists():
+        return None
+    try:
+        r = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return None
+    return r if r.get("config_key") == config_key(cfg, _RUN_KEYS) else None
+
+
+def job_run(cfg) -> dict:
+    run_dir = _run_dir()
+    done = _done(cfg, run_dir)
+    if done is not None:
+        acc = done["accuracy"]
+        print(
+            f"already done: {acc['mean']:.2f} +- {acc['std']:.2f} %  ({run_dir / 'result.json'}; force=true redoes it)"
+        )
+        return done
+    tracker = _tracker(cfg, run_dir)
+    try:
+        s, path = _distill(cfg, run_dir, tracker)
+        _show_for_tracker(s, run_dir, tracker)
+        return _evaluate(cfg, s, path, run_dir, tracker)
+    finally:
+        tracker.finish()
+
+
+def job_distill(cfg) -> None:
+    run_dir = _run_dir()
+    tracker = _tracker(cfg, run_dir)
+    try:
+        s, path = _distill(cfg, run_dir, tracker)
+        _show_for_tracker(s, run_dir, tracker)
+        print(f"saved {path}")
+    finally:
+        tracker.finish()
+
+
+def job_evaluate(cfg) -> dict:
+    from ddbench import synset
+
+    run_dir = _run_dir()
+    s = synset.load(cfg.synset)
+    tracker = _tracker(cfg, run_dir)
+    try:
+        return _evaluate(cfg, s, Path(cfg.synset), run_dir, tracker)
+    finally:
+        tracker.finish()
+
+
+def _show_for_tracker(s, run_dir: Path, tracker) -> None:
+    if tracker.run is not None:
+        from ddbench.viz import save_grid
+
+        tracker.image("synset", str(save_grid(s, run_dir / "synset.png")))
+
+
+# ----------------------------------------------------------------------------- plain commands
+
+
+def cmd_data(args: list[str]) -> None:
+    from ddbench import data
+
+    p = argparse.ArgumentParser(prog="ddbench data")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the catalogue and what is prepared")
+    pp = sub.add_parser("prepare", help="convert a dataset once into the data root")
+    pp.add_argument("name")
+    pp.add_argument(
+        "--download", action="store_true", help="fetch with torchvision (needs the web)"
+    )
+    pp.add_argument("--force", action="store_true")
+    a = p.parse_args(args)
+    if a.action == "list":
+        print(f"data root: {data.data_root()}  (set DDBENCH_DATA to move it)")
+        for name, spec in sorted(data.CATALOGUE.items()):
+            state = "prepared" if data.is_prepared(name) else "not prepared"
+            print(
+                f"  {name:14s} {spec.channels}x{spec.im_size[0]}x{spec.im_size[1]} {spec.num_classes:4d} classes  [{state}]  {spec.source}"
+            )
+        print(
+            "  imagefolder    any class-per-folder tree: dataset=imagefolder dataset.root=PATH dataset.im_size=[64,64]"
+        )
+    else:
+        print(f"prepared {a.name}: {data.prepare(a.name, download=a.download, force=a.force)}")
+
+
+def cmd_show(args: list[str]) -> None:
+    from ddbench import synset
+    from ddbench.viz import save_grid
+
+    p = argparse.ArgumentParser(
+        prog="ddbench show", description="save a PNG grid of a set, one row per class"
+    )
+    p.add_argument("path")
+    p.add_argument("--out", default=None, help="PNG path (default: next to the set)")
+    a = p.parse_args(args)
+    s = synset.load(a.path)
+    out = save_grid(s, a.out or Path(a.path).with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+def cmd_import(args: list[str]) -> None:
+    from ddbench import synset
+
+    p = argparse.ArgumentParser(prog="ddbench import", description="convert a published set format")
+    p.add_argument("format", choices=["dc", "mtt", "imagefolder"])
+    p.add_argument("path", help="res_*.pt (dc), images_best.pt (mtt) or a folder (imagefolder)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--zca", action="store_true", help="(mtt) the images are ZCA-whitened")
+    p.add_argument("--experiment", type=int, default=0, help="(dc) which experiment of res_*.pt")
+    a = p.parse_args(args)
+    if a.format == "dc":
+        s = synset.import_dc(a.path, a.dataset, a.experiment)
+    elif a.format == "mtt":
+        s = synset.import_mtt(a.path, a.dataset, zca=a.zca)
+    else:
+        s = synset.import_image_folder(a.path, a.dataset)
+    synset.save(s, a.out)
+    print(f"wrote {a.out} ({len(s)} images, ipc {s.ipc}, expects protocol {s.meta['protocol']})")
+
+
+def cmd_export(args: list[str]) -> None:
+    from ddbench import synset
+
+    p = argparse.ArgumentParser(
+        prog="ddbench export", description="write a set as an ImageFolder of PNGs"
+    )
+    p.add_argument("path")
+    p.add_argument("out_dir")
+    a = p.parse_args(args)
+    print(f"wrote {synset.export_image_folder(synset.load(a.path), a.out_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The pinned evaluation protocol: train K fresh models on a set, test the final ones once.
+
+A protocol is a named recipe (``conf/protocol/*.yaml``) with a stable hash over everything
+that changes its numbers. The score is the *final-epoch* test accuracy of each model, mean
+and std over the protocol's fixed seeds. Nothing is selected on the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import resource
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddbench.errors import DDBenchError
+
+# Keys that change what a protocol measures; hashed in this order.
+_HASHED = (
+    "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+    "milestones", "gamma", "augment", "labels", "lr_from_set", "loss", "temperature", "seeds",
+)  # fmt: skip
+
+
+@dataclass
+class Protocol:
+    """A named, pinned evaluation recipe."""
+
+    name: str
+    epochs: int
+    batch_size: int = 256
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: list[float] = field(default_factory=lambda: [0.5])
+    gamma: float = 0.1
+    augment: str = "dsa"  # dsa (the dataset's default strategy) | none | an explicit strategy
+    labels: str = "hard"  # hard | set (the set's own labels, soft ones included)
+    lr_from_set: bool = False
+    loss: str = "ce"
+    temperature: float = 1.0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    comparable: bool = True  # False for smoke-test recipes whose numbers mean nothing
+    description: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Protocol:
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(cfg) - known)
+        if extra:
+            raise DDBenchError(f"protocol {cfg.get('name')!r} has unknown keys {extra}")
+        p = cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()})
+        if not p.seeds:
+            raise DDBenchError(f"protocol {p.name!r} has no seeds")
+        return p
+
+    @property
+    def hash(self) -> str:
+        d = asdict(self)
+        canon = json.dumps({k: d[k] for k in _HASHED}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def recipe(self, augment: str | None, lr: float | None = None):
+        from ddbench.engine import Recipe
+
+        return Recipe(
+            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
+            lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay,
+            schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
+            augment=augment, loss=self.loss, temperature=self.temperature,
+        )  # fmt: skip
+
+
+def peak_memory_bytes(device: torch.device | None = None) -> int:
+    """Peak resident memory of this process (or of the CUDA allocator on a GPU)."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    import ddbench
+    from ddbench import _alloc
+
+    return {
+        "ddbench": ddbench.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "allocator": _alloc.describe(),
+    }
+
+
+def set_space_transform(synset_meta: dict, train_split):
+    """A function mapping uint8 real images into the set's image space (normalised, ZCA)."""
+    space = synset_meta.get("space", {"normalized": True, "zca": False})
+    zca = None
+    if space.get("zca"):
+        from ddbench.augment import ZCA
+
+        zca = ZCA.fit(
+            train_split.normalize(train_split.images), eps=float(space.get("zca_eps", 0.1))
+        )
+    normalized = space.get("normalized", True)
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        x = train_split.normalize(x) if normalized else x.float() / 255.0
+        return zca(x) if zca is not None else x
+
+    return transform
+
+
+def evaluate(
+    synset,
+    protocol: Protocol,
+    model: str = "convnet",
+    model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    parallel: bool | str = "auto",
+    progress: bool = True,
+    log=None,
+) -> dict[str, Any]:
+    """Score ``synset`` under ``protocol``: mean/std of the final test accuracy over the seeds."""
+    from ddbench import data as ddata
+    from ddbench.augment import DSA
+    from ddbench.engine import accuracy, pick_device, train
+    from ddbench.models import create_model
+
+    meta = synset.meta
+    dataset = meta.get("dataset")
+    spec = ddata.get_spec(dataset)
+    device = pick_device(device) if not isinstance(device, torch.device) else device
+    if synset.soft_labels and protocol.labels == "hard":
+        raise DDBenchError(
+            f"this set carries soft labels; protocol {protocol.name!r} trains on hard labels. "
+            "Evaluate it under a protocol with labels: set (e.g. learned_lr) or kd"
+        )
+    lr = None
+    if protocol.lr_from_set:
+        if synset.lr is None:
+            raise DDBenchError(
+                f"protocol {protocol.name!r} uses the set's learned lr, but the set stores none"
+            )
+        lr = float(synset.lr.reshape(-1)[0])
+    strategy = None
+    if protocol.augment and protocol.augment != "none":
+        strategy = spec.dsa_strategy if protocol.augment == "dsa" else protocol.augment
+    recipe = protocol.recipe(strategy, lr)
+    recipe.precision = precision
+    dsa = DSA(strategy) if strategy else None
+    images = synset.images
+    if not meta.get("space", {}).get("normalized", True):
+        images = (images - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(
+            1, -1, 1, 1
+        )
+    targets = synset.labels if protocol.labels == "set" else synset.hard_labels
+    kwargs = dict(model_kwargs or {})
+
+    def build():
+        return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
+
+    t0 = time.perf_counter()
+    trained = train(
+        build, protocol.seeds, images, targets, recipe, device=device, lr=lr,
+        weights=synset.weights, augment=dsa, parallel=parallel,
+        progress=f"evaluate {meta.get('method', {}).get('name', '?')}" if progress else False,
+    )  # fmt: skip
+    train_split = ddata.load_split(dataset, "train")
+    test = ddata.load_split(dataset, "test")
+    accs = accuracy(
+        trained.models,
+        test.images,
+        test.labels,
+        transform=set_space_transform(meta, train_split),
+        precision=precision,
+    )
+    eval_seconds = time.perf_counter() - t0
+    acc = torch.tensor(accs)
+    nbytes = synset.nbytes()
+    result = {
+        "method": meta.get("method", {}).get("name"),
+        "dataset": dataset,
+        "ipc": meta.get("ipc"),
+        "model": model,
+        "model_kwargs": kwargs,
+        "protocol": {
+            "name": protocol.name,
+            "hash": protocol.hash,
+            "comparable": protocol.comparable,
+        },
+        "accuracy": {
+            "mean": float(acc.mean()),
+            "std": float(acc.std(unbiased=False)) if len(acc) > 1 else 0.0,
+            "per_seed": [
+                {"seed": int(s), "accuracy": float(a)} for s, a in zip(protocol.seeds, accs)
+            ],
+        },
+        "labels": {
+            "kind": "soft" if synset.soft_labels and protocol.labels == "set" else "hard",
+            "bytes": nbytes["labels"],
+        },
+        "cost": {
+            "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
+            "eval_seconds": eval_seconds,
+            "peak_memory_bytes": peak_memory_bytes(device),
+            "synset_bytes": nbytes["images"] + nbytes["labels"],
+            "image_bytes": nbytes["images"],
+            "label_bytes": nbytes["labels"],
+        },
+        "synset": {"path": meta.get("_path"), "sha256": meta.get("sha256")},
+        "versions": versions(),
+        "device": str(device),
+        "precision": precision,
+        "train_loss_final": trained.losses[-1] if trained.losses else None,
+    }
+    if log is not None:
+        log.info(
+            "%s %s ipc=%s model=%s protocol=%s: %.2f +- %.2f %% (%s) in %.0fs",
+            result["method"], dataset, result["ipc"], model, protocol.name,
+            result["accuracy"]["mean"], result["accuracy"]["std"],
+            ", ".join(f"{a:.2f}" for a in accs), eval_seconds,
+        )  # fmt: skip
+    return result
+
+
+def write_result(result: dict, path: str | Path) -> Path:
+    """Write ``result.json`` atomically."""
+    from ddbench.synset import atomic_write
+
+    text = json.dumps(result, indent=2, sort_keys=False, default=str)
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    return Path(path)

@@ -1,0 +1,385 @@
+"""The synthetic-set file: one ``.safetensors`` file, no pickle, that says how it must be evaluated.
+
+Tensors: ``images`` (float32 ``[N,C,H,W]``), ``labels`` (int64 ``[N]`` hard, or float32
+``[N,K]`` soft), optionally ``lr`` (a learned learning rate, ``[1]``) and ``weights`` (``[N]``).
+The JSON metadata sits in the safetensors header under the key ``ddbench``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ddbench.errors import DDBenchError
+
+SCHEMA_VERSION = 1
+_TENSOR_KEYS = ("images", "labels", "lr", "weights")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass
+class SyntheticSet(Dataset):
+    """A distilled (or selected) set: a ``torch.utils.data.Dataset`` of ``(image, label)``.
+
+    ``meta`` says which dataset and image space the images live in (``space``: normalised or
+    raw [0,1], ZCA or not), how they were made (``method``, ``seed``, ``cost``) and how they
+    must be evaluated (``protocol``).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+    lr: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+    @property
+    def soft_labels(self) -> bool:
+        return self.labels.dim() == 2
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        """Class index per image (argmax for soft labels)."""
+        return self.labels.argmax(1) if self.soft_labels else self.labels
+
+    @property
+    def ipc(self) -> int:
+        return int(self.meta.get("ipc", 0))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {"images": self.images.float(), "labels": self.labels}
+        if self.lr is not None:
+            out["lr"] = self.lr.detach().float().reshape(1)
+        if self.weights is not None:
+            out["weights"] = self.weights.detach().float()
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes of images and of labels as stored (soft labels count toward the set)."""
+        t = self.tensors()
+        return {
+            "images": t["images"].numel() * t["images"].element_size(),
+            "labels": t["labels"].numel() * t["labels"].element_size(),
+        }
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A checksum over names, dtypes, shapes and bytes of the tensors (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save(synset: SyntheticSet, path: str | Path) -> Path:
+    """Validate and write ``synset`` to ``path`` atomically; returns the path."""
+    from safetensors.torch import save_file
+
+    import ddbench
+
+    _validate_tensors(synset.images, synset.labels, synset.meta, str(path))
+    tensors = synset.tensors()
+    meta = dict(synset.meta)
+    meta.setdefault("schema_version", SCHEMA_VERSION)
+    meta.setdefault("ddbench_version", ddbench.__version__)
+    meta["num_images"] = len(synset)
+    meta["label_kind"] = "soft" if synset.soft_labels else "hard"
+    meta["sha256"] = tensors_sha256(tensors)
+    synset.meta = meta
+    header = {"ddbench": json.dumps(meta, sort_keys=True, default=str)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+    return Path(path)
+
+
+def _sniff(path: Path, raw: bytes) -> str | None:
+    """Name what a non-safetensors file looks like, for the error message."""
+    if raw[:2] == b"PK":
+        return "a zip archive (a torch.save file?)"
+    if raw[:1] == b"\x80":
+        return "a Python pickle"
+    if raw[:6] == b"\x93NUMPY":
+        return "a NumPy .npy file"
+    if raw[:8] == b"\x89PNG\r\n\x1a\n":
+        return "a PNG image"
+    return None
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The ddbench metadata of a set file, checking that it is a complete safetensors file."""
+    path = Path(path)
+    if not path.exists():
+        raise DDBenchError(f"{path}: no such file")
+    if path.is_dir():
+        raise DDBenchError(f"{path} is a directory, not a .safetensors file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise DDBenchError(
+                f"{path} is empty or truncated ({size} bytes): not a safetensors file"
+            )
+        kind = _sniff(path, head)
+        if kind:
+            raise DDBenchError(
+                f"{path} is {kind}, not a safetensors file; ddbench never unpickles set files. "
+                "Convert published formats with `ddbench import`"
+            )
+        (n,) = struct.unpack("<Q", head)
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise DDBenchError(
+                f"{path} is not a safetensors file, or it is truncated (bad header length)"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DDBenchError(f"{path} is not a safetensors file (unreadable header)") from e
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise DDBenchError(f"{path} is truncated: {size} bytes, the header promises {8 + n + end}")
+    meta = header.get("__metadata__", {}) or {}
+    if "ddbench" not in meta:
+        raise DDBenchError(
+            f"{path} is a safetensors file without ddbench metadata (not a synthetic set)"
+        )
+    try:
+        return json.loads(meta["ddbench"])
+    except json.JSONDecodeError as e:
+        raise DDBenchError(f"{path}: the ddbench metadata is not valid JSON") from e
+
+
+def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
+    """Read a set file into a :class:`SyntheticSet` (a ``torch.utils.data.Dataset``).
+
+    Fails with a :class:`DDBenchError` naming the problem on a missing, truncated or
+    non-safetensors file, NaN/Inf pixels, a wrong image shape for its dataset, labels outside
+    its classes, more images per class than its ipc, or a checksum mismatch.
+    """
+    from safetensors.torch import load_file
+
+    meta = read_header(path)
+    try:
+        t = load_file(str(path))
+    except Exception as e:
+        raise DDBenchError(f"{path} could not be read as safetensors: {e}") from e
+    missing = [k for k in ("images", "labels") if k not in t]
+    if missing:
+        raise DDBenchError(f"{path} lacks the tensor(s) {missing}")
+    unknown = sorted(set(t) - set(_TENSOR_KEYS))
+    if unknown:
+        raise DDBenchError(f"{path} holds unexpected tensors {unknown}")
+    if verify and meta.get("sha256") and tensors_sha256(t) != meta["sha256"]:
+        raise DDBenchError(f"{path}: checksum mismatch, the tensors were changed after saving")
+    _validate_tensors(t["images"], t["labels"], meta, str(path))
+    return SyntheticSet(t["images"], t["labels"], meta, t.get("lr"), t.get("weights"))
+
+
+def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, where: str) -> None:
+    """The checks shared by save and load: finiteness, shapes, label range, per-class budget."""
+    from ddbench.data import CATALOGUE
+
+    if images.dim() != 4:
+        raise DDBenchError(f"{where}: images must be [N,C,H,W], got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise DDBenchError(f"{where}: images must be float, got {images.dtype}")
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise DDBenchError(f"{where}: {bad} image(s) contain NaN or Inf pixels")
+    n = len(images)
+    ds = meta.get("dataset")
+    spec = CATALOGUE.get(ds)
+    num_classes = int(meta.get("num_classes") or (spec.num_classes if spec else 0))
+    if spec is not None and tuple(images.shape[1:]) != spec.shape:
+        raise DDBenchError(
+            f"{where}: images have shape {tuple(images.shape[1:])} but {ds} images are {spec.shape}"
+        )
+    if "image_shape" in meta and tuple(images.shape[1:]) != tuple(meta["image_shape"]):
+        raise DDBenchError(
+            f"{where}: images have shape {tuple(images.shape[1:])}, metadata says {meta['image_shape']}"
+        )
+    if labels.dim() == 1:
+        if labels.dtype not in (torch.int64, torch.int32):
+            raise DDBenchError(f"{where}: hard labels must be integers, got {labels.dtype}")
+        hard = labels.long()
+    elif labels.dim() == 2:
+        if not torch.isfinite(labels).all():
+            raise DDBenchError(f"{where}: soft labels contain NaN or Inf")
+        if num_classes and labels.shape[1] != num_classes:
+            raise DDBenchError(
+                f"{where}: soft labels have {labels.shape[1]} columns for {num_classes} classes"
+            )
+        hard = labels.argmax(1)
+    else:
+        raise DDBenchError(f"{where}: labels must be [N] or [N,K], got shape {tuple(labels.shape)}")
+    if len(labels) != n:
+        raise DDBenchError(f"{where}: {n} images but {len(labels)} labels")
+    if n and num_classes and (int(hard.min()) < 0 or int(hard.max()) >= num_classes):
+        raise DDBenchError(
+            f"{where}: labels outside the {num_classes} classes (min {int(hard.min())}, max {int(hard.max())})"
+        )
+    ipc = meta.get("ipc")
+    if ipc and n and not meta.get("full_dataset"):
+        most = int(torch.bincount(hard).max())
+        if most > int(ipc):
+            raise DDBenchError(
+                f"{where}: a class has {most} images, more than the set's ipc of {ipc}"
+            )
+
+
+# ----------------------------------------------------------------------------- importers
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.exists():
+        raise DDBenchError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DDBenchError(
+            f"{path} could not be read safely (weights_only=True): {str(e)[:300]}"
+        ) from e
+
+
+def _space(dataset: str, zca: bool) -> dict:
+    from ddbench.data import get_spec
+
+    spec = get_spec(dataset)
+    return {"normalized": True, "mean": list(spec.mean), "std": list(spec.std), "zca": zca}
+
+
+def _imported(
+    images, labels, dataset, origin, lr=None, zca=False, protocol="standard"
+) -> SyntheticSet:
+    from ddbench.data import get_spec
+
+    spec = get_spec(dataset)
+    images = images.detach().float().cpu()
+    labels = labels.detach().cpu()
+    labels = labels.float() if labels.dim() == 2 else labels.long()
+    hard = labels.argmax(1) if labels.dim() == 2 else labels
+    meta = {
+        "dataset": dataset,
+        "classes": list(spec.classes),
+        "num_classes": spec.num_classes,
+        "image_shape": list(images.shape[1:]),
+        "space": _space(dataset, zca),
+        "ipc": int(torch.bincount(hard, minlength=spec.num_classes).max()),
+        "method": {"name": f"imported:{origin}", "config": {}},
+        "protocol": protocol,
+        "seed": None,
+    }
+    return SyntheticSet(
+        images, labels, meta, None if lr is None else torch.as_tensor(lr).reshape(1)
+    )
+
+
+def import_dc(path: str | Path, dataset: str, experiment: int = 0) -> SyntheticSet:
+    """A DC/DSA/DM ``res_*.pt``: ``{'data': [[images, labels], ...], 'accs_all_exps': ...}``."""
+    obj = _torch_load(Path(path))
+    try:
+        images, labels = obj["data"][experiment][:2]
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise DDBenchError(
+            f"{path} is not a DC/DSA/DM result file (expected data[{experiment}] = [images, labels])"
+        ) from e
+    return _imported(images, labels, dataset, "dc")
+
+
+def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> SyntheticSet:
+    """MTT/FTD/DATM ``images_best.pt`` with ``labels_best.pt`` (and ``lr_best.pt``) beside it."""
+    images_path = Path(images_path)
+    images = _torch_load(images_path)
+    labels = _torch_load(images_path.with_name(images_path.name.replace("images", "labels")))
+    lr_path = images_path.with_name(images_path.name.replace("images", "lr"))
+    lr = _torch_load(lr_path) if lr_path.exists() else None
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise DDBenchError(f"{images_path}: expected tensors in images_*.pt / labels_*.pt")
+    s = _imported(
+        images,
+        labels,
+        dataset,
+        "mtt",
+        lr=lr,
+        zca=zca,
+        protocol="learned_lr" if lr is not None else "standard",
+    )
+    return s
+
+
+def export_image_folder(synset: SyntheticSet, out_dir: str | Path) -> Path:
+    """Write the set as ``out_dir/<class>/<i>.png`` in [0,1] pixel space (ZCA sets refused)."""
+    from PIL import Image
+
+    space = synset.meta.get("space", {})
+    if space.get("zca"):
+        raise DDBenchError(
+            "a ZCA-whitened set has no faithful PNG form; evaluate the .safetensors file"
+        )
+    x = synset.images.float()
+    if space.get("normalized", True):
+        mean = torch.tensor(space.get("mean", [0.0])).view(1, -1, 1, 1)
+        std = torch.tensor(space.get("std", [1.0])).view(1, -1, 1, 1)
+        x = x * std + mean
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    classes = synset.meta.get("classes") or [
+        str(i) for i in range(int(synset.hard_labels.max()) + 1)
+    ]
+    out_dir = Path(out_dir)
+    for i, (img, c) in enumerate(zip(x, synset.hard_labels.tolist())):
+        d = out_dir / _safe_dirname(str(classes[c]))
+        d.mkdir(parents=True, exist_ok=True)
+        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr).save(d / f"{i:06d}.png")
+    return out_dir
+
+
+def _safe_dirname(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def import_image_folder(root: str | Path, dataset: str) -> SyntheticSet:
+    """Class folders of PNG/JPEG images (folder order = the dataset's class order)."""
+    from ddbench.data import get_spec, read_image_folder
+
+    spec = get_spec(dataset)
+    root = Path(root)
+    if not root.is_dir():
+        raise DDBenchError(f"{root} is not a directory of class folders")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    names = [_safe_dirname(c) for c in spec.classes]
+    order = [c for c in names if c in folders] if set(folders) <= set(names) else folders
+    x, y, _ = read_image_folder(root, order, spec.channels, spec.im_size)
+    if set(folders) <= set(names):
+        y = torch.tensor([names.index(order[i]) for i in y.tolist()])
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return _imported((x.float() / 255 - mean) / std, y, dataset, "imagefolder")

@@ -1,0 +1,134 @@
+"""The ``ddbench`` command end to end, as a user runs it, on the real digits dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+TINY = [
+    "dataset=digits",
+    "protocol=quick",
+    "protocol.epochs=3",
+    "model.kwargs.net_width=16",
+    "progress=false",
+]
+
+
+def ddbench(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DDBENCH_ALLOCATOR="system", HYDRA_FULL_ERROR="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    p = subprocess.run(
+        [sys.executable, "-m", "ddbench.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check and p.returncode != 0:
+        raise AssertionError(f"ddbench {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_run_writes_set_result_and_log_then_skips_when_done(tmp_path):
+    out = tmp_path / "r"
+    p = ddbench("run", *TINY, "ipc=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    result = json.loads((out / "result.json").read_text())
+    assert result["method"] == "random" and result["dataset"] == "digits" and result["ipc"] == 2
+    assert result["protocol"]["name"] == "quick" and result["protocol"]["comparable"] is False
+    assert 0 <= result["accuracy"]["mean"] <= 100 and len(result["accuracy"]["per_seed"]) == 1
+    assert result["synset"]["sha256"] and (out / "synset.safetensors").exists()
+    assert any(out.glob("*.log")) and (out / ".hydra" / "config.yaml").exists()
+    assert "not comparable" in p.stdout
+    again = ddbench("run", *TINY, "ipc=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert "already done" in again.stdout
+
+
+def test_multirun_sweeps_each_combination(tmp_path):
+    ddbench(
+        "-m",
+        "run",
+        *TINY,
+        "ipc=1,2",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    results = [json.loads(f.read_text()) for f in (tmp_path / "sweep").rglob("result.json")]
+    assert sorted((r["ipc"], r["config_key"]) for r in results)[0][0] == 1
+    assert len({r["config_key"] for r in results}) == 4
+
+
+def test_distill_then_evaluate_then_show(tmp_path):
+    d = tmp_path / "d"
+    ddbench(
+        "distill", "dataset=digits", "ipc=3", "progress=false", f"hydra.run.dir={d}", cwd=tmp_path
+    )
+    synset = d / "synset.safetensors"
+    e = tmp_path / "e"
+    ddbench("evaluate", f"synset={synset}", "protocol=quick", "protocol.epochs=2", "model=mlp", "progress=false",
+            f"hydra.run.dir={e}", cwd=tmp_path)  # fmt: skip
+    r = json.loads((e / "result.json").read_text())
+    assert r["model"] == "mlp" and r["ipc"] == 3
+    png = tmp_path / "grid.png"
+    ddbench("show", str(synset), "--out", str(png), cwd=tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_method_from_another_package_plugs_in(tmp_path):
+    """`method._target_` may name any importable Method subclass (here: tests/plugin_method.py)."""
+    out = tmp_path / "p"
+    ddbench("run", *TINY, "ipc=2", "+method.brightness=0.25", "method._target_=plugin_method.MeanShifted",
+            "method.name=mean_shifted", f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
+    r = json.loads((out / "result.json").read_text())
+    assert r["method"] == "mean_shifted"
+    from ddbench import load
+
+    s = load(out / "synset.safetensors")
+    assert s.meta["method"]["config"]["brightness"] == 0.25
+    assert s.meta["method"]["config"]["_target_"] == "plugin_method.MeanShifted"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("dataset=imagenet_9000", "dataset/imagenet_9000"),
+        ("method=no_such_method", "method/no_such_method"),
+        ("protocol=bestontest", "protocol/bestontest"),
+        ("model.name=transformer9", "unknown model"),
+        ("ipc=0", "ipc must be"),
+        ("method._target_=os.getcwd", "not a ddbench.method.Method"),
+    ],
+)
+def test_bad_names_fail_with_one_clear_message(tmp_path, override, message):
+    p = ddbench(
+        "run", *TINY, override, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path, check=False
+    )
+    assert p.returncode != 0
+    assert message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+    assert not list((tmp_path / "x").glob("*.safetensors"))
+
+
+def test_evaluate_rejects_a_pickle_without_traceback(tmp_path):
+    import pickle
+
+    bad = tmp_path / "set.safetensors"
+    bad.write_bytes(pickle.dumps({"images": [1, 2, 3]}))
+    p = ddbench(
+        "evaluate", f"synset={bad}", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path, check=False
+    )
+    assert p.returncode != 0 and "pickle" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "e" / "result.json").exists()
+
+
+def test_data_list_names_the_catalogue(tmp_path):
+    p = ddbench("data", "list", cwd=tmp_path)
+    for name in ("mnist", "fashion_mnist", "digits", "cifar10", "cifar100", "svhn", "imagefolder"):
+        assert name in p.stdout

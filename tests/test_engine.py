@@ -1,0 +1,215 @@
+"""The training engine and the evaluation protocol, on the real (tiny) digits dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ddbench import data
+from ddbench.augment import DSA
+from ddbench.engine import Recipe, accuracy, lr_at, train
+from ddbench.errors import DDBenchError
+from ddbench.models import create_model
+from ddbench.protocol import Protocol, evaluate
+
+
+def _build():
+    return create_model("convnet", 1, 10, (8, 8), net_width=32)
+
+
+def _subset(split, per_class: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.cat(
+        [
+            split.indices_of(c)[torch.randperm(len(split.indices_of(c)), generator=g)[:per_class]]
+            for c in range(10)
+        ]
+    )
+    return split.normalize(split.images[idx]), split.labels[idx]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_split("digits", "train"), data.load_split("digits", "test")
+
+
+def _params(m):
+    return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+
+def test_training_learns_far_above_chance(digits):
+    train_split, test = digits
+    x, y = _subset(train_split, 20)
+    res = train(_build, [0], x, y, Recipe(epochs=60, lr=0.05), device="cpu", compile=False)
+    acc = accuracy(res.models, test.images, test.labels, transform=train_split.normalize)[0]
+    assert acc > 60, acc  # chance is 10 %
+    assert res.losses[-1] < res.losses[0]
+
+
+def test_same_seed_same_model_and_other_seed_differs(digits):
+    x, y = _subset(digits[0], 5)
+    r = Recipe(epochs=5, augment="color_crop_cutout_scale_rotate")
+    dsa = DSA(r.augment)
+    a = train(_build, [3], x, y, r, device="cpu", augment=dsa, compile=False).models[0]
+    b = train(_build, [3], x, y, r, device="cpu", augment=dsa, compile=False).models[0]
+    c = train(_build, [4], x, y, r, device="cpu", augment=dsa, compile=False).models[0]
+    assert torch.equal(_params(a), _params(b))
+    assert not torch.allclose(_params(a), _params(c))
+
+
+def test_models_trained_together_match_models_trained_alone(digits):
+    """Stacked (vmapped) training is K independent trainings: per-model seeds and streams."""
+    x, y = _subset(digits[0], 5)
+    r = Recipe(epochs=4, batch_size=16, augment="color_crop_cutout_scale_rotate")
+    dsa = DSA(r.augment)
+    together = train(
+        _build, [0, 1, 2], x, y, r, device="cpu", augment=dsa, parallel=True, compile=False
+    )
+    for k, seed in enumerate([0, 1, 2]):
+        alone = train(
+            _build, [seed], x, y, r, device="cpu", augment=dsa, parallel=False, compile=False
+        )
+        torch.testing.assert_close(
+            _params(together.models[k]), _params(alone.models[0]), atol=2e-4, rtol=1e-3
+        )
+
+
+def test_soft_targets_and_weights_train(digits):
+    x, y = _subset(digits[0], 5)
+    soft = torch.nn.functional.one_hot(y, 10).float() * 0.9 + 0.01
+    hard = train(_build, [0], x, y, Recipe(epochs=3), device="cpu", compile=False).models[0]
+    soft_m = train(_build, [0], x, soft, Recipe(epochs=3), device="cpu", compile=False).models[0]
+    kd = train(
+        _build,
+        [0],
+        x,
+        soft,
+        Recipe(epochs=3, loss="kd", temperature=4.0),
+        device="cpu",
+        compile=False,
+    )
+    assert not torch.allclose(_params(hard), _params(soft_m))
+    assert all(torch.isfinite(torch.tensor(kd.losses)))
+
+
+def test_learned_lr_overrides_recipe(digits):
+    x, y = _subset(digits[0], 2)
+    r = Recipe(epochs=2, lr=0.01)
+    default = train(_build, [0], x, y, r, device="cpu", compile=False).models[0]
+    overridden = train(_build, [0], x, y, r, device="cpu", lr=0.01, compile=False).models[0]
+    other = train(_build, [0], x, y, r, device="cpu", lr=0.2, compile=False).models[0]
+    assert torch.equal(_params(default), _params(overridden))
+    assert not torch.allclose(_params(default), _params(other))
+    with pytest.raises(DDBenchError, match="learning rate"):
+        train(_build, [0], x, y, r, device="cpu", lr=float("nan"), compile=False)
+
+
+def test_step_schedule_drops_at_half():
+    r = Recipe(epochs=10, lr=1.0)
+    assert [lr_at(r, e, 1.0) for e in (0, 4)] == [1.0, 1.0]
+    assert lr_at(r, 5, 1.0) == pytest.approx(0.1) and lr_at(r, 9, 1.0) == pytest.approx(0.1)
+
+
+def test_bad_recipe_is_rejected():
+    with pytest.raises(DDBenchError, match="optimizer"):
+        Recipe(epochs=1, optimizer="lbfgs")
+
+
+# ----------------------------------------------------------------------------- protocol
+
+
+def _standard(**over) -> Protocol:
+    from omegaconf import OmegaConf
+
+    from ddbench.cli import config_key  # noqa: F401  (import check: CLI module loads)
+
+    cfg = OmegaConf.to_container(OmegaConf.load(_conf("protocol/standard.yaml")))
+    cfg.update(over)
+    return Protocol.from_config(cfg)
+
+
+def _conf(rel: str) -> str:
+    import importlib.resources
+
+    return str(importlib.resources.files("ddbench.conf") / rel)
+
+
+def test_protocol_hash_is_stable_and_tracks_the_recipe():
+    a, b = _standard(), _standard()
+    assert a.hash == b.hash
+    assert _standard(epochs=999).hash != a.hash
+    assert _standard(seeds=[0, 1]).hash != a.hash
+    assert _standard(description="other words").hash == a.hash
+    with pytest.raises(DDBenchError, match="unknown keys"):
+        _standard(epochz=3)
+
+
+def test_pinned_protocols_have_the_published_recipes():
+    std, nodsa, llr = _standard(), None, None
+    from omegaconf import OmegaConf
+
+    nodsa = Protocol.from_config(
+        OmegaConf.to_container(OmegaConf.load(_conf("protocol/nodsa.yaml")))
+    )
+    llr = Protocol.from_config(
+        OmegaConf.to_container(OmegaConf.load(_conf("protocol/learned_lr.yaml")))
+    )
+    assert (std.epochs, std.lr, std.momentum, std.weight_decay, std.batch_size) == (
+        1000,
+        0.01,
+        0.9,
+        5e-4,
+        256,
+    )
+    assert std.augment == "dsa" and std.seeds == [0, 1, 2, 3, 4]
+    assert nodsa.epochs == 300 and nodsa.augment == "none"
+    assert (
+        llr.lr_from_set
+        and dataclasses.replace(llr, name="standard", lr_from_set=False, labels="hard").hash
+        == std.hash
+    )
+
+
+def _digits_set(digits, ipc=3, soft=False, lr=None):
+    from ddbench.synset import SyntheticSet
+
+    x, y = _subset(digits[0], ipc)
+    spec = data.get_spec("digits")
+    labels = torch.nn.functional.one_hot(y, 10).float() if soft else y
+    meta = {"dataset": "digits", "num_classes": 10, "ipc": ipc, "method": {"name": "random", "config": {}},
+            "space": {"normalized": True, "mean": list(spec.mean), "std": list(spec.std), "zca": False}}  # fmt: skip
+    return SyntheticSet(x, labels, meta, None if lr is None else torch.tensor([lr]))
+
+
+def test_evaluate_reports_final_epoch_accuracy_of_each_seed(digits):
+    """No selection on test: the reported numbers are those of the final models."""
+    p = _standard(epochs=15, seeds=[0, 1], augment="none")
+    s = _digits_set(digits)
+    r = evaluate(s, p, "convnet", {"net_width": 32}, device="cpu", progress=False)
+    trained = train(_build, [0, 1], s.images, s.labels, p.recipe(None), device="cpu", compile=False)
+    direct = accuracy(
+        trained.models, digits[1].images, digits[1].labels, transform=digits[0].normalize
+    )
+    got = [e["accuracy"] for e in r["accuracy"]["per_seed"]]
+    assert got == pytest.approx(direct, abs=1e-4)
+    assert r["accuracy"]["mean"] == pytest.approx(sum(direct) / 2, abs=1e-4)
+    assert r["protocol"] == {"name": "standard", "hash": p.hash, "comparable": True}
+    assert set(r["cost"]) >= {
+        "distill_seconds",
+        "eval_seconds",
+        "peak_memory_bytes",
+        "synset_bytes",
+    }
+
+
+def test_evaluate_refuses_mismatched_labels_and_missing_lr(digits):
+    with pytest.raises(DDBenchError, match="soft labels"):
+        evaluate(_digits_set(digits, soft=True), _standard(epochs=1), device="cpu", progress=False)
+    llr = _standard(epochs=1, lr_from_set=True, labels="set")
+    with pytest.raises(DDBenchError, match="learned lr"):
+        evaluate(_digits_set(digits), llr, device="cpu", progress=False)
+    r = evaluate(_digits_set(digits, soft=True, lr=0.02), dataclasses.replace(llr, seeds=[0]), "convnet",
+                 {"net_width": 16}, device="cpu", progress=False)  # fmt: skip
+    assert r["labels"]["kind"] == "soft"
