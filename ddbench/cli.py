@@ -169,13 +169,17 @@ def _register_dataset(cfg) -> str:
 
 
 def _tracker(cfg, run_dir: Path):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     from ddbench.tracking import Tracker
 
     lg = cfg.logger
+    hc = HydraConfig.get()
+    group = lg.get("group") or (Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None)
     return Tracker(
-        lg.kind, project=lg.get("project", "ddbench"), group=lg.get("group"),
+        lg.kind, project=lg.get("project", "ddbench"), group=group,
         name=str(run_dir), config=OmegaConf.to_container(cfg, resolve=True), directory=str(run_dir),
     )  # fmt: skip
 

@@ -194,11 +194,16 @@ def read_mnist(spec: DatasetSpec, raw: Path) -> dict:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, OSError) as e:
+        raise DDBenchError(f"{path} is truncated or corrupt ({e})") from e
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DDBenchError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DDBenchError(f"{path} is truncated inside its header")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -115,9 +116,9 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     meta["num_images"] = len(synset)
     meta["label_kind"] = "soft" if synset.soft_labels else "hard"
     meta["sha256"] = tensors_sha256(tensors)
-    synset.meta = meta
     header = {"ddbench": json.dumps(meta, sort_keys=True, default=str)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+    synset.meta = meta  # only once the file is in place
     return Path(path)
 
 
@@ -163,10 +164,14 @@ def read_header(path: str | Path) -> dict[str, Any]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DDBenchError(f"{path} is not a safetensors file (unreadable header)") from e
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    try:
+        entries = [v for k, v in header.items() if k != "__metadata__"]
+        end = max((int(v["data_offsets"][1]) for v in entries), default=0)
+        meta = header.get("__metadata__", {}) or {}
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+        raise DDBenchError(f"{path} is not a safetensors file (malformed header)") from e
     if 8 + n + end > size:
         raise DDBenchError(f"{path} is truncated: {size} bytes, the header promises {8 + n + end}")
-    meta = header.get("__metadata__", {}) or {}
     if "ddbench" not in meta:
         raise DDBenchError(
             f"{path} is a safetensors file without ddbench metadata (not a synthetic set)"
@@ -264,8 +269,11 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
+        why = lines[0] if lines else str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = re.sub(r"\x1b\[[0-9;]*m", "", why).split(" was not an allowed")[0][:200]
         raise DDBenchError(
-            f"{path} could not be read safely (weights_only=True): {str(e)[:300]}"
+            f"{path} holds Python objects besides tensors; refused by torch.load(weights_only=True) ({why})"
         ) from e
 
 

@@ -128,7 +128,36 @@ def test_evaluate_rejects_a_pickle_without_traceback(tmp_path):
     assert not (tmp_path / "e" / "result.json").exists()
 
 
+def test_wandb_logger_works_offline_without_an_account(tmp_path):
+    out = tmp_path / "w"
+    env_key = os.environ.pop("WANDB_API_KEY", None)
+    try:
+        ddbench("run", *TINY, "ipc=1", "logger=wandb", f"hydra.run.dir={out}", cwd=tmp_path)
+    finally:
+        if env_key:
+            os.environ["WANDB_API_KEY"] = env_key
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert (out / "synset.png").exists()
+
+
 def test_data_list_names_the_catalogue(tmp_path):
     p = ddbench("data", "list", cwd=tmp_path)
     for name in ("mnist", "fashion_mnist", "digits", "cifar10", "cifar100", "svhn", "imagefolder"):
         assert name in p.stdout
+
+
+def test_full_method_is_the_whole_train_split(tmp_path):
+    out = tmp_path / "f"
+    ddbench(
+        "distill",
+        "dataset=digits",
+        "method=full",
+        "progress=false",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    from ddbench import data, load
+
+    s = load(out / "synset.safetensors")
+    assert len(s) == len(data.load_split("digits", "train"))

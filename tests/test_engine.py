@@ -213,3 +213,47 @@ def test_evaluate_refuses_mismatched_labels_and_missing_lr(digits):
     r = evaluate(_digits_set(digits, soft=True, lr=0.02), dataclasses.replace(llr, seeds=[0]), "convnet",
                  {"net_width": 16}, device="cpu", progress=False)  # fmt: skip
     assert r["labels"]["kind"] == "soft"
+
+
+def test_zca_space_is_reproduced_for_the_test_split(digits):
+    """A ZCA set says so in its metadata; evaluation whitens the test images the same way."""
+    from ddbench.augment import ZCA
+    from ddbench.protocol import set_space_transform
+
+    train_split, test = digits
+    zca = ZCA.fit(train_split.normalize(train_split.images), eps=0.1)
+    s = _digits_set(digits)
+    s.images = zca(s.images)
+    s.meta["space"].update(zca=True, zca_eps=0.1)
+    transform = set_space_transform(s.meta, train_split)
+    torch.testing.assert_close(
+        transform(test.images[:50]), zca(train_split.normalize(test.images[:50]))
+    )
+    plain = set_space_transform({"space": {"normalized": True, "zca": False}}, train_split)
+    assert not torch.allclose(transform(test.images[:50]), plain(test.images[:50]))
+    r = evaluate(
+        s,
+        _standard(epochs=3, seeds=[0], augment="none"),
+        "convnet",
+        {"net_width": 16},
+        device="cpu",
+        progress=False,
+    )
+    assert 0 <= r["accuracy"]["mean"] <= 100
+
+
+def test_checkpointer_resumes_only_its_own_config(tmp_path):
+    from ddbench.method import Checkpointer
+
+    ck = Checkpointer(tmp_path, key="abc", every=2)
+    assert ck.load() is None and ck.due(2) and not ck.due(3)
+    ck.save(4, {"images": torch.arange(6.0).view(2, 3)}, {"note": "x"})
+    step, tensors, state = ck.load()
+    assert (
+        step == 4
+        and torch.equal(tensors["images"], torch.arange(6.0).view(2, 3))
+        and state == {"note": "x"}
+    )
+    assert Checkpointer(tmp_path, key="other").load() is None
+    (tmp_path / "checkpoint.safetensors").write_bytes(b"garbage")
+    assert ck.load() is None  # a damaged checkpoint never blocks a fresh start

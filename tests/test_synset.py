@@ -142,7 +142,7 @@ def test_load_feeds_a_plain_pytorch_training_loop(make_set, tmp_path: Path) -> N
     with torch.no_grad():
         before = nn.functional.cross_entropy(model(x_all), y_all).item()
     seen = 0
-    for _ in range(4):
+    for _ in range(10):
         for x, y in loader:
             assert x.shape[1:] == (1, 8, 8) and y.dtype == torch.int64
             loss = nn.functional.cross_entropy(model(x), y)
@@ -152,8 +152,8 @@ def test_load_feeds_a_plain_pytorch_training_loop(make_set, tmp_path: Path) -> N
             seen += len(x)
     with torch.no_grad():
         after = nn.functional.cross_entropy(model(x_all), y_all).item()
-    assert seen == 4 * 30
-    assert after < 0.7 * before, (before, after)
+    assert seen == 10 * 30
+    assert after < 0.5 * before, (before, after)
 
 
 def test_soft_labels_round_trip(make_set, tmp_path: Path) -> None:
@@ -241,12 +241,6 @@ def test_truncated_file_message_gives_sizes(make_set, tmp_path: Path) -> None:
         synset.load(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(AttributeError, TypeError, KeyError),
-    reason="BUG synset.read_header: a header that is valid JSON but not a dict of tensor entries "
-    "raises AttributeError/TypeError/KeyError at `end = max(v['data_offsets'][1] ...)`",
-)
 @pytest.mark.parametrize("header", [b"[]", b'{"images": 5}'])
 def test_malformed_header_json_is_a_clear_error(header: bytes, tmp_path: Path) -> None:
     path = tmp_path / "x.safetensors"
@@ -478,14 +472,7 @@ def test_cli_import_dc_writes_a_set(make_set, tmp_path: Path) -> None:
     "command",
     [
         "show",
-        pytest.param(
-            "import",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG synset._torch_load: the message embeds torch's multi-line weights_only "
-                "text (str(e)[:300], ANSI escapes, cut mid-sentence), so the CLI error spans lines",
-            ),
-        ),
+        "import",
     ],
 )
 def test_cli_bad_file_is_one_error_line(command: str, tmp_path: Path) -> None:
