@@ -59,9 +59,9 @@ def _maybe_reexec_with_tcmalloc() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv is sys.argv[1:] or argv == sys.argv[1:]:
+    if argv is None:  # a real command line (not a call from Python): pick the allocator
         _maybe_reexec_with_tcmalloc()
+    argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-") and "=" not in a), None)
     if command in (None, "-h", "--help", "help") or (
         command is None and {"-h", "--help"} & set(argv)
@@ -94,9 +94,11 @@ def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     def header(path: str) -> dict:
-        from ddbench.synset import read_header
+        from ddbench.synset import import_any, read_header
 
         try:
+            if str(path).endswith(".pt"):
+                return import_any(path).meta
             return read_header(path)
         except DDBenchError:
             return {}
@@ -324,10 +326,14 @@ def job_evaluate(cfg) -> dict:
     from ddbench import synset
 
     run_dir = _run_dir()
-    s = synset.load(cfg.synset)
+    path = Path(cfg.synset)
+    if path.suffix == ".pt":
+        s = synset.import_any(path, cfg.get("source_dataset"), bool(cfg.get("zca", False)))
+    else:
+        s = synset.load(path)
     tracker = _tracker(cfg, run_dir)
     try:
-        return _evaluate(cfg, s, Path(cfg.synset), run_dir, tracker)
+        return _evaluate(cfg, s, path, run_dir, tracker)
     finally:
         tracker.finish()
 

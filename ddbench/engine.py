@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from torch import nn
 
 from ddbench.errors import DDBenchError
 
+log = logging.getLogger("ddbench")
 _DATA_STREAM = 7919  # offsets the data generator's seed from the init seed
 
 
@@ -323,6 +325,8 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{ep_loss:.3f}", refresh=False)
         stack.unstack()
+        log.info("trained seed(s) %s: final loss %.4f, %.0fs so far", [seeds[models.index(m)] for m in group],
+                 ep_loss if recipe.epochs else float("nan"), time.perf_counter() - start)  # fmt: skip
     bar.close()
     for m in models:
         m.eval()

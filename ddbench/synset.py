@@ -391,3 +391,25 @@ def import_image_folder(root: str | Path, dataset: str) -> SyntheticSet:
     mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     return _imported((x.float() / 255 - mean) / std, y, dataset, "imagefolder")
+
+
+_DC_DATASETS = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist", "SVHN": "svhn",
+                "CIFAR10": "cifar10", "CIFAR100": "cifar100"}  # fmt: skip
+
+
+def import_any(path: str | Path, dataset: str | None = None, zca: bool = False) -> SyntheticSet:
+    """Read a published set file: DC/DSA/DM ``res_<method>_<Dataset>_<model>_<n>ipc.pt`` (the
+    dataset is read from the name when not given) or MTT/FTD/DATM ``images_*.pt``."""
+    path = Path(path)
+    name = path.name
+    if name.startswith("res_") and name.endswith(".pt"):
+        parts = name[4:-3].split("_")
+        guess = _DC_DATASETS.get(parts[1]) if len(parts) > 1 else None
+        if not (dataset or guess):
+            raise DDBenchError(f"cannot tell the dataset of {name}; pass dataset=NAME")
+        return import_dc(path, dataset or guess)
+    if name.startswith("images_") and name.endswith(".pt"):
+        if not dataset:
+            raise DDBenchError(f"MTT-format files do not name their dataset; pass dataset=NAME for {name}")
+        return import_mtt(path, dataset, zca=zca)
+    raise DDBenchError(f"{name}: not a .safetensors set, a DC res_*.pt or an MTT images_*.pt file")

@@ -161,3 +161,29 @@ def test_full_method_is_the_whole_train_split(tmp_path):
 
     s = load(out / "synset.safetensors")
     assert len(s) == len(data.load_split("digits", "train"))
+
+
+def test_evaluate_scores_published_dc_and_mtt_files(tmp_path):
+    """Files as the official DC and MTT code write them (torch.save of tensors)."""
+    import torch
+
+    from ddbench import data
+
+    train = data.load_split("digits", "train")
+    idx = torch.cat([train.indices_of(c)[:2] for c in range(10)])
+    x, y = train.normalize(train.images[idx]), train.labels[idx]
+    dc = tmp_path / "res_DC_digits_ConvNet_2ipc.pt"
+    torch.save({"data": [[x, y]], "accs_all_exps": {"ConvNet": [0.5]}}, dc)
+    torch.save(x, tmp_path / "images_best.pt")
+    torch.save(torch.nn.functional.one_hot(y, 10).float(), tmp_path / "labels_best.pt")
+    torch.save(torch.tensor(0.02), tmp_path / "lr_best.pt")
+    tiny = ["protocol.epochs=2", "model.kwargs.net_width=16", "progress=false", "source_dataset=digits"]
+    ddbench("evaluate", f"synset={dc}", "protocol=quick", *tiny, f"hydra.run.dir={tmp_path / 'dc'}", cwd=tmp_path)
+    r = json.loads((tmp_path / "dc" / "result.json").read_text())
+    assert r["method"] == "imported:dc" and r["ipc"] == 2 and r["labels"]["kind"] == "hard"
+    mtt = tmp_path / "images_best.pt"
+    ddbench("evaluate", f"synset={mtt}", "protocol=learned_lr", "protocol.seeds=[0]", *tiny,
+            f"hydra.run.dir={tmp_path / 'mtt'}", cwd=tmp_path)  # fmt: skip
+    r = json.loads((tmp_path / "mtt" / "result.json").read_text())
+    assert r["method"] == "imported:mtt" and r["labels"]["kind"] == "soft"
+    assert r["protocol"]["name"] == "learned_lr"

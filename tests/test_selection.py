@@ -1,0 +1,267 @@
+"""Selection baselines (herding, k-center, forgetting, EL2N, GraNd) on the real digits dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ddbench.errors import DDBenchError
+from ddbench.method import Checkpointer, Task
+from ddbench.models import create_model
+from ddbench.methods import selection as sel
+
+CONF = Path(__file__).parents[1] / "conf" / "method"
+IPC = 5
+
+
+def _factory():
+    return create_model("convnet", 1, 10, (8, 8), net_width=16)
+
+
+@pytest.fixture
+def make_task(digits_train):
+    def build(seed: int = 0, ipc: int = IPC, checkpointer: Checkpointer | None = None) -> Task:
+        return Task(
+            train=digits_train,
+            ipc=ipc,
+            model_factory=_factory,
+            generator=torch.Generator().manual_seed(seed),
+            seed=seed,
+            device=torch.device("cpu"),
+            checkpointer=checkpointer or Checkpointer(None),
+        )
+
+    return build
+
+
+# Small, fast configurations of every method (the digits train split has ~130 images a class).
+METHODS = {
+    "herding": lambda: sel.Herding(features="trained", feature_epochs=3),
+    "kcenter": lambda: sel.KCenter(features="trained", feature_epochs=3),
+    "kcenter_random_init": lambda: sel.KCenter(features="random", init="random"),
+    "forgetting": lambda: sel.Forgetting(epochs=6, lr=0.05, batch_size=64),
+    "el2n": lambda: sel.EL2N(models=2, epochs=3, lr=0.05, batch_size=64),
+    "grand": lambda: sel.GraNd(models=2, epochs=3, lr=0.05, batch_size=64),
+    "grand_at_init": lambda: sel.GraNd(models=2, epochs=0),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_selects_ipc_distinct_real_images_per_class_deterministically(name, make_task):
+    method = METHODS[name]()
+    task = make_task(seed=0)
+    s = method.distill(task)
+    idx = torch.tensor(s.meta["indices"])
+    train = task.train
+    assert len(s) == IPC * train.num_classes
+    assert len(idx.unique()) == len(idx)
+    assert torch.equal(s.labels, train.labels[idx])
+    assert torch.bincount(s.labels, minlength=10).tolist() == [IPC] * 10
+    assert torch.equal(s.images, train.normalize(train.images[idx]))
+    assert s.meta["method"]["name"] == method.name and s.meta["ipc"] == IPC
+    again = METHODS[name]().distill(make_task(seed=0))
+    assert again.meta["indices"] == s.meta["indices"]
+    other = METHODS[name]().distill(make_task(seed=1))
+    assert other.meta["indices"] != s.meta["indices"]
+
+
+def _class_feats(method, make_task):
+    """Features of every class under the feature network the method uses with seed 0."""
+    task = make_task(seed=0)
+    model = method.feature_model(task)
+    return [method.features_of(task, model, c) for c in range(task.num_classes)]
+
+
+def _positions(make_task, s):
+    """For each class, the selected rows within that class's index list."""
+    train = make_task().train
+    idx = torch.tensor(s.meta["indices"])
+    out = []
+    for c in range(train.num_classes):
+        members = train.indices_of(c)
+        chosen = idx[train.labels[idx] == c]
+        out.append(torch.tensor([int((members == i).nonzero()) for i in chosen]))
+    return out
+
+
+@pytest.mark.parametrize("features", ["trained", "random"])
+def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets(features, make_task):
+    method = sel.Herding(features=features, feature_epochs=3)
+    s = method.distill(make_task(seed=0))
+    feats = _class_feats(method, make_task)
+    g = torch.Generator().manual_seed(123)
+    herd, rand = [], []
+    for f, rows in zip(feats, _positions(make_task, s)):
+        mean = f.mean(0)
+        herd.append(float((f[rows].mean(0) - mean).norm()))
+        trials = [f[torch.randperm(len(f), generator=g)[:IPC]].mean(0) for _ in range(20)]
+        rand.append(float(torch.stack([(t - mean).norm() for t in trials]).mean()))
+    assert all(h < r for h, r in zip(herd, rand)), (herd, rand)
+
+
+def _radius(f: torch.Tensor, rows: torch.Tensor) -> float:
+    return float(torch.cdist(f, f[rows]).min(1).values.max())
+
+
+def test_kcenter_covering_radius_is_at_most_random_subsets(make_task):
+    method = sel.KCenter(features="trained", feature_epochs=3)
+    s = method.distill(make_task(seed=0))
+    feats = _class_feats(method, make_task)
+    g = torch.Generator().manual_seed(123)
+    for f, rows in zip(feats, _positions(make_task, s)):
+        ours = _radius(f, rows)
+        random_radii = [_radius(f, torch.randperm(len(f), generator=g)[:IPC]) for _ in range(20)]
+        assert ours <= sum(random_radii) / len(random_radii), (ours, random_radii)
+
+
+def test_chunked_herding_and_kcenter_match_a_naive_implementation():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(300, 24, generator=g) + torch.randn(1, 24, generator=g)
+    k = 12
+    # herding, naive: the full candidate means at every step
+    mean, picked = f.mean(0), []
+    for _ in range(k):
+        base = f[picked].sum(0) if picked else torch.zeros(24)
+        d = ((base + f) / (len(picked) + 1) - mean).norm(dim=1)
+        d[picked] = float("inf")
+        picked.append(int(d.argmin()))
+    assert sel.herding_select(f, k, chunk=7).tolist() == picked
+    # k-center, naive: the full distance matrix
+    full = torch.cdist(f, f)
+    picked = [int((f - f.mean(0)).norm(dim=1).argmin())]
+    for _ in range(k - 1):
+        d = full[:, picked].min(1).values
+        d[picked] = -1
+        picked.append(int(d.argmax()))
+    assert sel.kcenter_select(f, k, chunk=7).tolist() == picked
+
+
+def test_kcenter_never_duplicates_identical_points():
+    f = torch.zeros(6, 3)
+    f[3:] = 1.0  # two distinct points, three copies each
+    rows = sel.kcenter_select(f, 5)
+    assert len(rows.unique()) == 5
+
+
+def _assert_top_per_class(task, scores, idx, hardest=True):
+    for c in range(task.num_classes):
+        members = task.train.indices_of(c)
+        chosen = torch.zeros(len(task.train), dtype=torch.bool)
+        chosen[idx] = True
+        inside, outside = scores[members[chosen[members]]], scores[members[~chosen[members]]]
+        if hardest:
+            assert inside.min() >= outside.max(), (c, inside, outside.max())
+        else:
+            assert inside.max() <= outside.min(), (c, inside, outside.min())
+
+
+@pytest.mark.parametrize("keep", ["hardest", "easiest"])
+def test_forgetting_counts_events_and_selects_the_top_counts(keep, make_task):
+    cfg = dict(epochs=6, lr=0.05, batch_size=64, keep=keep)
+    out = sel.Forgetting(**cfg).score(make_task(seed=0))
+    count, learned, correct = out["count"], out["learned"], out["correct"]
+    assert (count >= 0).all() and (count <= cfg["epochs"] // 2).all()
+    assert int(count.sum()) > 0  # a few forgetting events do happen on this run
+    assert not learned[count > 0].logical_not().any()  # forgotten => was learned
+    assert torch.isinf(out["score"][~learned]).all()
+    # The counts come from the weights being trained: after the last epoch they agree with
+    # the trained model the engine returns for the same seed.
+    task = make_task(seed=0)
+    seed = sel.draw_seeds(task, 1)
+    (model,) = sel.train_models(task, seed, cfg["epochs"], lr=0.05, batch_size=64, desc="")
+    pred = model(task.train.normalize(task.train.images)).argmax(1)
+    assert torch.equal(pred == task.train.labels, correct)
+    s = sel.Forgetting(**cfg).distill(make_task(seed=0))
+    _assert_top_per_class(task, out["score"], torch.tensor(s.meta["indices"]), keep == "hardest")
+
+
+def test_forgetting_never_learned_count_ranks_by_plain_count(make_task):
+    cfg = dict(epochs=2, lr=0.01, batch_size=64, never_learned="count")
+    out = sel.Forgetting(**cfg).score(make_task(seed=0))
+    assert (~out["learned"]).any()  # two slow epochs leave some images never learned
+    assert torch.equal(out["score"], out["count"].float())
+
+
+@pytest.mark.parametrize("cls", [sel.EL2N, sel.GraNd])
+def test_scores_pick_the_misclassified_images_as_hardest(cls, make_task):
+    cfg = dict(models=2, epochs=3, lr=0.05, batch_size=64)
+    out = cls(**cfg).score(make_task(seed=0))
+    hard = torch.tensor(cls(**cfg).distill(make_task(seed=0)).meta["indices"])
+    easy = torch.tensor(cls(**cfg, keep="easiest").distill(make_task(seed=0)).meta["indices"])
+    task = make_task()
+    _assert_top_per_class(task, out["score"], hard, hardest=True)
+    _assert_top_per_class(task, out["score"], easy, hardest=False)
+    # the hardest images are the ones the scoring models get wrong more often
+    assert out["correct"][hard].mean() < out["correct"][easy].mean()
+    assert out["correct"][easy].mean() > out["correct"].mean()
+
+
+@pytest.mark.parametrize("epochs", [0, 2])
+def test_el2n_and_grand_match_their_definitions(epochs, make_task):
+    """EL2N = ||softmax - onehot||; GraNd = norm of the autograd gradient of the loss wrt the
+    last linear layer (weight and bias), for one model."""
+    el2n = sel.EL2N(models=1, epochs=epochs, batch_size=64).score(make_task())["score"]
+    grand = sel.GraNd(models=1, epochs=epochs, batch_size=64).score(make_task())["score"]
+    task = make_task()
+    seeds = sel.draw_seeds(task, 1)
+    (model,) = sel.train_models(task, seeds, epochs, lr=0.01, batch_size=64, desc="")
+    x = task.train.normalize(task.train.images[:25])
+    y = task.train.labels[:25]
+    for i in range(len(x)):
+        model.zero_grad()
+        logits = model(x[i : i + 1])
+        torch.nn.functional.cross_entropy(logits, y[i : i + 1]).backward()
+        w, b = model.classifier.weight.grad, model.classifier.bias.grad
+        expected = (w.pow(2).sum() + b.pow(2).sum()).sqrt()
+        assert torch.allclose(grand[i], expected, rtol=1e-4), (i, grand[i], expected)
+        err = logits.softmax(1)[0] - torch.nn.functional.one_hot(y[i], 10)
+        assert torch.allclose(el2n[i], err.norm(), rtol=1e-4)
+
+
+def test_scores_are_saved_and_resumed_without_retraining(make_task, tmp_path, monkeypatch):
+    method = lambda: sel.EL2N(models=1, epochs=2, batch_size=64)  # noqa: E731
+    first = method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="k")))
+    assert (tmp_path / "checkpoint.safetensors").exists()
+
+    def no_training(*a, **k):
+        raise AssertionError("resumed run retrained")
+
+    monkeypatch.setattr(sel, "train", no_training)
+    again = method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="k")))
+    assert again.meta["indices"] == first.meta["indices"]
+    with pytest.raises(AssertionError, match="retrained"):  # another config does not resume
+        method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="other")))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: sel.Herding(features="imagenet"), "features="),
+        (lambda: sel.KCenter(init="corner"), "init="),
+        (lambda: sel.EL2N(keep="middle"), "keep="),
+        (lambda: sel.GraNd(models=0), "models must be"),
+        (lambda: sel.Forgetting(never_learned="skip"), "never_learned="),
+        (lambda: sel.Forgetting(epochs=0), "epochs must be"),
+    ],
+)
+def test_bad_options_fail_clearly(build, message):
+    with pytest.raises(DDBenchError, match=message):
+        build()
+
+
+def test_ipc_larger_than_a_class_fails_clearly(make_task):
+    with pytest.raises(DDBenchError, match="cannot pick an image twice"):
+        sel.KCenter(features="random").distill(make_task(ipc=200))
+
+
+@pytest.mark.parametrize("name", ["herding", "kcenter", "forgetting", "el2n", "grand"])
+def test_configs_build_their_method(name):
+    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    method = instantiate(cfg, _convert_="all")
+    assert isinstance(method, sel._Selection) and method.name == cfg["name"] == name
+    params = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
+    assert method.config == params
