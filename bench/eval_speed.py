@@ -36,9 +36,8 @@ re-exec itself with tcmalloc as the ``ddbench`` CLI does; pick the allocator at 
 Shorter runs: ``--epochs 20`` times 20 epochs (21 for the original, which trains Epoch + 1) and
 reports s/epoch and s per 1000 epochs EXTRAPOLATED (first epoch + 999 x mean of the later
 epochs), labelled as such. ``--time-only`` skips the test evaluation. ``--compile`` is passed to
-``train`` (default ``auto``, as the product: note that ``auto`` compiles only runs of >= 1500
-steps, and one model x 1000 epochs x 1 batch is 1000 steps, so per-seed runs here train eagerly
-unless ``--compile on``).
+``train`` (default ``auto``, as the product: ``auto`` compiles runs of >= 1000 steps, so a
+1000-epoch run compiles and a short ``--epochs`` run does not unless ``--compile on``).
 """
 
 from __future__ import annotations

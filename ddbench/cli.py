@@ -270,9 +270,11 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     result = evaluate(
         s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
         precision=cfg.precision, parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
+        partial=run_dir / "result.partial.json",
     )  # fmt: skip
     result["config_key"] = config_key(cfg, _RUN_KEYS)
     write_result(result, run_dir / "result.json")
+    (run_dir / "result.partial.json").unlink(missing_ok=True)
     tracker.result(result)
     acc = result["accuracy"]
     note = "" if protocol.comparable else "  [protocol not comparable with papers]"

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench.engine import autocast, has_batchnorm
+from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Task
 from ddbench.synset import SyntheticSet
@@ -141,9 +141,11 @@ class ImageDistillation(Method):
         """The rows of class ``c`` in the images (ordered by class, ``ipc`` each)."""
         return slice(c * task.ipc, (c + 1) * task.ipc)
 
-    def fresh_net(self, task: Task, frozen: bool = False) -> nn.Module:
+    def fresh_net(self, task: Task, frozen: bool = False, channels_last: bool = False) -> nn.Module:
         """A newly initialised ``task.model_factory()`` in train mode, seeded from the task's
-        generator (the global RNG is left untouched). ``frozen``: no parameter needs grad."""
+        generator (the global RNG is left untouched). ``frozen``: no parameter needs grad.
+        ``channels_last``: weights (hence activations) in NHWC, ~30 % faster forward passes on
+        CPU (PyTorch's NCHW avg_pool2d is slow there), slower double backward (DC)."""
         seed = self.next_seed(task)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -151,6 +153,8 @@ class ImageDistillation(Method):
         net.train()
         if frozen:
             net.requires_grad_(False)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
         return net
 
     def siamese(
@@ -189,7 +193,7 @@ class ImageDistillation(Method):
         images.requires_grad_(True)
         self._opt = torch.optim.SGD([images], lr=self.image_lr(task), momentum=self.momentum_img)
         try:
-            start = self._resume(task, images)
+            start, seconds_before = self._resume(task, images)
             loss = math.nan
             log_every = max(1, self.iterations // 20)
             t0 = time.perf_counter()
@@ -219,14 +223,15 @@ class ImageDistillation(Method):
                 if self.eval_every and (it + 1) % self.eval_every == 0:
                     self.evaluate(task, images.detach(), labels, step=it + 1)
                 if task.checkpointer.due(it + 1):
-                    self._checkpoint(task, it + 1, images)
+                    spent = seconds_before + time.perf_counter() - t0
+                    self._checkpoint(task, it + 1, images, spent)
         finally:
-            opt, self._opt = self._opt, None
-        del opt
+            self._opt = None
         return task.make_set(
             images, labels, method=self, protocol=self.protocol,
             distillation={"iterations": self.iterations, "resumed_from": start,
-                          "final_loss": loss if math.isfinite(loss) else None},
+                          "final_loss": loss if math.isfinite(loss) else None,
+                          "loop_seconds": seconds_before + time.perf_counter() - t0},
         )  # fmt: skip
 
     def evaluate(
@@ -263,24 +268,25 @@ class ImageDistillation(Method):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` saved."""
 
-    def _checkpoint(self, task: Task, step: int, images: torch.Tensor) -> None:
+    def _checkpoint(self, task: Task, step: int, images: torch.Tensor, seconds: float) -> None:
         assert self._opt is not None
         tensors = {"images": images.detach(), "rng": task.generator.get_state()}
         momentum = self._opt.state.get(images, {}).get("momentum_buffer")
         if momentum is not None:
             tensors["opt_momentum"] = momentum
         tensors.update({f"extra.{k}": v for k, v in self.state_tensors().items()})
-        task.checkpointer.save(step, tensors, {"method": self.name})
+        task.checkpointer.save(step, tensors, {"method": self.name, "seconds": seconds})
 
-    def _resume(self, task: Task, images: torch.Tensor) -> int:
+    def _resume(self, task: Task, images: torch.Tensor) -> tuple[int, float]:
+        """``(iteration to start from, loop seconds spent before)``; restores the state."""
         loaded = task.checkpointer.load()
         if loaded is None:
-            return 0
-        step, tensors, _ = loaded
+            return 0, 0.0
+        step, tensors, state = loaded
         saved = tensors.get("images")
         if saved is None or saved.shape != images.shape or "rng" not in tensors:
             log.warning("ignoring a checkpoint that does not hold this run's images")
-            return 0
+            return 0, 0.0
         with torch.no_grad():
             images.copy_(saved.to(images.device))
         task.generator.set_state(tensors["rng"])
@@ -292,7 +298,7 @@ class ImageDistillation(Method):
         )
         step = min(int(step), self.iterations)
         log.info("%s: resuming from iteration %d", self.name, step)
-        return step
+        return step, float(state.get("seconds", 0.0))
 
 
 # ---------------------------------------------------------------------------------- shared
@@ -350,8 +356,6 @@ def train_steps(
 def freeze_batchnorm(net: nn.Module, real: torch.Tensor) -> None:
     """DC's trick for BatchNorm nets: set the running statistics from a real batch, then put
     the BatchNorm layers in eval mode (tiny synthetic batches give no usable statistics)."""
-    if not has_batchnorm(net):
-        return
     net.train()
     with torch.no_grad():
         net(real)

@@ -133,8 +133,13 @@ def evaluate(
     parallel: bool | str = "auto",
     progress: bool = True,
     log=None,
+    partial: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score ``synset`` under ``protocol``: mean/std of the final test accuracy over the seeds."""
+    """Score ``synset`` under ``protocol``: mean/std of the final test accuracy over the seeds.
+
+    ``partial``: a JSON file where each seed's accuracy is written as soon as it is known; an
+    interrupted evaluation rerun with the same file, set, protocol and model skips those seeds.
+    """
     from ddbench import data as ddata
     from ddbench.augment import DSA
     from ddbench.engine import accuracy, pick_device, train
@@ -174,20 +179,31 @@ def evaluate(
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
 
     t0 = time.perf_counter()
-    trained = train(
-        build, protocol.seeds, images, targets, recipe, device=device, lr=lr,
-        weights=synset.weights, augment=dsa, parallel=parallel,
-        progress=f"evaluate {meta.get('method', {}).get('name', '?')}" if progress else False,
-    )  # fmt: skip
     train_split = ddata.load_split(dataset, "train")
     test = ddata.load_split(dataset, "test")
-    accs = accuracy(
-        trained.models,
-        test.images,
-        test.labels,
-        transform=set_space_transform(meta, train_split),
-        precision=precision,
-    )
+    transform = set_space_transform(meta, train_split)
+    # Seeds already scored by an interrupted run of this exact evaluation (see ``partial``).
+    key = hashlib.sha256(
+        f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{meta.get('sha256')}|{precision}".encode()
+    ).hexdigest()[:16]
+    done = _load_partial(partial, key)
+    todo = [s for s in protocol.seeds if s not in done]
+    stacked = parallel is True or (parallel == "auto" and device.type == "cuda")
+    groups = [todo] if stacked else [[s] for s in todo]
+    losses = []
+    for group in (g for g in groups if g):
+        trained = train(
+            build, group, images, targets, recipe, device=device, lr=lr,
+            weights=synset.weights, augment=dsa, parallel=stacked,
+            progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
+        )  # fmt: skip
+        accs_g = accuracy(
+            trained.models, test.images, test.labels, transform=transform, precision=precision
+        )
+        done.update(zip(group, accs_g))
+        losses.append(trained.losses[-1] if trained.losses else None)
+        _save_partial(partial, key, done)
+    accs = [done[s] for s in protocol.seeds]
     eval_seconds = time.perf_counter() - t0
     acc = torch.tensor(accs)
     nbytes = synset.nbytes()
@@ -225,7 +241,7 @@ def evaluate(
         "versions": versions(),
         "device": str(device),
         "precision": precision,
-        "train_loss_final": trained.losses[-1] if trained.losses else None,
+        "train_loss_final": losses[-1] if losses else None,
     }
     if log is not None:
         log.info(
@@ -235,6 +251,23 @@ def evaluate(
             ", ".join(f"{a:.2f}" for a in accs), eval_seconds,
         )  # fmt: skip
     return result
+
+
+def _load_partial(path: str | Path | None, key: str) -> dict[int, float]:
+    if path is None or not Path(path).exists():
+        return {}
+    try:
+        d = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, OSError):
+        return {}
+    return (
+        {int(s): float(a) for s, a in d.get("per_seed", {}).items()} if d.get("key") == key else {}
+    )
+
+
+def _save_partial(path: str | Path | None, key: str, done: dict[int, float]) -> None:
+    if path is not None:
+        write_result({"key": key, "per_seed": {str(s): a for s, a in done.items()}}, path)
 
 
 def write_result(result: dict, path: str | Path) -> Path:

@@ -410,6 +410,8 @@ def import_any(path: str | Path, dataset: str | None = None, zca: bool = False) 
         return import_dc(path, dataset or guess)
     if name.startswith("images_") and name.endswith(".pt"):
         if not dataset:
-            raise DDBenchError(f"MTT-format files do not name their dataset; pass dataset=NAME for {name}")
+            raise DDBenchError(
+                f"MTT-format files do not name their dataset; pass dataset=NAME for {name}"
+            )
         return import_mtt(path, dataset, zca=zca)
     raise DDBenchError(f"{name}: not a .safetensors set, a DC res_*.pt or an MTT images_*.pt file")

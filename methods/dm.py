@@ -12,15 +12,19 @@ from torch import nn
 
 from ddbench.distill import ImageDistillation, class_means
 from ddbench.engine import autocast
+from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
 
 class DM(ImageDistillation):
     """Distribution matching of mean embeddings through random networks.
 
-    ``batched`` (default): one forward of all classes' real batches (no grad) and one of all
+    ``batched: true``: one forward of all classes' real batches (no grad) and one of all
     synthetic images, then per-class means; exact for networks without BatchNorm and the same
-    computation as DM's own BatchNorm branch. ``batched: false`` is DM's per-class loop.
+    computation as DM's own BatchNorm branch. ``batched: false`` is DM's per-class loop; the two
+    give the same loss and gradients. ``auto``: batched on CUDA (fewer, larger kernels); on CPU
+    the per-class loop is as fast (the work is compute-bound already at 256 images) and needs
+    ~3.5x less memory (one class's activations instead of all classes').
     ``lr_img_large_ipc`` replaces ``lr_img`` for ipc >= 100 (the paper's 10 vs 1).
     """
 
@@ -32,7 +36,7 @@ class DM(ImageDistillation):
         lr_img: float = 1.0,
         lr_img_large_ipc: float | None = 10.0,
         init: str = "real",
-        batched: bool = True,
+        batched: bool | str = "auto",
         **config,
     ):
         super().__init__(
@@ -40,15 +44,20 @@ class DM(ImageDistillation):
             batched=batched, **config,
         )  # fmt: skip
         self.lr_img_large_ipc = lr_img_large_ipc
-        self.batched = bool(batched)
+        if batched not in (True, False, "auto"):
+            raise DDBenchError(f"batched must be true, false or auto, got {batched!r}")
+        self.batched = batched
 
     def image_lr(self, task: Task) -> float:
         if task.ipc >= 100 and self.lr_img_large_ipc is not None:
             return float(self.lr_img_large_ipc)
         return self.lr_img
 
+    def is_batched(self, task: Task) -> bool:
+        return task.device.type == "cuda" if self.batched == "auto" else bool(self.batched)
+
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
-        net = self.fresh_net(task, frozen=True)
+        net = self.fresh_net(task, frozen=True, channels_last=task.device.type == "cpu")
         return self.update(self.matching_loss(task, net, images)) / task.num_classes
 
     def matching_loss(self, task: Task, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -62,7 +71,7 @@ class DM(ImageDistillation):
             reals.append(real)
             syns.append(syn)
         with autocast(task.device, task.precision):
-            if not self.batched:
+            if not self.is_batched(task):
                 loss = images.new_zeros(())
                 for real, syn in zip(reals, syns):
                     with torch.no_grad():
@@ -72,7 +81,9 @@ class DM(ImageDistillation):
             with torch.no_grad():
                 f_real = net.embed(torch.cat(reals)).float()
             f_syn = net.embed(torch.cat(syns)).float()
-        y_real = torch.cat([torch.full((len(r),), c, device=f_real.device) for c, r in enumerate(reals)])
+        y_real = torch.cat(
+            [torch.full((len(r),), c, device=f_real.device) for c, r in enumerate(reals)]
+        )
         mean_real = class_means(f_real, y_real, k)
-        mean_syn = f_syn.view(k, task.ipc, -1).mean(1)
+        mean_syn = f_syn.reshape(k, task.ipc, -1).mean(1)
         return ((mean_real - mean_syn) ** 2).sum()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.distill import ImageDistillation, freeze_batchnorm, train_steps
-from ddbench.engine import autocast
+from ddbench.engine import autocast, has_batchnorm
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -102,9 +102,11 @@ class DC(ImageDistillation):
         net = self.fresh_net(task)
         opt_net = torch.optim.SGD(net.parameters(), lr=self.lr_net)
         epoch_steps = math.ceil(len(images) / min(self.batch_train, len(images)))
+        bn = has_batchnorm(net)
         total = 0.0
         for ol in range(outer):
-            freeze_batchnorm(net, torch.cat(self.real_batches(task, BN_SIZE_PER_CLASS)))
+            if bn:
+                freeze_batchnorm(net, torch.cat(self.real_batches(task, BN_SIZE_PER_CLASS)))
             total += self.update(self.matching_loss(task, net, images))
             if ol == outer - 1:
                 break

@@ -123,7 +123,7 @@ def model_outputs(
     models: list[nn.Module],
     idx: torch.Tensor | None = None,
     *,
-    chunk: int = 1024,
+    chunk: int = 256,
     embed: bool = False,
     logits: bool = True,
     desc: str = "",
@@ -185,6 +185,15 @@ def select_top(task: Task, scores: torch.Tensor, descending: bool = True) -> tor
     return torch.cat(picked)
 
 
+def _sq_norms(feats: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Squared L2 norm of every row, ``chunk`` rows at a time (no ``n x F`` temporary)."""
+    out = torch.empty(len(feats), device=feats.device)
+    for b0 in range(0, len(feats), chunk):
+        block = feats[b0 : b0 + chunk]
+        out[b0 : b0 + chunk] = (block * block).sum(1)
+    return out
+
+
 def _sq_dist_to(feats: torch.Tensor, sq_norms: torch.Tensor, v: torch.Tensor, chunk: int):
     """Squared distances ``[n]`` from every row of ``feats`` to the vector ``v``, in chunks."""
     out = torch.empty(len(feats), device=feats.device)
@@ -195,19 +204,19 @@ def _sq_dist_to(feats: torch.Tensor, sq_norms: torch.Tensor, v: torch.Tensor, ch
     return out.clamp_(min=0)
 
 
-def herding_select(feats: torch.Tensor, k: int, chunk: int = 16384) -> torch.Tensor:
+def herding_select(feats: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     """Greedy herding: ``k`` row indices whose running mean approaches the mean of ``feats``.
 
     Step ``t`` (1-based) picks the unselected row ``x`` minimising
     ``|| mean - (sum_selected + x) / t ||``, i.e. ``|| t * mean - sum_selected - x ||``.
-    Memory: the features plus O(n) vectors.
+    Memory: the features plus O(n) vectors (everything of size ``n x F`` is chunked).
     """
     n = len(feats)
     if not 1 <= k <= n:
         raise DDBenchError(f"herding: cannot pick {k} of {n} samples")
     feats = feats.float()
     mean = feats.mean(0)
-    sq = (feats * feats).sum(1)
+    sq = _sq_norms(feats, chunk)
     total = torch.zeros_like(mean)
     taken = torch.zeros(n, dtype=torch.bool, device=feats.device)
     chosen = []
@@ -222,7 +231,7 @@ def herding_select(feats: torch.Tensor, k: int, chunk: int = 16384) -> torch.Ten
 
 
 def kcenter_select(
-    feats: torch.Tensor, k: int, first: int | None = None, chunk: int = 16384
+    feats: torch.Tensor, k: int, first: int | None = None, chunk: int = 4096
 ) -> torch.Tensor:
     """Greedy k-center: start at ``first`` (default: the row nearest the mean), then add the row
     farthest from the selected set, ``k - 1`` times.
@@ -235,7 +244,7 @@ def kcenter_select(
     if not 1 <= k <= n:
         raise DDBenchError(f"kcenter: cannot pick {k} of {n} samples")
     feats = feats.float()
-    sq = (feats * feats).sum(1)
+    sq = _sq_norms(feats, chunk)
     if first is None:
         first = int(torch.argmin(_sq_dist_to(feats, sq, feats.mean(0), chunk)))
     taken = torch.zeros(n, dtype=torch.bool, device=feats.device)
@@ -259,7 +268,7 @@ class _Selection(Method):
 
     name = "selection"
 
-    def __init__(self, lr: float = 0.01, batch_size: int = 256, chunk: int = 1024, **config):
+    def __init__(self, lr: float = 0.01, batch_size: int = 256, chunk: int = 256, **config):
         super().__init__(lr=lr, batch_size=batch_size, chunk=chunk, **config)
         _positive(self.name, "batch_size", batch_size)
         _positive(self.name, "chunk", chunk)

@@ -177,8 +177,20 @@ def test_evaluate_scores_published_dc_and_mtt_files(tmp_path):
     torch.save(x, tmp_path / "images_best.pt")
     torch.save(torch.nn.functional.one_hot(y, 10).float(), tmp_path / "labels_best.pt")
     torch.save(torch.tensor(0.02), tmp_path / "lr_best.pt")
-    tiny = ["protocol.epochs=2", "model.kwargs.net_width=16", "progress=false", "source_dataset=digits"]
-    ddbench("evaluate", f"synset={dc}", "protocol=quick", *tiny, f"hydra.run.dir={tmp_path / 'dc'}", cwd=tmp_path)
+    tiny = [
+        "protocol.epochs=2",
+        "model.kwargs.net_width=16",
+        "progress=false",
+        "source_dataset=digits",
+    ]
+    ddbench(
+        "evaluate",
+        f"synset={dc}",
+        "protocol=quick",
+        *tiny,
+        f"hydra.run.dir={tmp_path / 'dc'}",
+        cwd=tmp_path,
+    )
     r = json.loads((tmp_path / "dc" / "result.json").read_text())
     assert r["method"] == "imported:dc" and r["ipc"] == 2 and r["labels"]["kind"] == "hard"
     mtt = tmp_path / "images_best.pt"

@@ -257,3 +257,39 @@ def test_checkpointer_resumes_only_its_own_config(tmp_path):
     assert Checkpointer(tmp_path, key="other").load() is None
     (tmp_path / "checkpoint.safetensors").write_bytes(b"garbage")
     assert ck.load() is None  # a damaged checkpoint never blocks a fresh start
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_interrupted_evaluation_resumes_from_finished_seeds(digits, tmp_path, monkeypatch):
+    import ddbench.protocol as proto
+
+    p = _standard(epochs=2, seeds=[0, 1, 2], augment="none")
+    s = _digits_set(digits)
+    partial = tmp_path / "partial.json"
+    real_train, calls = proto.__dict__.get("train"), []
+
+    import ddbench.engine as engine
+
+    def counting_train(build, seeds, *a, **kw):
+        calls.append(list(seeds))
+        if calls == [[0], [1]]:
+            raise _Killed  # killed while training the second seed
+        return real_engine_train(build, seeds, *a, **kw)
+
+    real_engine_train = engine.train
+    monkeypatch.setattr(engine, "train", counting_train)
+    with pytest.raises(_Killed):
+        evaluate(s, p, "convnet", {"net_width": 16}, device="cpu", progress=False, partial=partial)
+    assert calls == [[0], [1]] and partial.exists()
+    calls.clear()
+    r = evaluate(s, p, "convnet", {"net_width": 16}, device="cpu", progress=False, partial=partial)
+    assert calls == [[1], [2]]  # seed 0 was not trained again
+    assert [e["seed"] for e in r["accuracy"]["per_seed"]] == [0, 1, 2]
+    calls.clear()
+    evaluate(s, _standard(epochs=1, seeds=[0], augment="none"), "convnet", {"net_width": 16}, device="cpu",
+             progress=False, partial=partial)  # fmt: skip
+    assert calls == [[0]]  # a partial of another evaluation is not reused
+    assert real_train is None  # protocol imports train lazily, from the engine
