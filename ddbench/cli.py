@@ -266,6 +266,13 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     from ddbench.protocol import Protocol, evaluate, write_result
 
     protocol = Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True))
+    pinned = _pinned_protocol_hash(protocol.name)
+    if pinned != protocol.hash:  # overridden on the command line, or not a pinned protocol
+        log.warning(
+            "protocol %r differs from the pinned recipe: results are marked not comparable",
+            protocol.name,
+        )
+        protocol.comparable = False
     s.meta["_path"] = str(path)
     result = evaluate(
         s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
@@ -281,6 +288,20 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     print(f"{result['method']} {result['dataset']} ipc={result['ipc']} {protocol.name}/{result['model']}: "
           f"{acc['mean']:.2f} +- {acc['std']:.2f} %{note}  -> {run_dir / 'result.json'}")  # fmt: skip
     return result
+
+
+def _pinned_protocol_hash(name: str) -> str | None:
+    """The hash of ``conf/protocol/<name>.yaml`` as shipped, or None if there is no such file."""
+    import importlib.resources
+
+    from omegaconf import OmegaConf
+
+    from ddbench.protocol import Protocol
+
+    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{name}.yaml"
+    if not f.is_file():
+        return None
+    return Protocol.from_config(OmegaConf.to_container(OmegaConf.load(str(f)))).hash
 
 
 def _done(cfg, run_dir: Path) -> dict | None:

@@ -199,3 +199,11 @@ def test_evaluate_scores_published_dc_and_mtt_files(tmp_path):
     r = json.loads((tmp_path / "mtt" / "result.json").read_text())
     assert r["method"] == "imported:mtt" and r["labels"]["kind"] == "soft"
     assert r["protocol"]["name"] == "learned_lr"
+
+
+def test_overriding_a_pinned_protocol_marks_results_not_comparable(tmp_path):
+    out = tmp_path / "o"
+    ddbench("run", "dataset=digits", "ipc=1", "protocol=standard", "protocol.epochs=2", "protocol.seeds=[0]",
+            "model.kwargs.net_width=16", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
+    r = json.loads((out / "result.json").read_text())
+    assert r["protocol"]["name"] == "standard" and r["protocol"]["comparable"] is False

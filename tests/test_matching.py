@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddbench.methods.dm import DM
-from ddbench.methods.gradient_matching import DC, DSA, gradient_distance
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -17,10 +15,21 @@ from ddbench.augment import DSA as Augment
 from ddbench.distill import ImageDistillation, class_means
 from ddbench.errors import DDBenchError
 from ddbench.method import Checkpointer, Task
+from ddbench.methods.dm import DM
+from ddbench.methods.gradient_matching import DC, DSA, gradient_distance
 from ddbench.models import create_model
 
 CONF = Path(__file__).parents[1] / "conf" / "method"
 FAST = {"batch_real": 32}  # per-class real batch; tiny nets make each iteration ~0.1 s
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny nets on 8x8 images: one thread is faster than several, and immune to a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class Rec:
@@ -261,7 +270,7 @@ def test_cli_runs_dm_end_to_end(tmp_path):
     import sys
 
     out = tmp_path / "r"
-    env = dict(os.environ, DDBENCH_ALLOCATOR="system", HYDRA_FULL_ERROR="0")
+    env = dict(os.environ, DDBENCH_ALLOCATOR="system", HYDRA_FULL_ERROR="0", OMP_NUM_THREADS="1")
     args = ["run", "method=dm", "dataset=digits", "ipc=1", "method.iterations=3",
             "method.batch_real=32", "checkpoint_every=2", "protocol=quick", "protocol.epochs=2",
             "model.kwargs.net_width=16", "progress=false", f"hydra.run.dir={out}"]  # fmt: skip

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddbench.methods import selection as sel
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ddbench.errors import DDBenchError
 from ddbench.method import Checkpointer, Task
+from ddbench.methods import selection as sel
 from ddbench.models import create_model
 
 CONF = Path(__file__).parents[1] / "conf" / "method"
