@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 TESTS = Path(__file__).parent
 TINY = [
@@ -21,16 +21,7 @@ TINY = [
 
 
 def ddbench(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DDBENCH_ALLOCATOR="system", HYDRA_FULL_ERROR="0")
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    p = subprocess.run(
-        [sys.executable, "-m", "ddbench.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = run_cli(*args, cwd=cwd)
     if check and p.returncode != 0:
         raise AssertionError(f"ddbench {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
     return p

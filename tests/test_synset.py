@@ -8,11 +8,11 @@ import pickle
 import random
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -53,15 +53,7 @@ def _denorm(s: SyntheticSet) -> torch.Tensor:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DDBENCH_ALLOCATOR="system", PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "ddbench.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=120,
-    )
+    return run_cli(*args, cwd=cwd, timeout=120)
 
 
 class CustomPayload:
