@@ -482,6 +482,7 @@ def _torchvision_download(name: str, raw: Path) -> None:
     """Fetch with torchvision where the web is reachable (a user's machine)."""
     import torchvision.datasets as tvd
 
+    download_flag = True  # only ever called when the user asked to download
     fetch = {
         "cifar10": lambda: tvd.CIFAR10(str(raw), download=download_flag),
         "cifar100": lambda: tvd.CIFAR100(str(raw), download=download_flag),
@@ -491,7 +492,6 @@ def _torchvision_download(name: str, raw: Path) -> None:
         "mnist": lambda: tvd.MNIST(str(raw), download=download_flag),
         "fashion_mnist": lambda: tvd.FashionMNIST(str(raw), download=download_flag),
     }
-    download_flag = True
     if name not in fetch:
         raise DDBenchError(f"{name} cannot be downloaded by torchvision; see `ddbench data list`")
     try:
