@@ -9,12 +9,14 @@
     ddbench show     x.safetensors [--out grid.png]
     ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
+    ddbench teacher  train DATASET [--protocol kd] [--epochs N --model M --seed S] | list
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.resources
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ from typing import Any
 from ddbench.errors import DDBenchError
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
-OTHER_COMMANDS = ("data", "show", "import", "export")
+OTHER_COMMANDS = ("data", "show", "import", "export", "teacher")
 log = logging.getLogger("ddbench")
 
 
@@ -78,9 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         if command in HYDRA_COMMANDS:
             _hydra_app(command, rest)
         else:
-            {"data": cmd_data, "show": cmd_show, "import": cmd_import, "export": cmd_export}[
-                command
-            ](rest)
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            commands = {"data": cmd_data, "show": cmd_show, "import": cmd_import}
+            commands.update(export=cmd_export, teacher=cmd_teacher)
+            commands[command](rest)
     except DDBenchError as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -444,6 +447,51 @@ def cmd_export(args: list[str]) -> None:
     p.add_argument("out_dir")
     a = p.parse_args(args)
     print(f"wrote {synset.export_image_folder(synset.load(a.path), a.out_dir)}")
+
+
+def cmd_teacher(args: list[str]) -> None:
+    from omegaconf import OmegaConf
+
+    from ddbench import teachers
+    from ddbench.engine import pick_device
+
+    p = argparse.ArgumentParser(
+        prog="ddbench teacher", description="train (once, resumable) or list cached teachers"
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the cached teachers")
+    tp = sub.add_parser("train", help="train the teacher a protocol uses (a cache hit is free)")
+    tp.add_argument("dataset")
+    tp.add_argument("--protocol", default="kd", help="take the teacher config from this protocol")
+    for key, kind in (("model", str), ("epochs", int), ("seed", int), ("lr", float)):
+        tp.add_argument(f"--{key}", type=kind, default=None)
+    tp.add_argument("--device", default="auto")
+    a = p.parse_args(args)
+    if a.action == "list":
+        print(
+            f"teacher cache: {teachers.cache_root() / 'teachers'}  (set DDBENCH_CACHE to move it)"
+        )
+        for t in teachers.list_teachers():
+            c = t["config"]
+            print(f"  {t['dataset']:14s} {c['model']:10s} {c['epochs']:4d} ep  seed {c['seed']}  "
+                  f"val {t['val_accuracy']:.2f}%  {t['train_seconds']:.0f}s  {t['path']}")  # fmt: skip
+        return
+    from ddbench import data
+
+    data.get_spec(a.dataset)
+    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{a.protocol}.yaml"
+    if not f.is_file():
+        raise DDBenchError(f"unknown protocol {a.protocol!r}")
+    node = OmegaConf.to_container(OmegaConf.load(str(f))).get("teacher")
+    if not node:
+        raise DDBenchError(f"protocol {a.protocol!r} uses no teacher")
+    node.update(
+        {k: v for k in ("model", "epochs", "seed", "lr") if (v := getattr(a, k)) is not None}
+    )
+    cfg = teachers.TeacherConfig.from_config(node)
+    _, meta = teachers.get_teacher(a.dataset, cfg, device=pick_device(a.device))
+    print(f"teacher {a.dataset}/{cfg.model}: val {meta['val_accuracy']:.2f}%  "
+          f"-> {teachers.teacher_path(a.dataset, cfg)}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -45,6 +45,9 @@ class Recipe:
     augment: str | None = None  # a DSA strategy string, or None
     loss: str = "ce"  # ce (hard or soft targets) | kd (temperature-scaled KL to soft targets)
     temperature: float = 1.0
+    hard_weight: float = 0.0  # kd: loss = (1 - w) * T^2 * KL + w * CE(hard labels)
+    mixup: float = 0.0  # Beta(a, a) mixup alpha; 0 = off
+    cutmix: float = 0.0  # Beta(a, a) cutmix alpha; 0 = off (both on: one of the two per batch)
     precision: str = "fp32"  # fp32 | bf16 (autocast)
 
     def __post_init__(self) -> None:
@@ -60,6 +63,8 @@ class Recipe:
         ):
             if getattr(self, key) not in allowed:
                 raise DDBenchError(f"recipe {key}={getattr(self, key)!r}; choose one of {allowed}")
+        if not 0.0 <= self.hard_weight <= 1.0 or self.mixup < 0 or self.cutmix < 0:
+            raise DDBenchError("recipe needs 0 <= hard_weight <= 1 and mixup, cutmix >= 0")
         self.milestones = tuple(self.milestones)
 
 
@@ -189,26 +194,90 @@ def build_models(
 
 
 def _loss(
-    logits: torch.Tensor, targets: torch.Tensor, recipe: Recipe, weights: torch.Tensor | None
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    recipe: Recipe,
+    weights: torch.Tensor | None,
+    mixed: tuple[torch.Tensor, torch.Tensor] | None = None,
+    soft: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-model mean loss summed over models; logits [K,B,C], targets [K,B] or [K,B,C]."""
+    """Per-model mean loss summed over models.
+
+    ``logits`` [K,B,C]; ``targets`` class indices [K,B] or soft targets [K,B,C] (probabilities
+    under ``ce``, teacher logits under ``kd``); ``mixed = (targets_b, lam [K])``: hard targets
+    of the mixed-in images and the mixing weight per model; ``soft``: teacher logits [K,B,C]
+    computed online (``kd``).
+    """
     K, B, C = logits.shape
-    flat, tgt = logits.reshape(K * B, C).float(), targets.reshape(K * B, *targets.shape[2:])
+    flat = logits.reshape(K * B, C).float()
+
+    def hard_ce(y: torch.Tensor) -> torch.Tensor:
+        if y.is_floating_point():  # soft targets: probabilities
+            return -(y.reshape(K * B, C).float() * F.log_softmax(flat, 1)).sum(1).view(K, B)
+        ce = F.cross_entropy(flat, y.reshape(K * B), reduction="none").view(K, B)
+        if mixed is not None:
+            y_b, lam = mixed
+            ce_b = F.cross_entropy(flat, y_b.reshape(K * B), reduction="none").view(K, B)
+            ce = lam.view(K, 1) * ce + (1 - lam.view(K, 1)) * ce_b
+        return ce
+
     if recipe.loss == "kd":
+        teacher = soft if soft is not None else targets
+        if not teacher.is_floating_point():
+            raise DDBenchError("the kd loss needs soft targets: a teacher or the set's soft labels")
         T = recipe.temperature
-        per = (
-            F.kl_div(
-                F.log_softmax(flat / T, 1), F.softmax(tgt.float() / T, 1), reduction="none"
-            ).sum(1)
-            * T
-            * T
-        )
+        log_p = F.log_softmax(flat / T, 1)
+        q = F.softmax(teacher.reshape(K * B, C).float() / T, 1)
+        per = (q * (torch.log(q.clamp_min(1e-12)) - log_p)).sum(1).view(K, B) * T * T
+        if recipe.hard_weight > 0:
+            hard = targets if not targets.is_floating_point() else targets.argmax(-1)
+            per = (1 - recipe.hard_weight) * per + recipe.hard_weight * hard_ce(hard)
     else:
-        per = F.cross_entropy(flat, tgt, reduction="none")
-    per = per.view(K, B)
+        per = hard_ce(targets)
     if weights is not None:
         per = per * weights.view(K, B)
     return per.mean(1).sum()
+
+
+def _mix(
+    xb: torch.Tensor, tb: torch.Tensor, recipe: Recipe, gens: Sequence[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Mixup / CutMix of a batch ``xb`` [K,B,...] with a permutation of itself, per model.
+
+    Returns the mixed images, the targets (soft targets mixed linearly) and, for hard
+    targets, ``(targets of the mixed-in images, lam per model)`` for the loss.
+    """
+    import numpy as np
+
+    K, B = xb.shape[:2]
+    xs, ts, tbs, lams = [], [], [], []
+    for k, g in enumerate(gens):
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=g)))
+        use_cutmix = recipe.cutmix > 0 and (recipe.mixup <= 0 or rng.random() < 0.5)
+        lam = float(rng.beta(*(2 * [recipe.cutmix if use_cutmix else recipe.mixup])))
+        perm = torch.randperm(B, generator=g).to(xb.device)
+        x, x2 = xb[k], xb[k][perm]
+        if use_cutmix:
+            H, W = x.shape[-2:]
+            ch, cw = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+            cy, cx = int(rng.integers(H)), int(rng.integers(W))
+            y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
+            x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
+            x = x.clone()
+            x[..., y0:y1, x0:x1] = x2[..., y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)
+        else:
+            x = lam * x + (1 - lam) * x2
+        xs.append(x)
+        t = tb[k]
+        if t.is_floating_point():
+            t = lam * t + (1 - lam) * t[perm]
+        ts.append(t)
+        tbs.append(tb[k][perm])
+        lams.append(lam)
+    lam_t = torch.tensor(lams, device=xb.device)
+    mixed = None if tb.is_floating_point() else (torch.stack(tbs), lam_t)
+    return torch.stack(xs), torch.stack(ts), mixed
 
 
 @dataclass
@@ -233,6 +302,10 @@ def train(
     compile: bool | str = "auto",
     progress: bool | str = False,
     on_epoch: Callable[[int, float], None] | None = None,
+    teacher: nn.Module | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 0,
+    resume: dict | None = None,
 ) -> TrainResult:
     """Train one fresh model per seed on ``(images, targets)`` with ``recipe``.
 
@@ -242,6 +315,12 @@ def train(
     ``parallel`` trains the models together (``auto``: on CUDA, unless they use BatchNorm;
     on CPU one at a time is as fast); ``compile`` uses ``torch.compile`` for the forward
     (``auto``: for long runs where a compiler is present).
+
+    ``teacher``: a trained model whose logits on each (augmented, mixed) batch are the soft
+    targets of the ``kd`` loss (knowledge distillation with the teacher online).
+    ``checkpoint(state)`` is called every ``checkpoint_every`` epochs (and after the last) with
+    the full training state; passing that state back as ``resume`` continues the run exactly
+    where it stopped (same models, optimiser, batch order and augmentation draws).
     """
     import time
 
@@ -267,24 +346,33 @@ def train(
     groups = [models] if parallel else [[m] for m in models]
     steps = recipe.epochs * math.ceil(n / min(recipe.batch_size, n)) * len(groups)
     use_compile = should_compile(compile, device, steps)
-    gens = {
-        id(m): torch.Generator().manual_seed(int(s) + _DATA_STREAM) for m, s in zip(models, seeds)
-    }
-    start = time.perf_counter()
+    gens = [torch.Generator().manual_seed(int(s) + _DATA_STREAM) for s in seeds]
     epoch_losses = torch.zeros(recipe.epochs)
+    first_group, first_epoch, opt_state = 0, 0, None
+    if resume is not None:
+        first_group, first_epoch, opt_state = _restore(resume, models, gens, epoch_losses, seeds)
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    start = time.perf_counter()
     desc = progress if isinstance(progress, str) else "train"
     bar = tqdm(
         total=recipe.epochs * len(groups),
+        initial=first_group * recipe.epochs + first_epoch,
         desc=desc,
         disable=None if progress else True,
         leave=False,
         unit="ep",
     )
-    for group in groups:
+    ep_loss = float("nan")
+    for gi, group in enumerate(groups):
+        if gi < first_group:
+            continue
         stack = ModelStack(group)
         stack.train()
         forward = _Compiled(stack.__call__) if use_compile else stack
-        g = [gens[id(m)] for m in group]
+        g = [gens[models.index(m)] for m in group]
         K = len(group)
         if recipe.optimizer == "sgd":
             opt = torch.optim.SGD(
@@ -292,8 +380,11 @@ def train(
             )
         else:
             opt = torch.optim.AdamW(stack.params, lr=base_lr, weight_decay=recipe.weight_decay)
+        e0 = first_epoch if gi == first_group else 0
+        if gi == first_group and opt_state is not None:
+            opt.load_state_dict(opt_state)
         bs = min(recipe.batch_size, n)
-        for ep in range(recipe.epochs):
+        for ep in range(e0, recipe.epochs):
             for pg in opt.param_groups:
                 pg["lr"] = lr_at(recipe, ep, base_lr)
             order = torch.stack([torch.randperm(n, generator=gk) for gk in g]).to(device)
@@ -301,15 +392,24 @@ def train(
             for b0 in range(0, n, bs):
                 idx = order[:, b0 : b0 + bs]  # [K, B]
                 xb = x_all[idx]  # [K, B, C, H, W]
+                tb = y_all[idx]
                 if augment is not None:
                     xb = (
                         torch.stack([augment(xb[k], g[k]) for k in range(K)])
                         if K > 1
                         else augment(xb[0], g[0])[None]
                     )
+                mixed = None
+                if recipe.mixup > 0 or recipe.cutmix > 0:
+                    xb, tb, mixed = _mix(xb, tb, recipe, g)
+                soft = None
+                if teacher is not None:
+                    with torch.no_grad(), autocast(device, recipe.precision):
+                        soft = torch.stack([teacher(xb[k]) for k in range(K)]).float()
                 with autocast(device, recipe.precision):
                     logits = forward(xb)
-                loss = _loss(logits, y_all[idx], recipe, None if w_all is None else w_all[idx])
+                wb = None if w_all is None else w_all[idx]
+                loss = _loss(logits, tb, recipe, wb, mixed, soft)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -324,13 +424,60 @@ def train(
                 on_epoch(ep, ep_loss)
             bar.update(1)
             bar.set_postfix(loss=f"{ep_loss:.3f}", refresh=False)
+            last = ep + 1 == recipe.epochs
+            if checkpoint is not None and (
+                last or (checkpoint_every > 0 and (ep + 1) % checkpoint_every == 0)
+            ):
+                stack.unstack()
+                nxt = (gi + 1, 0) if last else (gi, ep + 1)
+                checkpoint(_state(nxt, models, opt, gens, epoch_losses, seeds, last))
         stack.unstack()
         log.info("trained seed(s) %s: final loss %.4f, %.0fs so far", [seeds[models.index(m)] for m in group],
-                 ep_loss if recipe.epochs else float("nan"), time.perf_counter() - start)  # fmt: skip
+                 ep_loss, time.perf_counter() - start)  # fmt: skip
     bar.close()
     for m in models:
         m.eval()
     return TrainResult(models, epoch_losses.tolist(), time.perf_counter() - start)
+
+
+def _state(
+    next_at: tuple[int, int],
+    models: list[nn.Module],
+    opt: torch.optim.Optimizer,
+    gens: list[torch.Generator],
+    epoch_losses: torch.Tensor,
+    seeds: Sequence[int],
+    group_done: bool,
+) -> dict:
+    """Everything needed to continue training at ``next_at = (group, epoch)``."""
+    return {
+        "group": next_at[0],
+        "epoch": next_at[1],
+        "seeds": [int(s) for s in seeds],
+        "models": [
+            {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in models
+        ],
+        "optimizer": None if group_done else copy.deepcopy(opt.state_dict()),
+        "generators": [g.get_state() for g in gens],
+        "epoch_losses": epoch_losses.clone(),
+    }
+
+
+def _restore(
+    state: dict,
+    models: list[nn.Module],
+    gens: list[torch.Generator],
+    epoch_losses: torch.Tensor,
+    seeds: Sequence[int],
+) -> tuple[int, int, dict | None]:
+    if state.get("seeds") != [int(s) for s in seeds] or len(state["models"]) != len(models):
+        raise DDBenchError("checkpoint was written for other seeds; it cannot be resumed here")
+    for m, sd in zip(models, state["models"]):
+        m.load_state_dict(sd)
+    for g, gs in zip(gens, state["generators"]):
+        g.set_state(gs)
+    epoch_losses.copy_(state["epoch_losses"])
+    return int(state["group"]), int(state["epoch"]), state.get("optimizer")
 
 
 @torch.no_grad()

@@ -27,6 +27,9 @@ _HASHED = (
     "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
     "milestones", "gamma", "augment", "labels", "lr_from_set", "loss", "temperature", "seeds",
 )  # fmt: skip
+# Keys added later: hashed only when they differ from their default, so that the hashes of
+# protocols that do not use them stay what they were.
+_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher")
 
 
 @dataclass
@@ -44,10 +47,14 @@ class Protocol:
     milestones: list[float] = field(default_factory=lambda: [0.5])
     gamma: float = 0.1
     augment: str = "dsa"  # dsa (the dataset's default strategy) | none | an explicit strategy
-    labels: str = "hard"  # hard | set (the set's own labels, soft ones included)
+    labels: str = "hard"  # hard | set (the set's own labels, soft ones included) | teacher
     lr_from_set: bool = False
-    loss: str = "ce"
+    loss: str = "ce"  # ce | kd (KL to soft targets at ``temperature``)
     temperature: float = 1.0
+    hard_weight: float = 0.0  # kd: weight of the hard-label cross entropy mixed into the loss
+    mixup: float = 0.0  # Beta alpha (0 = off)
+    cutmix: float = 0.0  # Beta alpha (0 = off)
+    teacher: dict[str, Any] | None = None  # labels=teacher: a ddbench.teachers.TeacherConfig
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     comparable: bool = True  # False for smoke-test recipes whose numbers mean nothing
     description: str = ""
@@ -61,12 +68,19 @@ class Protocol:
         p = cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()})
         if not p.seeds:
             raise DDBenchError(f"protocol {p.name!r} has no seeds")
+        if p.labels not in ("hard", "set", "teacher"):
+            raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set or teacher")
+        if p.labels == "teacher" and p.loss != "kd":
+            raise DDBenchError(f"protocol {p.name!r}: labels=teacher needs loss=kd")
         return p
 
     @property
     def hash(self) -> str:
         d = asdict(self)
-        canon = json.dumps({k: d[k] for k in _HASHED}, sort_keys=True, separators=(",", ":"))
+        defaults = {f.name: f.default for f in self.__dataclass_fields__.values()}
+        keyed = {k: d[k] for k in _HASHED}
+        keyed.update({k: d[k] for k in _HASHED_IF_SET if d[k] != defaults[k]})
+        canon = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def recipe(self, augment: str | None, lr: float | None = None):
@@ -77,6 +91,7 @@ class Protocol:
             lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
             augment=augment, loss=self.loss, temperature=self.temperature,
+            hard_weight=self.hard_weight, mixup=self.mixup, cutmix=self.cutmix,
         )  # fmt: skip
 
 
@@ -174,6 +189,15 @@ def evaluate(
         )
     targets = synset.labels if protocol.labels == "set" else synset.hard_labels
     kwargs = dict(model_kwargs or {})
+    teacher, teacher_meta = None, None
+    if protocol.labels == "teacher":
+        from ddbench.teachers import TeacherConfig, get_teacher
+
+        if meta.get("space", {}).get("zca"):
+            raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
+        teacher, teacher_meta = get_teacher(
+            dataset, TeacherConfig.from_config(protocol.teacher), device=device, progress=progress
+        )
 
     def build():
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
@@ -194,7 +218,7 @@ def evaluate(
     for group in (g for g in groups if g):
         trained = train(
             build, group, images, targets, recipe, device=device, lr=lr,
-            weights=synset.weights, augment=dsa, parallel=stacked,
+            weights=synset.weights, augment=dsa, parallel=stacked, teacher=teacher,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
         )  # fmt: skip
         accs_g = accuracy(
@@ -225,10 +249,7 @@ def evaluate(
                 {"seed": int(s), "accuracy": float(a)} for s, a in zip(protocol.seeds, accs)
             ],
         },
-        "labels": {
-            "kind": "soft" if synset.soft_labels and protocol.labels == "set" else "hard",
-            "bytes": nbytes["labels"],
-        },
+        "labels": _labels_used(synset, protocol, teacher_meta, nbytes["labels"]),
         "cost": {
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
             "eval_seconds": eval_seconds,
@@ -251,6 +272,26 @@ def evaluate(
             ", ".join(f"{a:.2f}" for a in accs), eval_seconds,
         )  # fmt: skip
     return result
+
+
+def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int) -> dict:
+    """What the students were trained on: the set's hard or soft labels, or a teacher online."""
+    if protocol.labels == "teacher":
+        assert teacher_meta is not None
+        return {
+            "kind": "teacher",
+            "bytes": nbytes,
+            "loss": protocol.loss,
+            "temperature": protocol.temperature,
+            "hard_weight": protocol.hard_weight,
+            "teacher": {
+                "key": teacher_meta["key"],
+                "model": teacher_meta["config"]["model"],
+                "val_accuracy": teacher_meta["val_accuracy"],
+            },
+        }
+    kind = "soft" if synset.soft_labels and protocol.labels == "set" else "hard"
+    return {"kind": kind, "bytes": nbytes, "loss": protocol.loss}
 
 
 def _load_partial(path: str | Path | None, key: str) -> dict[int, float]:

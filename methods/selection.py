@@ -313,31 +313,39 @@ class _Selection(Method):
 class _FeatureSelection(_Selection):
     """Per-class selection in the embedding space (``model.embed``) of a feature network.
 
-    ``features: trained`` (default) trains one ``task.model_factory()`` for ``feature_epochs``
-    on the whole train split with the engine; ``features: random`` uses a randomly initialised
-    one. The DC paper's herding/k-center baselines used features of a ConvNet trained on the
-    real data [recollection, unverified]; one epoch of ConvNet-3 over the 54k Fashion-MNIST
-    train images takes a few minutes on 2 CPU cores and already gives a far better metric
-    space than random weights (~85 % train accuracy), so ``trained`` with ``feature_epochs: 1``
-    is the default. ``normalize: true`` L2-normalises the features first (as iCaRL's herding).
+    ``features: teacher`` (default) embeds with the cached trained teacher of
+    :mod:`ddbench.teachers` (``teacher``: its config; the default is the ``kd`` protocol's, so
+    selection and KD share one network, trained once per dataset); ``features: trained`` trains
+    one ``task.model_factory()`` for ``feature_epochs`` on the whole train split with the
+    engine; ``features: random`` uses a randomly initialised one. The DC paper's
+    herding/k-center baselines embed with a ConvNet trained on the real data.
+    ``normalize: true`` L2-normalises the features first (as iCaRL's herding).
     """
 
     def __init__(
         self,
-        features: str = "trained",
+        features: str = "teacher",
         feature_epochs: int = 1,
         normalize: bool = False,
+        teacher: dict | None = None,
         **config,
     ):
         super().__init__(
-            features=features, feature_epochs=feature_epochs, normalize=normalize, **config
-        )
-        _choice(self.name, "features", features, ("trained", "random"))
+            features=features, feature_epochs=feature_epochs, normalize=normalize,
+            teacher=dict(teacher or {}), **config,
+        )  # fmt: skip
+        _choice(self.name, "features", features, ("teacher", "trained", "random"))
+        self.teacher = dict(teacher or {})
         _positive(self.name, "feature_epochs", feature_epochs, minimum=0)
         self.features, self.feature_epochs, self.normalize = features, feature_epochs, normalize
 
     def feature_model(self, task: Task) -> nn.Module:
         """The feature network (its seed drawn from ``task.generator``), in eval mode."""
+        if self.features == "teacher":
+            from ddbench.teachers import TeacherConfig, get_teacher
+
+            cfg = TeacherConfig.from_config(self.teacher)
+            return get_teacher(task.spec.name, cfg, device=task.device)[0]
         (seed,) = draw_seeds(task, 1)
         epochs = self.feature_epochs if self.features == "trained" else 0
         if epochs == 0:

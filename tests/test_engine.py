@@ -290,3 +290,80 @@ def test_interrupted_evaluation_resumes_from_finished_seeds(digits, tmp_path, mo
     evaluate(s, _standard(epochs=1, seeds=[0], augment="none"), "convnet", {"net_width": 16}, device="cpu",
              progress=False, partial=partial)  # fmt: skip
     assert calls == [[0]]  # a partial of another evaluation is not reused
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_training_resumed_from_a_checkpoint_ends_exactly_where_an_unbroken_run_does(
+    digits, parallel
+):
+    x, y = _subset(digits[0], 5)
+    r = Recipe(epochs=4, batch_size=16, augment="color_crop_cutout_scale_rotate", mixup=0.5)
+    states = []
+    kw = dict(device="cpu", compile=False, parallel=parallel)
+    full = train(_build, [0, 1], x, y, r, checkpoint=states.append, checkpoint_every=1, **kw)
+    # one model at a time: 2 groups x 4 epochs; together: 1 group x 4 epochs
+    assert len(states) == (4 if parallel else 8)
+    mid = states[len(states) // 2 + 1]  # inside the second model when trained one at a time
+    resumed = train(_build, [0, 1], x, y, r, resume=mid, **kw)
+    for a, b in zip(full.models, resumed.models):
+        assert torch.equal(_params(a), _params(b))
+    assert full.losses == resumed.losses
+    with pytest.raises(DDBenchError, match="other seeds"):
+        train(_build, [5, 6], x, y, r, resume=mid, **kw)
+
+
+def test_kd_student_follows_its_teacher_not_the_true_labels(digits):
+    train_split, _ = digits
+    x, y = _subset(train_split, 10)
+    torch.manual_seed(123)
+    teacher = _build().eval()  # an untrained network: its labels disagree with the true ones
+    with torch.no_grad():
+        last = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.mul_(30)  # confident logits, so that its argmax carries the KL's signal
+        last.bias.mul_(30)
+        teacher_labels = teacher(x).argmax(1)
+    assert (teacher_labels == y).float().mean() < 0.5
+    r = Recipe(epochs=80, optimizer="adamw", lr=0.01, weight_decay=0.0, loss="kd", temperature=1)
+    student = train(_build, [0], x, y, r, device="cpu", compile=False, teacher=teacher).models[0]
+    with torch.no_grad():
+        pred = student(x).argmax(1)
+    follows = (pred == teacher_labels).float().mean()
+    assert follows > 0.7 and follows > (pred == y).float().mean() + 0.2
+    ce = Recipe(epochs=80, optimizer="adamw", lr=0.01, weight_decay=0.0)
+    hard_student = train(_build, [0], x, y, ce, device="cpu", compile=False).models[0]
+    with torch.no_grad():
+        assert (hard_student(x).argmax(1) == teacher_labels).float().mean() < follows - 0.2
+    hard = Recipe(epochs=80, optimizer="adamw", lr=0.01, weight_decay=0.0, loss="kd", hard_weight=1)
+    with pytest.raises(DDBenchError, match="soft targets"):
+        train(_build, [0], x, y, hard, device="cpu", compile=False)
+
+
+def test_kd_loss_is_zero_for_the_teacher_itself_and_ce_at_full_hard_weight():
+    from ddbench.engine import _loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 8, 10, generator=g)
+    y = torch.randint(10, (2, 8), generator=g)
+    kd = Recipe(epochs=1, loss="kd", temperature=3.0)
+    assert _loss(logits, y, kd, None, soft=logits).abs() < 1e-5
+    assert _loss(logits, y, kd, None, soft=torch.randn(2, 8, 10, generator=g)) > 0.01
+    ce = torch.nn.functional.cross_entropy(logits.reshape(16, 10), y.reshape(16), reduction="none")
+    full_hard = dataclasses.replace(kd, hard_weight=1.0)
+    assert torch.allclose(_loss(logits, y, full_hard, None, soft=logits), ce.view(2, 8).mean(1).sum())
+
+
+def test_mixup_and_cutmix_mix_images_and_targets_consistently():
+    from ddbench.engine import _mix
+
+    x = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(6)])[None]  # [1, 6, 1, 8, 8]
+    y = torch.arange(6)[None]
+    for alpha in ("mixup", "cutmix"):
+        r = Recipe(epochs=1, **{alpha: 1.0})
+        xm, tm, (y_b, lam) = _mix(x, y, r, [torch.Generator().manual_seed(1)])
+        assert torch.equal(tm, y) and 0 <= float(lam) <= 1
+        for i in range(6):  # every mixed image is lam * own + (1 - lam) * partner, on average
+            expected = float(lam) * i + (1 - float(lam)) * int(y_b[0, i])
+            assert abs(float(xm[0, i].mean()) - expected) < 1e-5
+    soft = torch.nn.functional.one_hot(torch.arange(6), 6).float()[None]
+    _, ts, mixed = _mix(x, soft, Recipe(epochs=1, mixup=1.0), [torch.Generator().manual_seed(2)])
+    assert mixed is None and torch.allclose(ts.sum(-1), torch.ones(1, 6))

@@ -93,10 +93,22 @@ def _positions(make_task, s):
     return out
 
 
-@pytest.mark.parametrize("features", ["trained", "random"])
-def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets(features, make_task):
-    method = sel.Herding(features=features, feature_epochs=2, lr=0.1)
+TINY_TEACHER = {"model_kwargs": {"net_width": 16}, "epochs": 3, "lr": 0.05}
+
+
+@pytest.mark.parametrize("features", ["teacher", "trained", "random"])
+def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets(
+    features, make_task, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path))
+    method = sel.Herding(features=features, feature_epochs=2, lr=0.1, teacher=TINY_TEACHER)
     s = method.distill(make_task(seed=0))
+    if features == "teacher":  # the embedding is the cached teacher's, trained once
+        from ddbench.teachers import TeacherConfig, get_teacher
+
+        teacher, _ = get_teacher("digits", TeacherConfig(**TINY_TEACHER), train=False)
+        f0 = method.features_of(make_task(seed=0), teacher, 0)
+        assert torch.equal(f0, _class_feats(method, make_task)[0])
     feats = _class_feats(method, make_task)
     g = torch.Generator().manual_seed(123)
     herd, rand = [], []
