@@ -349,7 +349,9 @@ def test_kd_loss_is_zero_for_the_teacher_itself_and_ce_at_full_hard_weight():
     assert _loss(logits, y, kd, None, soft=torch.randn(2, 8, 10, generator=g)) > 0.01
     ce = torch.nn.functional.cross_entropy(logits.reshape(16, 10), y.reshape(16), reduction="none")
     full_hard = dataclasses.replace(kd, hard_weight=1.0)
-    assert torch.allclose(_loss(logits, y, full_hard, None, soft=logits), ce.view(2, 8).mean(1).sum())
+    assert torch.allclose(
+        _loss(logits, y, full_hard, None, soft=logits), ce.view(2, 8).mean(1).sum()
+    )
 
 
 def test_mixup_and_cutmix_mix_images_and_targets_consistently():

@@ -52,7 +52,9 @@ def _teacher_cli(cache: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, DDBENCH_CACHE=str(cache), DDBENCH_ALLOCATOR="system")
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TESTS.parent), str(TESTS)]))
     cmd = [sys.executable, "-m", "ddbench.cli", "teacher", "train", "digits", *args]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_a_killed_teacher_training_resumes_and_ends_as_an_unbroken_one(tmp_path):
