@@ -21,6 +21,7 @@ run with the same config does not redo it.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator
 
@@ -428,6 +429,44 @@ class _ScoreSelection(_Selection):
         scores = self.score(task)["score"]
         return select_top(task, scores, descending=self.keep == "hardest")
 
+    # config keys that do not change the scores (only which images are kept from them)
+    _not_scoring = ("keep", "never_learned", "chunk")
+
+    def _scores(
+        self, task: Task, seeds: list[int], compute: Callable[[], dict[str, torch.Tensor]]
+    ) -> dict[str, torch.Tensor]:
+        """Scores shared across runs: cached under ``$DDBENCH_CACHE/scores`` by what makes them
+        (dataset, method config, model, seeds), so a sweep over ipc or ``keep`` scores once."""
+        import hashlib
+        import json
+
+        from safetensors.torch import load_file, save_file
+
+        from ddbench.synset import atomic_write
+        from ddbench.teachers import cache_root
+
+        probe = task.model_factory()
+        ident = {
+            "dataset": task.spec.name,
+            "n_train": len(task.train),
+            "method": self.name,
+            "config": {k: v for k, v in sorted(self.config.items()) if k not in self._not_scoring},
+            "model": repr(probe),
+            "seeds": seeds,
+            "precision": task.precision,
+        }
+        key = hashlib.sha256(json.dumps(ident, default=str).encode()).hexdigest()[:16]
+        path = cache_root() / "scores" / task.spec.name / f"{self.name}-{key}.safetensors"
+        if path.exists():
+            try:
+                return {k: v.to(task.device) for k, v in load_file(str(path)).items()}
+            except Exception as e:  # a damaged cache entry is recomputed
+                logging.getLogger("ddbench").warning("recomputing scores: %s (%s)", path, e)
+        out = self._cached(task, "scores", compute)
+        cpu = {k: v.detach().cpu().contiguous() for k, v in out.items()}
+        atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata={"ident": json.dumps(ident)}))
+        return out
+
 
 class Forgetting(_ScoreSelection):
     """Forgetting events (Toneva et al. 2019), the DC paper's baseline.
@@ -454,7 +493,7 @@ class Forgetting(_ScoreSelection):
         """``count`` (forgetting events), ``learned`` (ever correct), ``correct`` (after the
         last epoch), and ``score`` (``count``, ``inf`` where never learned if so configured)."""
         (seed,) = draw_seeds(task, 1)
-        out = self._cached(task, "scores", lambda: self._count(task, seed))
+        out = self._scores(task, [seed], lambda: self._count(task, seed))
         score = out["count"].float().clone()
         if self.never_learned == "hardest":
             score[~out["learned"].bool()] = math.inf
@@ -509,7 +548,7 @@ class _EarlyTrainingScore(_ScoreSelection):
     def score(self, task: Task) -> dict[str, torch.Tensor]:
         """``score`` (mean over models) and ``correct`` (fraction of the models right)."""
         seeds = draw_seeds(task, self.models)
-        return self._cached(task, "scores", lambda: self._score(task, seeds))
+        return self._scores(task, seeds, lambda: self._score(task, seeds))
 
     def _score(self, task: Task, seeds: list[int]) -> dict[str, torch.Tensor]:
         models = self._train(task, seeds, self.epochs, desc=self.name)

@@ -33,6 +33,14 @@ def ddbench_data_root() -> Path:
         yield TEST_DATA_ROOT
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh ``DDBENCH_CACHE`` (teachers, scores) per test: no test sees another's cache."""
+    path = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("DDBENCH_CACHE", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def split_cache(ddbench_data_root: Path) -> Callable[[str, str], RealDataset]:
     """``get(dataset, split)``: ``load_split`` once per session for each pair."""

@@ -56,7 +56,9 @@ METHODS = {
 
 
 @pytest.mark.parametrize("name", list(METHODS))
-def test_selects_ipc_distinct_real_images_per_class_deterministically(name, make_task):
+def test_selects_ipc_distinct_real_images_per_class_deterministically(
+    name, make_task, tmp_path, monkeypatch
+):
     method = METHODS[name]()
     task = make_task(seed=0)
     s = method.distill(task)
@@ -68,6 +70,7 @@ def test_selects_ipc_distinct_real_images_per_class_deterministically(name, make
     assert torch.bincount(s.labels, minlength=10).tolist() == [IPC] * 10
     assert torch.equal(s.images, train.normalize(train.images[idx]))
     assert s.meta["method"]["name"] == method.name and s.meta["ipc"] == IPC
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path))  # no cached scores: recomputed
     again = METHODS[name]().distill(make_task(seed=0))
     assert again.meta["indices"] == s.meta["indices"]
     other = METHODS[name]().distill(make_task(seed=1))
@@ -276,8 +279,10 @@ def test_scores_are_saved_and_resumed_without_retraining(make_task, tmp_path, mo
         raise AssertionError("resumed run retrained")
 
     monkeypatch.setattr(sel, "train", no_training)
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "empty"))  # only the checkpoint has them
     again = method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="k")))
     assert again.meta["indices"] == first.meta["indices"]
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "empty2"))
     with pytest.raises(AssertionError, match="retrained"):  # another config does not resume
         method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="other")))
 
@@ -310,3 +315,18 @@ def test_configs_build_their_method(name):
     assert isinstance(method, sel._Selection) and method.name == cfg["name"] == name
     params = {k: v for k, v in cfg.items() if k != "_target_"}
     assert method.config == params
+
+
+def test_scores_are_computed_once_and_shared_across_ipc(make_task, monkeypatch):
+    small = sel.EL2N(models=1, epochs=2, lr=0.1).distill(make_task(seed=0, ipc=2))
+
+    def no_training(*a, **k):
+        raise AssertionError("scores were recomputed")
+
+    monkeypatch.setattr(sel, "train", no_training)
+    large = sel.EL2N(models=1, epochs=2, lr=0.1).distill(make_task(seed=0, ipc=4))
+    assert set(small.meta["indices"]) < set(large.meta["indices"])  # same scores, top-2 in top-4
+    easiest = sel.EL2N(models=1, epochs=2, lr=0.1, keep="easiest").distill(make_task(seed=0, ipc=2))
+    assert not set(easiest.meta["indices"]) & set(small.meta["indices"])
+    with pytest.raises(AssertionError, match="recomputed"):
+        sel.EL2N(models=1, epochs=3, lr=0.1).distill(make_task(seed=0, ipc=2))
