@@ -10,6 +10,9 @@
     ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
     ddbench teacher  train DATASET [--protocol kd] [--epochs N --model M --seed S] | list
+    ddbench aggregate DIR... [--out table.md] [--csv table.csv]
+    ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
+    ddbench leaderboard build | verify [--tolerance 1.0]   [--board leaderboard]
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any
 from ddbench.errors import DDBenchError
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
-OTHER_COMMANDS = ("data", "show", "import", "export", "teacher")
+OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "aggregate", "submit", "leaderboard")
 log = logging.getLogger("ddbench")
 
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             commands = {"data": cmd_data, "show": cmd_show, "import": cmd_import}
             commands.update(export=cmd_export, teacher=cmd_teacher)
+            commands.update(aggregate=cmd_aggregate, submit=cmd_submit, leaderboard=cmd_leaderboard)
             commands[command](rest)
     except DDBenchError as e:
         _fail(str(e))
@@ -277,34 +281,43 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
         )
         protocol.comparable = False
     s.meta["_path"] = str(path)
+    split = _eval_split(cfg)
     result = evaluate(
         s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
         precision=cfg.precision, parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
-        partial=run_dir / "result.partial.json",
+        partial=run_dir / "result.partial.json", split=split,
     )  # fmt: skip
-    result["config_key"] = config_key(cfg, _RUN_KEYS)
+    result["config_key"] = _run_key(cfg)
     write_result(result, run_dir / "result.json")
     (run_dir / "result.partial.json").unlink(missing_ok=True)
     tracker.result(result)
     acc = result["accuracy"]
     note = "" if protocol.comparable else "  [protocol not comparable with papers]"
-    print(f"{result['method']} {result['dataset']} ipc={result['ipc']} {protocol.name}/{result['model']}: "
+    if split != "test":
+        note += "  [VAL split: a tuning score, not a test result]"
+    print(f"{'VAL ' if split != 'test' else ''}{result['method']} {result['dataset']} ipc={result['ipc']} {protocol.name}/{result['model']}: "
           f"{acc['mean']:.2f} +- {acc['std']:.2f} %{note}  -> {run_dir / 'result.json'}")  # fmt: skip
     return result
 
 
 def _pinned_protocol_hash(name: str) -> str | None:
-    """The hash of ``conf/protocol/<name>.yaml`` as shipped, or None if there is no such file."""
-    import importlib.resources
+    """The hash of ``conf/protocol/<name>.yaml`` as shipped (see protocol.pinned_protocol_hash)."""
+    from ddbench.protocol import pinned_protocol_hash
 
-    from omegaconf import OmegaConf
+    return pinned_protocol_hash(name)
 
-    from ddbench.protocol import Protocol
 
-    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{name}.yaml"
-    if not f.is_file():
-        return None
-    return Protocol.from_config(OmegaConf.to_container(OmegaConf.load(str(f)))).hash
+def _eval_split(cfg) -> str:
+    split = str(cfg.get("eval_split", "test"))
+    if split not in ("test", "val"):
+        raise DDBenchError(f"eval_split must be test or val, not {split!r}")
+    return split
+
+
+def _run_key(cfg) -> str:
+    """config_key of a run; a val evaluation gets its own key (test keys stay as they were)."""
+    keys = _RUN_KEYS if _eval_split(cfg) == "test" else (*_RUN_KEYS, "eval_split")
+    return config_key(cfg, keys)
 
 
 def _done(cfg, run_dir: Path) -> dict | None:
@@ -316,25 +329,30 @@ def _done(cfg, run_dir: Path) -> dict | None:
         r = json.loads(f.read_text())
     except json.JSONDecodeError:
         return None
-    return r if r.get("config_key") == config_key(cfg, _RUN_KEYS) else None
+    return r if r.get("config_key") == _run_key(cfg) else None
 
 
-def job_run(cfg) -> dict:
+def job_run(cfg) -> dict | float:
+    """Distill and evaluate; the result dict, or with ``eval_split=val`` the val error
+    (100 - mean accuracy) as a float, the objective a sweeper such as Optuna minimises."""
     run_dir = _run_dir()
+    split = _eval_split(cfg)
     done = _done(cfg, run_dir)
     if done is not None:
         acc = done["accuracy"]
+        tag = "VAL " if split != "test" else ""
         print(
-            f"already done: {acc['mean']:.2f} +- {acc['std']:.2f} %  ({run_dir / 'result.json'}; force=true redoes it)"
+            f"already done: {tag}{acc['mean']:.2f} +- {acc['std']:.2f} %  ({run_dir / 'result.json'}; force=true redoes it)"
         )
-        return done
+        return 100.0 - float(acc["mean"]) if split == "val" else done
     tracker = _tracker(cfg, run_dir)
     try:
         s, path = _distill(cfg, run_dir, tracker)
         _show_for_tracker(s, run_dir, tracker)
-        return _evaluate(cfg, s, path, run_dir, tracker)
+        result = _evaluate(cfg, s, path, run_dir, tracker)
     finally:
         tracker.finish()
+    return 100.0 - float(result["accuracy"]["mean"]) if split == "val" else result
 
 
 def job_distill(cfg) -> None:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddbench import fyi as _fyi
 from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Task
@@ -56,7 +57,8 @@ class ImageDistillation(Method):
       dsa            siamese DSA during matching (one draw shared by the real and synthetic batch)
       eval_every     every N iterations, train ``eval_seeds`` fresh models for ``eval_epochs``
                      epochs on the current images and log their accuracy on the VAL split (0: never)
-      fyi            placeholder for the FYI (flip) modifier; not implemented yet
+      fyi            FYI (Son et al., ECCV 2024): match and train on the synthetic images together
+                     with their horizontal mirrors (:mod:`ddbench.fyi`); recorded in the set
     """
 
     name = "image_distillation"
@@ -81,8 +83,6 @@ class ImageDistillation(Method):
             batch_real=batch_real, dsa=dsa, eval_every=eval_every, eval_epochs=eval_epochs,
             eval_seeds=list(eval_seeds), fyi=fyi, **config,
         )  # fmt: skip
-        if fyi:
-            raise NotImplementedError("the FYI (flip) modifier is not implemented yet")
         if int(iterations) < 0:
             raise DDBenchError(f"iterations must be >= 0, got {iterations}")
         if not (math.isfinite(float(lr_img)) and float(lr_img) > 0):
@@ -161,7 +161,10 @@ class ImageDistillation(Method):
         self, task: Task, real: torch.Tensor, syn: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Siamese DSA of a (real, synthetic) pair with a seed from the task's generator;
-        the pair unchanged when ``dsa`` is off or the task has no augmentation."""
+        the pair unchanged when ``dsa`` is off or the task has no augmentation. With ``fyi``
+        the synthetic batch is first ``[syn; flip(syn)]`` (twice the rows; :mod:`ddbench.fyi`)."""
+        if self.fyi:
+            syn = _fyi.flip_concat(syn)
         if not self.dsa or task.augment is None:
             return real, syn
         return task.augment.pair(real, syn, self.next_seed(task))
@@ -189,6 +192,8 @@ class ImageDistillation(Method):
         return images.to(task.device, torch.float32).contiguous(), labels
 
     def distill(self, task: Task) -> SyntheticSet:
+        if self.fyi:
+            _fyi.check_task(task, self.name)
         images, labels = self.init_images(task)
         images.requires_grad_(True)
         self._opt = torch.optim.SGD([images], lr=self.image_lr(task), momentum=self.momentum_img)
@@ -230,7 +235,7 @@ class ImageDistillation(Method):
         return task.make_set(
             images, labels, method=self, protocol=self.protocol,
             distillation={"iterations": self.iterations, "resumed_from": start,
-                          "final_loss": loss if math.isfinite(loss) else None,
+                          "final_loss": loss if math.isfinite(loss) else None, "fyi": self.fyi,
                           "loop_seconds": seconds_before + time.perf_counter() - t0},
         )  # fmt: skip
 
@@ -322,10 +327,12 @@ def train_steps(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
+    fyi: bool = False,
 ) -> float:
     """``steps`` SGD steps of cross entropy for an EXISTING ``net`` and optimiser on ``(x, y)``:
     shuffled epochs of ``batch_size`` batches, the last one partial (a shuffling DataLoader), each
-    batch augmented by ``augment(xb, generator)`` if given. Returns the last loss.
+    batch augmented by ``augment(xb, generator)`` if given. Returns the last loss. ``fyi``: each
+    batch is ``[xb; flip(xb)]`` (labels repeated) before the augmentation (:mod:`ddbench.fyi`).
 
     This is the inner loop of DC/DSA. ``engine.train`` builds fresh models from seeds and owns
     their optimiser, so it cannot continue training a network across outer steps; until the
@@ -340,12 +347,14 @@ def train_steps(
             if done == steps:
                 break
             idx = order[b0 : b0 + bs]
-            xb = x[idx]
+            xb, yb = x[idx], y[idx]
+            if fyi:
+                xb, yb = _fyi.flip_concat(xb), torch.cat([yb, yb])
             if augment is not None:
                 xb = augment(xb, generator)
             with autocast(x.device, precision):
                 out = net(xb)
-            loss = F.cross_entropy(out.float(), y[idx])
+            loss = F.cross_entropy(out.float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

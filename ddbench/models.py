@@ -176,6 +176,7 @@ class ConvNet(nn.Module):
                 )
 
         layers: list[nn.Module] = []
+        acts: list[int] = []  # index in ``features`` of each block's activation
         in_channels, (h, w) = channels, im_size
         for d in range(net_depth):
             padding = 3 if channels == 1 and d == 0 else 1
@@ -185,6 +186,7 @@ class ConvNet(nn.Module):
             norm = self._norm(net_norm, net_width, h, w)
             if norm is not None:
                 layers.append(norm)
+            acts.append(len(layers))
             layers.append(self._act(net_act))
             in_channels = net_width
             if net_pooling != "none":
@@ -194,6 +196,7 @@ class ConvNet(nn.Module):
                 h, w = h // 2, w // 2
                 _require_positive(name, im_size, h, w, f"after pooling {d + 1}")
         self.features = nn.Sequential(*layers)
+        self._act_layers = frozenset(acts)
         self.feature_shape = (net_width, h, w)
         self.classifier = nn.Linear(net_width * h * w, num_classes)
 
@@ -222,6 +225,17 @@ class ConvNet(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened conv features ``[B, width*h*w]``."""
         return self.features(x).flatten(1)
+
+    def feature_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``(maps, embed(x))`` in one forward pass: ``maps[d]`` is block ``d``'s activation
+        output ``[B, width, h_d, w_d]`` (after conv, norm and nonlinearity, before pooling), one
+        per block; the second item equals :meth:`embed`."""
+        maps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._act_layers:
+                maps.append(x)
+        return maps, x.flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))

@@ -149,8 +149,12 @@ def evaluate(
     progress: bool = True,
     log=None,
     partial: str | Path | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Score ``synset`` under ``protocol``: mean/std of the final test accuracy over the seeds.
+
+    ``split="val"`` scores on the val split (carved from train) instead, for tuning; the result
+    says so (``"split": "val"``) and must never be reported as a test score.
 
     ``partial``: a JSON file where each seed's accuracy is written as soon as it is known; an
     interrupted evaluation rerun with the same file, set, protocol and model skips those seeds.
@@ -160,6 +164,8 @@ def evaluate(
     from ddbench.engine import accuracy, pick_device, train
     from ddbench.models import create_model
 
+    if split not in ("test", "val"):
+        raise DDBenchError(f"split must be test or val, not {split!r}")
     meta = synset.meta
     dataset = meta.get("dataset")
     spec = ddata.get_spec(dataset)
@@ -204,11 +210,12 @@ def evaluate(
 
     t0 = time.perf_counter()
     train_split = ddata.load_split(dataset, "train")
-    test = ddata.load_split(dataset, "test")
+    test = ddata.load_split(dataset, split)
     transform = set_space_transform(meta, train_split)
     # Seeds already scored by an interrupted run of this exact evaluation (see ``partial``).
     key = hashlib.sha256(
-        f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{meta.get('sha256')}|{precision}".encode()
+        f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{meta.get('sha256')}|{precision}"
+        f"{'' if split == 'test' else '|' + split}".encode()
     ).hexdigest()[:16]
     done = _load_partial(partial, key)
     todo = [s for s in protocol.seeds if s not in done]
@@ -237,6 +244,7 @@ def evaluate(
         "ipc": meta.get("ipc"),
         "model": model,
         "model_kwargs": kwargs,
+        "split": split,
         "protocol": {
             "name": protocol.name,
             "hash": protocol.hash,
@@ -318,3 +326,17 @@ def write_result(result: dict, path: str | Path) -> Path:
     text = json.dumps(result, indent=2, sort_keys=False, default=str)
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
     return Path(path)
+
+
+def pinned_protocol_hash(name: str) -> str | None:
+    """The hash of ``conf/protocol/<name>.yaml`` as shipped, or None if there is no such file."""
+    import importlib.resources
+
+    from omegaconf import OmegaConf
+
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        return None
+    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{name}.yaml"
+    if not f.is_file():
+        return None
+    return Protocol.from_config(OmegaConf.to_container(OmegaConf.load(str(f)))).hash

@@ -7,7 +7,7 @@ metadata (its config, val accuracy, training time, versions). ``key`` hashes eve
 changes the weights, so a cache hit is exact and costs no training. Training checkpoints every
 epoch next to the file (``.train_state.pt``); a killed training resumes from there.
 
-    ddbench teacher train fashion_mnist [--epochs 10 --model convnet --seed 0]
+    ddbench teacher train fashion_mnist [--epochs 5 --model convnet --seed 0]
     ddbench teacher list
 """
 
@@ -37,7 +37,7 @@ class TeacherConfig:
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 256
     optimizer: str = "sgd"
     lr: float = 0.01

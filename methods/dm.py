@@ -85,5 +85,5 @@ class DM(ImageDistillation):
             [torch.full((len(r),), c, device=f_real.device) for c, r in enumerate(reals)]
         )
         mean_real = class_means(f_real, y_real, k)
-        mean_syn = f_syn.reshape(k, task.ipc, -1).mean(1)
+        mean_syn = f_syn.reshape(k, len(syns[0]), -1).mean(1)  # 2 * ipc rows per class with FYI
         return ((mean_real - mean_syn) ** 2).sum()
