@@ -1,4 +1,6 @@
-"""Shared fixtures: a test data root, the digits train split, and a builder of valid sets.
+"""Shared fixtures: a test data root, the digits train split, and a builder of valid sets; and
+the helpers of the image-distillation tests (test_matching.py, test_datadam_fyi.py): a task on
+digits with a tiny ConvNet, a method's loss on fixed draws, the saved-set check, the resume check.
 
 ``DDBENCH_DATA`` points at ``$DDBENCH_TEST_DATA`` if set, else at the persistent
 ``~/.cache/ddbench/test-data``, so datasets are prepared once (per machine or CI cache), not per
@@ -15,8 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddbench import synset
+from ddbench.augment import DSA
 from ddbench.data import RealDataset, load_split
-from ddbench.method import Method, Task
+from ddbench.method import Checkpointer, Method, Task
+from ddbench.models import create_model
 from ddbench.synset import SyntheticSet
 
 TEST_DATA_ROOT = Path(
@@ -97,3 +102,115 @@ def make_set(split_cache) -> Callable[..., SyntheticSet]:
         return task.make_set(images, labels, method=method)
 
     return build
+
+
+# ------------------------------------------------------------------------ image distillation
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets on 8x8 images: one thread is faster than several, and immune to a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class Rec:
+    """A logger that keeps the metrics it is sent."""
+
+    def __init__(self):
+        self.seen: list[tuple[int | None, dict]] = []
+
+    def metrics(self, values, step=None):
+        self.seen.append((step, dict(values)))
+
+
+def make_task(
+    train, ipc, *, seed=0, directory=None, key="k", every=0, val=None, logger=None, strategy=None
+):
+    """A task on ``train`` (digits) with a width-16 ConvNet-3 and DSA (``strategy``, default the
+    dataset's); ``directory``/``key``/``every``: its checkpointer."""
+    return Task(
+        train=train,
+        ipc=ipc,
+        model_factory=lambda: create_model("convnet", 1, 10, (8, 8), net_width=16),
+        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
+        device=torch.device("cpu"),
+        augment=DSA(strategy or train.spec.dsa_strategy),
+        logger=logger,
+        checkpointer=Checkpointer(directory, key, every),
+        val_loader=val,
+    )
+
+
+def fixed_loss(method, task, images, seeds=(101, 102, 103)) -> float:
+    """The method's matching loss on fixed networks, real batches and DSA draws."""
+    state = task.generator.get_state()
+    total = 0.0
+    for s in seeds:
+        task.generator.manual_seed(s)
+        net = method.fresh_net(task)
+        total += float(method.matching_loss(task, net, images.detach()).detach())
+    task.generator.set_state(state)
+    return total / len(seeds)
+
+
+def assert_valid_set(s, tmp_path, ipc, name):
+    """``s`` saves and loads back intact: ``ipc`` finite digits images per class, hard labels."""
+    path = synset.save(s, tmp_path / f"{name}.safetensors")
+    back = synset.load(path)
+    assert back.images.shape == (10 * ipc, 1, 8, 8) and torch.isfinite(back.images).all()
+    assert back.labels.dtype == torch.int64
+    assert torch.bincount(back.labels, minlength=10).tolist() == [ipc] * 10
+    assert back.meta["ipc"] == ipc and back.meta["method"]["name"] == name
+    assert torch.equal(back.images, s.images.float())
+    return back
+
+
+class Killed(Exception):
+    pass
+
+
+def counting(cls):
+    """A subclass of the method ``cls`` that records the iterations it runs (``calls``) and
+    can be 'killed' at one (``kill_at``)."""
+
+    class Counting(cls):
+        def __init__(self, kill_at=None, **config):
+            super().__init__(**config)
+            self.kill_at, self.calls = kill_at, []
+
+        def step(self, task, images, labels, it):
+            if it == self.kill_at:
+                raise Killed
+            self.calls.append(it)
+            return super().step(task, images, labels, it)
+
+    Counting.__name__ = Counting.__qualname__ = f"Counting{cls.__name__}"
+    return Counting
+
+
+def check_resume(cls, cfg, train, tmp_path) -> None:
+    """A run of ``cls(**cfg)`` (4 iterations, ipc 2) killed at iteration 3 with a checkpoint
+    every 2 resumes from iteration 2 and ends exactly as an uninterrupted run; another
+    checkpoint key starts afresh."""
+    counted = counting(cls)
+    reference = counted(**cfg).distill(make_task(train, 2))
+    killed = counted(kill_at=3, **cfg)
+    with pytest.raises(Killed):
+        killed.distill(make_task(train, 2, directory=tmp_path, key="a", every=2))
+    assert killed.calls == [0, 1, 2]
+    step, _, state = Checkpointer(tmp_path, "a").load()
+    assert step == 2 and state["seconds"] > 0
+    resumed = counted(**cfg)
+    s = resumed.distill(make_task(train, 2, directory=tmp_path, key="a", every=2))
+    assert resumed.calls == [2, 3] and s.meta["distillation"]["resumed_from"] == 2
+    assert s.meta["distillation"]["loop_seconds"] > state["seconds"]  # time before the kill counts
+    # images, momentum and the generator's state were restored: same result as no kill at all
+    assert torch.allclose(s.images, reference.images, atol=1e-6)
+    assert_valid_set(s, tmp_path, 2, resumed.name)
+    other = counted(**cfg)
+    other.distill(make_task(train, 2, directory=tmp_path, key="b", every=2))
+    assert other.calls == [0, 1, 2, 3]

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Rec, assert_valid_set, check_resume, fixed_loss, make_task
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ddbench import synset
-from ddbench.augment import DSA as Augment
 from ddbench.distill import ImageDistillation, class_means
 from ddbench.errors import DDBenchError
-from ddbench.method import Checkpointer, Task
 from ddbench.methods.dm import DM
 from ddbench.methods.gradient_matching import DC, DSA, gradient_distance
 from ddbench.models import create_model
@@ -22,61 +21,7 @@ from ddbench.models import create_model
 CONF = Path(__file__).parents[1] / "conf" / "method"
 FAST = {"batch_real": 32}  # per-class real batch; tiny nets make each iteration ~0.1 s
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on 8x8 images: one thread is faster than several, and immune to a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class Rec:
-    """A logger that keeps the metrics it is sent."""
-
-    def __init__(self):
-        self.seen: list[tuple[int | None, dict]] = []
-
-    def metrics(self, values, step=None):
-        self.seen.append((step, dict(values)))
-
-
-def make_task(train, ipc, *, seed=0, directory=None, key="k", every=0, val=None, logger=None):
-    return Task(
-        train=train,
-        ipc=ipc,
-        model_factory=lambda: create_model("convnet", 1, 10, (8, 8), net_width=16),
-        generator=torch.Generator().manual_seed(seed),
-        seed=seed,
-        device=torch.device("cpu"),
-        augment=Augment(train.spec.dsa_strategy),
-        logger=logger,
-        checkpointer=Checkpointer(directory, key, every),
-        val_loader=val,
-    )
-
-
-def fixed_loss(method, task, images, seeds=(101, 102, 103)) -> float:
-    """The method's matching loss on fixed networks, real batches and DSA draws."""
-    state = task.generator.get_state()
-    total = 0.0
-    for s in seeds:
-        task.generator.manual_seed(s)
-        net = method.fresh_net(task)
-        total += float(method.matching_loss(task, net, images.detach()).detach())
-    task.generator.set_state(state)
-    return total / len(seeds)
-
-
-def assert_valid_set(s, tmp_path, ipc, name):
-    path = synset.save(s, tmp_path / f"{name}.safetensors")
-    back = synset.load(path)
-    assert back.images.shape == (10 * ipc, 1, 8, 8) and torch.isfinite(back.images).all()
-    assert back.labels.dtype == torch.int64
-    assert torch.bincount(back.labels, minlength=10).tolist() == [ipc] * 10
-    assert back.meta["ipc"] == ipc and back.meta["method"]["name"] == name
-    assert torch.equal(back.images, s.images.float())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ distance
@@ -143,8 +88,6 @@ def test_dm_lr_rule_and_config_validation():
     assert DM().image_lr(t) == 10.0 and DM(lr_img_large_ipc=None).image_lr(t) == 1.0
     t.ipc = 10
     assert DM().image_lr(t) == 1.0
-    with pytest.raises(NotImplementedError, match="FYI"):
-        DM(fyi=True)
     with pytest.raises(DDBenchError, match="init"):
         DM(init="zeros")
     with pytest.raises(DDBenchError, match="outer_loop"):
@@ -201,43 +144,8 @@ def test_eval_every_reports_val_accuracy(digits_train, split_cache):
 # ------------------------------------------------------------------------------ resume
 
 
-class Killed(Exception):
-    pass
-
-
-class CountingDM(DM):
-    """DM that records the iterations it runs and can be 'killed' at one."""
-
-    def __init__(self, kill_at=None, **config):
-        super().__init__(**config)
-        self.kill_at, self.calls = kill_at, []
-
-    def step(self, task, images, labels, it):
-        if it == self.kill_at:
-            raise Killed
-        self.calls.append(it)
-        return super().step(task, images, labels, it)
-
-
 def test_resume_continues_from_the_checkpoint_exactly(digits_train, tmp_path):
-    cfg = dict(iterations=4, **FAST)
-    reference = CountingDM(**cfg).distill(make_task(digits_train, 2))
-    killed = CountingDM(kill_at=3, **cfg)
-    with pytest.raises(Killed):
-        killed.distill(make_task(digits_train, 2, directory=tmp_path, key="a", every=2))
-    assert killed.calls == [0, 1, 2]
-    step, _, state = Checkpointer(tmp_path, "a").load()
-    assert step == 2 and state["seconds"] > 0
-    resumed = CountingDM(**cfg)
-    s = resumed.distill(make_task(digits_train, 2, directory=tmp_path, key="a", every=2))
-    assert resumed.calls == [2, 3] and s.meta["distillation"]["resumed_from"] == 2
-    assert s.meta["distillation"]["loop_seconds"] > state["seconds"]  # time before the kill counts
-    # images, momentum and the generator's state were restored: same result as no kill at all
-    assert torch.allclose(s.images, reference.images, atol=1e-6)
-    assert_valid_set(s, tmp_path, 2, "dm")
-    other = CountingDM(**cfg)
-    other.distill(make_task(digits_train, 2, directory=tmp_path, key="b", every=2))
-    assert other.calls == [0, 1, 2, 3]
+    check_resume(DM, dict(iterations=4, **FAST), digits_train, tmp_path)
 
 
 # ------------------------------------------------------------------------------ configs

@@ -1,0 +1,104 @@
+"""DataDAM: Efficient Dataset Distillation with Attention Matching (Sajedi et al., ICCV 2023).
+
+Per iteration a freshly initialised network (frozen); per class, a real batch and the class's
+synthetic images under one siamese DSA draw go through it, and the images move to match
+
+* SAM (spatial attention matching), for every block but the last: the attention map of a feature
+  map ``f [C, h, w]`` is ``a = sum_c |f_c|^p`` flattened and L2-normalised per image; the loss is
+  ``||mean_real a - mean_syn a||^2``, summed over those layers;
+* plus ``mmd_weight`` times the MMD of the last layer's embedding (DM's loss: the squared
+  distance of the class's mean real and mean synthetic embedding),
+
+summed over classes and multiplied by ``loss_scale``. The network must offer
+``feature_maps(x) -> (per-block maps, embedding)`` (:meth:`ddbench.models.ConvNet.feature_maps`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddbench.distill import ImageDistillation
+from ddbench.engine import autocast
+from ddbench.errors import DDBenchError
+from ddbench.method import Task
+
+
+def attention(feature_map: torch.Tensor, power: float) -> torch.Tensor:
+    """DataDAM's spatial attention ``[B, h*w]``: ``sum_c |f_c|^p`` per position, L2-normalised
+    per image (sum or mean over channels: the same after the normalisation)."""
+    a = feature_map.float().abs().pow(power).sum(1).flatten(1)
+    return F.normalize(a, p=2.0, dim=1)
+
+
+class DataDAM(ImageDistillation):
+    """Attention matching through random networks (see the module docstring).
+
+    ``power``: the exponent ``p`` of the attention maps; ``mmd_weight``: ``lambda``, the weight of
+    the last-layer MMD next to SAM; ``loss_scale``: the factor on the whole loss (the authors'
+    code multiplies both terms by 100; with SGD it acts as a learning-rate factor).
+    ``lr_img_large_ipc`` replaces ``lr_img`` for ipc >= 100 (the authors' 10 vs 1).
+    """
+
+    name = "datadam"
+
+    def __init__(
+        self,
+        iterations: int = 20000,
+        lr_img: float = 1.0,
+        lr_img_large_ipc: float | None = 10.0,
+        init: str = "real",
+        batch_real: int = 64,
+        power: float = 4.0,
+        mmd_weight: float = 0.01,
+        loss_scale: float = 100.0,
+        **config,
+    ):
+        super().__init__(
+            iterations=iterations, lr_img=lr_img, lr_img_large_ipc=lr_img_large_ipc, init=init,
+            batch_real=batch_real, power=power, mmd_weight=mmd_weight, loss_scale=loss_scale,
+            **config,
+        )  # fmt: skip
+        if not float(power) > 0:
+            raise DDBenchError(f"power must be positive, got {power}")
+        if not float(mmd_weight) >= 0 or not float(loss_scale) > 0:
+            raise DDBenchError(
+                f"mmd_weight must be >= 0 and loss_scale > 0, got {mmd_weight}, {loss_scale}"
+            )
+        self.lr_img_large_ipc = lr_img_large_ipc
+        self.power = float(power)
+        self.mmd_weight = float(mmd_weight)
+        self.loss_scale = float(loss_scale)
+
+    def image_lr(self, task: Task) -> float:
+        if task.ipc >= 100 and self.lr_img_large_ipc is not None:
+            return float(self.lr_img_large_ipc)
+        return self.lr_img
+
+    def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
+        net = self.fresh_net(task, frozen=True, channels_last=task.device.type == "cpu")
+        return self.update(self.matching_loss(task, net, images)) / task.num_classes
+
+    def matching_loss(self, task: Task, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``loss_scale * sum_c (SAM_c + mmd_weight * MMD_c)`` (draws from task.generator)."""
+        if not callable(getattr(net, "feature_maps", None)):
+            raise DDBenchError(
+                f"{self.name} needs a model with feature_maps(x) (per-block activations), such "
+                f"as the ConvNet family; {type(net).__name__} has none"
+            )
+        loss = images.new_zeros(())
+        for c in range(task.num_classes):
+            real, syn = self.siamese(
+                task, self.sample_real(task, c, self.batch_real), images[self.class_slice(task, c)]
+            )
+            with autocast(task.device, task.precision):
+                with torch.no_grad():
+                    maps_real, emb_real = net.feature_maps(real)
+                maps_syn, emb_syn = net.feature_maps(syn)
+            for f_real, f_syn in zip(maps_real[:-1], maps_syn[:-1]):  # the last layer: MMD
+                a_real = attention(f_real, self.power).mean(0)
+                loss = loss + ((a_real - attention(f_syn, self.power).mean(0)) ** 2).sum()
+            mmd = ((emb_real.float().mean(0) - emb_syn.float().mean(0)) ** 2).sum()
+            loss = loss + self.mmd_weight * mmd
+        return self.loss_scale * loss
