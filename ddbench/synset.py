@@ -149,7 +149,11 @@ def read_header(path: str | Path) -> dict[str, Any]:
             raise DDBenchError(
                 f"{path} is empty or truncated ({size} bytes): not a safetensors file"
             )
-        kind = _sniff(path, head)
+        # a safetensors header is JSON: its length's first byte may be 0x80 (a length of 128
+        # mod 256) or "PK" without the file being a pickle or a zip
+        json_next = f.read(1) == b"{"
+        f.seek(8)
+        kind = None if json_next else _sniff(path, head)
         if kind:
             raise DDBenchError(
                 f"{path} is {kind}, not a safetensors file; ddbench never unpickles set files. "

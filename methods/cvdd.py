@@ -1,0 +1,172 @@
+"""CV-DD: Dataset Distillation via Committee Voting (Cui, Li, Ma, Bi, Luo & Shen, 2025).
+
+SRe2L (``methods/sre2l.py``) with a committee of teachers instead of one. Every recovery batch
+(one image per class) goes through the members that vote on it, and its loss is their
+prior-performance-weighted sum::
+
+    loss = sum_i w_i (CE(f_i(A(x)), y) + r_bn * BN_i(A(x))),   w = softmax(p / T)
+
+``p_i`` is member ``i``'s prior performance (by default its cached val accuracy in %; the
+official code uses the accuracy of the set each model distils alone), ``T`` the
+``weight_temperature`` (5 in the official code, ``recover/recover.py`` ``--weight-temperature``),
+and the softmax runs over the members voting on that batch. ``members_per_step``: the number of
+members that vote on each batch, drawn at random per batch (the paper's default committee of
+N=2 out of a pool of 5); null lets all members vote. The soft labels are the committee's
+weighted logits ``sum_i w_i f_i(x)`` with the weights over the whole committee.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ddbench.errors import DDBenchError
+from ddbench.method import Task
+from ddbench.methods.sre2l import DEFAULT_TEACHER, SRe2L
+from ddbench.synset import SyntheticSet
+
+__all__ = ["CVDD", "DEFAULT_COMMITTEE", "voting_weights"]
+
+DEFAULT_COMMITTEE: list[dict[str, Any]] = [
+    {"model": "convnet_bn", "seed": 0},
+    {"model": "convnet_bn", "model_kwargs": {"net_depth": 4}, "seed": 1},
+    {"model": "convnet_bn", "model_kwargs": {"net_width": 64}, "seed": 2},
+]
+
+
+def voting_weights(priors: list[float], temperature: float, voting: str = "prior") -> torch.Tensor:
+    """CV-DD's prior-performance-guided voting: ``softmax(priors / temperature)``; ``equal``:
+    ``1 / len(priors)`` each."""
+    if voting == "equal":
+        return torch.full((len(priors),), 1.0 / len(priors), dtype=torch.float64)
+    return torch.softmax(torch.tensor(priors, dtype=torch.float64) / temperature, 0)
+
+
+class CVDD(SRe2L):
+    """SRe2L recovered and relabelled by a voting committee of teachers (module docstring).
+
+    Config (besides SRe2L's, ``teacher`` excepted): ``committee`` (a list of
+    :class:`ddbench.teachers.TeacherConfig` nodes; keys left out take SRe2L's default teacher
+    values), ``voting`` (``prior`` or ``equal``), ``priors`` (one number per member, in %; null:
+    the members' cached val accuracies), ``weight_temperature``, ``members_per_step``.
+    """
+
+    name = "cvdd"
+
+    def __init__(
+        self,
+        committee: list[dict[str, Any]] | None = None,
+        voting: str = "prior",
+        priors: list[float] | None = None,
+        weight_temperature: float = 5.0,
+        members_per_step: int | None = None,
+        **config: Any,
+    ):
+        from ddbench.teachers import TeacherConfig
+
+        if config.pop("teacher", None) is not None:
+            raise DDBenchError("cvdd takes a committee of teachers, not `teacher`")
+        committee = [{**DEFAULT_TEACHER, **dict(c)} for c in (committee or DEFAULT_COMMITTEE)]
+        super().__init__(
+            committee=committee, voting=voting, priors=priors,
+            weight_temperature=weight_temperature, members_per_step=members_per_step, **config,
+        )  # fmt: skip
+        del self.config["teacher"]
+        self.committee = [TeacherConfig.from_config(c) for c in committee]
+        if voting not in ("prior", "equal"):
+            raise DDBenchError(f"voting must be prior or equal, got {voting!r}")
+        if priors is not None and len(priors) != len(committee):
+            raise DDBenchError(f"{len(priors)} priors for a committee of {len(committee)}")
+        if not float(weight_temperature) > 0:
+            raise DDBenchError(f"weight_temperature must be positive, got {weight_temperature}")
+        n = members_per_step
+        if n is not None and not 1 <= int(n) <= len(committee):
+            raise DDBenchError(f"members_per_step must be in [1, {len(committee)}], got {n}")
+        self.voting = voting
+        self.priors = None if priors is None else [float(p) for p in priors]
+        self.weight_temperature = float(weight_temperature)
+        self.members_per_step = None if n is None else int(n)
+        self.voters: list[list[int]] = []  # per recovery batch (slot): the members voting on it
+
+    def teacher_configs(self) -> list:
+        return self.committee
+
+    def member_priors(self) -> list[float]:
+        """Each member's prior performance: ``priors``, else its cached val accuracy (%)."""
+        if self.priors is not None:
+            return self.priors
+        return [float(m.meta["val_accuracy"]) for m in self.members]
+
+    def weights(self, members: list[int]) -> torch.Tensor:
+        """The voting weights of ``members`` (softmax over them only)."""
+        p = self.member_priors()
+        return voting_weights([p[i] for i in members], self.weight_temperature, self.voting)
+
+    def recovery_loss(
+        self, task: Task, x: torch.Tensor, y: torch.Tensor, group_size: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        groups = len(x) // group_size
+        if len(self.voters) != groups:
+            raise DDBenchError(f"cvdd: {groups} recovery batches but {len(self.voters)} votes")
+        # weight[g, i]: member i's vote on batch g (0 when it does not vote on it)
+        weight = torch.zeros(groups, len(self.members), dtype=torch.float64)
+        for g, members in enumerate(self.voters):
+            weight[g, members] = self.weights(members)
+        loss, parts = x.new_zeros(()), {}
+        for i, member in enumerate(self.members):
+            rows_of = weight[:, i].nonzero().flatten().tolist()
+            if not rows_of:
+                continue
+            if len(rows_of) == groups:
+                xi, yi = x, y
+            else:
+                idx = torch.cat(
+                    [torch.arange(g * group_size, (g + 1) * group_size) for g in rows_of]
+                ).to(x.device)
+                xi, yi = x[idx], y[idx]
+            ce, bn = member.losses(xi, yi, group_size, self.first_bn_multiplier, task.precision)
+            w = weight[rows_of, i].to(x.device, torch.float32)
+            loss = loss + (w * (ce + self.r_bn * bn)).sum()
+            parts.update(
+                {f"ce_{i}": float(ce.detach().mean()), f"bn_{i}": float(bn.detach().mean())}
+            )
+        return loss, parts
+
+    def relabel(self, task: Task, images: torch.Tensor) -> torch.Tensor:
+        w = self.weights(list(range(len(self.members)))).tolist()
+        return sum(wi * m.logits(images) for wi, m in zip(w, self.members))
+
+    def relabel_meta(self) -> dict[str, Any]:
+        w = self.weights(list(range(len(self.members)))).tolist()
+        return {
+            "committee": [
+                {
+                    "key": m.meta["key"],
+                    "model": m.meta["config"]["model"],
+                    "val_accuracy": m.meta["val_accuracy"],
+                    "prior": p,
+                    "weight": wi,
+                }  # fmt: skip
+                for m, p, wi in zip(self.members, self.member_priors(), w)
+            ],
+            "voting": self.voting,
+            "weight_temperature": self.weight_temperature,
+        }
+
+    def draw_voters(self, task: Task) -> list[list[int]]:
+        """The members voting on each recovery batch (one per image slot), fixed for the whole
+        recovery: all of them, or ``members_per_step`` drawn from ``task.generator``."""
+        m = len(self.committee)
+        if self.members_per_step is None:
+            return [list(range(m)) for _ in range(task.ipc)]
+        return [
+            sorted(torch.randperm(m, generator=task.generator)[: self.members_per_step].tolist())
+            for _ in range(task.ipc)
+        ]
+
+    def distill(self, task: Task) -> SyntheticSet:
+        self.voters = self.draw_voters(task)  # before anything else draws: same on resume
+        synset = super().distill(task)
+        synset.meta["relabel"]["voters"] = self.voters
+        return synset
