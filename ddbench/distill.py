@@ -236,7 +236,8 @@ class ImageDistillation(Method):
             images, labels, method=self, protocol=self.protocol,
             distillation={"iterations": self.iterations, "resumed_from": start,
                           "final_loss": loss if math.isfinite(loss) else None, "fyi": self.fyi,
-                          "loop_seconds": seconds_before + time.perf_counter() - t0},
+                          "loop_seconds": seconds_before + time.perf_counter() - t0,
+                          "seconds_before_resume": seconds_before},
         )  # fmt: skip
 
     def evaluate(

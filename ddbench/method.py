@@ -187,8 +187,11 @@ def run_distill(method: Method, task: Task) -> SyntheticSet:
         raise DDBenchError(
             f"method {method.name!r} returned {type(synset).__name__}, not a SyntheticSet"
         )
+    # a resumed run also counts the time its interrupted runs spent (recorded by the method)
+    before = float((synset.meta.get("distillation") or {}).get("seconds_before_resume") or 0.0)
     synset.meta["cost"] = {
-        "wall_seconds": time.perf_counter() - t0,
+        "wall_seconds": time.perf_counter() - t0 + before,
+        "resumed_seconds": before,
         "peak_memory_bytes": peak_memory_bytes(task.device),
     }
     return synset

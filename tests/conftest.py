@@ -204,8 +204,12 @@ def check_resume(cls, cfg, train, tmp_path) -> None:
     assert killed.calls == [0, 1, 2]
     step, _, state = Checkpointer(tmp_path, "a").load()
     assert step == 2 and state["seconds"] > 0
+    from ddbench.method import run_distill
+
     resumed = counted(**cfg)
-    s = resumed.distill(make_task(train, 2, directory=tmp_path, key="a", every=2))
+    s = run_distill(resumed, make_task(train, 2, directory=tmp_path, key="a", every=2))
+    assert s.meta["cost"]["resumed_seconds"] == pytest.approx(state["seconds"])
+    assert s.meta["cost"]["wall_seconds"] > state["seconds"]  # the cost counts the killed run
     assert resumed.calls == [2, 3] and s.meta["distillation"]["resumed_from"] == 2
     assert s.meta["distillation"]["loop_seconds"] > state["seconds"]  # time before the kill counts
     # images, momentum and the generator's state were restored: same result as no kill at all
