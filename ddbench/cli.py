@@ -30,7 +30,8 @@ from typing import Any
 from ddbench.errors import DDBenchError
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
-OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "aggregate", "submit", "leaderboard")
+OTHER_COMMANDS = ("data", "show", "import", "export", "teacher")
+OTHER_COMMANDS += ("aggregate", "submit", "leaderboard")
 log = logging.getLogger("ddbench")
 
 
@@ -366,7 +367,8 @@ def job_distill(cfg) -> None:
         tracker.finish()
 
 
-def job_evaluate(cfg) -> dict:
+def job_evaluate(cfg) -> dict | float:
+    """Score a saved set; like job_run, the val error (a float) when ``eval_split=val``."""
     from ddbench import synset
 
     run_dir = _run_dir()
@@ -377,9 +379,10 @@ def job_evaluate(cfg) -> dict:
         s = synset.load(path)
     tracker = _tracker(cfg, run_dir)
     try:
-        return _evaluate(cfg, s, path, run_dir, tracker)
+        result = _evaluate(cfg, s, path, run_dir, tracker)
     finally:
         tracker.finish()
+    return 100.0 - float(result["accuracy"]["mean"]) if _eval_split(cfg) == "val" else result
 
 
 def _show_for_tracker(s, run_dir: Path, tracker) -> None:
@@ -510,6 +513,24 @@ def cmd_teacher(args: list[str]) -> None:
     _, meta = teachers.get_teacher(a.dataset, cfg, device=pick_device(a.device))
     print(f"teacher {a.dataset}/{cfg.model}: val {meta['val_accuracy']:.2f}%  "
           f"-> {teachers.teacher_path(a.dataset, cfg)}")  # fmt: skip
+
+
+def cmd_aggregate(args: list[str]) -> None:
+    from ddbench import aggregate
+
+    aggregate.main(args)
+
+
+def cmd_submit(args: list[str]) -> None:
+    from ddbench import leaderboard
+
+    leaderboard.main_submit(args)
+
+
+def cmd_leaderboard(args: list[str]) -> None:
+    from ddbench import leaderboard
+
+    leaderboard.main_leaderboard(args)
 
 
 if __name__ == "__main__":
