@@ -115,6 +115,7 @@ def _register_resolvers() -> None:
         ("synset_dataset", lambda p: header(p).get("dataset", "unknown")),
         ("synset_method", lambda p: (header(p).get("method") or {}).get("name", "unknown")),
         ("synset_ipc", lambda p: header(p).get("ipc", 0)),
+        ("synset_sha", lambda p: (header(p).get("sha256") or "unknown")[:12]),
     ):
         if not OmegaConf.has_resolver(key):
             OmegaConf.register_new_resolver(key, getter)

@@ -67,6 +67,12 @@ def test_distill_then_evaluate_then_show(tmp_path):
             f"hydra.run.dir={e}", cwd=tmp_path)  # fmt: skip
     r = json.loads((e / "result.json").read_text())
     assert r["model"] == "mlp" and r["ipc"] == 3
+    # without hydra.run.dir: the run dir names the set's dataset, method, ipc and checksum
+    ddbench("evaluate", f"synset={synset}", "protocol=quick", "protocol.epochs=1", "model=mlp",
+            "progress=false", cwd=tmp_path)  # fmt: skip
+    (found,) = (tmp_path / "outputs" / "evaluate").rglob("result.json")
+    parts = found.relative_to(tmp_path / "outputs" / "evaluate").parts
+    assert parts[:4] == ("digits", "random", "ipc3", f"set-{r['synset']['sha256'][:12]}")
     png = tmp_path / "grid.png"
     ddbench("show", str(synset), "--out", str(png), cwd=tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
