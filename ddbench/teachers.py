@@ -13,6 +13,7 @@ epoch next to the file (``.train_state.pt``); a killed training resumes from the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -127,7 +128,29 @@ def get_teacher(
         raise DDBenchError(
             f"no cached teacher for {dataset} {cfg}; run `ddbench teacher train {dataset}`"
         )
-    return train_teacher(dataset, cfg, device=device, progress=progress)
+    # Parallel jobs of a sweep may all miss at once: one trains, the others wait for it.
+    with _lock(path.with_suffix(".lock")):
+        if path.exists():
+            return get_teacher(dataset, cfg, device=device, train=False)
+        return train_teacher(dataset, cfg, device=device, progress=progress)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive lock on ``path`` across processes (advisory ``flock``)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is training this teacher; waiting for it (%s)", path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def train_teacher(

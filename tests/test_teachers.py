@@ -117,3 +117,15 @@ def test_kd_pruning_experiment_sweeps_labels_over_the_same_recipe(tmp_path):
     results = [json.loads(f.read_text()) for f in (tmp_path / "m").rglob("result.json")]
     assert sorted(r["protocol"]["name"] for r in results) == ["kd", "kd_hard"]
     assert sorted(r["labels"]["kind"] for r in results) == ["hard", "teacher"]
+
+
+def test_parallel_jobs_that_miss_together_train_the_teacher_once(tmp_path):
+    first = _teacher_cli(tmp_path, "--epochs", "3")
+    time.sleep(1.0)  # the second starts while the first trains (it holds the lock)
+    second = _teacher_cli(tmp_path, "--epochs", "3")
+    out1, out2 = first.communicate(timeout=300)[0], second.communicate(timeout=300)[0]
+    assert first.returncode == 0 and second.returncode == 0, (out1, out2)
+    trained = [o for o in (out1, out2) if "val accuracy" in o and "teacher digits:" in o]
+    assert len(trained) == 1, (out1, out2)
+    assert "teacher cache hit" in (out2 if trained[0] == out1 else out1)
+    assert len(list(tmp_path.glob("teachers/digits/*.safetensors"))) == 1
