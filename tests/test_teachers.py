@@ -58,7 +58,7 @@ def _teacher_cli(cache: Path, *args: str) -> subprocess.Popen:
 
 
 def test_a_killed_teacher_training_resumes_and_ends_as_an_unbroken_one(tmp_path):
-    args = ("--epochs", "8")
+    args = ("--epochs", "5")
     killed = _teacher_cli(tmp_path / "a", *args)
     states = list((tmp_path / "a").glob("teachers/digits/*.train_state.pt"))
     deadline = time.time() + 120
