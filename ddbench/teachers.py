@@ -13,11 +13,9 @@ epoch next to the file (``.train_state.pt``); a killed training resumes from the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ddbench.cache import cache_root, lock
 from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
@@ -59,14 +58,6 @@ class TeacherConfig:
     def key(self, dataset: str) -> str:
         canon = json.dumps({"dataset": dataset, **asdict(self)}, sort_keys=True, default=str)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    """``$DDBENCH_CACHE``, else ``$XDG_CACHE_HOME/ddbench/cache`` (default ``~/.cache``)."""
-    if os.environ.get("DDBENCH_CACHE"):
-        return Path(os.environ["DDBENCH_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
-    return base / "ddbench" / "cache"
 
 
 def teacher_path(dataset: str, cfg: TeacherConfig) -> Path:
@@ -129,28 +120,10 @@ def get_teacher(
             f"no cached teacher for {dataset} {cfg}; run `ddbench teacher train {dataset}`"
         )
     # Parallel jobs of a sweep may all miss at once: one trains, the others wait for it.
-    with _lock(path.with_suffix(".lock")):
+    with lock(path.with_suffix(".lock"), "this teacher"):
         if path.exists():
             return get_teacher(dataset, cfg, device=device, train=False)
         return train_teacher(dataset, cfg, device=device, progress=progress)
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive lock on ``path`` across processes (advisory ``flock``)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("another process is training this teacher; waiting for it (%s)", path)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def train_teacher(

@@ -1,0 +1,37 @@
+"""The on-disk cache shared by trained teachers and expert trajectories: its root and a lock."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger("ddbench")
+
+
+def cache_root() -> Path:
+    """``$DDBENCH_CACHE``, else ``$XDG_CACHE_HOME/ddbench/cache`` (default ``~/.cache``)."""
+    if os.environ.get("DDBENCH_CACHE"):
+        return Path(os.environ["DDBENCH_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser()
+    return base / "ddbench" / "cache"
+
+
+@contextlib.contextmanager
+def lock(path: Path, what: str = "this entry"):
+    """An exclusive lock on ``path`` across processes (advisory ``flock``); ``what`` names the
+    guarded work in the log line of a process that has to wait."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is training %s; waiting for it (%s)", what, path)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,277 @@
+"""Expert trajectories (MTT and its successors): networks trained on the real data, with their
+flattened parameters recorded after every epoch, trained once and cached.
+
+A sibling of :mod:`ddbench.teachers`: per ``(dataset, model, recipe, ZCA)`` one directory
+``$DDBENCH_CACHE/experts/<dataset>/<model>-<key>/`` holding ``expert_<i>.safetensors``, one file
+per expert: the tensor ``trajectory [E+1, P]`` (row 0 the initial parameters, row ``e`` those after
+epoch ``e``; ``P`` parameters flattened in ``named_parameters()`` order) and JSON metadata (config,
+key, seed, losses). Expert ``i`` is trained by the core engine with seed ``cfg.seed + i``. Each
+epoch checkpoints the engine's state and the rows collected so far (``expert_<i>.train_state.pt``),
+so a killed training resumes; a flock per expert makes parallel jobs train each one once.
+
+The recipe defaults are MTT's ``buffer.py``: SGD lr 0.01, momentum 0, weight decay 0, no lr decay,
+batch 256, DSA during training (here: the dataset's DSA strategy), 50 epochs per expert.
+
+    experts = get_experts("cifar10", ExpertConfig(epochs=50), n=10, device="cuda")
+    flat = FlatModel(build_expert_model("cifar10", cfg))
+    logits = flat(experts[0][3], x)      # the expert after epoch 3, called functionally
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ddbench.cache import cache_root, lock
+from ddbench.errors import DDBenchError
+
+log = logging.getLogger("ddbench")
+SCHEMA = 1
+
+
+@dataclass
+class ExpertConfig:
+    """What an expert is: its network, the recipe on the train split, and the image space."""
+
+    model: str = "convnet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    augment: str = "dsa"  # none | dsa (the dataset's strategy) | a DSA strategy string
+    zca: bool = False  # train on ZCA-whitened images (fit on the normalised train split)
+    zca_eps: float = 0.1
+    seed: int = 0  # expert i is trained with seed + i
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> ExpertConfig:
+        cfg = dict(cfg or {})
+        extra = sorted(set(cfg) - set(cls.__dataclass_fields__))
+        if extra:
+            raise DDBenchError(f"expert config has unknown keys {extra}")
+        return cls(**cfg)
+
+    def key(self, dataset: str) -> str:
+        canon = json.dumps({"dataset": dataset, **asdict(self)}, sort_keys=True, default=str)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:
+    return cache_root() / "experts" / dataset / f"{cfg.model}-{cfg.key(dataset)}"
+
+
+def expert_path(dataset: str, cfg: ExpertConfig, i: int) -> Path:
+    return expert_dir(dataset, cfg) / f"expert_{i}.safetensors"
+
+
+def build_expert_model(dataset: str, cfg: ExpertConfig) -> nn.Module:
+    """A fresh network of the experts' architecture (for ``FlatModel``)."""
+    from ddbench.data import get_spec
+    from ddbench.models import create_model
+
+    spec = get_spec(dataset)
+    return create_model(
+        cfg.model, spec.channels, spec.num_classes, spec.im_size, **cfg.model_kwargs
+    )
+
+
+class FlatModel:
+    """Call a network with its parameters given as ONE flat vector ``[P]`` (the trajectory rows):
+    ``FlatModel(net)(flat, x)`` is ``net(x)`` with ``net``'s parameters replaced by ``flat``,
+    differentiable w.r.t. ``flat`` (``torch.func.functional_call``). Buffers are the module's own.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.num_params = sum(self.numels)
+
+    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[P]`` from a name -> tensor mapping (a state_dict or named_parameters)."""
+        return torch.cat([params[n].detach().reshape(-1).float() for n in self.names])
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        if flat.shape != (self.num_params,):
+            raise DDBenchError(
+                f"expected {self.num_params} flat parameters, got {tuple(flat.shape)}"
+            )
+        return {n: t.view(s) for n, t, s in zip(self.names, flat.split(self.numels), self.shapes)}
+
+    def __call__(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        params = self.unflatten(flat)
+        buffers = dict(self.module.named_buffers())
+        return torch.func.functional_call(self.module, (params, buffers), (x,))
+
+
+def load_expert(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """``(trajectory [E+1, P], metadata)`` of one cached expert file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ddbench.synset import read_header
+
+    path = Path(path)
+    meta = read_header(path) if path.exists() else None
+    if meta is None or meta.get("kind") != "expert":
+        raise DDBenchError(f"{path}: not a ddbench expert file")
+    try:
+        traj = load_file(str(path))["trajectory"]
+    except (SafetensorError, OSError, KeyError) as e:
+        raise DDBenchError(f"{path}: unreadable expert file ({e})") from e
+    return traj, meta
+
+
+def get_experts(
+    dataset: str,
+    cfg: ExpertConfig,
+    n: int,
+    device: torch.device | str = "auto",
+    *,
+    train: bool = True,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """The trajectories ``[E+1, P]`` (on CPU) of experts ``0..n-1`` for ``(dataset, cfg)``;
+    the missing ones are trained (or resumed) first on ``device``, each once across processes."""
+    from ddbench.engine import pick_device
+
+    if n < 1:
+        raise DDBenchError(f"need at least one expert, got n={n}")
+    device = pick_device(device) if isinstance(device, str) else device
+    out = []
+    for i in range(n):
+        traj = _cached(dataset, cfg, i)
+        if traj is None:
+            if not train:
+                raise DDBenchError(f"expert {i} of {dataset} {cfg} is not cached")
+            # parallel jobs may all miss at once: one trains expert i, the others wait for it
+            path = expert_path(dataset, cfg, i)
+            with lock(path.with_suffix(".lock"), f"expert {i}"):
+                traj = _cached(dataset, cfg, i)
+                if traj is None:
+                    traj = train_expert(dataset, cfg, i, device=device, progress=progress)
+        out.append(traj)
+    log.info(
+        "experts: %d trajectories of %s/%s (%s)", n, dataset, cfg.model, expert_dir(dataset, cfg)
+    )
+    return out
+
+
+def _cached(dataset: str, cfg: ExpertConfig, i: int) -> torch.Tensor | None:
+    path = expert_path(dataset, cfg, i)
+    if not path.exists():
+        return None
+    try:
+        traj, meta = load_expert(path)
+    except DDBenchError as e:
+        log.warning("retraining expert: %s", e)
+        return None
+    if meta.get("key") != cfg.key(dataset) or traj.shape[0] != cfg.epochs + 1:
+        log.warning("retraining expert %s: written for another config", path)
+        return None
+    return traj
+
+
+def _images(dataset: str, cfg: ExpertConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split in the experts' image space (normalised, optionally ZCA-whitened)."""
+    from ddbench import data
+
+    tr = data.load_split(dataset, "train")
+    x = tr.normalize(tr.images)
+    if cfg.zca:
+        from ddbench.augment import ZCA
+
+        x = ZCA.fit(x, eps=cfg.zca_eps)(x)
+    return x, tr.labels
+
+
+def train_expert(
+    dataset: str, cfg: ExpertConfig, i: int, *, device: torch.device, progress: bool = True
+) -> torch.Tensor:
+    """Train expert ``i`` with the engine, recording its flat parameters after every epoch and
+    checkpointing them with the engine's state; store the trajectory in the cache."""
+    from safetensors.torch import save_file
+
+    from ddbench import data, engine
+    from ddbench.protocol import versions
+    from ddbench.synset import atomic_write
+
+    spec = data.get_spec(dataset)
+    path = expert_path(dataset, cfg, i)
+    state_path = path.with_suffix(".train_state.pt")
+    seed = cfg.seed + i
+    strategy = {"none": None, "dsa": spec.dsa_strategy}.get(cfg.augment, cfg.augment)
+    recipe = engine.Recipe(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.lr,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
+        augment=strategy,
+    )  # fmt: skip
+    build: Callable[[], nn.Module] = lambda: build_expert_model(dataset, cfg)  # noqa: E731
+    flat = FlatModel(build())
+    resume, rows = None, None
+    if state_path.exists():
+        try:
+            resume = torch.load(state_path, weights_only=True)
+            rows = list(resume.pop("trajectory").unbind(0))
+            if len(rows) != int(resume["epoch"]) + 1 and int(resume["group"]) == 0:
+                raise DDBenchError("trajectory and engine state disagree")
+            log.info("resuming expert %d from epoch %d (%s)", i, resume["epoch"], state_path)
+        except Exception as e:  # a damaged checkpoint must not block a fresh start
+            log.warning("ignoring unreadable expert checkpoint %s (%s)", state_path, e)
+            resume, rows = None, None
+    if rows is None:  # the initial parameters: built exactly as engine.build_models does
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            rows = [flat.flatten(dict(build().named_parameters()))]
+    x, y = _images(dataset, cfg)
+    t0 = time.perf_counter()
+    before = float((resume or {}).get("seconds", 0.0))
+
+    def save_state(state: dict) -> None:
+        rows.append(flat.flatten(state["models"][0]))
+        state["trajectory"] = torch.stack(rows)
+        state["seconds"] = before + time.perf_counter() - t0
+        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
+
+    result = engine.train(
+        build, [seed], x, y, recipe, device=device,
+        progress=f"expert {i} {dataset}/{cfg.model}" if progress else False,
+        checkpoint=save_state, checkpoint_every=1, resume=resume,
+    )  # fmt: skip
+    traj = torch.stack(rows).contiguous()
+    if traj.shape != (cfg.epochs + 1, flat.num_params):
+        raise DDBenchError(f"expert {i}: trajectory of shape {tuple(traj.shape)}")
+    meta = {
+        "kind": "expert",
+        "schema": SCHEMA,
+        "dataset": dataset,
+        "key": cfg.key(dataset),
+        "config": asdict(cfg),
+        "index": i,
+        "seed": seed,
+        "param_names": flat.names,
+        "train_seconds": before + time.perf_counter() - t0,
+        "epoch_losses": result.losses,
+        "versions": versions(),
+    }
+    atomic_write(
+        path,
+        lambda tmp: save_file({"trajectory": traj}, tmp, metadata={"ddbench": json.dumps(meta)}),
+    )
+    state_path.unlink(missing_ok=True)
+    log.info("expert %d of %s: final loss %.4f -> %s", i, dataset, result.losses[-1], path)
+    return traj

@@ -1,0 +1,231 @@
+"""Matching Training Trajectories (MTT; Cazenavette et al., CVPR 2022).
+
+Experts are networks trained on the real data whose parameters were recorded after every epoch
+(:mod:`ddbench.experts`, cached once per dataset/model/recipe). Per iteration: pick an expert and
+a start epoch ``s < max_start_epoch``; start a student at the expert's parameters ``theta_s``,
+take ``syn_steps`` SGD steps of cross entropy on minibatches (``batch_syn``) of the synthetic
+images (a fresh DSA draw per step) with a LEARNED lr, and compare the result with the expert
+``expert_epochs`` epochs later::
+
+    loss = ||theta_student - theta_{s+M}||^2 / ||theta_s - theta_{s+M}||^2
+
+Backpropagating through the whole unroll updates the images (SGD ``lr_img``, momentum 0.5) and
+the lr (SGD ``lr_lr``, momentum 0.5; kept >= ``lr_min``). The set stores the learned lr and is
+evaluated with the ``learned_lr`` protocol. ``checkpoint_unroll: true`` recomputes each unrolled
+step in the backward pass (``torch.utils.checkpoint``) instead of keeping all ``syn_steps``
+graphs: the same loss and gradients, memory of about one step, ~1.5x the time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ddbench.distill import ImageDistillation
+from ddbench.errors import DDBenchError
+from ddbench.experts import ExpertConfig, FlatModel, get_experts
+from ddbench.method import Task
+from ddbench.synset import SyntheticSet
+
+log = logging.getLogger("ddbench")
+
+
+class MTT(ImageDistillation):
+    """Trajectory matching with a learned student lr.
+
+    Config (beyond :class:`ImageDistillation`'s; ``batch_real`` is unused):
+      experts          :class:`ddbench.experts.ExpertConfig` fields (model, epochs, lr, ...)
+      num_experts      how many cached experts to sample from (trained on a cache miss)
+      syn_steps        student SGD steps per iteration (N)
+      expert_epochs    target = expert ``expert_epochs`` epochs after the start (M)
+      max_start_epoch  start epochs are drawn from ``[0, max_start_epoch)`` (T+)
+      batch_syn        synthetic images per student step (null: all of them)
+      lr_teacher       initial value of the learned lr
+      lr_lr            SGD lr of the learned lr (momentum 0.5)
+      lr_min           the learned lr is clamped to >= this after every update
+      checkpoint_unroll  recompute each unrolled step in backward (memory-lean, same numbers)
+    """
+
+    name = "mtt"
+    protocol = "learned_lr"
+
+    def __init__(
+        self,
+        iterations: int = 5000,
+        lr_img: float = 1000.0,
+        lr_lr: float = 1e-5,
+        lr_teacher: float = 0.01,
+        lr_min: float = 1e-6,
+        syn_steps: int = 20,
+        expert_epochs: int = 3,
+        max_start_epoch: int = 25,
+        batch_syn: int | None = None,
+        num_experts: int = 10,
+        experts: dict[str, Any] | None = None,
+        init: str = "real",
+        checkpoint_unroll: bool = False,
+        **config: Any,
+    ):
+        super().__init__(
+            iterations=iterations, lr_img=lr_img, lr_lr=lr_lr, lr_teacher=lr_teacher,
+            lr_min=lr_min, syn_steps=syn_steps, expert_epochs=expert_epochs,
+            max_start_epoch=max_start_epoch, batch_syn=batch_syn, num_experts=num_experts,
+            experts=dict(experts or {}), init=init, checkpoint_unroll=checkpoint_unroll, **config,
+        )  # fmt: skip
+        self.expert_cfg = ExpertConfig.from_config(experts)
+        for key, v in (("syn_steps", syn_steps), ("expert_epochs", expert_epochs),
+                       ("max_start_epoch", max_start_epoch), ("num_experts", num_experts)):  # fmt: skip
+            if int(v) < 1:
+                raise DDBenchError(f"mtt: {key} must be >= 1, got {v}")
+        if max_start_epoch + expert_epochs > self.expert_cfg.epochs:
+            raise DDBenchError(
+                f"mtt: max_start_epoch ({max_start_epoch}) + expert_epochs ({expert_epochs}) "
+                f"exceeds the experts' {self.expert_cfg.epochs} epochs"
+            )
+        for key, v in (("lr_lr", lr_lr), ("lr_teacher", lr_teacher), ("lr_min", lr_min)):
+            if not (math.isfinite(float(v)) and float(v) > 0):
+                raise DDBenchError(f"mtt: {key} must be positive, got {v}")
+        if batch_syn is not None and int(batch_syn) < 1:
+            raise DDBenchError(f"mtt: batch_syn must be >= 1 or null, got {batch_syn}")
+        if self.expert_cfg.zca:
+            raise DDBenchError("mtt: ZCA experts need tasks in ZCA space, not supported yet")
+        if self.fyi:
+            raise DDBenchError("mtt: fyi is not supported")
+        self.lr_lr, self.lr_teacher, self.lr_min = float(lr_lr), float(lr_teacher), float(lr_min)
+        self.syn_steps, self.expert_epochs = int(syn_steps), int(expert_epochs)
+        self.max_start_epoch, self.num_experts = int(max_start_epoch), int(num_experts)
+        self.batch_syn = None if batch_syn is None else int(batch_syn)
+        self.checkpoint_unroll = bool(checkpoint_unroll)
+        self.syn_lr: torch.Tensor | None = None
+        self._lr_opt: torch.optim.Optimizer | None = None
+        self.experts: list[torch.Tensor] = []
+        self.student: FlatModel | None = None
+
+    # ------------------------------------------------------------------------------ setup
+
+    def prepare(self, task: Task) -> None:
+        """Load (or train) the experts, build the functional student and the learned lr."""
+        self.student = FlatModel(task.model_factory().to(task.device).train())
+        self.experts = get_experts(task.spec.name, self.expert_cfg, self.num_experts, task.device)
+        if self.experts[0].shape[1] != self.student.num_params:
+            raise DDBenchError(
+                f"mtt: the experts have {self.experts[0].shape[1]} parameters, the task's model "
+                f"{self.student.num_params}: set method.experts.model/model_kwargs to the model's"
+            )
+        self.syn_lr = torch.tensor(self.lr_teacher, device=task.device).requires_grad_(True)
+        self._lr_opt = torch.optim.SGD([self.syn_lr], lr=self.lr_lr, momentum=0.5)
+
+    def distill(self, task: Task) -> SyntheticSet:
+        self.prepare(task)
+        s = super().distill(task)
+        assert self.syn_lr is not None
+        s.lr = self.syn_lr.detach().float().cpu().reshape(1)
+        s.meta["distillation"]["learned_lr"] = float(s.lr)
+        return s
+
+    # ------------------------------------------------------------------------------ the idea
+
+    def sample_expert(self, task: Task) -> tuple[int, int]:
+        """``(expert index, start epoch)`` drawn from the task's generator."""
+        g = task.generator
+        e = int(torch.randint(0, len(self.experts), (1,), generator=g))
+        s = int(torch.randint(0, self.max_start_epoch, (1,), generator=g))
+        return e, s
+
+    def unroll_plan(self, task: Task, n: int) -> list[tuple[torch.Tensor, Any]]:
+        """Per student step: the synthetic indices and a DSA draw (or None), all drawn up front
+        from the task's generator so a recomputed step (``checkpoint_unroll``) sees the same."""
+        bs = n if self.batch_syn is None else min(self.batch_syn, n)
+        H, W = task.spec.shape[-2:]
+        plan, chunks = [], []
+        for _ in range(self.syn_steps):
+            if not chunks:  # MTT's order: shuffled chunks of batch_syn, taken from the end
+                chunks = list(torch.randperm(n, generator=task.generator).split(bs))
+            idx = chunks.pop().to(task.device)
+            draw = None
+            if self.dsa and task.augment is not None:
+                draw = task.augment.draw(len(idx), H, W, task.generator)
+            plan.append((idx, draw))
+        return plan
+
+    def _student_step(
+        self,
+        w: torch.Tensor,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        lr: torch.Tensor,
+        idx: torch.Tensor,
+        draw: Any,
+    ) -> torch.Tensor:
+        assert self.student is not None
+        x = images[idx]
+        if draw is not None:
+            x = draw(x)
+        ce = F.cross_entropy(self.student(w, x), labels[idx])
+        (g,) = torch.autograd.grad(ce, w, create_graph=True)
+        return w - lr * g
+
+    def matching_loss(
+        self,
+        task: Task,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        expert: int,
+        start: int,
+        lr: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The normalised parameter distance after unrolling from ``experts[expert][start]``
+        (batches and DSA draws from the task's generator); differentiable w.r.t. the images
+        and the lr (default: the learned one)."""
+        lr = self.syn_lr if lr is None else lr
+        traj = self.experts[expert]
+        theta0 = traj[start].to(task.device)
+        target = traj[start + self.expert_epochs].to(task.device)
+        w = theta0.clone().requires_grad_(True)
+        for idx, draw in self.unroll_plan(task, len(images)):
+            if self.checkpoint_unroll:
+                w = checkpoint(
+                    self._student_step, w, images, labels, lr, idx, draw, use_reentrant=False
+                )
+            else:
+                w = self._student_step(w, images, labels, lr, idx, draw)
+        return ((w - target) ** 2).sum() / ((theta0 - target) ** 2).sum()
+
+    def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
+        assert self._lr_opt is not None and self.syn_lr is not None
+        expert, start = self.sample_expert(task)
+        loss = self.matching_loss(task, images, labels, expert, start)
+        self._lr_opt.zero_grad(set_to_none=True)
+        value = self.update(loss)  # backward reaches the lr too
+        self._lr_opt.step()
+        with torch.no_grad():
+            self.syn_lr.clamp_(min=self.lr_min)
+        if task.logger is not None:
+            task.logger.metrics(
+                {"syn_lr": float(self.syn_lr.detach()), "start_epoch": start}, step=it
+            )
+        return value
+
+    # ------------------------------------------------------------------------------ resume
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        assert self.syn_lr is not None and self._lr_opt is not None
+        out = {"syn_lr": self.syn_lr.detach().reshape(1)}
+        buf = self._lr_opt.state.get(self.syn_lr, {}).get("momentum_buffer")
+        if buf is not None:
+            out["syn_lr_momentum"] = buf.detach().reshape(1)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        assert self.syn_lr is not None and self._lr_opt is not None
+        if "syn_lr" in tensors:
+            with torch.no_grad():
+                self.syn_lr.copy_(tensors["syn_lr"].reshape(()).to(self.syn_lr.device))
+        if "syn_lr_momentum" in tensors:
+            buf = tensors["syn_lr_momentum"].reshape(()).to(self.syn_lr.device)
+            self._lr_opt.state[self.syn_lr]["momentum_buffer"] = buf.clone()
