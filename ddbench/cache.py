@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("ddbench")
 
@@ -35,3 +36,28 @@ def lock(path: Path, what: str = "this entry"):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class CachedConfig:
+    """Mixin of the dataclass configs of cached artefacts (teachers, experts): strict
+    construction from a config node and a key hashing the dataset and every field."""
+
+    kind = "cached"
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None):
+        from ddbench.errors import DDBenchError
+
+        cfg = dict(cfg or {})
+        extra = sorted(set(cfg) - set(cls.__dataclass_fields__))
+        if extra:
+            raise DDBenchError(f"{cls.kind} config has unknown keys {extra}")
+        return cls(**cfg)
+
+    def key(self, dataset: str) -> str:
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        canon = json.dumps({"dataset": dataset, **asdict(self)}, sort_keys=True, default=str)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]

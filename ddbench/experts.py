@@ -19,7 +19,6 @@ batch 256, DSA during training (here: the dataset's DSA strategy), 50 epochs per
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench.cache import cache_root, lock
+from ddbench.cache import CachedConfig, cache_root, lock
 from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
@@ -39,8 +38,10 @@ SCHEMA = 1
 
 
 @dataclass
-class ExpertConfig:
+class ExpertConfig(CachedConfig):
     """What an expert is: its network, the recipe on the train split, and the image space."""
+
+    kind = "expert"
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -54,18 +55,6 @@ class ExpertConfig:
     zca: bool = False  # train on ZCA-whitened images (fit on the normalised train split)
     zca_eps: float = 0.1
     seed: int = 0  # expert i is trained with seed + i
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> ExpertConfig:
-        cfg = dict(cfg or {})
-        extra = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if extra:
-            raise DDBenchError(f"expert config has unknown keys {extra}")
-        return cls(**cfg)
-
-    def key(self, dataset: str) -> str:
-        canon = json.dumps({"dataset": dataset, **asdict(self)}, sort_keys=True, default=str)
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:

@@ -13,7 +13,6 @@ epoch next to the file (``.train_state.pt``); a killed training resumes from the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench.cache import cache_root, lock
+from ddbench.cache import CachedConfig, cache_root, lock
 from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
@@ -32,8 +31,10 @@ SCHEMA = 1
 
 
 @dataclass
-class TeacherConfig:
+class TeacherConfig(CachedConfig):
     """What a teacher is: its network and the recipe it is trained with on the train split."""
+
+    kind = "teacher"
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -46,18 +47,6 @@ class TeacherConfig:
     schedule: str = "cosine"
     augment: str = "none"  # none | dsa (the dataset's strategy) | a DSA strategy string
     seed: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> TeacherConfig:
-        cfg = dict(cfg or {})
-        extra = sorted(set(cfg) - set(cls.__dataclass_fields__))
-        if extra:
-            raise DDBenchError(f"teacher config has unknown keys {extra}")
-        return cls(**cfg)
-
-    def key(self, dataset: str) -> str:
-        canon = json.dumps({"dataset": dataset, **asdict(self)}, sort_keys=True, default=str)
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def teacher_path(dataset: str, cfg: TeacherConfig) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Rec, assert_valid_set, check_resume, fixed_loss, make_task
+from conftest import Rec, check_lowers_loss, check_resume, make_task
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -108,18 +108,7 @@ def test_dm_lr_rule_and_config_validation():
     ids=["dm", "dc", "dsa"],
 )
 def test_method_lowers_its_matching_loss_and_makes_a_valid_set(method, ipc, digits_train, tmp_path):
-    rec = Rec()
-    task = make_task(digits_train, ipc, logger=rec)
-    init, _ = method.init_images(make_task(digits_train, ipc))
-    s = method.distill(task)
-    assert not torch.equal(s.images, init)
-    before, after = fixed_loss(method, task, init), fixed_loss(method, task, s.images)
-    assert after < 0.95 * before, (before, after)
-    assert [step for step, _ in rec.seen] == list(range(method.iterations))
-    assert all(math.isfinite(v["loss"]) for _, v in rec.seen)
-    assert s.meta["protocol"] == method.protocol
-    assert s.meta["distillation"]["iterations"] == method.iterations
-    assert_valid_set(s, tmp_path, ipc, method.name)
+    check_lowers_loss(method, digits_train, ipc, tmp_path)
 
 
 def test_init_noise_and_real(digits_train):
