@@ -10,6 +10,7 @@
     ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
     ddbench teacher  train DATASET [--protocol kd] [--epochs N --model M --seed S] | list
+    ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
     ddbench aggregate DIR... [--out table.md] [--csv table.csv]
     ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
     ddbench leaderboard build | verify [--tolerance 1.0]   [--board leaderboard]
@@ -30,7 +31,7 @@ from typing import Any
 from ddbench.errors import DDBenchError
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
-OTHER_COMMANDS = ("data", "show", "import", "export", "teacher")
+OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "expert")
 OTHER_COMMANDS += ("aggregate", "submit", "leaderboard")
 log = logging.getLogger("ddbench")
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             commands = {"data": cmd_data, "show": cmd_show, "import": cmd_import}
-            commands.update(export=cmd_export, teacher=cmd_teacher)
+            commands.update(export=cmd_export, teacher=cmd_teacher, expert=cmd_expert)
             commands.update(aggregate=cmd_aggregate, submit=cmd_submit, leaderboard=cmd_leaderboard)
             commands[command](rest)
     except DDBenchError as e:
@@ -160,6 +161,10 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
         for k in keys
         if k in cfg
     }
+    ds = sub.get("dataset")
+    if isinstance(ds, dict) and not ds.get("zca"):  # the keys of runs without ZCA stay as before
+        ds.pop("zca", None)
+        ds.pop("zca_eps", None)
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -247,8 +252,10 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
             cfg.model.name, spec.channels, spec.num_classes, spec.im_size, **model_kwargs
         ).to(device)
 
+    zca = {"zca": bool(cfg.dataset.get("zca", False))}
+    zca["zca_eps"] = float(cfg.dataset.get("zca_eps", data.ZCA_EPS))
     task = Task(
-        train=data.load_split(name, "train"),
+        train=data.load_split(name, "train", **zca),
         ipc=int(cfg.ipc),
         model_factory=model_factory,
         generator=torch.Generator().manual_seed(int(cfg.seed)),
@@ -258,7 +265,7 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
         logger=tracker,
         checkpointer=Checkpointer(run_dir, key, int(cfg.checkpoint_every)),
         precision=cfg.precision,
-        val_loader=lambda: data.load_split(name, "val"),
+        val_loader=lambda: data.load_split(name, "val", **zca),
     )
     torch.manual_seed(int(cfg.seed))
     s = run_distill(method, task)
@@ -514,6 +521,153 @@ def cmd_teacher(args: list[str]) -> None:
     _, meta = teachers.get_teacher(a.dataset, cfg, device=pick_device(a.device))
     print(f"teacher {a.dataset}/{cfg.model}: val {meta['val_accuracy']:.2f}%  "
           f"-> {teachers.teacher_path(a.dataset, cfg)}")  # fmt: skip
+
+
+def expert_config(
+    dataset: str, method: str = "mtt", model: str = "convnet", **overrides: Any
+) -> tuple[Any, int]:
+    """``(ExpertConfig, num_experts)`` exactly as ``method=<method> model=<model>`` builds them
+    (``conf/method/<method>.yaml``'s ``experts`` node over ``conf/model/<model>.yaml``), with
+    ``overrides`` (ExpertConfig fields; ``model_kwargs`` entries are merged) applied on top."""
+    from omegaconf import OmegaConf
+
+    from ddbench import data
+    from ddbench.experts import ExpertConfig
+
+    conf = importlib.resources.files("ddbench.conf")
+    files = {
+        "method": conf / "method" / f"{method}.yaml",
+        "model": conf / "model" / f"{model}.yaml",
+    }
+    for kind, f in files.items():
+        if not f.is_file():
+            raise DDBenchError(f"unknown {kind} {f.name[:-5]!r} (no conf/{kind}/{f.name})")
+    spec = data.get_spec(dataset)
+    root = OmegaConf.create(
+        {
+            "model": OmegaConf.load(str(files["model"])),
+            "method": OmegaConf.load(str(files["method"])),
+            "dataset": {"name": spec.name, "zca": False, "zca_eps": data.ZCA_EPS},
+        }
+    )
+    if "experts" not in root.method:
+        raise DDBenchError(f"method {method!r} trains no experts (its config has no experts node)")
+    node = OmegaConf.to_container(root.method.experts, resolve=True)
+    kwargs = overrides.pop("model_kwargs", None) or {}
+    node.update({k: v for k, v in overrides.items() if v is not None})
+    node["model_kwargs"] = {**(node.get("model_kwargs") or {}), **kwargs}
+    return ExpertConfig.from_config(node), int(root.method.get("num_experts", 10))
+
+
+def _model_kwarg(text: str) -> tuple[str, Any]:
+    from omegaconf import OmegaConf
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key = text.split("=", 1)[0]
+    return key, OmegaConf.to_container(OmegaConf.from_dotlist([text]))[key]
+
+
+def list_experts(dataset: str | None = None) -> list[dict[str, Any]]:
+    """One entry per cached expert configuration: its config, complete experts, training
+    seconds per epoch (mean over them) and the ones still in training (a checkpoint)."""
+    from ddbench.cache import cache_root
+    from ddbench.experts import ExpertConfig
+    from ddbench.synset import read_header
+
+    root = cache_root() / "experts"
+    out = []
+    for d in sorted(root.glob(f"{dataset or '*'}/*/")):
+        metas = []
+        for f in sorted(d.glob("expert_*.safetensors")):
+            try:
+                meta = read_header(f)
+            except DDBenchError:
+                continue
+            if meta.get("kind") == "expert":
+                metas.append(meta)
+        training = len(list(d.glob("expert_*.train_state.pt")))
+        if not metas and not training:
+            continue
+        cfg = metas[0]["config"] if metas else {}
+        epochs = max(int(cfg.get("epochs", 1)), 1)
+        per_epoch = [float(m["train_seconds"]) / epochs for m in metas if "train_seconds" in m]
+        defaults = {k: f.default for k, f in ExpertConfig.__dataclass_fields__.items()}
+        shown = ("model", "model_kwargs", "epochs", "zca", "zca_eps", "seed")
+        other = {k: v for k, v in cfg.items() if k not in shown and defaults.get(k) != v}
+        out.append(
+            {
+                "dataset": d.parent.name,
+                "dir": str(d),
+                "config": cfg,
+                "non_default": other,
+                "experts": sorted(int(m["index"]) for m in metas),
+                "training": training,
+                "seconds_per_epoch": sum(per_epoch) / len(per_epoch) if per_epoch else None,
+            }
+        )
+    return out
+
+
+def cmd_expert(args: list[str]) -> None:
+    from ddbench import experts
+    from ddbench.cache import cache_root
+    from ddbench.engine import pick_device
+
+    p = argparse.ArgumentParser(
+        prog="ddbench expert",
+        description="train (once, resumable) or list cached expert trajectories (MTT family)",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    lp = sub.add_parser("list", help="the cached experts, with their config and s/epoch")
+    lp.add_argument("dataset", nargs="?", default=None)
+    tp = sub.add_parser(
+        "train",
+        help="train the experts a method uses (cached ones are skipped, killed ones resume)",
+        description="Builds the ExpertConfig exactly as `ddbench run method=METHOD model=MODEL` "
+        "does, so that the run finds these experts in the cache.",
+    )
+    tp.add_argument("dataset")
+    tp.add_argument("--method", default="mtt", help="take the experts' config from this method")
+    tp.add_argument("--model", default="convnet", help="conf/model/<MODEL>.yaml (default convnet)")
+    tp.add_argument("--model-kwarg", action="append", type=_model_kwarg, default=[],
+                    metavar="KEY=VALUE", help="override one of the model's kwargs")  # fmt: skip
+    tp.add_argument("--num", type=int, default=None, help="experts (default: the method's)")
+    tp.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                    help="train on the ZCA-whitened train split (dataset.zca=true runs need it)")  # fmt: skip
+    for key, kind in (("epochs", int), ("zca_eps", float), ("seed", int), ("lr", float),
+                      ("batch_size", int)):  # fmt: skip
+        tp.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None)
+    tp.add_argument("--device", default="auto")
+    a = p.parse_args(args)
+    if a.action == "list":
+        print(f"expert cache: {cache_root() / 'experts'}  (set DDBENCH_CACHE to move it)")
+        for e in list_experts(a.dataset):
+            c = e["config"]
+            zca = f"zca {c.get('zca_eps')}" if c.get("zca") else "no zca"
+            spe = e["seconds_per_epoch"]
+            extra = " ".join(f"{k}={v}" for k, v in e["non_default"].items())
+            kw = ",".join(f"{k}={v}" for k, v in (c.get("model_kwargs") or {}).items())
+            training = f" (+{e['training']} training)" if e["training"] else ""
+            speed = f"{spe:.1f} s/epoch" if spe is not None else "- s/epoch"
+            print(f"  {e['dataset']:14s} {c.get('model', '?')}({kw})  {c.get('epochs', '?')} ep  "
+                  f"{zca}  seed {c.get('seed')}  experts {len(e['experts'])}{training}  "
+                  f"{speed}  {extra}  {e['dir']}")  # fmt: skip
+        return
+    overrides = {k: getattr(a, k) for k in ("epochs", "zca", "zca_eps", "seed", "lr", "batch_size")}
+    cfg, num = expert_config(
+        a.dataset, a.method, a.model, model_kwargs=dict(a.model_kwarg), **overrides
+    )
+    num = num if a.num is None else a.num
+    if num < 1:
+        raise DDBenchError(f"--num must be >= 1, got {num}")
+    experts.get_experts(a.dataset, cfg, num, device=pick_device(a.device))
+    for i in range(num):
+        _, meta = experts.load_expert(experts.expert_path(a.dataset, cfg, i))
+        print(f"expert {i} {a.dataset}/{cfg.model}: {meta['train_seconds'] / cfg.epochs:.1f} s/epoch"
+              f", final loss {meta['epoch_losses'][-1]:.4f}")  # fmt: skip
+    print(f"{num} experts ({cfg.epochs} epochs, key {cfg.key(a.dataset)}) in "
+          f"{experts.expert_dir(a.dataset, cfg)}")  # fmt: skip
 
 
 def cmd_aggregate(args: list[str]) -> None:

@@ -4,6 +4,11 @@ Every dataset is prepared once into ``$DDBENCH_DATA/<name>/data.safetensors`` ho
 ``[N, C, H, W]`` images and int64 labels for ``train`` and ``test``. ``val`` is a fixed, seeded,
 stratified hold-out carved from the original train split: methods see ``train`` (and may tune
 on ``val``); only the final evaluation touches ``test``.
+
+Image space. ``RealDataset.normalize`` maps uint8 images into the split's image space: the
+dataset's per-channel normalisation, then, for splits loaded with ``zca=True``, ZCA whitening
+(as MTT/FTD/DATM use on CIFAR) fitted ONCE on the normalised train split and cached beside the
+prepared data (:func:`fit_zca`), so that every split, process and expert shares one transform.
 """
 
 from __future__ import annotations
@@ -22,12 +27,16 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from ddbench.errors import DDBenchError
+
+if TYPE_CHECKING:
+    from ddbench.augment import ZCA
 
 # ----------------------------------------------------------------------------- catalogue
 
@@ -379,13 +388,18 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> torc
 
 @dataclass
 class RealDataset:
-    """One split of a real dataset, in memory: uint8 images ``[N,C,H,W]`` and labels ``[N]``."""
+    """One split of a real dataset, in memory: uint8 images ``[N,C,H,W]`` and labels ``[N]``.
+
+    ``zca``: the ZCA whitening of the split's image space (fitted on the train split), or None.
+    """
 
     spec: DatasetSpec
     split: str
     images: torch.Tensor
     labels: torch.Tensor
+    zca: ZCA | None = None
     _by_class: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _zca_on: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for c in range(self.spec.num_classes):
@@ -406,27 +420,56 @@ class RealDataset:
         """Indices of the images of class ``c``."""
         return self._by_class[c]
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (or [0,1] float) images -> the dataset's normalised float space."""
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0,1] float) images -> the dataset's per-channel normalised space (no ZCA)."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         mean = torch.tensor(self.spec.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.spec.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (or [0,1] float) images -> this split's image space: :meth:`standardize`, then
+        the split's ZCA whitening if it has one."""
+        x = self.standardize(x)
+        return x if self.zca is None else self._zca_for(x.device)(x)
+
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised float images -> [0,1] (unclamped)."""
+        """Images in this split's space -> [0,1] (ZCA undone first; unclamped)."""
+        if self.zca is not None:
+            x = self._zca_for(x.device).inverse(x)
         mean = torch.tensor(self.spec.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.spec.std, device=x.device).view(1, -1, 1, 1)
         return x * std + mean
 
+    def _zca_for(self, device: torch.device) -> ZCA:
+        """The ZCA with its matrices on ``device`` (moved once per device, not per call)."""
+        assert self.zca is not None
+        key = str(device)
+        if key not in self._zca_on:
+            self._zca_on[key] = self.zca.to(device)
+        return self._zca_on[key]
+
+    def space(self) -> dict[str, Any]:
+        """The image space as a set's metadata records it (``meta["space"]``)."""
+        out: dict[str, Any] = {
+            "normalized": True,
+            "mean": list(self.spec.mean),
+            "std": list(self.spec.std),
+            "zca": self.zca is not None,
+        }
+        if self.zca is not None:
+            out.update(zca_eps=self.zca.eps, zca_fit="train")
+        return out
+
     def subset(self, idx: torch.Tensor) -> RealDataset:
-        return RealDataset(self.spec, self.split, self.images[idx], self.labels[idx])
+        return RealDataset(self.spec, self.split, self.images[idx], self.labels[idx], self.zca)
 
 
 # ----------------------------------------------------------------------------- prepare / load
 
 VAL_FRACTION = 0.1
 VAL_SEED = 0
+ZCA_EPS = 0.1  # KIP/MTT's regularisation of the ZCA eigenvalues
 _FORMAT = 1
 
 
@@ -544,8 +587,23 @@ def register_image_folder(
     return spec
 
 
-def load_split(name: str, split: str, prepare_if_missing: bool = True) -> RealDataset:
-    """Load ``train``, ``val`` or ``test`` of a catalogued dataset, preparing it on first use."""
+def load_split(
+    name: str,
+    split: str,
+    prepare_if_missing: bool = True,
+    *,
+    zca: bool = False,
+    zca_eps: float = ZCA_EPS,
+) -> RealDataset:
+    """Load ``train``, ``val`` or ``test`` of a catalogued dataset, preparing it on first use.
+
+    ``zca=True``: the split's image space is ZCA-whitened with :func:`fit_zca` (``zca_eps``).
+    """
+    if zca:
+        whitening = fit_zca(name, zca_eps, prepare_if_missing=prepare_if_missing)
+        ds = load_split(name, split, prepare_if_missing)
+        ds.zca = whitening
+        return ds
     spec = get_spec(name)
     if split not in ("train", "val", "test"):
         raise DDBenchError(f"unknown split {split!r}; use train, val or test")
@@ -567,6 +625,58 @@ def load_split(name: str, split: str, prepare_if_missing: bool = True) -> RealDa
     mask[val_idx] = True
     keep = val_idx if split == "val" else (~mask).nonzero().flatten()
     return RealDataset(spec, split, t["train_x"][keep], t["train_y"][keep])
+
+
+# ----------------------------------------------------------------------------- ZCA
+
+
+def zca_path(name: str, eps: float) -> Path:
+    return prepared_path(name).parent / f"zca_eps{float(eps):g}.safetensors"
+
+
+def fit_zca(name: str, eps: float = ZCA_EPS, *, prepare_if_missing: bool = True) -> ZCA:
+    """The ZCA whitening of ``name``'s image space: fitted once with
+    ``kornia.enhance.zca_mean`` (unbiased covariance, eigenvalues + ``eps``) on the normalised
+    TRAIN split (val held out, as everything methods see) and cached beside the prepared data
+    (``zca_eps<eps>.safetensors``, refitted when the prepared data changes)."""
+    from safetensors.torch import load_file
+
+    from ddbench.augment import ZCA
+
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps > 0):
+        raise DDBenchError(f"zca_eps must be a positive number, got {eps}")
+    get_spec(name)
+    if not is_prepared(name):
+        if not prepare_if_missing:
+            raise DDBenchError(f"{name} is not prepared; run `ddbench data prepare {name}`")
+        prepare(name)
+    src = prepared_path(name).stat()
+    stamp = f"{src.st_size}:{src.st_mtime_ns}"
+    path = zca_path(name, eps)
+    if path.exists():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("source") == stamp and float(meta.get("eps", "nan")) == eps:
+                t = load_file(str(path))
+                return ZCA(t["mean"], t["transform"], t["transform_inv"], eps)
+        except Exception:  # a damaged cache file is refitted
+            pass
+    train = load_split(name, "train")
+    zca = ZCA.fit(train.standardize(train.images), eps=eps)
+    meta = {"dataset": name, "eps": repr(eps), "fit_on": "train", "num_images": str(len(train))}
+    meta["source"] = stamp
+    tensors = {k: v for k, v in zca.state_dict().items() if k != "eps"}
+    tmp = Path(tempfile.mkstemp(dir=path.parent, suffix=".tmp")[1])
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return zca
 
 
 # ----------------------------------------------------------------------------- the catalogue

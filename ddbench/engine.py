@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,6 +51,7 @@ class Recipe:
     mixup: float = 0.0  # Beta(a, a) mixup alpha; 0 = off
     cutmix: float = 0.0  # Beta(a, a) cutmix alpha; 0 = off (both on: one of the two per batch)
     precision: str = "fp32"  # fp32 | bf16 (autocast)
+    channels_last: bool = False  # models and (single-model) batches in channels_last memory format
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
@@ -86,12 +89,118 @@ def autocast(device: torch.device | str, precision: str):
 
 
 def pick_device(device: str | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+    """``auto`` -> CUDA when available, else CPU. Under ``torchrun`` (``WORLD_SIZE`` > 1) a
+    plain ``cuda`` is this process's GPU, ``cuda:$LOCAL_RANK``."""
     if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise DDBenchError(f"device={device} asked for, but CUDA is not available")
+    if str(device) == "cuda" and world_info()[1] > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise DDBenchError(
+                f"torchrun process {local} of this node has no GPU ({torch.cuda.device_count()} "
+                "visible): start at most one process per GPU, or use device=cpu"
+            )
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
     return torch.device(device)
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def world_info() -> tuple[int, int]:
+    """``(rank, world size)`` of this process: from the process group when one is initialised,
+    else from torchrun's ``RANK``/``WORLD_SIZE``; ``(0, 1)`` outside torchrun."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    return (int(os.environ.get("RANK") or 0), world) if world > 1 else (0, 1)
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on rank 0: the process that writes files and results."""
+    return world_info()[0] == 0
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join torchrun's process group (``env://``) unless already in one: gloo for CPU tensors
+    and, where every process of the node has a GPU, NCCL for CUDA tensors. Returns
+    ``(rank, world size)``."""
+    import torch.distributed as dist
+
+    rank, world = world_info()
+    if world == 1 or dist.is_initialized():
+        return rank, world
+    if not dist.is_available():
+        raise DDBenchError("WORLD_SIZE > 1, but this torch build has no torch.distributed")
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE") or world)
+    if torch.cuda.is_available() and torch.cuda.device_count() >= per_node:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group("gloo")
+    log.info("torch.distributed: rank %d of %d (%s)", dist.get_rank(), world, dist.get_backend())
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _shard(batch: int, rank: int, world: int) -> slice:
+    """This rank's contiguous share of a global batch of ``batch`` samples (sizes differ by at
+    most one; a rank gets none when ``batch < world``)."""
+    lo = rank * batch // world
+    return slice(lo, (rank + 1) * batch // world)
+
+
+def _broadcast_(tensors: Sequence[torch.Tensor]) -> None:
+    """Overwrite ``tensors`` with rank 0's values (one flat broadcast)."""
+    import torch.distributed as dist
+
+    tensors = [t for t in tensors if t.numel()]
+    if tensors:
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1).float() for t in tensors])
+            dist.broadcast(flat, 0)
+            for t, v in zip(tensors, flat.split([t.numel() for t in tensors])):
+                t.copy_(v.view_as(t))
+
+
+def _sum_grads_at_end_of_backward(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+    """Make ``loss.backward()`` end with the gradients of ``params`` summed over the ranks.
+
+    A hook on ``loss`` (called as its backward starts) queues a callback for the end of that
+    backward, as DistributedDataParallel does: one flat all-reduce of what this backward added
+    to each ``.grad`` (gradients present before it are already reduced), with a flag per
+    parameter so that one no rank reached keeps ``grad = None``.
+    """
+    import torch.distributed as dist
+    from torch.autograd import Variable
+
+    def reduce(before: list[torch.Tensor | None]) -> None:
+        dev = params[0].device
+        parts = []
+        for p, b in zip(params, before):
+            g = p.grad if p.grad is None or b is None else p.grad - b
+            parts.append(torch.zeros(p.numel(), device=dev) if g is None else g.reshape(-1))
+        flags = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=dev)
+        flat = torch.cat([*[t.float() for t in parts], flags])
+        dist.all_reduce(flat)
+        grads, reached = flat[: -len(params)], flat[-len(params) :].tolist()
+        for p, b, v, f in zip(params, before, grads.split([p.numel() for p in params]), reached):
+            if f == 0:
+                p.grad = None
+                continue
+            g = v.view_as(p).to(p.dtype)
+            p.grad = g if b is None else b + g
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        before = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        Variable._execution_engine.queue_callback(lambda: reduce(before))
+        return grad
+
+    loss.register_hook(hook)
 
 
 class ModelStack:
@@ -200,8 +309,10 @@ def _loss(
     weights: torch.Tensor | None,
     mixed: tuple[torch.Tensor, torch.Tensor] | None = None,
     soft: torch.Tensor | None = None,
+    denom: int | None = None,
 ) -> torch.Tensor:
-    """Per-model mean loss summed over models.
+    """Per-model mean loss summed over models (``denom``: per-model sum over this batch divided
+    by ``denom``, the global batch size, for a rank's share of a batch under torchrun).
 
     ``logits`` [K,B,C]; ``targets`` class indices [K,B] or soft targets [K,B,C] (probabilities
     under ``ce``, teacher logits under ``kd``); ``mixed = (targets_b, lam [K])``: hard targets
@@ -236,7 +347,7 @@ def _loss(
         per = hard_ce(targets)
     if weights is not None:
         per = per * weights.view(K, B)
-    return per.mean(1).sum()
+    return per.mean(1).sum() if denom is None else per.sum(1).sum() / denom
 
 
 def _mix(
@@ -280,6 +391,42 @@ def _mix(
     return torch.stack(xs), torch.stack(ts), mixed
 
 
+StepFn = Callable[
+    [Callable[[], torch.Tensor], list[torch.Tensor], torch.optim.Optimizer], torch.Tensor
+]
+
+
+def sgd_step(
+    closure: Callable[[], torch.Tensor], params: list[torch.Tensor], opt: torch.optim.Optimizer
+) -> torch.Tensor:
+    """The engine's default step: backward of the batch's loss, then one optimiser step."""
+    loss = closure()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def _batch_loss(
+    forward: Callable, xb, tb, recipe: Recipe, wb, mixed, soft, device: torch.device,
+    denom: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The loss of one (augmented, mixed) batch at the models' current parameters."""
+    with autocast(device, recipe.precision):
+        logits = forward(xb)
+    return _loss(logits, tb, recipe, wb, mixed, soft, denom)
+
+
+def _rank_loss(
+    closure: Callable[[], torch.Tensor] | None, params: list[torch.Tensor], device: torch.device
+) -> torch.Tensor:
+    """A rank's loss under torchrun (``closure`` None: its share of the batch is empty) whose
+    backward ends with the gradients summed over the ranks."""
+    loss = closure() if closure is not None else torch.zeros((), device=device, requires_grad=True)
+    _sum_grads_at_end_of_backward(loss, params)
+    return loss
+
+
 @dataclass
 class TrainResult:
     models: list[nn.Module]
@@ -306,6 +453,8 @@ def train(
     checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
     resume: dict | None = None,
+    step_fn: StepFn | None = None,
+    distributed: bool | str = "auto",
 ) -> TrainResult:
     """Train one fresh model per seed on ``(images, targets)`` with ``recipe``.
 
@@ -321,12 +470,28 @@ def train(
     ``checkpoint(state)`` is called every ``checkpoint_every`` epochs (and after the last) with
     the full training state; passing that state back as ``resume`` continues the run exactly
     where it stopped (same models, optimiser, batch order and augmentation draws).
+
+    ``step_fn(closure, params, optimizer) -> loss``: how one batch updates the parameters
+    (default :func:`sgd_step`: backward of ``closure()`` then ``optimizer.step()``). ``closure()``
+    recomputes the batch's loss at the current parameters (same images, augmentation and
+    targets), so a step may evaluate it more than once (sharpness-aware experts, gradient
+    penalties: :mod:`ddbench.experts`). With a ``step_fn`` the models train one at a time.
+
+    ``distributed`` (``auto``: when launched by ``torchrun`` with ``WORLD_SIZE`` > 1; ``False``:
+    never) trains data-parallel (docs/distributed.md): every rank draws the same batch order,
+    augmentation and mixing for the whole global batch, forwards its contiguous share, and the
+    backward ends with the gradients summed over the ranks (each rank's loss is its share's
+    sum over the global batch size), so the run is the one-process run up to float summation
+    order (BatchNorm layers see per-rank batch statistics, as in DDP without SyncBatchNorm).
+    Parameters start from rank 0's, buffers end as rank 0's; ``checkpoint`` is called on rank 0
+    only, ``on_epoch`` on every rank (with the epoch loss summed over the ranks).
     """
     import time
 
     from tqdm import tqdm
 
     device = pick_device(device) if isinstance(device, str) else device
+    rank, world = init_distributed() if distributed and world_info()[1] > 1 else (0, 1)
     if augment is None and recipe.augment:
         from ddbench.augment import DSA
 
@@ -341,8 +506,13 @@ def train(
     if not math.isfinite(base_lr) or base_lr <= 0:
         raise DDBenchError(f"learning rate must be positive and finite, got {base_lr}")
     models = build_models(build, seeds, device)
+    if recipe.channels_last:
+        for m in models:
+            m.to(memory_format=torch.channels_last)
+    if step_fn is not None and parallel is True and len(seeds) > 1:
+        raise DDBenchError("a step_fn sees one model's parameters: train with parallel=False")
     if parallel == "auto":
-        parallel = device.type == "cuda" and not has_batchnorm(models[0])
+        parallel = step_fn is None and device.type == "cuda" and not has_batchnorm(models[0])
     groups = [models] if parallel else [[m] for m in models]
     steps = recipe.epochs * math.ceil(n / min(recipe.batch_size, n)) * len(groups)
     use_compile = should_compile(compile, device, steps)
@@ -353,6 +523,8 @@ def train(
         first_group, first_epoch, opt_state = _restore(resume, models, gens, epoch_losses, seeds)
     if teacher is not None:
         teacher = teacher.to(device).eval()
+        if recipe.channels_last:
+            teacher.to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
     start = time.perf_counter()
@@ -361,7 +533,7 @@ def train(
         total=recipe.epochs * len(groups),
         initial=first_group * recipe.epochs + first_epoch,
         desc=desc,
-        disable=None if progress else True,
+        disable=None if progress and rank == 0 else True,
         leave=False,
         unit="ep",
     )
@@ -371,6 +543,8 @@ def train(
             continue
         stack = ModelStack(group)
         stack.train()
+        if world > 1:
+            _broadcast_(stack.params)
         forward = _Compiled(stack.__call__) if use_compile else stack
         g = [gens[models.index(m)] for m in group]
         K = len(group)
@@ -402,18 +576,30 @@ def train(
                 mixed = None
                 if recipe.mixup > 0 or recipe.cutmix > 0:
                     xb, tb, mixed = _mix(xb, tb, recipe, g)
+                B = idx.shape[1]
+                if world > 1:  # this rank's share of the batch, augmented and mixed as a whole
+                    part = _shard(B, rank, world)
+                    xb, tb, idx = xb[:, part], tb[:, part], idx[:, part]
+                    mixed = None if mixed is None else (mixed[0][:, part], mixed[1])
+                if recipe.channels_last and K == 1:
+                    xb = xb[0].contiguous(memory_format=torch.channels_last)[None]
                 soft = None
-                if teacher is not None:
+                if teacher is not None and idx.shape[1]:
                     with torch.no_grad(), autocast(device, recipe.precision):
                         soft = torch.stack([teacher(xb[k]) for k in range(K)]).float()
-                with autocast(device, recipe.precision):
-                    logits = forward(xb)
                 wb = None if w_all is None else w_all[idx]
-                loss = _loss(logits, tb, recipe, wb, mixed, soft)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.detach() * idx.shape[1]
+                closure = functools.partial(
+                    _batch_loss, forward, xb, tb, recipe, wb, mixed, soft, device
+                )
+                if world > 1:
+                    share = functools.partial(closure, denom=B) if idx.shape[1] else None
+                    closure = functools.partial(_rank_loss, share, stack.params, device)
+                loss = (step_fn or sgd_step)(closure, stack.params, opt)
+                total += loss.detach() * B
+            if world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(total)
             ep_loss = float(total) / (n * K)
             if not math.isfinite(ep_loss):
                 raise DDBenchError(
@@ -425,15 +611,20 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{ep_loss:.3f}", refresh=False)
             last = ep + 1 == recipe.epochs
-            if checkpoint is not None and (
-                last or (checkpoint_every > 0 and (ep + 1) % checkpoint_every == 0)
+            if (
+                checkpoint is not None
+                and rank == 0
+                and (last or (checkpoint_every > 0 and (ep + 1) % checkpoint_every == 0))
             ):
                 stack.unstack()
                 nxt = (gi + 1, 0) if last else (gi, ep + 1)
                 checkpoint(_state(nxt, models, opt, gens, epoch_losses, seeds, last))
         stack.unstack()
-        log.info("trained seed(s) %s: final loss %.4f, %.0fs so far", [seeds[models.index(m)] for m in group],
-                 ep_loss, time.perf_counter() - start)  # fmt: skip
+        if world > 1:  # BatchNorm running statistics: rank 0's, as DDP broadcasts them
+            _broadcast_([b for m in group for b in m.buffers() if b.is_floating_point()])
+        if rank == 0:
+            log.info("trained seed(s) %s: final loss %.4f, %.0fs so far", [seeds[models.index(m)] for m in group],
+                     ep_loss, time.perf_counter() - start)  # fmt: skip
     bar.close()
     for m in models:
         m.eval()

@@ -12,6 +12,17 @@ so a killed training resumes; a flock per expert makes parallel jobs train each 
 The recipe defaults are MTT's ``buffer.py``: SGD lr 0.01, momentum 0, weight decay 0, no lr decay,
 batch 256, DSA during training (here: the dataset's DSA strategy), 50 epochs per expert.
 
+Variants of the one trainer, as config fields (each changes the cache key only when set; see
+:meth:`ExpertConfig.key`), realised by one :class:`ExpertStep` passed to the engine's ``step_fn``:
+
+* ``sam_rho`` > 0: sharpness-aware experts (FTD's GSAM buffers): per batch, ascend to
+  ``w + rho * g / ||g||`` (ASAM's ``w^2 g / ||w g||`` with ``sam_adaptive``), take the gradient
+  there, return to ``w``; ``gsam_alpha`` > 0 adds GSAM's surrogate-gap step (subtract ``alpha``
+  times the part of ``g`` orthogonal to the perturbed gradient);
+* ``grad_penalty`` > 0: minimise ``loss + grad_penalty * ||grad loss||`` (double backward);
+  ``clip_grad``: clip the gradient to this global norm before the step (AST's smooth experts);
+* longer experts (DATM's late start epochs) are just ``epochs``.
+
     experts = get_experts("cifar10", ExpertConfig(epochs=50), n=10, device="cuda")
     flat = FlatModel(build_expert_model("cifar10", cfg))
     logits = flat(experts[0][3], x)      # the expert after epoch 3, called functionally
@@ -55,6 +66,93 @@ class ExpertConfig(CachedConfig):
     zca: bool = False  # train on ZCA-whitened images (fit on the normalised train split)
     zca_eps: float = 0.1
     seed: int = 0  # expert i is trained with seed + i
+    # variants (FTD, AST): hashed only when set, so the keys of plain experts stay as they were
+    sam_rho: float = 0.0  # SAM/GSAM ascent radius; 0: plain steps
+    gsam_alpha: float = 0.0  # GSAM's surrogate-gap coefficient (with sam_rho > 0)
+    sam_adaptive: bool = False  # ASAM-style element-wise scaled ascent (GSAM's adaptive=True)
+    clip_grad: float | None = None  # max global gradient norm; null: no clipping
+    grad_penalty: float = 0.0  # weight of ||grad loss|| added to the loss; 0: none
+
+    _HASHED_IF_SET = ("sam_rho", "gsam_alpha", "sam_adaptive", "clip_grad", "grad_penalty")
+
+    def __post_init__(self) -> None:
+        if not (self.sam_rho >= 0 and self.gsam_alpha >= 0 and self.grad_penalty >= 0):
+            raise DDBenchError("experts: sam_rho, gsam_alpha and grad_penalty must be >= 0")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise DDBenchError(f"experts: clip_grad must be > 0 or null, got {self.clip_grad}")
+        if (self.gsam_alpha or self.sam_adaptive) and not self.sam_rho:
+            raise DDBenchError("experts: gsam_alpha and sam_adaptive need sam_rho > 0")
+
+    def key(self, dataset: str) -> str:
+        """:meth:`CachedConfig.key` over every field, except the variant fields left at their
+        defaults: experts cached before the variants existed keep their keys."""
+        import hashlib
+
+        d = asdict(self)
+        for name in self._HASHED_IF_SET:
+            if d[name] == self.__dataclass_fields__[name].default:
+                del d[name]
+        canon = json.dumps({"dataset": dataset, **d}, sort_keys=True, default=str)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    @property
+    def is_plain(self) -> bool:
+        """No variant set: the engine's default SGD step."""
+        return all(
+            getattr(self, n) == self.__dataclass_fields__[n].default for n in self._HASHED_IF_SET
+        )
+
+
+class ExpertStep:
+    """The engine ``step_fn`` of an expert variant (see the module docstring): gradient penalty,
+    then SAM/GSAM, then clipping, then the optimiser's step. Returns the unperturbed loss."""
+
+    def __init__(self, cfg: ExpertConfig):
+        self.rho, self.alpha, self.adaptive = cfg.sam_rho, cfg.gsam_alpha, cfg.sam_adaptive
+        self.clip, self.penalty = cfg.clip_grad, cfg.grad_penalty
+
+    def grads(
+        self, closure: Callable[[], torch.Tensor], params: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``(loss, gradient of loss [+ penalty * ||grad loss||])`` at the current params."""
+        loss = closure()
+        if not self.penalty:
+            return loss.detach(), list(torch.autograd.grad(loss, params))
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
+        return loss.detach(), list(torch.autograd.grad(loss + self.penalty * norm, params))
+
+    def __call__(
+        self,
+        closure: Callable[[], torch.Tensor],
+        params: list[torch.Tensor],
+        opt: torch.optim.Optimizer,
+    ) -> torch.Tensor:
+        loss, g = self.grads(closure, params)
+        if self.rho > 0:
+            with torch.no_grad():
+                scale = [p.abs() if self.adaptive else 1.0 for p in params]
+                norm = torch.sqrt(sum(((s * gi) ** 2).sum() for s, gi in zip(scale, g)))
+                eps = [self.rho * s * s * gi / (norm + 1e-12) for s, gi in zip(scale, g)]
+                for p, e in zip(params, eps):
+                    p.add_(e)
+            _, g_adv = self.grads(closure, params)
+            with torch.no_grad():
+                for p, e in zip(params, eps):
+                    p.sub_(e)
+                if self.alpha > 0:  # GSAM: minus alpha x the part of g orthogonal to g_adv
+                    inner = sum((a * b).sum() for a, b in zip(g, g_adv))
+                    sq = sum((b * b).sum() for b in g_adv)
+                    coef = inner / (sq + 1e-12)
+                    g_adv = [b - self.alpha * (a - coef * b) for a, b in zip(g, g_adv)]
+            g = g_adv
+        opt.zero_grad(set_to_none=True)
+        for p, gi in zip(params, g):
+            p.grad = gi
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        opt.step()
+        return loss
 
 
 def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:
@@ -176,16 +274,12 @@ def _cached(dataset: str, cfg: ExpertConfig, i: int) -> torch.Tensor | None:
 
 
 def _images(dataset: str, cfg: ExpertConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The train split in the experts' image space (normalised, optionally ZCA-whitened)."""
+    """The train split in the experts' image space: normalised and, with ``cfg.zca``, whitened
+    by the dataset's cached ZCA (:func:`ddbench.data.fit_zca`), the one a ZCA task uses."""
     from ddbench import data
 
-    tr = data.load_split(dataset, "train")
-    x = tr.normalize(tr.images)
-    if cfg.zca:
-        from ddbench.augment import ZCA
-
-        x = ZCA.fit(x, eps=cfg.zca_eps)(x)
-    return x, tr.labels
+    tr = data.load_split(dataset, "train", zca=cfg.zca, zca_eps=cfg.zca_eps)
+    return tr.normalize(tr.images), tr.labels
 
 
 def train_expert(
@@ -240,6 +334,10 @@ def train_expert(
         build, [seed], x, y, recipe, device=device,
         progress=f"expert {i} {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
+        step_fn=None if cfg.is_plain else ExpertStep(cfg),
+        # torch.compile cannot differentiate twice: the gradient penalty trains eagerly
+        compile=False if cfg.grad_penalty else "auto",
+        distributed=False,  # trained by the one process holding the cache lock (see cache.lock)
     )  # fmt: skip
     traj = torch.stack(rows).contiguous()
     if traj.shape != (cfg.epochs + 1, flat.num_params):

@@ -17,6 +17,8 @@ of an image can carry different details. Here (as in the authors' code):
   batch; the real batch is untouched (:meth:`ImageDistillation.siamese`);
 * DC/DSA inner training of the network on the synthetic set: every batch is doubled the same way
   (:func:`ddbench.distill.train_steps`, batch size unchanged, as the authors' final code);
+* trajectory matching (MTT and its family): every unrolled student step trains on its batch of
+  synthetic images together with their mirrors (``methods/mtt.py``, ``_student_step``);
 * nothing else: evaluation trains on the set as saved (``ipc`` images per class; the protocol's
   own augmentation decides about flips), and the set records ``fyi`` in its metadata.
 

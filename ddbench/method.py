@@ -145,19 +145,16 @@ class Task:
             "classes": list(spec.classes),
             "num_classes": spec.num_classes,
             "image_shape": list(spec.shape),
-            "space": {
-                "normalized": True,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "zca": False,
-            },
+            "space": self.train.space(),  # normalised, ZCA-whitened if the task's data is
             "ipc": self.ipc,
             "method": {"name": method.name, "config": method.config},
             "seed": self.seed,
             "protocol": protocol,
             **extra,
         }
-        return SyntheticSet(images.detach().float().cpu(), labels.detach().cpu(), meta, lr)
+        return SyntheticSet(
+            images.detach().float().cpu(), labels.detach().cpu(), meta, lr, zca=self.train.zca
+        )
 
 
 class Method:

@@ -118,21 +118,37 @@ def versions() -> dict[str, str]:
     }
 
 
-def set_space_transform(synset_meta: dict, train_split):
-    """A function mapping uint8 real images into the set's image space (normalised, ZCA)."""
-    space = synset_meta.get("space", {"normalized": True, "zca": False})
-    zca = None
-    if space.get("zca"):
-        from ddbench.augment import ZCA
+def set_space_transform(synset_meta, train_split, zca=None):
+    """A function mapping uint8 real images into the set's image space (normalised, ZCA).
 
-        zca = ZCA.fit(
-            train_split.normalize(train_split.images), eps=float(space.get("zca_eps", 0.1))
-        )
+    ``synset_meta``: a set's metadata, or the :class:`~ddbench.synset.SyntheticSet` itself. A ZCA
+    space uses the set's stored whitening (``zca``, or the set's own ``.zca``); sets without one
+    (imported, or older files) use the dataset's cached fit on the train split
+    (:func:`ddbench.data.fit_zca`). ``train_split`` only gives the per-channel normalisation.
+    """
+    if zca is None:
+        zca = getattr(synset_meta, "zca", None)
+    meta = getattr(synset_meta, "meta", synset_meta)
+    space = meta.get("space", {"normalized": True, "zca": False})
+    if not space.get("zca"):
+        zca = None
+    elif zca is None:
+        from ddbench.data import ZCA_EPS, fit_zca
+
+        zca = fit_zca(train_split.spec.name, float(space.get("zca_eps", ZCA_EPS)))
     normalized = space.get("normalized", True)
+    if zca is not None and not normalized:
+        raise DDBenchError("a ZCA space is fitted on normalised images; this set says it is not")
+
+    on_device: dict[str, Any] = {}  # the ZCA matrices moved once per device
 
     def transform(x: torch.Tensor) -> torch.Tensor:
-        x = train_split.normalize(x) if normalized else x.float() / 255.0
-        return zca(x) if zca is not None else x
+        x = train_split.standardize(x) if normalized else x.float() / 255.0
+        if zca is None:
+            return x
+        if str(x.device) not in on_device:
+            on_device[str(x.device)] = zca.to(x.device)
+        return on_device[str(x.device)](x)
 
     return transform
 
@@ -150,8 +166,14 @@ def evaluate(
     log=None,
     partial: str | Path | None = None,
     split: str = "test",
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Score ``synset`` under ``protocol``: mean/std of the final test accuracy over the seeds.
+
+    Under ``torchrun`` each model trains data-parallel over the processes (``engine.train``);
+    every process then tests the (identical) final models on the whole split, and only rank 0
+    writes files (``partial``, :func:`write_result`). ``precision`` (bf16 autocast) and
+    ``channels_last`` change how, not what, the models compute: they are not in the hash.
 
     ``split="val"`` scores on the val split (carved from train) instead, for tuning; the result
     says so (``"split": "val"``) and must never be reported as a test score.
@@ -175,6 +197,12 @@ def evaluate(
             f"this set carries soft labels; protocol {protocol.name!r} trains on hard labels. "
             "Evaluate it under a protocol with labels: set (e.g. learned_lr) or kd"
         )
+    logits = (meta.get("relabel") or {}).get("format") == "logits"
+    if logits and protocol.labels == "set" and protocol.loss != "kd":
+        raise DDBenchError(
+            f"this set's soft labels are teacher logits; protocol {protocol.name!r} would read "
+            "them as probabilities (loss: ce). Evaluate it under loss: kd (protocol=kd_set)"
+        )
     lr = None
     if protocol.lr_from_set:
         if synset.lr is None:
@@ -187,6 +215,7 @@ def evaluate(
         strategy = spec.dsa_strategy if protocol.augment == "dsa" else protocol.augment
     recipe = protocol.recipe(strategy, lr)
     recipe.precision = precision
+    recipe.channels_last = bool(channels_last)
     dsa = DSA(strategy) if strategy else None
     images = synset.images
     if not meta.get("space", {}).get("normalized", True):
@@ -211,7 +240,7 @@ def evaluate(
     t0 = time.perf_counter()
     train_split = ddata.load_split(dataset, "train")
     test = ddata.load_split(dataset, split)
-    transform = set_space_transform(meta, train_split)
+    transform = set_space_transform(synset, train_split)
     # Seeds already scored by an interrupted run of this exact evaluation (see ``partial``).
     key = hashlib.sha256(
         f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{meta.get('sha256')}|{precision}"
@@ -299,7 +328,13 @@ def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: 
             },
         }
     kind = "soft" if synset.soft_labels and protocol.labels == "set" else "hard"
-    return {"kind": kind, "bytes": nbytes, "loss": protocol.loss}
+    out = {"kind": kind, "bytes": nbytes, "loss": protocol.loss}
+    if kind == "soft":  # how they are stored: dense or top-k, and in which dtype
+        dtype = str(synset.labels.dtype).removeprefix("torch.")
+        out["storage"] = {**synset.label_storage, "dtype": dtype}
+        if protocol.loss == "kd":
+            out["temperature"] = protocol.temperature
+    return out
 
 
 def _load_partial(path: str | Path | None, key: str) -> dict[int, float]:
@@ -320,11 +355,14 @@ def _save_partial(path: str | Path | None, key: str, done: dict[int, float]) -> 
 
 
 def write_result(result: dict, path: str | Path) -> Path:
-    """Write ``result.json`` atomically."""
+    """Write ``result.json`` atomically (under ``torchrun`` on rank 0 only: every rank holds the
+    same result)."""
+    from ddbench.engine import is_main_process
     from ddbench.synset import atomic_write
 
-    text = json.dumps(result, indent=2, sort_keys=False, default=str)
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    if is_main_process():
+        text = json.dumps(result, indent=2, sort_keys=False, default=str)
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
     return Path(path)
 
 

@@ -1,14 +1,29 @@
 """The synthetic-set file: one ``.safetensors`` file, no pickle, that says how it must be evaluated.
 
-Tensors: ``images`` (float32 ``[N,C,H,W]``), ``labels`` (int64 ``[N]`` hard, or float32
+Tensors: ``images`` (float32 ``[N,C,H,W]``), ``labels`` (int64 ``[N]`` hard, or float
 ``[N,K]`` soft), optionally ``lr`` (a learned learning rate, ``[1]``) and ``weights`` (``[N]``).
 The JSON metadata sits in the safetensors header under the key ``ddbench``.
+
+A set in a ZCA-whitened space (``meta["space"]["zca"]``) also stores its whitening:
+``zca_mean`` (``[1, D]``) and ``zca_transform`` (``[D, D]``, ``D = C*H*W``), whitening being
+``(x.flatten(1) - zca_mean) @ zca_transform``. Evaluation maps the test images with exactly these
+(:func:`ddbench.protocol.set_space_transform`); ``SyntheticSet.pixels()`` undoes it for viewing.
+Sets imported without them (MTT ``--zca`` files) fall back to the dataset's cached fit
+(:func:`ddbench.data.fit_zca`).
+
+Soft labels may be stored top-k (``meta["label_storage"] = {"format": "topk", "k": k}``): in
+place of ``labels``, ``label_values`` (the k largest of each row, ``[N,k]``, in the labels'
+dtype, descending), ``label_indices`` (their classes, ``[N,k]``, uint8 up to 256 classes, int16
+up to 32768) and ``label_fill`` (``[N]``, the mean of the row's other K - k values, kept
+strictly below the k-th). ``load`` rebuilds the dense ``[N,K]`` labels: the kept values at their
+classes, the fill everywhere else (see :func:`encode_topk`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import struct
@@ -23,7 +38,9 @@ from torch.utils.data import Dataset
 from ddbench.errors import DDBenchError
 
 SCHEMA_VERSION = 1
-_TENSOR_KEYS = ("images", "labels", "lr", "weights")
+TOPK_KEYS = ("label_values", "label_indices", "label_fill")
+ZCA_KEYS = ("zca_mean", "zca_transform")
+_TENSOR_KEYS = ("images", "labels", "lr", "weights", *TOPK_KEYS, *ZCA_KEYS)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -33,7 +50,8 @@ class SyntheticSet(Dataset):
 
     ``meta`` says which dataset and image space the images live in (``space``: normalised or
     raw [0,1], ZCA or not), how they were made (``method``, ``seed``, ``cost``) and how they
-    must be evaluated (``protocol``).
+    must be evaluated (``protocol``). ``zca``: the :class:`ddbench.augment.ZCA` of a ZCA space
+    (stored in the file); :meth:`pixels` gives the images in [0,1] for viewing.
     """
 
     images: torch.Tensor
@@ -41,6 +59,7 @@ class SyntheticSet(Dataset):
     meta: dict[str, Any] = field(default_factory=dict)
     lr: torch.Tensor | None = None
     weights: torch.Tensor | None = None
+    zca: Any = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,21 +80,141 @@ class SyntheticSet(Dataset):
     def ipc(self) -> int:
         return int(self.meta.get("ipc", 0))
 
+    @property
+    def label_storage(self) -> dict[str, Any]:
+        """How the labels are stored: ``{"format": "dense"}`` or ``{"format": "topk", "k": k}``."""
+        return dict(self.meta.get("label_storage") or {"format": "dense"})
+
+    def label_tensors(self) -> dict[str, torch.Tensor]:
+        """The labels as the file stores them (``labels``, or the top-k tensors)."""
+        storage = self.label_storage
+        if storage["format"] == "dense":
+            return {"labels": self.labels}
+        if storage["format"] == "topk":
+            return encode_topk(self.labels, int(storage["k"]))
+        raise DDBenchError(f"unknown label storage {storage['format']!r}; use dense or topk")
+
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"images": self.images.float(), "labels": self.labels}
+        out = {"images": self.images.float(), **self.label_tensors()}
         if self.lr is not None:
             out["lr"] = self.lr.detach().float().reshape(1)
         if self.weights is not None:
             out["weights"] = self.weights.detach().float()
+        if self.zca is not None:
+            out["zca_mean"] = self.zca.mean.float()
+            out["zca_transform"] = self.zca.transform.float()
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
+    def unwhitened(self) -> torch.Tensor:
+        """The images with the set's ZCA undone (the dataset's normalised space); the images
+        themselves for a set without ZCA. A ZCA set imported without its transform uses the
+        dataset's cached fit (:func:`ddbench.data.fit_zca`)."""
+        space = self.meta.get("space") or {}
+        if not space.get("zca"):
+            return self.images.float()
+        zca = self.zca
+        if zca is None:
+            from ddbench.data import ZCA_EPS, fit_zca
+
+            zca = fit_zca(self.meta.get("dataset"), float(space.get("zca_eps", ZCA_EPS)))
+        return zca.inverse(self.images.float())
+
+    def pixels(self) -> torch.Tensor:
+        """The images in [0,1] pixel space for viewing: ZCA undone, then the normalisation
+        (clamped; a set optimised in ZCA space may leave [0,1] once un-whitened)."""
+        space = self.meta.get("space") or {}
+        x = self.unwhitened()
+        if space.get("normalized", True):
+            mean = torch.tensor(space.get("mean", [0.0])).view(1, -1, 1, 1)
+            std = torch.tensor(space.get("std", [1.0])).view(1, -1, 1, 1)
+            x = x * std + mean
+        return x.clamp(0, 1)
+
     def nbytes(self) -> dict[str, int]:
-        """Bytes of images and of labels as stored (soft labels count toward the set)."""
+        """Bytes of images and of labels as stored (soft labels count toward the set; top-k
+        labels count their values, indices and fills)."""
         t = self.tensors()
         return {
             "images": t["images"].numel() * t["images"].element_size(),
-            "labels": t["labels"].numel() * t["labels"].element_size(),
+            "labels": sum(
+                v.numel() * v.element_size() for k, v in t.items() if k in ("labels", *TOPK_KEYS)
+            ),
         }
+
+
+def _index_dtype(num_classes: int) -> torch.dtype:
+    if num_classes <= 256:
+        return torch.uint8
+    return torch.int16 if num_classes <= 32768 else torch.int32
+
+
+def encode_topk(labels: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Soft labels ``[N,K]`` (logits) -> ``label_values`` ``[N,k]`` (the k largest per row,
+    descending; ties go to the lower class), ``label_indices`` ``[N,k]`` (their classes) and
+    ``label_fill`` ``[N]``: the mean of the other K - k values, lowered where needed to just
+    below the k-th value so that the kept classes stay the top k.
+
+    The fill keeps the dropped classes' share of the distribution at every temperature: the
+    missing logits as their mean, not as -inf (which drops that mass and, at k = 1, turns the
+    labels into one-hot ones). Encoding :func:`decode_topk`'s output gives back the same
+    tensors, so a loaded set saves to the same bytes.
+    """
+    if labels.dim() != 2 or not labels.is_floating_point():
+        raise DDBenchError(
+            f"top-k label storage needs soft labels [N,K], got {tuple(labels.shape)}"
+        )
+    num_classes = labels.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < num_classes:
+        raise DDBenchError(
+            f"top-k label storage keeps 1 to {num_classes - 1} of the {num_classes} classes, "
+            f"not {k!r} (dense storage keeps all)"
+        )
+    x = labels.detach().cpu()
+    values, order = torch.sort(x, dim=1, descending=True, stable=True)
+    kept = values[:, :k]
+    fill = values[:, k:].double().mean(1).to(x.dtype)
+    fill = torch.minimum(fill, torch.nextafter(kept[:, -1], torch.full_like(fill, -math.inf)))
+    return {
+        "label_values": kept.contiguous(),
+        "label_indices": order[:, :k].to(_index_dtype(num_classes)).contiguous(),
+        "label_fill": fill.contiguous(),
+    }
+
+
+def decode_topk(
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    fill: torch.Tensor,
+    num_classes: int,
+    where: str = "",
+) -> torch.Tensor:
+    """Dense ``[N,K]`` labels (``values``' dtype) from top-k tensors: ``values`` at ``indices``,
+    ``fill`` elsewhere. Checks that the tensors are a valid top-k encoding."""
+    where = f"{where}: " if where else ""
+    n = len(values)
+    if values.dim() != 2 or indices.shape != values.shape or fill.shape != (n,):
+        raise DDBenchError(
+            f"{where}top-k labels need values and indices [N,k] and fill [N], got "
+            f"{tuple(values.shape)}, {tuple(indices.shape)}, {tuple(fill.shape)}"
+        )
+    k = values.shape[1]
+    if not values.is_floating_point() or fill.dtype != values.dtype:
+        raise DDBenchError(f"{where}top-k label values and fill must share a float dtype")
+    if indices.is_floating_point() or indices.dtype == torch.bool:
+        raise DDBenchError(f"{where}top-k label indices must be integers, got {indices.dtype}")
+    if not 1 <= k < num_classes:
+        raise DDBenchError(f"{where}top-k labels keep {k} of {num_classes} classes")
+    if not (torch.isfinite(values).all() and torch.isfinite(fill).all()):
+        raise DDBenchError(f"{where}top-k labels contain NaN or Inf")
+    idx = indices.long()
+    if n and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
+        raise DDBenchError(f"{where}top-k label indices outside the {num_classes} classes")
+    if n and k > 1 and not (idx.sort(1).values.diff(dim=1) > 0).all():
+        raise DDBenchError(f"{where}top-k label indices repeat a class within a row")
+    if n and not (fill < values[:, -1]).all():
+        raise DDBenchError(f"{where}top-k label fill is not below the kept values")
+    out = fill[:, None].expand(n, num_classes).clone()
+    return out.scatter_(1, idx, values)
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -109,6 +248,7 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     import ddbench
 
     _validate_tensors(synset.images, synset.labels, synset.meta, str(path))
+    _check_zca(synset.images, synset.zca, synset.meta, str(path))
     tensors = synset.tensors()
     meta = dict(synset.meta)
     meta.setdefault("schema_version", SCHEMA_VERSION)
@@ -200,16 +340,72 @@ def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
         t = load_file(str(path))
     except Exception as e:
         raise DDBenchError(f"{path} could not be read as safetensors: {e}") from e
-    missing = [k for k in ("images", "labels") if k not in t]
+    storage = (meta.get("label_storage") or {"format": "dense"}).get("format")
+    if storage not in ("dense", "topk"):
+        raise DDBenchError(f"{path}: unknown label storage {storage!r}")
+    label_keys = TOPK_KEYS if storage == "topk" else ("labels",)
+    missing = [k for k in ("images", *label_keys) if k not in t]
     if missing:
         raise DDBenchError(f"{path} lacks the tensor(s) {missing}")
-    unknown = sorted(set(t) - set(_TENSOR_KEYS))
+    unknown = sorted(set(t) - {"images", *label_keys, "lr", "weights", *ZCA_KEYS})
     if unknown:
         raise DDBenchError(f"{path} holds unexpected tensors {unknown}")
     if verify and meta.get("sha256") and tensors_sha256(t) != meta["sha256"]:
         raise DDBenchError(f"{path}: checksum mismatch, the tensors were changed after saving")
-    _validate_tensors(t["images"], t["labels"], meta, str(path))
-    return SyntheticSet(t["images"], t["labels"], meta, t.get("lr"), t.get("weights"))
+    labels = t.get("labels")
+    if storage == "topk":
+        from ddbench.data import CATALOGUE
+
+        spec = CATALOGUE.get(meta.get("dataset"))
+        num_classes = int(meta.get("num_classes") or (spec.num_classes if spec else 0))
+        labels = decode_topk(*(t[k] for k in TOPK_KEYS), num_classes, str(path))
+    _validate_tensors(t["images"], labels, meta, str(path))
+    zca = _load_zca(t, meta, str(path))
+    _check_zca(t["images"], zca, meta, str(path))
+    return SyntheticSet(t["images"], labels, meta, t.get("lr"), t.get("weights"), zca)
+
+
+def _load_zca(t: dict[str, torch.Tensor], meta: dict, where: str) -> Any:
+    """The stored ZCA of a set file (None if it stores none); its inverse is computed here."""
+    from ddbench.augment import ZCA
+
+    present = [k for k in ZCA_KEYS if k in t]
+    if not present:
+        return None
+    if len(present) != len(ZCA_KEYS):
+        raise DDBenchError(f"{where}: stores {present} but not all of {list(ZCA_KEYS)}")
+    mean, transform = t["zca_mean"].float(), t["zca_transform"].float()
+    d = mean.numel()
+    if mean.shape != (1, d) or transform.shape != (d, d):
+        raise DDBenchError(
+            f"{where}: ZCA tensors of shapes {tuple(mean.shape)} and {tuple(transform.shape)}, "
+            f"expected [1, D] and [D, D]"
+        )
+    if not (torch.isfinite(mean).all() and torch.isfinite(transform).all()):
+        raise DDBenchError(f"{where}: the stored ZCA contains NaN or Inf")
+    try:
+        inverse = torch.linalg.inv(transform.double()).float()
+    except RuntimeError as e:
+        raise DDBenchError(f"{where}: the stored ZCA transform is not invertible") from e
+    eps = float((meta.get("space") or {}).get("zca_eps", 0.1))
+    return ZCA(mean, transform, inverse, eps)
+
+
+def _check_zca(images: torch.Tensor, zca: Any, meta: dict, where: str) -> None:
+    """A stored ZCA needs a ZCA space in the metadata and as many features as a set image."""
+    if zca is None:
+        return
+    if not (meta.get("space") or {}).get("zca"):
+        raise DDBenchError(
+            f"{where}: carries a ZCA transform but its metadata says the images are not in ZCA "
+            "space (meta['space']['zca'] is false)"
+        )
+    d = images[0].numel() if images.dim() == 4 and len(images) else zca.num_features
+    if zca.num_features != d:
+        raise DDBenchError(
+            f"{where}: the ZCA was fitted on {zca.num_features} features per image, the images "
+            f"have {d}"
+        )
 
 
 def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, where: str) -> None:
@@ -285,7 +481,10 @@ def _space(dataset: str, zca: bool) -> dict:
     from ddbench.data import get_spec
 
     spec = get_spec(dataset)
-    return {"normalized": True, "mean": list(spec.mean), "std": list(spec.std), "zca": zca}
+    out = {"normalized": True, "mean": list(spec.mean), "std": list(spec.std), "zca": zca}
+    if zca:  # MTT/FTD/DATM whiten with kornia's ZCAWhitening(eps=0.1) fitted on their train set
+        out["zca_eps"] = 0.1
+    return out
 
 
 def _imported(

@@ -156,6 +156,7 @@ def train_teacher(
         lambda: _build(dataset, cfg), [cfg.seed], tr.normalize(tr.images), tr.labels, recipe,
         device=device, progress=f"teacher {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
+        distributed=False,  # trained by the one process holding the cache lock (see cache.lock)
     )  # fmt: skip
     net = result.models[0]
     val_acc = accuracy([net], val.images, val.labels, transform=tr.normalize)[0]

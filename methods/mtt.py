@@ -13,7 +13,12 @@ Backpropagating through the whole unroll updates the images (SGD ``lr_img``, mom
 the lr (SGD ``lr_lr``, momentum 0.5; kept >= ``lr_min``). The set stores the learned lr and is
 evaluated with the ``learned_lr`` protocol. ``checkpoint_unroll: true`` recomputes each unrolled
 step in the backward pass (``torch.utils.checkpoint``) instead of keeping all ``syn_steps``
-graphs: the same loss and gradients, memory of about one step, ~1.5x the time.
+graphs: the same loss and gradients, memory of about one step, ~1.3x the time
+(``bench/mtt_memory.py`` measures both against the official unroll).
+
+The experts must live in the task's image space: a ZCA task (``dataset.zca=true``) needs experts
+trained with ``experts.zca: true`` and the same ``zca_eps`` (both use the dataset's cached fit,
+:func:`ddbench.data.fit_zca`); a mismatch is refused before any expert is trained.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ddbench import fyi as _fyi
 from ddbench.distill import ImageDistillation
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, FlatModel, get_experts
@@ -33,6 +39,19 @@ from ddbench.method import Task
 from ddbench.synset import SyntheticSet
 
 log = logging.getLogger("ddbench")
+
+
+def check_expert_space(name: str, cfg: ExpertConfig, task: Task) -> None:
+    """Experts must have been trained in the task's image space (ZCA or not, same eps)."""
+    zca = getattr(task.train, "zca", None)
+    if bool(cfg.zca) == (zca is not None) and (zca is None or float(zca.eps) == cfg.zca_eps):
+        return
+    have = f"ZCA eps {zca.eps:g}" if zca is not None else "no ZCA"
+    want = f"ZCA eps {cfg.zca_eps:g}" if cfg.zca else "no ZCA"
+    raise DDBenchError(
+        f"{name}: the task's images have {have} but the experts are trained with {want}: set "
+        f"method.experts.zca (and zca_eps) to match dataset.zca (and dataset.zca_eps)"
+    )
 
 
 class MTT(ImageDistillation):
@@ -92,10 +111,6 @@ class MTT(ImageDistillation):
                 raise DDBenchError(f"mtt: {key} must be positive, got {v}")
         if batch_syn is not None and int(batch_syn) < 1:
             raise DDBenchError(f"mtt: batch_syn must be >= 1 or null, got {batch_syn}")
-        if self.expert_cfg.zca:
-            raise DDBenchError("mtt: ZCA experts need tasks in ZCA space, not supported yet")
-        if self.fyi:
-            raise DDBenchError("mtt: fyi is not supported")
         self.lr_lr, self.lr_teacher, self.lr_min = float(lr_lr), float(lr_teacher), float(lr_min)
         self.syn_steps, self.expert_epochs = int(syn_steps), int(expert_epochs)
         self.max_start_epoch, self.num_experts = int(max_start_epoch), int(num_experts)
@@ -110,6 +125,7 @@ class MTT(ImageDistillation):
 
     def prepare(self, task: Task) -> None:
         """Load (or train) the experts, build the functional student and the learned lr."""
+        check_expert_space(self.name, self.expert_cfg, task)
         self.student = FlatModel(task.model_factory().to(task.device).train())
         self.experts = get_experts(task.spec.name, self.expert_cfg, self.num_experts, task.device)
         if self.experts[0].shape[1] != self.student.num_params:
@@ -148,8 +164,8 @@ class MTT(ImageDistillation):
                 chunks = list(torch.randperm(n, generator=task.generator).split(bs))
             idx = chunks.pop().to(task.device)
             draw = None
-            if self.dsa and task.augment is not None:
-                draw = task.augment.draw(len(idx), H, W, task.generator)
+            if self.dsa and task.augment is not None:  # FYI: the batch and its mirrors
+                draw = task.augment.draw(len(idx) * (2 if self.fyi else 1), H, W, task.generator)
             plan.append((idx, draw))
         return plan
 
@@ -163,10 +179,12 @@ class MTT(ImageDistillation):
         draw: Any,
     ) -> torch.Tensor:
         assert self.student is not None
-        x = images[idx]
+        x, y = images[idx], labels[idx]
+        if self.fyi:  # FYI: the student trains on the batch together with its mirrors
+            x, y = _fyi.flip_concat(x), torch.cat([y, y])
         if draw is not None:
             x = draw(x)
-        ce = F.cross_entropy(self.student(w, x), labels[idx])
+        ce = F.cross_entropy(self.student(w, x), y)
         (g,) = torch.autograd.grad(ce, w, create_graph=True)
         return w - lr * g
 

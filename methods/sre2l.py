@@ -18,11 +18,16 @@
   output does not depend on its batch) and their losses are summed; Adam's update is
   element-wise, so this equals optimising the batches one after another. Images stay in the
   normalised space and are clipped to the valid pixel range after every step.
-* **Relabel**: the teacher's logits on the final images are the set's soft labels, stored as
-  ``float16`` ``[N, K]`` (``label_dtype``), half the bytes of float32, and counted in the set's
-  label bytes. A set's classes are its labels' argmax: where the teacher's argmax is not the
-  image's class, :func:`class_consistent` swaps the two logits. The set expects the ``kd``
-  protocol.
+* **Relabel**: the teacher's logits on each final image (one label per image, not per
+  augmented view) are the set's soft labels, stored as ``float16`` ``[N, K]`` (``label_dtype``),
+  half the bytes of float32, or top-k (``label_topk: k``): the k largest logits of each row in
+  ``label_dtype``, their classes (uint8 up to 256 classes) and one fill value per row (the mean
+  of the dropped logits), ``N (k (s + i) + s)`` bytes for ``s``-byte values and ``i``-byte
+  indices (:func:`ddbench.synset.encode_topk`). The stored bytes are the set's label bytes, and
+  ``ddbench.load`` gives back dense ``[N, K]`` logits (the fill in the dropped classes). A
+  set's classes are its labels' argmax: where the teacher's argmax is not the image's class,
+  :func:`class_consistent` swaps the two logits. The set expects the ``kd`` protocol (teacher
+  online); ``kd_set`` trains on the stored labels.
 
 CDA (curriculum on the crop scale, ``methods/cda.py``) and CV-DD (a committee of teachers,
 ``methods/cvdd.py``) are subclasses that change one hook each.
@@ -42,9 +47,12 @@ from ddbench.distill import ImageDistillation
 from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
-from ddbench.synset import SyntheticSet
+from ddbench.synset import SyntheticSet, decode_topk, encode_topk
 
-__all__ = ["SRe2L", "BNStatHook", "Member", "class_consistent", "jitter", "random_resized_crop"]
+__all__ = [
+    "SRe2L", "BNStatHook", "Member", "class_consistent", "jitter", "random_resized_crop",
+    "stored_labels",
+]  # fmt: skip
 
 DEFAULT_TEACHER: dict[str, Any] = {
     "model": "convnet_bn",
@@ -198,6 +206,26 @@ def class_consistent(logits: torch.Tensor, classes: torch.Tensor) -> tuple[torch
     return out, len(rows)
 
 
+def stored_labels(
+    logits: torch.Tensor, classes: torch.Tensor, dtype: str = "float16", topk: int | None = None
+) -> tuple[torch.Tensor, int, dict[str, Any] | None]:
+    """Relabelled logits ``[N, K]`` as a set stores them: cast to ``dtype`` (clamped to its
+    range), made class-consistent (:func:`class_consistent`) and, with ``topk``, reduced to the
+    ``topk`` largest per row plus a fill (:func:`ddbench.synset.encode_topk`), in memory exactly
+    what ``ddbench.load`` gives back. Returns the labels, the number of rows swapped and the
+    set's ``label_storage`` metadata (None for dense labels)."""
+    if dtype not in LABEL_DTYPES:
+        raise DDBenchError(f"label_dtype must be one of {list(LABEL_DTYPES)}, got {dtype!r}")
+    info = torch.finfo(LABEL_DTYPES[dtype])
+    labels = logits.detach().float().clamp(info.min, info.max).to(LABEL_DTYPES[dtype]).cpu()
+    labels, adjusted = class_consistent(labels, classes.cpu())
+    if topk is None:
+        return labels, adjusted, None
+    t = encode_topk(labels, topk)
+    labels = decode_topk(t["label_values"], t["label_indices"], t["label_fill"], labels.shape[1])
+    return labels, adjusted, {"format": "topk", "k": topk}
+
+
 def jitter(
     x: torch.Tensor, group_size: int, limit: int, generator: torch.Generator
 ) -> torch.Tensor:
@@ -224,7 +252,8 @@ class SRe2L(ImageDistillation):
     ``lr_img`` (Adam's lr, cosine-annealed to 0), ``betas``, ``r_bn``, ``first_bn_multiplier``,
     ``crop_scale`` (RandomResizedCrop's scale range), ``flip`` (``auto``: where the dataset's DSA
     strategy flips), ``jitter`` (max roll in pixels), ``init`` (``noise``, as in the paper, or
-    ``real``), ``label_dtype`` (``float16`` or ``float32`` soft labels), ``mismatch`` (what
+    ``real``), ``label_dtype`` (``float16`` or ``float32`` soft labels), ``label_topk`` (null:
+    all K logits; k: the k largest, their classes and a fill per row), ``mismatch`` (what
     to do with images the teacher does not put in their class: ``swap``, see
     :func:`class_consistent`, or ``error``).
     """
@@ -245,6 +274,7 @@ class SRe2L(ImageDistillation):
         init: str = "noise",
         teacher: dict[str, Any] | None = None,
         label_dtype: str = "float16",
+        label_topk: int | None = None,
         mismatch: str = "swap",
         **config: Any,
     ):
@@ -254,8 +284,8 @@ class SRe2L(ImageDistillation):
         super().__init__(
             iterations=iterations, lr_img=lr_img, betas=list(betas), r_bn=r_bn,
             first_bn_multiplier=first_bn_multiplier, crop_scale=list(crop_scale), flip=flip,
-            jitter=jitter, init=init, teacher=teacher, label_dtype=label_dtype, mismatch=mismatch,
-            **config,
+            jitter=jitter, init=init, teacher=teacher, label_dtype=label_dtype,
+            label_topk=label_topk, mismatch=mismatch, **config,
         )  # fmt: skip
         from ddbench.teachers import TeacherConfig
 
@@ -275,6 +305,12 @@ class SRe2L(ImageDistillation):
             raise DDBenchError(
                 f"label_dtype must be one of {list(LABEL_DTYPES)}, got {label_dtype!r}"
             )
+        if label_topk is not None and (
+            isinstance(label_topk, bool) or not isinstance(label_topk, int) or label_topk < 1
+        ):
+            raise DDBenchError(
+                f"label_topk must be null (all logits) or a number of classes >= 1, got {label_topk!r}"
+            )
         self.betas = (float(betas[0]), float(betas[1]))
         self.r_bn = float(r_bn)
         self.first_bn_multiplier = float(first_bn_multiplier)
@@ -284,6 +320,7 @@ class SRe2L(ImageDistillation):
         if mismatch not in ("swap", "error"):
             raise DDBenchError(f"mismatch must be swap or error, got {mismatch!r}")
         self.label_dtype = label_dtype
+        self.label_topk = label_topk
         self.mismatch = mismatch
         self.members: list[Member] = []
         self._adam: torch.optim.Adam | None = None
@@ -405,6 +442,11 @@ class SRe2L(ImageDistillation):
             self._adam_state = dict(tensors)
 
     def distill(self, task: Task) -> SyntheticSet:
+        if self.label_topk is not None and self.label_topk >= task.num_classes:
+            raise DDBenchError(
+                f"label_topk={self.label_topk} keeps all {task.num_classes} classes; use "
+                "label_topk: null (dense labels) or fewer classes"
+            )
         self._adam, self._adam_state = None, {}
         self.load_members(task)
         try:
@@ -418,20 +460,22 @@ class SRe2L(ImageDistillation):
             self.members, self._adam = [], None
         intended = torch.arange(task.num_classes).repeat_interleave(task.ipc)
         predicted = logits.argmax(1).cpu()
-        dtype = LABEL_DTYPES[self.label_dtype]
-        info = torch.finfo(dtype)
-        labels = logits.clamp(info.min, info.max).to(dtype).cpu()
         if self.mismatch == "error" and not torch.equal(predicted, intended):
             raise DDBenchError(
                 f"{self.name}: the teacher's argmax differs from the recovered class on "
                 f"{int((predicted != intended).sum())} image(s) (mismatch: error); raise "
                 "method.iterations, or use mismatch: swap"
             )
-        labels, adjusted = class_consistent(labels, intended)
+        labels, adjusted, storage = stored_labels(
+            logits, intended, self.label_dtype, self.label_topk
+        )
+        if storage is not None:
+            synset.meta["label_storage"] = storage
         synset.labels = labels
         synset.meta["relabel"] = {
             "format": "logits",
             "dtype": self.label_dtype,
+            "topk": self.label_topk,
             "agreement": float((predicted == intended).float().mean()),
             "adjusted": adjusted,
             **relabel_meta,

@@ -173,6 +173,25 @@ class Killed(Exception):
     pass
 
 
+def kill_training_after_epoch(monkeypatch, epoch: int) -> Callable:
+    """Make ``engine.train`` raise :class:`Killed` right after its checkpoint of ``epoch`` (a
+    killed teacher/expert training); returns the real ``engine.train`` to restore."""
+    from ddbench import engine
+
+    real_train = engine.train
+
+    def killed(*a, checkpoint, **k):
+        def cb(state):
+            checkpoint(state)
+            if state["epoch"] == epoch:
+                raise Killed
+
+        return real_train(*a, checkpoint=cb, **k)
+
+    monkeypatch.setattr(engine, "train", killed)
+    return real_train
+
+
 def counting(cls):
     """A subclass of the method ``cls`` that records the iterations it runs (``calls``) and
     can be 'killed' at one (``kill_at``)."""

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Killed, check_resume, make_task
+from conftest import Killed, check_resume, kill_training_after_epoch, make_task
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ddbench import engine, experts, synset
+from ddbench.fyi import flip_concat
 from ddbench.methods.mtt import MTT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,18 +72,8 @@ def test_expert_cache_miss_trains_and_a_hit_trains_nothing(digits_train, monkeyp
 def test_a_killed_expert_training_resumes_and_ends_as_an_unbroken_one(
     tmp_path, monkeypatch, caplog
 ):
-    real_train = engine.train
-
-    def killed_after_epoch_2(*a, checkpoint, **k):
-        def cb(state):
-            checkpoint(state)
-            if state["epoch"] == 2:
-                raise Killed
-
-        return real_train(*a, checkpoint=cb, **k)
-
     monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "a"))
-    monkeypatch.setattr(engine, "train", killed_after_epoch_2)
+    real_train = kill_training_after_epoch(monkeypatch, 2)
     with pytest.raises(Killed):
         experts.get_experts("digits", CFG, 1, "cpu", progress=False)
     path = experts.expert_path("digits", CFG, 0)
@@ -180,6 +171,24 @@ def test_checkpoint_unroll_gives_the_plain_unrolls_loss_and_gradients(digits_tra
     torch.testing.assert_close(l1, l0)
     torch.testing.assert_close(i1, i0, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(r1, r0, rtol=1e-4, atol=1e-7)
+
+
+def test_fyi_trains_each_student_step_on_the_batch_and_its_mirrors(digits_train):
+    """MTT with FYI on S is plain MTT on [S; flip(S)] (every image per step, no DSA, so the same
+    batches), and S gets the gradient of both halves."""
+    out = []
+    for fyi in (True, False):
+        m, task, images, labels = _ready(digits_train, fyi=fyi, batch_syn=None, dsa=False)
+        if not fyi:
+            images = flip_concat(images.detach()).requires_grad_(True)
+            labels = torch.cat([labels, labels])
+        loss = _fixed(m, task, images, labels, seed=5)
+        out.append((loss.detach(), torch.autograd.grad(loss, images)[0]))
+    (l_fyi, g_fyi), (l_plain, g_plain) = out
+    torch.testing.assert_close(l_fyi, l_plain, rtol=1e-4, atol=1e-6)
+    n = len(g_fyi)
+    torch.testing.assert_close(g_fyi, g_plain[:n] + g_plain[n:].flip(-1), rtol=1e-3, atol=1e-7)
+    assert float(g_plain[n:].abs().sum()) > 0
 
 
 def test_a_killed_mtt_run_resumes_images_and_learned_lr(digits_train, tmp_path):

@@ -1,0 +1,210 @@
+"""AST (Shen, Yang and Lam, 2023/2024, "Efficient Dataset Distillation through Alignment with
+Smooth and High-Quality Expert Trajectories").
+
+AST is MTT (:class:`ddbench.methods.mtt.MTT`) with five parts, each switchable in the config;
+only these live here:
+
+* **smooth experts** (``experts.clip_grad``, ``experts.grad_penalty``): options of the one expert
+  trainer (:class:`ddbench.experts.ExpertStep`), set in ``conf/method/ast.yaml``;
+* **representative initialisation** (``representative_init: herding | kcenter | null``): the
+  initial images of each class are the real images a herding (or k-center) selection picks in
+  the feature space (``embed``) of an expert (``representative_expert`` at
+  ``representative_epoch``), starting at the one nearest the class centroid: for ``ipc=1``
+  exactly the image closest to the centroid (the helpers of :mod:`ddbench.methods.selection`);
+* **balanced inner-loop loss** (``balanced_loss``): in each student step, every class present in
+  the batch contributes equally to the cross entropy (``mean_c mean_{i: y_i = c} CE_i``) instead
+  of in proportion to its images in the (random) batch; equal to plain CE on a balanced batch;
+* **intermediate matching loss** (``intermediate_weight`` > 0): the student after
+  ``round(k * syn_steps / expert_epochs)`` steps is also matched with the expert at
+  ``start + k`` (k = 1 .. expert_epochs - 1), each normalised like the final term; their mean,
+  times the weight, is added to the loss;
+* **weight perturbation** (``weight_perturb`` = alpha > 0): the starting parameters are
+  perturbed per tensor, ``w + alpha * d * w`` with ``d`` Gaussian, half its entries dropped,
+  scaled to unit norm (as AST's code), drawn from the task's generator; the normaliser of the
+  matching loss uses the perturbed start too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ddbench.errors import DDBenchError
+from ddbench.method import Task
+from ddbench.methods.mtt import MTT
+from ddbench.methods.selection import class_features, herding_select, kcenter_select
+
+log = logging.getLogger("ddbench")
+
+_SELECT = {"herding": herding_select, "kcenter": kcenter_select}
+
+
+class _StartOverride:
+    """A trajectory ``[E+1, P]`` whose row ``start`` reads as ``row`` (no copy of the rest)."""
+
+    def __init__(self, traj: torch.Tensor, start: int, row: torch.Tensor):
+        self.traj, self.start, self.row = traj, start, row
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.row if i == self.start else self.traj[i]
+
+
+def balanced_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Soft targets ``[B, K]`` whose cross entropy (mean over the batch) is the class-balanced
+    one: row ``i`` is its label distribution times ``B / (n_present * n_{y_i})``, where ``y_i``
+    is its (argmax) class, ``n_c`` the rows of class ``c`` and ``n_present`` the classes present."""
+    probs = targets if targets.is_floating_point() else F.one_hot(targets, num_classes).float()
+    hard = probs.argmax(1)
+    counts = torch.bincount(hard, minlength=num_classes).to(probs.dtype)
+    present = (counts > 0).sum()
+    weight = len(hard) / (present * counts[hard])
+    return probs * weight.unsqueeze(1)
+
+
+class AST(MTT):
+    """MTT with AST's switches (see the module docstring).
+
+    Config (beyond :class:`MTT`'s):
+      representative_init    herding | kcenter | null (MTT's init)
+      representative_expert  index of the expert whose features select the initial images
+      representative_epoch   its epoch (negative: from the end)
+      balanced_loss          class-balanced cross entropy in the student steps
+      intermediate_weight    weight of the intermediate matching loss (0: off)
+      weight_perturb         alpha of the starting-parameter perturbation (0: off)
+    """
+
+    name = "ast"
+
+    def __init__(
+        self,
+        representative_init: str | None = "herding",
+        representative_expert: int = 0,
+        representative_epoch: int = -1,
+        balanced_loss: bool = True,
+        intermediate_weight: float = 1.0,
+        weight_perturb: float = 0.5,
+        **config: Any,
+    ):
+        super().__init__(
+            representative_init=representative_init, representative_expert=representative_expert,
+            representative_epoch=representative_epoch, balanced_loss=balanced_loss,
+            intermediate_weight=intermediate_weight, weight_perturb=weight_perturb, **config,
+        )  # fmt: skip
+        if representative_init is not None and representative_init not in _SELECT:
+            raise DDBenchError(
+                f"ast: representative_init={representative_init!r}; choose herding, kcenter or null"
+            )
+        if not 0 <= int(representative_expert) < self.num_experts:
+            raise DDBenchError(f"ast: representative_expert {representative_expert} is not one")
+        if not -(self.expert_cfg.epochs + 1) <= int(representative_epoch) <= self.expert_cfg.epochs:
+            raise DDBenchError(f"ast: representative_epoch {representative_epoch} is outside")
+        if float(intermediate_weight) < 0 or float(weight_perturb) < 0:
+            raise DDBenchError("ast: intermediate_weight and weight_perturb must be >= 0")
+        self.representative_init = representative_init
+        self.representative_expert = int(representative_expert)
+        self.representative_epoch = int(representative_epoch)
+        self.balanced_loss = bool(balanced_loss)
+        self.intermediate_weight = float(intermediate_weight)
+        self.weight_perturb = float(weight_perturb)
+        self._trace: list[torch.Tensor] | None = None
+        self._num_classes = 0
+
+    # ------------------------------------------------------------------------------ init
+
+    def prepare(self, task: Task) -> None:
+        super().prepare(task)
+        self._num_classes = task.num_classes
+
+    def init_images(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """Representative real images per class, or MTT's initialisation."""
+        if self.representative_init is None:
+            return super().init_images(task)
+        net = task.model_factory().to(task.device)
+        flat = self.experts[self.representative_expert][self.representative_epoch]
+        torch.nn.utils.vector_to_parameters(flat.to(task.device), net.parameters())
+        pick, k, ipc = _SELECT[self.representative_init], task.num_classes, task.ipc
+        rows = []
+        for c in range(k):
+            idx = task.train.indices_of(c)
+            if len(idx) < ipc:
+                raise DDBenchError(f"ast: class {c} has {len(idx)} real images, fewer than {ipc}")
+            chosen = pick(class_features(task, net, c, chunk=256), ipc).cpu()
+            rows.append(idx[chosen])
+        images = task.normalize(task.train.images[torch.cat(rows)].to(task.device))
+        labels = torch.arange(k, device=task.device).repeat_interleave(ipc)
+        return images.to(torch.float32).contiguous(), labels
+
+    # ------------------------------------------------------------------------------ the unroll
+
+    def _student_step(
+        self,
+        w: torch.Tensor,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        lr: torch.Tensor,
+        idx: torch.Tensor,
+        draw: Any,
+    ) -> torch.Tensor:
+        if self.balanced_loss:  # MTT's step on soft targets whose mean CE is the balanced one
+            t = torch.zeros(len(labels), self._num_classes, device=labels.device)
+            t[idx] = balanced_targets(labels[idx], self._num_classes)
+            labels = t
+        w_next = super()._student_step(w, images, labels, lr, idx, draw)
+        if self._trace is not None:
+            self._trace.append(w_next)
+        return w_next
+
+    def perturbed_start(self, task: Task, theta: torch.Tensor) -> torch.Tensor:
+        """AST's weight perturbation of flat parameters ``theta``, tensor by tensor."""
+        assert self.student is not None
+        parts = []
+        for p in theta.split(self.student.numels):
+            d = torch.randn(p.shape, generator=task.generator)
+            d = d * (torch.rand(p.shape, generator=task.generator) >= 0.5)
+            d = (d / d.norm().clamp_min(1e-12)).to(p.device)
+            parts.append(p + self.weight_perturb * d * p)
+        return torch.cat(parts)
+
+    @contextlib.contextmanager
+    def _start(self, task: Task, expert: int, start: int) -> Iterator[None]:
+        """Within: ``experts[expert][start]`` reads as its perturbed version (if enabled)."""
+        traj = self.experts[expert]
+        if self.weight_perturb > 0:
+            row = self.perturbed_start(task, traj[start].to(task.device))
+            self.experts[expert] = _StartOverride(traj, start, row)  # type: ignore[call-overload]
+        try:
+            yield
+        finally:
+            self.experts[expert] = traj
+
+    def matching_loss(
+        self,
+        task: Task,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        expert: int,
+        start: int,
+        lr: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MTT's loss from the (perturbed) start, plus the intermediate matching terms."""
+        with self._start(task, expert, start):
+            theta0 = self.experts[expert][start].to(task.device)
+            self._trace = [] if self.intermediate_weight > 0 and self.expert_epochs > 1 else None
+            try:
+                loss = super().matching_loss(task, images, labels, expert, start, lr)
+                trace = self._trace
+            finally:
+                self._trace = None  # recomputed steps (checkpoint_unroll) are not recorded
+        if not trace:
+            return loss
+        traj, terms = self.experts[expert], []
+        for k in range(1, self.expert_epochs):
+            target = traj[start + k].to(task.device)
+            step = max(1, round(k * self.syn_steps / self.expert_epochs))
+            terms.append(((trace[step - 1] - target) ** 2).sum() / ((theta0 - target) ** 2).sum())
+        return loss + self.intermediate_weight * torch.stack(terms).mean()

@@ -1,0 +1,264 @@
+"""Difficulty-Aligned Trajectory Matching (DATM; Guo et al., ICLR 2024, "Towards Lossless Dataset
+Distillation via Difficulty-Aligned Trajectory Matching").
+
+DATM is MTT (:class:`ddbench.methods.mtt.MTT`) with the following, and only these live here:
+
+* **difficulty-aligned matching range**: start epochs are drawn from
+  ``[min_start_epoch, upper)``, where ``upper`` grows linearly from ``max_start_epoch`` to
+  ``max_start_epoch_final`` over the first ``expansion_iterations`` iterations (default: all of
+  them): early (easy) parts of the trajectories first, later (harder) ones as the set improves.
+  Small sets match early epochs, large ones late epochs (the per-IPC ranges of the paper's
+  configs, ``conf/method/datm.yaml``);
+* **learned soft labels**: per image a logit vector, initialised with the outputs of an expert
+  (``label_expert``, at epoch ``label_epoch``) on the initial images and optimised with the
+  images (SGD ``lr_y``, momentum ``momentum_y``); the student's inner loss is the soft cross
+  entropy to ``softmax(logits)``, which is what the set stores (``[N, K]`` probabilities,
+  evaluated with soft cross entropy under the ``learned_lr`` protocol). A set's classes are its
+  labels' argmax: a row whose learned argmax left its class gets its two top logits swapped
+  before saving (:func:`ddbench.methods.sre2l.class_consistent`; DATM does not do this);
+* **correct-only initialisation** (``correct_init``): the initial real images of each class are
+  drawn among those the label expert classifies correctly (DATM's
+  ``samples_predicted_correctly``), so that the initial soft labels agree with the classes; a
+  class with too few falls back to other images and says so in the log;
+* **loss threshold** (``threshold``): an iteration whose matching loss exceeds it updates
+  nothing (DATM's code; null: always update).
+
+Longer expert trajectories (late start epochs for large IPC) are just ``experts.epochs``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ddbench.errors import DDBenchError
+from ddbench.experts import FlatModel
+from ddbench.method import Task
+from ddbench.methods.mtt import MTT
+from ddbench.methods.sre2l import class_consistent
+from ddbench.synset import SyntheticSet
+
+log = logging.getLogger("ddbench")
+
+
+class DATM(MTT):
+    """MTT with a growing start-epoch range and learned soft labels.
+
+    Config (beyond :class:`MTT`'s; its ``max_start_epoch`` is the initial upper bound):
+      min_start_epoch        start epochs are drawn from ``[min_start_epoch, upper)``
+      max_start_epoch_final  ``upper`` at the end of the expansion (null: no growth)
+      expansion_iterations   iterations over which ``upper`` grows (null: ``iterations``)
+      soft_labels            learn soft labels (false: MTT's hard labels)
+      lr_y, momentum_y       SGD of the label logits
+      label_expert           index of the expert whose outputs initialise the labels
+      label_epoch            its epoch (negative: from the end; -1 = the trained expert)
+      correct_init           initial real images among those the label expert gets right
+      threshold              skip the updates of an iteration whose loss exceeds it (null: never)
+    """
+
+    name = "datm"
+
+    def __init__(
+        self,
+        min_start_epoch: int = 0,
+        max_start_epoch: int = 10,
+        max_start_epoch_final: int | None = 20,
+        expansion_iterations: int | None = None,
+        soft_labels: bool = True,
+        lr_y: float = 2.0,
+        momentum_y: float = 0.9,
+        label_expert: int = 0,
+        label_epoch: int = -1,
+        correct_init: bool = True,
+        threshold: float | None = 1.0,
+        **config: Any,
+    ):
+        final = max_start_epoch if max_start_epoch_final is None else int(max_start_epoch_final)
+        super().__init__(
+            max_start_epoch=max_start_epoch, min_start_epoch=min_start_epoch,
+            max_start_epoch_final=max_start_epoch_final,
+            expansion_iterations=expansion_iterations, soft_labels=soft_labels, lr_y=lr_y,
+            momentum_y=momentum_y, label_expert=label_expert, label_epoch=label_epoch,
+            correct_init=correct_init, threshold=threshold, **config,
+        )  # fmt: skip
+        # MTT checked the initial upper bound against the experts' epochs; the final one too
+        if final + self.expert_epochs > self.expert_cfg.epochs:
+            raise DDBenchError(
+                f"datm: max_start_epoch_final ({final}) + expert_epochs ({self.expert_epochs}) "
+                f"exceeds the experts' {self.expert_cfg.epochs} epochs"
+            )
+        if not 0 <= int(min_start_epoch) < int(max_start_epoch) <= final:
+            raise DDBenchError(
+                "datm: need 0 <= min_start_epoch < max_start_epoch <= max_start_epoch_final, got "
+                f"{min_start_epoch}, {max_start_epoch}, {final}"
+            )
+        if expansion_iterations is not None and int(expansion_iterations) < 1:
+            raise DDBenchError(
+                f"datm: expansion_iterations must be >= 1, got {expansion_iterations}"
+            )
+        if not (math.isfinite(float(lr_y)) and float(lr_y) > 0 and 0 <= float(momentum_y) < 1):
+            raise DDBenchError("datm: lr_y must be positive and momentum_y in [0, 1)")
+        if not 0 <= int(label_expert) < self.num_experts:
+            raise DDBenchError(f"datm: label_expert {label_expert} is not one of the experts")
+        if not -(self.expert_cfg.epochs + 1) <= int(label_epoch) <= self.expert_cfg.epochs:
+            raise DDBenchError(f"datm: label_epoch {label_epoch} is outside the trajectories")
+        self.min_start_epoch, self.max_start_epoch_final = int(min_start_epoch), final
+        self.expansion_iterations = (
+            None if expansion_iterations is None else int(expansion_iterations)
+        )
+        self.soft_labels, self.correct_init = bool(soft_labels), bool(correct_init)
+        self.lr_y, self.momentum_y = float(lr_y), float(momentum_y)
+        self.label_expert, self.label_epoch = int(label_expert), int(label_epoch)
+        self.threshold = None if threshold is None else float(threshold)
+        self.label_logits: torch.Tensor | None = None
+        self._y_opt: torch.optim.Optimizer | None = None
+        self._it = 0
+        self._skipped = 0
+
+    # ------------------------------------------------------------------------------ the range
+
+    def upper_start_epoch(self, it: int) -> int:
+        """The (exclusive) upper bound of the start epochs at iteration ``it``."""
+        span = self.expansion_iterations or max(1, self.iterations)
+        grown = self.max_start_epoch + int(
+            (self.max_start_epoch_final - self.max_start_epoch) * it / span
+        )
+        return min(grown, self.max_start_epoch_final)
+
+    def sample_expert(self, task: Task) -> tuple[int, int]:
+        g = task.generator
+        e = int(torch.randint(0, len(self.experts), (1,), generator=g))
+        s = int(
+            torch.randint(self.min_start_epoch, self.upper_start_epoch(self._it), (1,), generator=g)
+        )
+        return e, s
+
+    # ------------------------------------------------------------------------------ the labels
+
+    def label_model(self, task: Task) -> tuple[FlatModel, torch.Tensor]:
+        """The label expert: an eval-mode network and its flat parameters."""
+        net = FlatModel(task.model_factory().to(task.device).eval())
+        return net, self.experts[self.label_expert][self.label_epoch].to(task.device)
+
+    @torch.no_grad()
+    def _correct_real(self, task: Task, c: int, net: FlatModel, w: torch.Tensor) -> torch.Tensor:
+        """``ipc`` real images of class ``c`` the label expert classifies correctly (random order
+        from the task's generator), topped up with others if the class has too few."""
+        idx = task.train.indices_of(c)
+        idx = idx[torch.randperm(len(idx), generator=task.generator)]
+        right, wrong, chunk = [], [], 256
+        for b0 in range(0, len(idx), chunk):
+            rows = idx[b0 : b0 + chunk]
+            ok = net(w, task.normalize(task.train.images[rows].to(task.device))).argmax(1) == c
+            right.append(rows[ok.cpu()])
+            wrong.append(rows[~ok.cpu()])
+            if sum(len(r) for r in right) >= task.ipc:
+                break
+        right_t = torch.cat(right)[: task.ipc]
+        if len(right_t) < task.ipc:
+            log.warning(
+                "datm: the label expert classifies only %d real images of class %d correctly; "
+                "filling the other %d of ipc %d with images it gets wrong",
+                len(right_t), c, task.ipc - len(right_t), task.ipc,
+            )  # fmt: skip
+            right_t = torch.cat([right_t, torch.cat(wrong)[: task.ipc - len(right_t)]])
+        return task.normalize(task.train.images[right_t].to(task.device))
+
+    def init_images(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+        """MTT's images (or correctly classified real ones), plus the label logits."""
+        net, w = self.label_model(task)
+        if self.correct_init and self.init == "real":
+            k, ipc = task.num_classes, task.ipc
+            short = [c for c in range(k) if len(task.train.indices_of(c)) < ipc]
+            if short:
+                raise DDBenchError(
+                    f"init=real needs {ipc} real images per class; {short} have fewer"
+                )
+            images = torch.cat([self._correct_real(task, c, net, w) for c in range(k)])
+            labels = torch.arange(k, device=task.device).repeat_interleave(ipc)
+            images = images.to(torch.float32).contiguous()
+        else:
+            images, labels = super().init_images(task)
+        if self.soft_labels:
+            with torch.no_grad():
+                logits = net(w, images).float()
+            agree = float((logits.argmax(1) == labels).float().mean()) * 100
+            log.info("datm: the label expert agrees with %.1f %% of the initial labels", agree)
+            self.label_logits = logits.clone().requires_grad_(True)
+            self._y_opt = torch.optim.SGD(
+                [self.label_logits], lr=self.lr_y, momentum=self.momentum_y
+            )
+        return images, labels
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def evaluate(
+        self, task: Task, images: torch.Tensor, labels: torch.Tensor, step: int | None = None
+    ) -> float:
+        if self.soft_labels and self.label_logits is not None:
+            labels = F.softmax(self.label_logits.detach(), 1)
+        return super().evaluate(task, images, labels, step)
+
+    def update(self, loss: torch.Tensor) -> float:
+        if self.threshold is not None and float(loss.detach()) > self.threshold:
+            self._skipped += 1  # DATM: a too distant match updates nothing
+            return float(loss.detach())
+        return super().update(loss)
+
+    def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
+        self._it = it
+        if task.logger is not None:
+            task.logger.metrics({"upper_start_epoch": self.upper_start_epoch(it)}, step=it)
+        if not self.soft_labels:
+            return super().step(task, images, labels, it)
+        assert self.label_logits is not None and self._y_opt is not None
+        self._y_opt.zero_grad(set_to_none=True)
+        value = super().step(task, images, F.softmax(self.label_logits, 1), it)
+        self._y_opt.step()  # no-op when the threshold skipped the backward (no gradient)
+        return value
+
+    def distill(self, task: Task) -> SyntheticSet:
+        self._skipped = 0
+        s = super().distill(task)
+        meta = s.meta["distillation"]
+        meta["skipped_iterations"] = self._skipped
+        if self.soft_labels:
+            assert self.label_logits is not None
+            # a set's classes are its labels' argmax (at most ipc each): rows whose learned
+            # argmax left their class swap the two logits back (SRe2L's class_consistent)
+            logits, changed = class_consistent(self.label_logits.detach().float().cpu(), s.labels)
+            if changed:
+                log.warning(
+                    "datm: %d learned label(s) favoured another class; their top two logits were "
+                    "swapped to keep each image's class",
+                    changed,
+                )
+            s.labels = F.softmax(logits, 1)
+            meta["labels_made_class_consistent"] = changed
+        return s
+
+    # ------------------------------------------------------------------------------ resume
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = super().state_tensors()
+        if self.label_logits is not None and self._y_opt is not None:
+            out["label_logits"] = self.label_logits.detach()
+            buf = self._y_opt.state.get(self.label_logits, {}).get("momentum_buffer")
+            if buf is not None:
+                out["label_logits_momentum"] = buf.detach()
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_state_tensors(tensors)
+        if self.label_logits is None or self._y_opt is None or "label_logits" not in tensors:
+            return
+        dev = self.label_logits.device
+        with torch.no_grad():
+            self.label_logits.copy_(tensors["label_logits"].to(dev))
+        if "label_logits_momentum" in tensors:
+            buf = tensors["label_logits_momentum"].to(dev).clone()
+            self._y_opt.state[self.label_logits]["momentum_buffer"] = buf

@@ -1,0 +1,89 @@
+"""``ddbench expert train|list`` end to end, as a user runs it, on the real digits data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runner import run_cli
+from conftest import Killed, kill_training_after_epoch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ddbench import engine, experts
+from ddbench.cli import expert_config, list_experts
+from ddbench.methods.mtt import MTT
+
+CONF = Path(__file__).parents[1] / "conf"
+TRAIN = ["expert", "train", "digits", "--epochs", "2", "--model-kwarg", "net_width=16"]
+
+
+def ddbench(*args: str, cwd: Path, ok: bool = True):
+    p = run_cli(*args, cwd=cwd)
+    if ok and p.returncode != 0:
+        raise AssertionError(f"ddbench {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_train_caches_the_experts_a_run_of_the_method_looks_up_then_lists_them(tmp_path):
+    p = ddbench(*TRAIN, "--num", "2", cwd=tmp_path)
+    assert "expert 0 digits/convnet" in p.stdout and "expert 1 digits/convnet" in p.stdout
+    assert "s/epoch" in p.stdout
+    # the config is the one `ddbench run method=mtt model.kwargs.net_width=16` builds
+    root = OmegaConf.create({
+        "model": OmegaConf.load(CONF / "model" / "convnet.yaml"),
+        "method": OmegaConf.load(CONF / "method" / "mtt.yaml"),
+    })  # fmt: skip
+    root.model.kwargs.net_width = 16
+    root.method.experts.epochs = 2
+    root.method.max_start_epoch = root.method.expert_epochs = 1
+    m = instantiate(root.method, _convert_="all")
+    assert isinstance(m, MTT)
+    cfg, num = expert_config("digits", epochs=2, model_kwargs={"net_width": 16})
+    assert cfg == m.expert_cfg and num == m.num_experts
+    trajs = experts.get_experts("digits", cfg, 2, "cpu", train=False, progress=False)
+    assert [t.shape[0] for t in trajs] == [3, 3]
+    files = sorted(experts.expert_dir("digits", cfg).glob("expert_*.safetensors"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = ddbench(*TRAIN, "--num", "2", cwd=tmp_path)  # a cache hit trains nothing
+    assert [f.stat().st_mtime_ns for f in files] == stamps and "expert 1" in again.stdout
+    ddbench(*TRAIN, "--num", "1", "--zca", cwd=tmp_path)  # another space, another entry
+    (plain, zca) = sorted(list_experts("digits"), key=lambda e: e["config"]["zca"])
+    assert plain["experts"] == [0, 1] and zca["experts"] == [0] and zca["config"]["zca"] is True
+    assert plain["seconds_per_epoch"] > 0 and plain["training"] == 0
+    listing = ddbench("expert", "list", cwd=tmp_path).stdout
+    assert "experts 2" in listing and "experts 1" in listing and "zca 0.1" in listing
+    assert "s/epoch" in listing and str(experts.expert_dir("digits", cfg)) in listing
+    assert list_experts("mnist") == []
+
+
+def test_a_killed_training_is_listed_and_resumed_by_the_next_train(tmp_path, monkeypatch):
+    cfg, _ = expert_config("digits", epochs=2, model_kwargs={"net_width": 16})
+    real_train = kill_training_after_epoch(monkeypatch, 1)
+    with pytest.raises(Killed):
+        experts.get_experts("digits", cfg, 1, "cpu", progress=False)
+    (entry,) = list_experts("digits")
+    assert entry["training"] == 1 and entry["experts"] == []
+    assert "(+1 training)" in ddbench("expert", "list", cwd=tmp_path).stdout
+    p = ddbench(*TRAIN, "--num", "1", cwd=tmp_path)
+    assert "resuming expert 0 from epoch 1" in p.stderr
+    monkeypatch.setattr(engine, "train", real_train)
+    resumed = experts.get_experts("digits", cfg, 1, "cpu", train=False)[0]
+    assert resumed.shape[0] == 3 and torch.isfinite(resumed).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "dm"], "trains no experts"),
+        (["--method", "nosuch"], "unknown method"),
+        (["--model", "nosuch"], "unknown model"),
+        (["--num", "0"], "--num must be >= 1"),
+        (["--model-kwarg", "width"], "KEY=VALUE"),
+    ],
+)
+def test_bad_arguments_fail_with_one_clear_message(tmp_path, args, message):
+    p = ddbench(*TRAIN, *args, cwd=tmp_path, ok=False)
+    assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
+    assert not (Path(experts.cache_root()) / "experts").exists()

@@ -1,0 +1,462 @@
+"""FTD, DATM and AST (methods/ftd.py, datm.py, ast.py) over MTT, and the expert variants they use
+(ddbench/experts.py: SAM/GSAM, gradient clipping and penalty), on the real digits data."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import Killed, check_resume, counting, kill_training_after_epoch, make_task
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import ddbench
+from ddbench import engine, experts, synset
+from ddbench.experts import ExpertConfig, ExpertStep
+from ddbench.method import Checkpointer
+from ddbench.methods.ast import AST, balanced_targets
+from ddbench.methods.datm import DATM
+from ddbench.methods.ftd import FTD
+from ddbench.methods.mtt import MTT
+from ddbench.methods.selection import class_features
+from ddbench.methods.sre2l import class_consistent
+from ddbench.protocol import Protocol, evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONF = Path(__file__).parents[1] / "conf"
+# experts that learn digits within 4 epochs (batch 64), GSAM-trained as FTD's/DATM's are
+EXPERTS = {"model_kwargs": {"net_width": 16}, "epochs": 4, "lr": 0.05, "batch_size": 64,
+           "sam_rho": 0.05, "gsam_alpha": 0.4}  # fmt: skip
+# 4 student steps cover an expert epoch of 21 steps at lr 0.05 only with a larger lr
+COMMON = dict(iterations=4, lr_img=100.0, lr_teacher=0.2, syn_steps=4, batch_syn=10,
+              num_experts=2, experts=EXPERTS)  # fmt: skip
+CFGS = {
+    FTD: dict(COMMON, expert_epochs=1, max_start_epoch=2, ema_decay=0.5),
+    DATM: dict(COMMON, expert_epochs=1, max_start_epoch=1, max_start_epoch_final=3),
+    AST: dict(COMMON, expert_epochs=2, max_start_epoch=2, weight_perturb=0.1),
+}
+# the expert fields that existed before the variants: their keys must not change
+OLD_FIELDS = ("model", "model_kwargs", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+              "schedule", "augment", "zca", "zca_eps", "seed")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("experts")
+
+
+@pytest.fixture
+def cached_experts(shared_cache, monkeypatch) -> Path:
+    """One expert cache for this module's method tests: each expert is trained once."""
+    monkeypatch.setenv("DDBENCH_CACHE", str(shared_cache))
+    return shared_cache
+
+
+def _ready(cls, digits_train, ipc=2, **kw):
+    """A method with its experts, a task, the initial images (requiring grad) and labels."""
+    m = cls(**{**CFGS[cls], **kw})
+    task = make_task(digits_train, ipc)
+    m.prepare(task)
+    images, labels = m.init_images(task)
+    return m, task, images.requires_grad_(True), labels
+
+
+def _targets(m, labels):
+    """The labels the student trains on: DATM's current soft labels, else the hard ones."""
+    logits = getattr(m, "label_logits", None)
+    return labels if logits is None else F.softmax(logits, 1)
+
+
+def _fixed(m, task, images, labels, seed=7):
+    task.generator.manual_seed(seed)
+    e, s = m.sample_expert(task)
+    return m.matching_loss(task, images, _targets(m, labels), e, s)
+
+
+# ---------------------------------------------------------------------------- expert variants
+
+
+def _step_on(step, w0, closure_of):
+    """Run ``step`` once on a copy of ``w0`` with SGD lr 0 (parameters unchanged): the gradient
+    it leaves in ``p.grad``."""
+    w = w0.clone().requires_grad_(True)
+    step(lambda: closure_of(w), [w], torch.optim.SGD([w], lr=0.0))
+    return w.grad
+
+
+def test_expert_step_uses_the_ascent_point_gsam_and_clipping_as_defined():
+    torch.manual_seed(0)
+    a, w0 = torch.randn(5, 5), torch.randn(5)
+
+    def loss_of(w):  # non-quadratic, so the gradient changes along the ascent
+        return torch.log1p(torch.exp(a @ w)).sum()
+
+    def grad_at(w):
+        w = w.detach().clone().requires_grad_(True)
+        return torch.autograd.grad(loss_of(w), w)[0]
+
+    g = grad_at(w0)
+    plain = _step_on(ExpertStep(ExpertConfig()), w0, loss_of)
+    torch.testing.assert_close(plain, g)
+    rho = 0.3
+    g_adv = grad_at(w0 + rho * g / g.norm())
+    sam = _step_on(ExpertStep(ExpertConfig(sam_rho=rho)), w0, loss_of)
+    torch.testing.assert_close(sam, g_adv)
+    assert not torch.allclose(sam, g)
+    # GSAM: minus alpha x the component of g orthogonal to g_adv
+    vertical = g - (g @ g_adv) / (g_adv @ g_adv) * g_adv
+    gsam = _step_on(ExpertStep(ExpertConfig(sam_rho=rho, gsam_alpha=0.4)), w0, loss_of)
+    torch.testing.assert_close(gsam, g_adv - 0.4 * vertical)
+    # adaptive (ASAM) ascent: w^2 g / ||w g||
+    g_ada = grad_at(w0 + rho * w0 * w0 * g / (w0.abs() * g).norm())
+    ada = _step_on(ExpertStep(ExpertConfig(sam_rho=rho, sam_adaptive=True)), w0, loss_of)
+    torch.testing.assert_close(ada, g_ada)
+    # clipping to a global norm, and the gradient penalty loss + lam * ||grad loss||
+    clipped = _step_on(ExpertStep(ExpertConfig(clip_grad=0.1)), w0, loss_of)
+    assert float(clipped.norm()) == pytest.approx(0.1, rel=1e-4)
+    torch.testing.assert_close(clipped / clipped.norm(), g / g.norm())
+    w = w0.clone().requires_grad_(True)
+    (gw,) = torch.autograd.grad(loss_of(w), w, create_graph=True)
+    (expected,) = torch.autograd.grad(loss_of(w) + 0.5 * gw.norm(), w)
+    penalised = _step_on(ExpertStep(ExpertConfig(grad_penalty=0.5)), w0, loss_of)
+    torch.testing.assert_close(penalised, expected)
+    assert not torch.allclose(penalised, g)
+
+
+def test_expert_variants_change_the_cache_key_and_plain_keys_stay_as_they_were():
+    plain = ExpertConfig(**{"model_kwargs": {"net_width": 16}, "epochs": 3})
+    old = {k: v for k, v in dataclasses.asdict(plain).items() if k in OLD_FIELDS}
+    canon = json.dumps({"dataset": "digits", **old}, sort_keys=True, default=str)
+    assert plain.key("digits") == hashlib.sha256(canon.encode()).hexdigest()[:16]
+    variants = [dict(sam_rho=0.05), dict(sam_rho=0.05, gsam_alpha=0.4),
+                dict(sam_rho=0.05, sam_adaptive=True), dict(clip_grad=1.0),
+                dict(grad_penalty=0.1), dict(clip_grad=1.0, grad_penalty=0.1)]  # fmt: skip
+    keys = {dataclasses.replace(plain, **v).key("digits") for v in variants}
+    assert len(keys) == len(variants) and plain.key("digits") not in keys
+    # a variant field set back to its default is the plain expert
+    assert dataclasses.replace(plain, sam_rho=0.0).key("digits") == plain.key("digits")
+    for bad in (dict(sam_rho=-1.0), dict(gsam_alpha=0.4), dict(clip_grad=0.0),
+                dict(grad_penalty=-0.1), dict(sam_adaptive=True)):  # fmt: skip
+        with pytest.raises(Exception, match="experts:"):
+            ExpertConfig.from_config({**old, **bad})
+
+
+def test_expert_variants_train_through_the_engine_and_move_differently(monkeypatch):
+    base = {"model_kwargs": {"net_width": 8}, "epochs": 2, "lr": 0.05, "batch_size": 64}
+    steps_seen = []
+    real_train = engine.train
+
+    def spy(*a, step_fn=None, **k):
+        steps_seen.append(step_fn)
+        return real_train(*a, step_fn=step_fn, **k)
+
+    monkeypatch.setattr(engine, "train", spy)
+    plain = experts.get_experts("digits", ExpertConfig(**base), 1, "cpu", progress=False)[0]
+    assert steps_seen == [None]  # plain experts: the engine's default step, as before
+    for v in (dict(sam_rho=0.05, gsam_alpha=0.4), dict(clip_grad=0.5, grad_penalty=0.1)):
+        cfg = ExpertConfig(**base, **v)
+        traj = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+        assert isinstance(steps_seen[-1], ExpertStep)
+        assert traj.shape == plain.shape and torch.isfinite(traj).all()
+        assert torch.equal(traj[0], plain[0])  # same seed, same initial network
+        assert not torch.allclose(traj[-1], plain[-1])  # another optimiser, another trajectory
+        assert synset.read_header(experts.expert_path("digits", cfg, 0))["key"] == cfg.key("digits")
+
+
+def test_a_killed_sam_expert_training_resumes_and_ends_as_an_unbroken_one(tmp_path, monkeypatch):
+    cfg = ExpertConfig(model_kwargs={"net_width": 8}, epochs=3, sam_rho=0.05, gsam_alpha=0.4)
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "a"))
+    real_train = kill_training_after_epoch(monkeypatch, 2)
+    with pytest.raises(Killed):
+        experts.get_experts("digits", cfg, 1, "cpu", progress=False)
+    monkeypatch.setattr(engine, "train", real_train)
+    resumed = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "b"))
+    unbroken = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+    assert torch.equal(resumed, unbroken)
+
+
+# ---------------------------------------------------------------------------- all three
+
+
+@pytest.mark.parametrize("cls", [FTD, DATM, AST], ids=lambda c: c.name)
+def test_iterations_on_fixed_draws_reduce_the_matching_loss(cls, digits_train, cached_experts):
+    m, task, images, labels = _ready(cls, digits_train)
+    before = float(_fixed(m, task, images, labels).detach())
+    assert 0 < before < 10
+    m._opt = torch.optim.SGD([images], lr=m.lr_img, momentum=0.5)
+    lr0 = float(m.syn_lr.detach())
+    for _ in range(5):
+        task.generator.manual_seed(7)  # the same expert, start, batches, DSA draws, perturbation
+        m.step(task, images, labels, 0)
+    after = float(_fixed(m, task, images, labels).detach())
+    assert after < 0.9 * before, (before, after)
+    assert float(m.syn_lr.detach()) != lr0
+
+
+@pytest.mark.parametrize("cls", [FTD, DATM, AST], ids=lambda c: c.name)
+def test_the_learned_lr_is_positive_and_stored_and_the_set_loads(
+    cls, digits_train, cached_experts, tmp_path
+):
+    s = cls(**{**CFGS[cls], "iterations": 2}).distill(make_task(digits_train, 2))
+    assert s.lr is not None and s.lr.shape == (1,)
+    assert 0 < float(s.lr) != pytest.approx(COMMON["lr_teacher"])  # learned, not the init
+    assert s.meta["protocol"] == "learned_lr" and s.meta["method"]["name"] == cls.name
+    back = ddbench.load(synset.save(s, tmp_path / f"{cls.name}.safetensors"))
+    assert torch.equal(back.lr, s.lr) and torch.equal(back.images, s.images)
+    assert back.images.shape == (20, 1, 8, 8)
+
+
+# ---------------------------------------------------------------------------- FTD
+
+
+def test_ftd_sets_hold_the_ema_of_the_images(digits_train, cached_experts):
+    seen = []
+
+    class Recording(FTD):
+        def step(self, task, images, labels, it):
+            value = super().step(task, images, labels, it)
+            seen.append(images.detach().clone())
+            return value
+
+    m = Recording(**CFGS[FTD])
+    task = make_task(digits_train, 2)
+    init, _ = m.init_images(make_task(digits_train, 2))
+    s = m.distill(task)
+    ema, d = init, CFGS[FTD]["ema_decay"]
+    for x in seen:
+        ema = d * ema + (1 - d) * x
+    assert len(seen) == 4
+    torch.testing.assert_close(s.images, ema)
+    assert not torch.allclose(s.images, seen[-1])  # not the last images
+    assert s.meta["distillation"]["images"] == "ema" and m.expert_cfg.sam_rho > 0
+
+
+def test_a_killed_ftd_run_resumes_with_its_ema(digits_train, cached_experts, tmp_path):
+    check_resume(FTD, CFGS[FTD], digits_train, tmp_path)  # compares the saved EMA images
+    m = FTD(**CFGS[FTD])
+    m.distill(make_task(digits_train, 2))
+    assert set(m.state_tensors()) == {"syn_lr", "syn_lr_momentum", "ema_images"}
+
+
+# ---------------------------------------------------------------------------- DATM
+
+
+def test_datm_start_epoch_range_grows_as_configured():
+    m = DATM(iterations=100, min_start_epoch=1, max_start_epoch=3, max_start_epoch_final=9,
+             expert_epochs=1, experts={"epochs": 10})  # fmt: skip
+    uppers = [m.upper_start_epoch(it) for it in range(100)]
+    assert uppers[0] == 3 and 3 < uppers[50] < 9 and m.upper_start_epoch(100) == 9
+    assert all(a <= b for a, b in zip(uppers, uppers[1:]))
+    m.experts = [torch.zeros(1)] * 2  # sampling needs only their number
+    g = torch.Generator().manual_seed(0)
+
+    class _T:
+        generator = g
+
+    def starts(it):
+        m._it = it
+        return [m.sample_expert(_T)[1] for _ in range(300)]
+
+    early, late = starts(0), starts(99)
+    assert min(early) == 1 and max(early) == 2  # [min_start_epoch, max_start_epoch)
+    assert min(late) == 1 and max(late) == uppers[-1] - 1
+    fast = DATM(iterations=100, max_start_epoch=3, max_start_epoch_final=9, expansion_iterations=10,
+                expert_epochs=1, experts={"epochs": 10})  # fmt: skip
+    assert fast.upper_start_epoch(5) == 6 and fast.upper_start_epoch(10) == 9
+    assert fast.upper_start_epoch(50) == 9
+    with pytest.raises(Exception, match="exceeds"):
+        DATM(max_start_epoch=3, max_start_epoch_final=10, expert_epochs=1, experts={"epochs": 10})
+
+
+def test_datm_inits_images_the_expert_gets_right_and_labels_from_its_logits(
+    digits_train, cached_experts, caplog
+):
+    with caplog.at_level(logging.WARNING, logger="ddbench"):
+        m, task, images, labels = _ready(DATM, digits_train)
+    net, w = m.label_model(task)
+    torch.testing.assert_close(w, m.experts[0][-1])
+    with torch.no_grad():
+        logits = net(w, images)
+        right = [int((net(w, task.real_images(c)).argmax(1) == c).sum()) for c in range(10)]
+    torch.testing.assert_close(m.label_logits.detach(), logits)
+    # as many correctly classified images per class as the class has, up to ipc
+    got = (logits.argmax(1) == labels).view(10, 2).sum(1).tolist()
+    assert got == [min(r, 2) for r in right] and sum(got) > 10
+    assert ("classifies only" in caplog.text) == (min(right) < 2)
+    # an untrained label expert gets too few right: the init falls back and says so
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ddbench"):
+        _ready(DATM, digits_train, label_epoch=0)
+    assert "classifies only" in caplog.text and "filling" in caplog.text
+
+
+def test_datm_soft_labels_are_stored_loaded_and_evaluated_under_learned_lr(
+    digits_train, cached_experts, tmp_path
+):
+    m = DATM(**CFGS[DATM])
+    s = m.distill(make_task(digits_train, 2))
+    assert s.soft_labels and s.labels.shape == (20, 10)
+    classes = torch.arange(10).repeat_interleave(2)
+    fixed, changed = class_consistent(m.label_logits.detach(), classes)
+    torch.testing.assert_close(s.labels, F.softmax(fixed, 1))
+    assert torch.equal(s.hard_labels, classes)  # each image keeps its class (the ipc budget)
+    assert s.meta["distillation"]["labels_made_class_consistent"] == changed
+    init = m.label_logits.detach().clone()
+    m2, *_ = _ready(DATM, digits_train)
+    assert not torch.allclose(m2.label_logits.detach(), init)  # the labels were learned
+    back = ddbench.load(synset.save(s, tmp_path / "datm.safetensors"))
+    assert back.meta["label_kind"] == "soft" and torch.equal(back.labels, s.labels)
+    assert back.meta["protocol"] == "learned_lr"
+    llr = Protocol.from_config({**OmegaConf.to_container(OmegaConf.load(CONF / "protocol" / "learned_lr.yaml")),
+                                "epochs": 2, "seeds": [0]})  # fmt: skip
+    r = evaluate(back, llr, "convnet", {"net_width": 16}, device="cpu", progress=False)
+    assert r["labels"]["kind"] == "soft" and 0 <= r["accuracy"]["mean"] <= 100
+
+
+def test_datm_threshold_skips_the_updates_of_a_distant_match(digits_train, cached_experts):
+    m, task, images, labels = _ready(DATM, digits_train, threshold=0.0)
+    m._opt = torch.optim.SGD([images], lr=m.lr_img, momentum=0.5)
+    before = (images.detach().clone(), m.label_logits.detach().clone(), float(m.syn_lr.detach()))
+    m.step(task, images, labels, 0)
+    assert m._skipped == 1 and torch.equal(images.detach(), before[0])
+    assert torch.equal(m.label_logits.detach(), before[1])
+    assert float(m.syn_lr.detach()) == before[2]
+
+
+def test_a_killed_datm_run_resumes_images_lr_and_labels(digits_train, cached_experts, tmp_path):
+    counted = counting(DATM)
+    reference = counted(**CFGS[DATM]).distill(make_task(digits_train, 2))
+    killed = counted(kill_at=3, **CFGS[DATM])
+    with pytest.raises(Killed):
+        killed.distill(make_task(digits_train, 2, directory=tmp_path, key="a", every=2))
+    state = Checkpointer(tmp_path, "a").load()[1]
+    assert {"extra.label_logits", "extra.label_logits_momentum"} <= set(state)
+    resumed = counted(**CFGS[DATM])
+    s = resumed.distill(make_task(digits_train, 2, directory=tmp_path, key="a", every=2))
+    assert resumed.calls == [2, 3] and s.meta["distillation"]["resumed_from"] == 2
+    torch.testing.assert_close(s.images, reference.images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.labels, reference.labels, rtol=0, atol=1e-6)
+    torch.testing.assert_close(s.lr, reference.lr)
+    assert s.soft_labels and not torch.allclose(s.labels, killed.label_logits.softmax(1).detach())
+
+
+# ---------------------------------------------------------------------------- AST
+
+
+OFF = dict(
+    representative_init=None, balanced_loss=False, intermediate_weight=0.0, weight_perturb=0.0
+)
+
+
+def test_balanced_targets_weigh_every_present_class_equally():
+    y = torch.tensor([0, 0, 0, 1, 2])  # imbalanced
+    logits = torch.randn(5, 4)
+    ce = F.cross_entropy(logits, y, reduction="none")
+    expected = (ce[:3].mean() + ce[3] + ce[4]) / 3
+    torch.testing.assert_close(F.cross_entropy(logits, balanced_targets(y, 4)), expected)
+    assert not torch.allclose(F.cross_entropy(logits, y), expected)
+    even = torch.tensor([0, 1, 2, 3])
+    torch.testing.assert_close(
+        F.cross_entropy(logits[:4], balanced_targets(even, 4)), F.cross_entropy(logits[:4], even)
+    )
+
+
+def test_ast_with_every_switch_off_is_mtt_and_each_switch_changes_the_loss(
+    digits_train, cached_experts
+):
+    mtt = MTT(**CFGS[AST])
+    t = make_task(digits_train, 2)
+    mtt.prepare(t)
+    images, labels = mtt.init_images(t)
+    ref = float(_fixed(mtt, t, images, labels).detach())
+    losses = {}
+    for name, kw in {"off": OFF, "balanced": {**OFF, "balanced_loss": True},
+                     "intermediate": {**OFF, "intermediate_weight": 1.0},
+                     "perturb": {**OFF, "weight_perturb": 0.5}}.items():  # fmt: skip
+        a = AST(**{**CFGS[AST], **kw})
+        a.prepare(t)
+        losses[name] = float(_fixed(a, t, images, labels).detach())
+    assert losses["off"] == pytest.approx(ref, rel=1e-6)
+    assert losses["intermediate"] > losses["off"]  # plus a positive matching term
+    for name in ("balanced", "perturb"):
+        assert losses[name] != pytest.approx(losses["off"], rel=1e-4), name
+
+
+def test_ast_balanced_student_step_differs_from_plain_ce_only_on_imbalanced_batches(
+    digits_train, cached_experts
+):
+    steps = {}
+    for balanced in (False, True):
+        a, task, images, labels = _ready(AST, digits_train, **{**OFF, "balanced_loss": balanced})
+        w = a.experts[0][1].clone().requires_grad_(True)
+        lr = torch.tensor(0.01)
+        imbalanced = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 10])  # class 0 twice, class 9 never
+        balanced_idx = torch.arange(0, 20, 2)  # one image of each class
+        steps[balanced] = [a._student_step(w, images, labels, lr, idx, None).detach()
+                           for idx in (imbalanced, balanced_idx)]  # fmt: skip
+    assert not torch.allclose(steps[True][0], steps[False][0])
+    torch.testing.assert_close(steps[True][1], steps[False][1])
+
+
+def test_ast_weight_perturbation_is_relative_sparse_and_seeded(digits_train, cached_experts):
+    a, task, *_ = _ready(AST, digits_train, weight_perturb=0.5)
+    theta = a.experts[0][2]
+    task.generator.manual_seed(3)
+    p1 = a.perturbed_start(task, theta)
+    task.generator.manual_seed(3)
+    assert torch.equal(a.perturbed_start(task, theta), p1)
+    delta = p1 - theta
+    assert (delta.abs() <= 0.5 * theta.abs() + 1e-7).all()  # |alpha d w| with |d| <= 1
+    for part in delta.split(a.student.numels):
+        if part.numel() >= 16:
+            assert 0.25 < float((part == 0).float().mean()) < 0.75  # half dropped (or w = 0)
+
+
+def test_ast_representative_init_picks_the_image_nearest_the_class_centroid(
+    digits_train, cached_experts
+):
+    a, task, images, labels = _ready(AST, digits_train, ipc=1, representative_init="herding")
+    net = task.model_factory()
+    torch.nn.utils.vector_to_parameters(a.experts[0][-1], net.parameters())
+    for c in (0, 3, 7):
+        feats = class_features(task, net, c, chunk=256)
+        nearest = int(((feats - feats.mean(0)) ** 2).sum(1).argmin())
+        i = int(task.train.indices_of(c)[nearest])
+        torch.testing.assert_close(images[c : c + 1], task.normalize(task.train.images[i : i + 1]))
+    k, *_ = _ready(AST, digits_train, ipc=2, representative_init="kcenter")
+    assert torch.equal(labels, torch.arange(10))
+
+
+def test_ast_intermediate_matching_survives_a_checkpointed_unroll(digits_train, cached_experts):
+    grads = []
+    for ckpt in (False, True):
+        a, task, images, labels = _ready(AST, digits_train, checkpoint_unroll=ckpt)
+        loss = _fixed(a, task, images, labels, seed=3)
+        grads.append((loss.detach(), torch.autograd.grad(loss, images)[0]))
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("cls", [FTD, DATM, AST], ids=lambda c: c.name)
+def test_the_configs_build_the_methods_with_the_runs_model_and_their_experts(cls):
+    root = OmegaConf.create({"model": {"name": "convnet", "kwargs": {"net_width": 16}},
+                             "method": OmegaConf.load(CONF / "method" / f"{cls.name}.yaml")})  # fmt: skip
+    m = instantiate(root.method, _convert_="all")
+    assert type(m) is cls and m.protocol == "learned_lr" and m.iterations > 0
+    assert m.expert_cfg.model_kwargs == {"net_width": 16} and not m.fyi
+    e = m.expert_cfg
+    if cls is AST:  # smooth experts
+        assert e.clip_grad > 0 and e.grad_penalty > 0 and e.sam_rho == 0
+    else:  # FTD's GSAM buffers (DATM trains its experts with FTD's script)
+        assert e.sam_rho > 0 and e.gsam_alpha > 0 and e.clip_grad is None and e.grad_penalty == 0
