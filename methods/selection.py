@@ -474,16 +474,17 @@ class Forgetting(_ScoreSelection):
     One model is trained on the train split with the engine for ``epochs``; after every epoch
     all train images are classified (unaugmented, eval mode) and a *forgetting event* is
     counted for each image that was correct after the previous epoch and is wrong now. Images
-    never classified correctly after any epoch are, as in Toneva et al., treated as forgotten
-    infinitely often (``never_learned: hardest``, the default: they are picked first), or ranked
-    by their plain count of 0 (``never_learned: count``). ``keep: hardest`` (default) keeps the
+    never classified correctly after any epoch are ranked by their plain count of 0
+    (``never_learned: count``, the default, as DeepCore; closer to the DC paper's numbers, see
+    docs/benchmarks.md), or, as in Toneva et al., treated as forgotten infinitely often
+    (``never_learned: hardest``: they are picked first). ``keep: hardest`` (default) keeps the
     most forgotten images of each class, ``keep: easiest`` the unforgettable ones. Ties (many
     images share a count) are broken by ``task.generator``.
     """
 
     name = "forgetting"
 
-    def __init__(self, epochs: int = 10, never_learned: str = "hardest", **config):
+    def __init__(self, epochs: int = 10, never_learned: str = "count", **config):
         super().__init__(epochs=epochs, never_learned=never_learned, **config)
         _positive(self.name, "epochs", epochs)
         _choice(self.name, "never_learned", never_learned, ("hardest", "count"))

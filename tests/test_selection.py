@@ -190,7 +190,7 @@ def _assert_top_per_class(task, scores, idx, hardest=True):
 
 @pytest.mark.parametrize("keep", ["hardest", "easiest"])
 def test_forgetting_counts_events_and_selects_the_top_counts(keep, make_task):
-    cfg = dict(epochs=4, lr=0.1, keep=keep)
+    cfg = dict(epochs=4, lr=0.1, keep=keep, never_learned="hardest")
     out = sel.Forgetting(**cfg).score(make_task(seed=0))
     count, learned = out["count"], out["learned"]
     assert (count >= 0).all() and (count <= cfg["epochs"] // 2).all()
