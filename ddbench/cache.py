@@ -43,6 +43,9 @@ class CachedConfig:
     construction from a config node and a key hashing the dataset and every field."""
 
     kind = "cached"
+    # fields added after entries were cached: hashed only when not at their default, so the
+    # entries cached before them keep their keys
+    _HASHED_IF_SET: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None):
@@ -59,5 +62,9 @@ class CachedConfig:
         import json
         from dataclasses import asdict
 
-        canon = json.dumps({"dataset": dataset, **asdict(self)}, sort_keys=True, default=str)
+        fields = asdict(self)
+        for name in self._HASHED_IF_SET:
+            if fields[name] == self.__dataclass_fields__[name].default:
+                del fields[name]
+        canon = json.dumps({"dataset": dataset, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]

@@ -83,18 +83,6 @@ class ExpertConfig(CachedConfig):
         if (self.gsam_alpha or self.sam_adaptive) and not self.sam_rho:
             raise DDBenchError("experts: gsam_alpha and sam_adaptive need sam_rho > 0")
 
-    def key(self, dataset: str) -> str:
-        """:meth:`CachedConfig.key` over every field, except the variant fields left at their
-        defaults: experts cached before the variants existed keep their keys."""
-        import hashlib
-
-        d = asdict(self)
-        for name in self._HASHED_IF_SET:
-            if d[name] == self.__dataclass_fields__[name].default:
-                del d[name]
-        canon = json.dumps({"dataset": dataset, **d}, sort_keys=True, default=str)
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
     @property
     def is_plain(self) -> bool:
         """No variant set: the engine's default SGD step."""

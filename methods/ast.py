@@ -141,6 +141,10 @@ class AST(MTT):
 
     # ------------------------------------------------------------------------------ the unroll
 
+    def batch_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class-balanced soft targets (``balanced_loss``), else MTT's."""
+        return balanced_targets(labels, self._num_classes) if self.balanced_loss else labels
+
     def _student_step(
         self,
         w: torch.Tensor,
@@ -150,10 +154,6 @@ class AST(MTT):
         idx: torch.Tensor,
         draw: Any,
     ) -> torch.Tensor:
-        if self.balanced_loss:  # MTT's step on soft targets whose mean CE is the balanced one
-            t = torch.zeros(len(labels), self._num_classes, device=labels.device)
-            t[idx] = balanced_targets(labels[idx], self._num_classes)
-            labels = t
         w_next = super()._student_step(w, images, labels, lr, idx, draw)
         if self._trace is not None:
             self._trace.append(w_next)

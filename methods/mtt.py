@@ -179,7 +179,7 @@ class MTT(ImageDistillation):
         draw: Any,
     ) -> torch.Tensor:
         assert self.student is not None
-        x, y = images[idx], labels[idx]
+        x, y = images[idx], self.batch_targets(labels[idx])
         if self.fyi:  # FYI: the student trains on the batch together with its mirrors
             x, y = _fyi.flip_concat(x), torch.cat([y, y])
         if draw is not None:
@@ -187,6 +187,10 @@ class MTT(ImageDistillation):
         ce = F.cross_entropy(self.student(w, x), y)
         (g,) = torch.autograd.grad(ce, w, create_graph=True)
         return w - lr * g
+
+    def batch_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy targets of one student step's batch (subclasses reweight them)."""
+        return labels
 
     def matching_loss(
         self,

@@ -90,15 +90,7 @@ def _torchrun(*args: str, cwd: Path, timeout: int = 240) -> subprocess.Completed
     return p
 
 
-@pytest.fixture
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_two_gloo_processes_train_as_one_process(tmp_path, single_thread):
+def test_two_gloo_processes_train_as_one_process(tmp_path, one_thread):
     script = tmp_path / "worker.py"
     script.write_text("import sys\nfrom test_distributed import work\nwork(sys.argv[1])\n")
     _torchrun(str(script), str(tmp_path / "two"), cwd=tmp_path)
@@ -119,7 +111,7 @@ def test_two_gloo_processes_train_as_one_process(tmp_path, single_thread):
     assert not torch.allclose(one["params"][0], one["params"][1], atol=1e-2)
 
 
-def test_a_teacher_missing_under_torchrun_is_trained_once_and_shared(tmp_path, single_thread):
+def test_a_teacher_missing_under_torchrun_is_trained_once_and_shared(tmp_path, one_thread):
     """The rank holding the cache lock trains the teacher alone (no collective that the waiting
     rank could never join: that deadlocked), the other rank then loads the same entry."""
     script = tmp_path / "worker.py"
@@ -135,7 +127,7 @@ def test_a_teacher_missing_under_torchrun_is_trained_once_and_shared(tmp_path, s
 
 
 def test_evaluate_under_torchrun_writes_one_result_equal_to_one_process(
-    tmp_path, make_set, single_thread
+    tmp_path, make_set, one_thread
 ):
     path = synset_io.save(make_set(ipc=3), tmp_path / "s.safetensors")
     out = tmp_path / "e"
@@ -155,7 +147,7 @@ def test_evaluate_under_torchrun_writes_one_result_equal_to_one_process(
     assert result["train_loss_final"] == pytest.approx(alone["train_loss_final"], rel=1e-3)
 
 
-def test_channels_last_trains_as_the_default_layout(single_thread):
+def test_channels_last_trains_as_the_default_layout(one_thread):
     tr = load_split("digits", "train")
     x, y = _subset(tr, 5)
     r = Recipe(epochs=3, batch_size=16, lr=0.05, augment=tr.spec.dsa_strategy)

@@ -41,16 +41,8 @@ def cached_teacher(trained_teacher, isolated_cache) -> None:
     shutil.copytree(trained_teacher / "teachers", isolated_cache / "teachers")
 
 
-@pytest.fixture(scope="module")
-def one_thread_module():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
-def logits(digits_train, one_thread_module) -> torch.Tensor:
+def logits(digits_train, one_thread) -> torch.Tensor:
     """The teacher's logits on 200 real training images."""
     net = get_teacher("digits", TeacherConfig(**TEACHER), device="cpu", train=False)[0]
     with torch.no_grad():
