@@ -30,7 +30,7 @@ def lock(path: Path, what: str = "this entry"):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("another process is training %s; waiting for it (%s)", what, path)
+            log.info("another process is working on %s; waiting for it (%s)", what, path)
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

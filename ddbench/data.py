@@ -483,10 +483,20 @@ def is_prepared(name: str) -> bool:
 
 def prepare(name: str, download: bool = False, force: bool = False) -> Path:
     """Convert a dataset's source once into ``<root>/<name>/data.safetensors`` (atomic)."""
+    from ddbench.cache import lock
+
     spec = get_spec(name)
     out = prepared_path(name)
     if out.exists() and not force:
         return out
+    # one process prepares, the others wait for it and then find the file (no race on raw/)
+    with lock(out.parent / ".prepare.lock", f"dataset {name}"):
+        if out.exists() and not force:
+            return out
+        return _prepare_locked(name, spec, out, download)
+
+
+def _prepare_locked(name: str, spec: DatasetSpec, out: Path, download: bool) -> Path:
     raw = out.parent / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     if download:

@@ -318,8 +318,9 @@ class _FeatureSelection(_Selection):
     :mod:`ddbench.teachers` (``teacher``: its config; the default is the ``kd`` protocol's, so
     selection and KD share one network, trained once per dataset); ``features: trained`` trains
     one ``task.model_factory()`` for ``feature_epochs`` on the whole train split with the
-    engine; ``features: random`` uses a randomly initialised one. The DC paper's
-    herding/k-center baselines embed with a ConvNet trained on the real data.
+    engine; ``features: random`` uses a randomly initialised one; ``features: pixels`` uses the
+    normalised images themselves (no network). The DC paper's herding/k-center baselines embed
+    with a ConvNet trained on the real data.
     ``normalize: true`` L2-normalises the features first (as iCaRL's herding).
     """
 
@@ -335,13 +336,16 @@ class _FeatureSelection(_Selection):
             features=features, feature_epochs=feature_epochs, normalize=normalize,
             teacher=dict(teacher or {}), **config,
         )  # fmt: skip
-        _choice(self.name, "features", features, ("teacher", "trained", "random"))
+        _choice(self.name, "features", features, ("teacher", "trained", "random", "pixels"))
         self.teacher = dict(teacher or {})
         _positive(self.name, "feature_epochs", feature_epochs, minimum=0)
         self.features, self.feature_epochs, self.normalize = features, feature_epochs, normalize
 
-    def feature_model(self, task: Task) -> nn.Module:
-        """The feature network (its seed drawn from ``task.generator``), in eval mode."""
+    def feature_model(self, task: Task) -> nn.Module | None:
+        """The feature network (its seed drawn from ``task.generator``), in eval mode; ``None``
+        for ``features: pixels``."""
+        if self.features == "pixels":
+            return None
         if self.features == "teacher":
             from ddbench.teachers import TeacherConfig, get_teacher
 
@@ -362,9 +366,13 @@ class _FeatureSelection(_Selection):
         model.load_state_dict(state)
         return model.eval()
 
-    def features_of(self, task: Task, model: nn.Module, c: int) -> torch.Tensor:
+    def features_of(self, task: Task, model: nn.Module | None, c: int) -> torch.Tensor:
         """The (optionally L2-normalised) features of class ``c``, ``[n_c, F]``."""
-        f = class_features(task, model, c, self.chunk)
+        if model is None:  # features: pixels
+            idx = task.train.indices_of(c)
+            f = task.normalize(task.train.images[idx].to(task.device)).flatten(1)
+        else:
+            f = class_features(task, model, c, self.chunk)
         return torch.nn.functional.normalize(f, dim=1) if self.normalize else f
 
     def pick(self, task: Task, feats: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ digits with a tiny ConvNet, a method's loss on fixed draws, the saved-set check,
 
 ``DDBENCH_DATA`` points at ``$DDBENCH_TEST_DATA`` if set, else at the persistent
 ``~/.cache/ddbench/test-data``, so datasets are prepared once (per machine or CI cache), not per
-test session. Tests that prepare data of their own (image folders, tiny IDX files) point
+test session (a lock lets parallel workers, ``pytest -n``, share it). Tests that prepare data of their own (image folders, tiny IDX files) point
 ``DDBENCH_DATA`` at a ``tmp_path`` instead.
 """
 
@@ -27,6 +27,13 @@ from ddbench.synset import SyntheticSet
 TEST_DATA_ROOT = Path(
     os.environ.get("DDBENCH_TEST_DATA") or Path.home() / ".cache" / "ddbench" / "test-data"
 ).expanduser()
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: N workers share the cores, so each (and the processes it starts) uses one
+    # thread; otherwise N workers x all cores would oversubscribe the CPU.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)

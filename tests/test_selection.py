@@ -48,6 +48,7 @@ METHODS = {
     "herding": lambda: sel.Herding(features="trained", feature_epochs=2, lr=0.1),
     "kcenter": lambda: sel.KCenter(features="trained", feature_epochs=2, lr=0.1),
     "kcenter_random_init": lambda: sel.KCenter(features="random", init="random"),
+    "kcenter_pixels": lambda: sel.KCenter(features="pixels", init="random"),
     "forgetting": lambda: sel.Forgetting(epochs=3, lr=0.1),
     "el2n": lambda: sel.EL2N(models=1, epochs=2, lr=0.1),
     "grand": lambda: sel.GraNd(models=1, epochs=2, lr=0.1),
@@ -99,7 +100,7 @@ def _positions(make_task, s):
 TINY_TEACHER = {"model_kwargs": {"net_width": 16}, "epochs": 3, "lr": 0.05}
 
 
-@pytest.mark.parametrize("features", ["teacher", "trained", "random"])
+@pytest.mark.parametrize("features", ["teacher", "trained", "random", "pixels"])
 def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets(
     features, make_task, tmp_path, monkeypatch
 ):
