@@ -590,6 +590,11 @@ def list_experts(dataset: str | None = None) -> list[dict[str, Any]]:
         if not metas and not training:
             continue
         cfg = metas[0]["config"] if metas else {}
+        if not cfg and (d / "config.json").exists():  # only unfinished ones: their config
+            try:
+                cfg = json.loads((d / "config.json").read_text())["config"]
+            except (OSError, ValueError, KeyError):
+                cfg = {}
         epochs = max(int(cfg.get("epochs", 1)), 1)
         per_epoch = [float(m["train_seconds"]) / epochs for m in metas if "train_seconds" in m]
         defaults = {k: f.default for k, f in ExpertConfig.__dataclass_fields__.items()}

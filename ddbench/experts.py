@@ -309,6 +309,10 @@ def train_expert(
             torch.manual_seed(seed)
             rows = [flat.flatten(dict(build().named_parameters()))]
     x, y = _images(dataset, cfg)
+    config_path = path.parent / "config.json"  # lets `ddbench expert list` describe unfinished ones
+    if not config_path.exists():
+        text = json.dumps({"dataset": dataset, "config": asdict(cfg)}, indent=1)
+        atomic_write(config_path, lambda tmp: Path(tmp).write_text(text))
     t0 = time.perf_counter()
     before = float((resume or {}).get("seconds", 0.0))
 

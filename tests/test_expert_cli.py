@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,9 @@ def test_a_killed_training_is_listed_and_resumed_by_the_next_train(tmp_path, mon
         experts.get_experts("digits", cfg, 1, "cpu", progress=False)
     (entry,) = list_experts("digits")
     assert entry["training"] == 1 and entry["experts"] == []
-    assert "(+1 training)" in ddbench("expert", "list", cwd=tmp_path).stdout
+    assert entry["config"] == asdict(cfg)  # an unfinished training is listed with its config
+    listed = ddbench("expert", "list", cwd=tmp_path).stdout
+    assert "(+1 training)" in listed and "net_width=16" in listed and " 2 ep " in listed
     p = ddbench(*TRAIN, "--num", "1", cwd=tmp_path)
     assert "resuming expert 0 from epoch 1" in p.stderr
     monkeypatch.setattr(engine, "train", real_train)
