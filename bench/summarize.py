@@ -22,12 +22,17 @@ def main() -> None:
         line = (
             f"{f.parent.relative_to(args.root)!s:40s} {r['method']:10s} ipc={r['ipc']:<3d} "
             f"{a['mean']:6.2f} +- {a['std']:.2f} seeds={len(a['per_seed'])} "
-            f"distill {c['distill_seconds']:.0f}s eval {c['eval_seconds']:.0f}s "
+            f"distill {_secs(c.get('distill_seconds'))} eval {_secs(c.get('eval_seconds'))} "
             f"protocol={r['protocol']['name']} comparable={r['protocol']['comparable']}"
         )
         if args.fyi:
             line += f" symmetry={_symmetry(f.parent):.3f}"
         print(line)
+
+
+def _secs(v: float | None) -> str:
+    """Seconds, or ``-`` where the run did not do that step (``ddbench evaluate`` distils none)."""
+    return "-" if v is None else f"{v:.0f}s"
 
 
 def _symmetry(run_dir: Path) -> float:
