@@ -17,9 +17,11 @@ Evaluate the sets with ``ddbench evaluate``::
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from ddbench import data, synset
 from ddbench.augment import DSA
@@ -51,17 +53,15 @@ def main(argv: list[str] | None = None) -> None:
         device=torch.device("cpu"),
         augment=DSA(spec.dsa_strategy),
     )
-    method = Forgetting(epochs=args.epochs, never_learned=args.never_learned)
-    method.name = "forgetting"
-    method.config = {
-        "_target_": "ddbench.methods.selection.Forgetting",
-        "name": "forgetting",
-        "epochs": args.epochs,
-        "never_learned": args.never_learned,
-        "lr": 0.01,
-        "batch_size": 256,
-        "chunk": 256,
-    }  # as conf/method/forgetting.yaml with epochs overridden: the cached scores' key
+    # the method as `ddbench run method=forgetting method.epochs=E` builds it: the same config,
+    # hence the same cache key as that run's scores
+    node = OmegaConf.load(
+        str(importlib.resources.files("ddbench.conf") / "method" / "forgetting.yaml")
+    )
+    node.epochs, node.never_learned = args.epochs, args.never_learned
+    cfg = OmegaConf.to_container(node, resolve=True)
+    method = Forgetting(**{k: v for k, v in cfg.items() if k not in ("_target_", "name")})
+    method.name, method.config = cfg["name"], cfg
     scores = method.score(task)["score"].cpu()  # seed 0's scoring run (cached)
     ties = []
     for c in range(spec.num_classes):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ddbench.cache import lock
 from ddbench.errors import DDBenchError
 
 if TYPE_CHECKING:
@@ -483,8 +484,6 @@ def is_prepared(name: str) -> bool:
 
 def prepare(name: str, download: bool = False, force: bool = False) -> Path:
     """Convert a dataset's source once into ``<root>/<name>/data.safetensors`` (atomic)."""
-    from ddbench.cache import lock
-
     spec = get_spec(name)
     out = prepared_path(name)
     if out.exists() and not force:

@@ -369,8 +369,7 @@ class _FeatureSelection(_Selection):
     def features_of(self, task: Task, model: nn.Module | None, c: int) -> torch.Tensor:
         """The (optionally L2-normalised) features of class ``c``, ``[n_c, F]``."""
         if model is None:  # features: pixels
-            idx = task.train.indices_of(c)
-            f = task.normalize(task.train.images[idx].to(task.device)).flatten(1)
+            f = task.real_images(c).flatten(1)
         else:
             f = class_features(task, model, c, self.chunk)
         return torch.nn.functional.normalize(f, dim=1) if self.normalize else f

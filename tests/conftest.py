@@ -4,8 +4,8 @@ digits with a tiny ConvNet, a method's loss on fixed draws, the saved-set check,
 
 ``DDBENCH_DATA`` points at ``$DDBENCH_TEST_DATA`` if set, else at the persistent
 ``~/.cache/ddbench/test-data``, so datasets are prepared once (per machine or CI cache), not per
-test session (a lock lets parallel workers, ``pytest -n``, share it). Tests that prepare data of their own (image folders, tiny IDX files) point
-``DDBENCH_DATA`` at a ``tmp_path`` instead.
+test session (a lock lets parallel workers, ``pytest -n``, share it). Tests that prepare data of
+their own (image folders, tiny IDX files) point ``DDBENCH_DATA`` at a ``tmp_path`` instead.
 """
 
 from __future__ import annotations
