@@ -28,6 +28,7 @@ from torch import nn
 from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
+LOG_EVERY_S = 60.0  # epoch log lines, when no progress bar can be shown, at most this often
 _DATA_STREAM = 7919  # offsets the data generator's seed from the init seed
 
 
@@ -537,6 +538,10 @@ def train(
         leave=False,
         unit="ep",
     )
+    # Without a terminal (nohup, a batch job) the bar is off: log the epochs instead, at most
+    # every LOG_EVERY_S seconds, so a long training still shows where it is.
+    log_epochs = bool(progress) and rank == 0 and bar.disable
+    last_log = start
     ep_loss = float("nan")
     for gi, group in enumerate(groups):
         if gi < first_group:
@@ -611,6 +616,11 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{ep_loss:.3f}", refresh=False)
             last = ep + 1 == recipe.epochs
+            now = time.perf_counter()
+            if log_epochs and (last or now - last_log >= LOG_EVERY_S):
+                last_log = now
+                log.info("%s: epoch %d/%d, loss %.4f, %.0fs", desc, gi * recipe.epochs + ep + 1,
+                         recipe.epochs * len(groups), ep_loss, now - start)  # fmt: skip
             if (
                 checkpoint is not None
                 and rank == 0

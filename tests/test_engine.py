@@ -48,6 +48,28 @@ def test_training_learns_far_above_chance(digits):
     assert res.losses[-1] < res.losses[0]
 
 
+def test_without_a_terminal_training_logs_its_epochs(digits, caplog, monkeypatch):
+    import ddbench.engine as engine
+
+    x, y = _subset(digits[0], 2)
+    monkeypatch.setattr(engine, "LOG_EVERY_S", 0.0)  # a line per epoch; pytest's stderr is no tty
+    with caplog.at_level("INFO", logger="ddbench"):
+        res = train(_build, [0, 1], x, y, Recipe(epochs=3), device="cpu", compile=False,
+                    progress="teacher digits")  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if "epoch" in r.getMessage()]
+    assert [ln.split(",")[0] for ln in lines] == [
+        f"teacher digits: epoch {i}/6" for i in range(1, 7)
+    ]
+    last_losses = [float(lines[i].split("loss ")[1].split(",")[0]) for i in (2, 5)]  # each seed's
+    assert abs(sum(last_losses) / 2 - res.losses[-1]) < 1e-4  # the logged losses are the real ones
+    caplog.clear()
+    monkeypatch.setattr(engine, "LOG_EVERY_S", 3600.0)  # throttled: only each model's last epoch
+    with caplog.at_level("INFO", logger="ddbench"):
+        train(_build, [0, 1], x, y, Recipe(epochs=3), device="cpu", compile=False, progress=True)
+    assert [r.getMessage().split(",")[0] for r in caplog.records if "epoch" in r.getMessage()] == [
+        "train: epoch 3/6", "train: epoch 6/6"]  # fmt: skip
+
+
 def test_same_seed_same_model_and_other_seed_differs(digits):
     x, y = _subset(digits[0], 5)
     r = Recipe(epochs=5, augment="color_crop_cutout_scale_rotate")
