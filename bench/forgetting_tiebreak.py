@@ -25,8 +25,8 @@ from omegaconf import OmegaConf
 
 from ddbench import data, synset
 from ddbench.augment import DSA
-from ddbench.method import Task
-from ddbench.methods.selection import Forgetting, select_top
+from ddbench.method import Task, build_method
+from ddbench.methods.selection import select_top
 from ddbench.models import create_model
 
 
@@ -59,9 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         str(importlib.resources.files("ddbench.conf") / "method" / "forgetting.yaml")
     )
     node.epochs, node.never_learned = args.epochs, args.never_learned
-    cfg = OmegaConf.to_container(node, resolve=True)
-    method = Forgetting(**{k: v for k, v in cfg.items() if k not in ("_target_", "name")})
-    method.name, method.config = cfg["name"], cfg
+    method = build_method(OmegaConf.to_container(node, resolve=True))
     scores = method.score(task)["score"].cpu()  # seed 0's scoring run (cached)
     ties = []
     for c in range(spec.num_classes):

@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_speed  # noqa: E402  (the speed bench's recipe and subset helpers)
 
 from ddbench import data as ddata  # noqa: E402
-from ddbench.augment import DSA  # noqa: E402
 from ddbench.engine import train  # noqa: E402
 from ddbench.models import create_model  # noqa: E402
 
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run(epochs: int) -> None:
         r = dataclasses.replace(recipe, epochs=epochs)
-        train(build, [0], x, y, r, augment=DSA(spec.dsa_strategy), compile=args.compile)
+        train(build, [0], x, y, r, compile=args.compile)  # DSA from the recipe's strategy
 
     run(3)  # warm-up (and compilation)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

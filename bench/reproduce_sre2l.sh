@@ -9,12 +9,14 @@
 # default 3 (the depth-4 member costs another ~35 min of teacher training on one core). None of
 # the three papers reports (Fashion-)MNIST. Seeds cut to 3 (marked comparable: false).
 #
+# The first run trains the ConvNet-BN teacher into the cache (~6 min per epoch on one core), the
+# CV-DD run its width-64 member; later runs reuse them.
+#
 # Usage: bash bench/reproduce_sre2l.sh [OUT_DIR] [DATASET] [extra overrides...]
 set -euo pipefail
 out=${1:-bench/results/sre2l/fashion_mnist}
 ds=${2:-fashion_mnist}
 shift 2 || shift $# || true
-ddbench teacher train "$ds" --protocol kd --model convnet_bn   # ~6 min/epoch on one core
 common=(dataset="$ds" ipc=10 protocol=kd 'protocol.seeds=[0,1,2]' method.iterations=200
   progress=false)
 for m in sre2l cda; do

@@ -8,7 +8,7 @@
 # (100 experts x 50 epochs; 5,000-10,000 iterations of 20-80 steps); the settings that depend on
 # the expert length follow the papers' CIFAR-10 IPC 1 values (start epochs below 2, 2 expert
 # epochs per target, lr_lr 1e-7). DATM and AST run on MTT's plain expert here (their GSAM /
-# smooth experts cost 2-3x more to train); with a longer budget drop the PLAIN overrides.
+# smooth experts cost 2-3x more to train); with a longer budget drop their `experts.*` overrides.
 #
 # FTD gets its own GSAM expert (also one of 4 epochs; a GSAM step costs two forward/backward
 # passes) and an EMA decay scaled to the 200 iterations (0.99: the EMA spans ~100 iterations,
@@ -16,12 +16,13 @@
 #
 # Usage: bash bench/reproduce_trajectory.sh [OUT_DIR] [DATASET] [extra overrides...]
 #   ONLY="mtt ftd"  runs only these rows (default: mtt ftd datm ast)
+# Each run trains the expert it needs into the cache on a miss (a plain 4-epoch expert: ~6 min
+# per epoch on one core; FTD's GSAM expert ~2x that) and reuses it afterwards.
 set -euo pipefail
 ds=${2:-fashion_mnist}
 out=${1:-bench/results/trajectory/$ds}
 shift 2 || shift $# || true
 only=" ${ONLY:-mtt ftd datm ast} "
-ddbench expert train "$ds" --method mtt --num 1 --epochs 4   # ~6 min/epoch on 1 core
 common=(ipc=1 protocol=learned_lr progress=false method.num_experts=1 method.expert_epochs=2
   method.iterations=200 method.syn_steps=20 method.experts.epochs=4 method.lr_lr=1e-7)
 run() {
@@ -31,9 +32,6 @@ run() {
   ddbench run dataset="$ds" hydra.run.dir="$out/$dir" "${common[@]}" "$@"
 }
 run mtt/ipc1 method=mtt method.max_start_epoch=2 "$@"
-if [[ $only == *" ftd "* ]]; then
-  ddbench expert train "$ds" --method ftd --num 1 --epochs 4   # GSAM: ~2x a plain epoch
-fi
 run ftd/ipc1 method=ftd method.max_start_epoch=2 method.ema_decay=0.99 "$@"
 run datm_plain_experts/ipc1 method=datm method.experts.sam_rho=0 method.experts.gsam_alpha=0 \
   method.experts.sam_adaptive=false method.min_start_epoch=0 method.max_start_epoch=1 \

@@ -203,13 +203,12 @@ def _tracker(cfg, run_dir: Path):
 def _distill(cfg, run_dir: Path, tracker) -> Any:
     """Make (or reuse, when it exists for this exact config) the run's synthetic set."""
     import torch
-    from hydra.utils import get_object, instantiate
     from omegaconf import OmegaConf
 
     from ddbench import data, synset
     from ddbench.augment import DSA
     from ddbench.engine import pick_device
-    from ddbench.method import Checkpointer, Method, Task, run_distill
+    from ddbench.method import Checkpointer, Task, build_method, run_distill
     from ddbench.models import create_model
 
     name = _register_dataset(cfg)
@@ -224,22 +223,7 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
         except DDBenchError as e:
             log.warning("remaking %s: %s", out, e)
     method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    if "_target_" not in method_cfg:
-        raise DDBenchError(f"method config {method_cfg.get('name')!r} has no _target_")
-    try:
-        target = get_object(method_cfg["_target_"])
-    except Exception as e:
-        raise DDBenchError(f"cannot import method {method_cfg['_target_']!r}: {e}") from e
-    if not (isinstance(target, type) and issubclass(target, Method)):
-        raise DDBenchError(f"{method_cfg['_target_']} is not a ddbench.method.Method subclass")
-    try:
-        method = instantiate(method_cfg, _convert_="all")
-    except Exception as e:
-        raise DDBenchError(
-            f"could not build method {method_cfg.get('name')!r} from {method_cfg['_target_']}: {e}"
-        ) from e
-    method.name = method_cfg.get("name", method.name)
-    method.config = method_cfg  # the full node (_target_ included) is recorded in the set
+    method = build_method(method_cfg)
     spec = data.get_spec(name)
     device = pick_device(cfg.device)
     model_kwargs = dict(cfg.model.get("kwargs") or {})

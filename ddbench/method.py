@@ -172,6 +172,31 @@ class Method:
         raise NotImplementedError
 
 
+def build_method(method_cfg: dict[str, Any]) -> Method:
+    """The :class:`Method` a resolved ``method`` config node describes (``_target_`` + its
+    keyword arguments), with the node recorded as its ``config`` (what a set and a cache key see).
+    """
+    from hydra.utils import get_object, instantiate
+
+    if "_target_" not in method_cfg:
+        raise DDBenchError(f"method config {method_cfg.get('name')!r} has no _target_")
+    try:
+        target = get_object(method_cfg["_target_"])
+    except Exception as e:
+        raise DDBenchError(f"cannot import method {method_cfg['_target_']!r}: {e}") from e
+    if not (isinstance(target, type) and issubclass(target, Method)):
+        raise DDBenchError(f"{method_cfg['_target_']} is not a ddbench.method.Method subclass")
+    try:
+        method = instantiate(method_cfg, _convert_="all")
+    except Exception as e:
+        raise DDBenchError(
+            f"could not build method {method_cfg.get('name')!r} from {method_cfg['_target_']}: {e}"
+        ) from e
+    method.name = method_cfg.get("name", method.name)
+    method.config = method_cfg  # the full node (_target_ included) is recorded in the set
+    return method
+
+
 def run_distill(method: Method, task: Task) -> SyntheticSet:
     """Call ``method.distill`` and record its cost (wall time, peak memory) in the set."""
     from ddbench.protocol import peak_memory_bytes
