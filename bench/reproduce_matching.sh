@@ -7,7 +7,7 @@
 #
 # Budgets (outer iterations, real images per class per iteration):
 #   DM 200 x 64, DataDAM 200 x 64 (its default batch), DSA IPC 1 100 x 64, DC IPC 1 200 x 64,
-#   DSA IPC 10 10 x 64 (one DC/DSA IPC 10 iteration is ~2 minutes of 1 core).
+#   DSA IPC 10 10 x 64 (one DC/DSA IPC 10 iteration is ~6 minutes of one contended core).
 #
 # Usage: bash bench/reproduce_matching.sh [OUT_DIR] [extra overrides...]
 set -euo pipefail
@@ -31,6 +31,8 @@ for ipc in 1 10; do
   run fashion_mnist/dm_fyi/ipc$ipc method=dm dataset=fashion_mnist ipc=$ipc method.iterations=200 \
     method.batch_real=64 method.fyi=true "$@"
 done
+run mnist/dm_fyi/ipc1 method=dm dataset=mnist ipc=1 method.iterations=200 method.batch_real=64 \
+  method.fyi=true "$@"
 run fashion_mnist/dsa/ipc10 method=dsa dataset=fashion_mnist ipc=10 method.iterations=10 \
   method.batch_real=64 "$@"
 python bench/summarize.py "$out"
