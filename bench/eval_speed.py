@@ -562,6 +562,12 @@ def main(argv=None):
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="ddbench side only (precision=bf16: autocast); the original loop is always fp32",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--warmup-epochs", type=int, default=2, help="untimed eager epochs per impl")
     ap.add_argument("--time-only", action="store_true", help="skip the test evaluation")
@@ -607,7 +613,7 @@ def main(argv=None):
     spec = ddata.get_spec(args.dataset)
     proto, recipe = load_standard_recipe(None, args.epochs)
     strategy = spec.dsa_strategy if proto.augment == "dsa" else proto.augment
-    recipe = dataclasses.replace(recipe, augment=strategy)
+    recipe = dataclasses.replace(recipe, augment=strategy, precision=args.precision)
     print(f"recipe ({proto.name}, hash {proto.hash}, epochs -> {args.epochs}): {recipe}")
 
     def build():

@@ -5,7 +5,7 @@ class) for ``--epochs`` epochs under the torch profiler and prints the operators
 grouped into convolution / pooling / normalisation / activation / other. Shares are what matter
 (absolute times move with the load)::
 
-    python bench/profile_eval_step.py --ipc 1 --epochs 60 --threads 1 [--compile]
+    python bench/profile_eval_step.py --ipc 1 --epochs 60 --threads 1 [--compile] [--precision bf16]
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--top", type=int, default=0, help="also list the N costliest operators")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = ddata.get_spec("fashion_mnist")
     _, recipe = eval_speed.load_standard_recipe(None, args.epochs)
-    recipe = dataclasses.replace(recipe, augment=spec.dsa_strategy)
+    recipe = dataclasses.replace(recipe, augment=spec.dsa_strategy, precision=args.precision)
     x, y = eval_speed.random_subset(ddata.load_split("fashion_mnist", "train"), args.ipc, 0)
 
     def build() -> torch.nn.Module:
@@ -64,10 +66,16 @@ def main(argv: list[str] | None = None) -> None:
         shares[group] += e.self_cpu_time_total
     shares["other"] += total - sum(shares.values())
     ms_per_step = total / 1e3 / args.epochs
-    print(f"IPC {args.ipc}, {args.epochs} epochs, {args.threads} thread(s), compile={args.compile}")
+    print(
+        f"IPC {args.ipc}, {args.epochs} epochs, {args.threads} thread(s), "
+        f"compile={args.compile}, precision={args.precision}"
+    )
     print(f"self CPU time {total / 1e6:.2f} s, {ms_per_step:.1f} ms per epoch")
     for g, t in shares.items():
         print(f"  {g:14s} {100 * t / total:5.1f} %")
+    top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[: args.top]
+    for e in top:
+        print(f"  {e.self_cpu_time_total / 1e3 / args.epochs:7.2f} ms/epoch  {e.key}")
 
 
 if __name__ == "__main__":
