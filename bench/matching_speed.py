@@ -63,6 +63,8 @@ from ddbench import data as ddata  # noqa: E402
 from ddbench.augment import DSA  # noqa: E402
 from ddbench.method import Task, build_method  # noqa: E402
 from ddbench.models import create_model  # noqa: E402
+from ddbench.protocol import peak_memory_bytes  # noqa: E402
+from ddbench.synset import atomic_write  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {  # name: (method, ipc, outer_loop, inner_loop)
@@ -189,13 +191,6 @@ class _Timer:
             self.seconds.append(float(values["seconds"]))
 
 
-def _peak_rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def measure_one(case: str, impl: str, precision: str, warmup: int, iters: int) -> dict:
     method, ipc, outer, inner = CASES[case]
     train = ddata.load_split("fashion_mnist", "train")
@@ -242,7 +237,7 @@ def measure_one(case: str, impl: str, precision: str, warmup: int, iters: int) -
         "seconds_per_iteration": statistics.median(timed),
         "seconds": timed,
         "warmup_seconds": times[:warmup],
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": peak_memory_bytes(),
     }
 
 
@@ -337,10 +332,7 @@ def main(argv=None):
     result = {"env": env, "peak": peak, "forward_flops_per_image": fwd, "rows": rows}
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2) + "\n"))
         print(f"wrote {out}")
     return result
 

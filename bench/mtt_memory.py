@@ -52,7 +52,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -69,20 +68,6 @@ REPO = Path(__file__).resolve().parents[1]
 SIDES = ("official", "ddbench", "ddbench_ckpt")
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 LR_IMG, LR_LR, LR_TEACHER, MOMENTUM = 1000.0, 1e-5, 0.01, 0.5
-
-
-def peak_rss() -> int:
-    """Peak resident set size of this process image so far, in bytes: ``VmHWM`` on Linux (Linux
-    carries ``ru_maxrss`` over ``fork``+``exec``, so a child would report its parent's peak),
-    else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
 # ================================================================================================
@@ -241,6 +226,7 @@ def run_side(args: argparse.Namespace) -> None:
     import ddbench  # noqa: F401  (the allocator settings of the chosen --allocator)
     from ddbench import _alloc
     from ddbench.experts import FlatModel
+    from ddbench.protocol import peak_memory_bytes
 
     t = load_file(args.inputs)
     images = t["images"].clone().requires_grad_(True)
@@ -256,7 +242,7 @@ def run_side(args: argparse.Namespace) -> None:
         m.student = FlatModel(build_net(args.dataset).train())
         m.experts = [torch.stack([t["start"], t["target"]])]
         m.syn_lr = syn_lr
-    setup_rss = peak_rss()
+    setup_rss = peak_memory_bytes()
     out: dict[str, Any] = {"side": args.side, "iterations": []}
     for it in range(args.iters):
         task.generator.manual_seed(args.seed + it)
@@ -285,13 +271,13 @@ def run_side(args: argparse.Namespace) -> None:
                 "unroll_s": t1 - t0,
                 "backward_s": t2 - t1,
                 "seconds": t3 - t0,
-                "peak_rss_bytes": peak_rss(),
+                "peak_rss_bytes": peak_memory_bytes(),
             }
         )
         del loss
     out.update(
         setup_rss_bytes=setup_rss,
-        peak_rss_bytes=peak_rss(),
+        peak_rss_bytes=peak_memory_bytes(),
         allocator=_alloc.describe(),
         threads=torch.get_num_threads(),
     )
@@ -302,6 +288,7 @@ def run_expert(args: argparse.Namespace) -> None:
     """Train one ddbench expert for ``--expert-epochs`` epochs (a temporary cache)."""
     import ddbench  # noqa: F401
     from ddbench import experts
+    from ddbench.protocol import peak_memory_bytes
 
     cfg = experts.ExpertConfig(epochs=args.expert_epochs)
     with tempfile.TemporaryDirectory() as d:
@@ -317,7 +304,7 @@ def run_expert(args: argparse.Namespace) -> None:
         "train_seconds": meta["train_seconds"],
         "seconds_per_epoch": meta["train_seconds"] / args.expert_epochs,
         "config": meta["config"],
-        "peak_rss_bytes": peak_rss(),
+        "peak_rss_bytes": peak_memory_bytes(),
     }
     print("RESULT " + json.dumps(out))
 

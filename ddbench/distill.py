@@ -141,17 +141,14 @@ class ImageDistillation(Method):
         """The rows of class ``c`` in the images (ordered by class, ``ipc`` each)."""
         return slice(c * task.ipc, (c + 1) * task.ipc)
 
-    def fresh_net(
-        self, task: Task, frozen: bool = False, channels_last: bool | str = False
-    ) -> nn.Module:
+    def fresh_net(self, task: Task, frozen: bool = False, channels_last: bool = False) -> nn.Module:
         """A newly initialised ``task.model_factory()`` in train mode, seeded from the task's
         generator (the global RNG is left untouched). ``frozen``: no parameter needs grad.
-        ``channels_last``: weights (hence activations) in NHWC: in fp32 on CPU ~20-30 % faster
-        forward passes (PyTorch's NCHW avg_pool2d is slow there), slower double backward (DC);
-        under bf16 autocast on CPU ~1.7x SLOWER (NHWC bf16 group norm). ``"auto"``: NHWC for
-        fp32 on CPU only (bench/matching_speed.py measures both)."""
-        if channels_last == "auto":
-            channels_last = task.device.type == "cpu" and task.precision == "fp32"
+        ``channels_last``: weights (hence activations) in NHWC where that pays, i.e. in fp32 on
+        CPU only: there ~20-30 % faster forward passes (PyTorch's NCHW avg_pool2d is slow), but
+        a slower double backward (DC), and under bf16 autocast ~1.7x SLOWER (NHWC bf16 group
+        norm); bench/matching_speed.py measures both."""
+        channels_last = channels_last and task.device.type == "cpu" and task.precision == "fp32"
         seed = self.next_seed(task)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

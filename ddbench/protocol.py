@@ -96,9 +96,17 @@ class Protocol:
 
 
 def peak_memory_bytes(device: torch.device | None = None) -> int:
-    """Peak resident memory of this process (or of the CUDA allocator on a GPU)."""
+    """Peak resident memory of this process image (or of the CUDA allocator on a GPU):
+    ``VmHWM`` on Linux (``ru_maxrss`` survives ``exec``, so after the CLI's allocator re-exec or
+    in a benchmark's child it could report the parent's peak), else ``ru_maxrss``."""
     if device is not None and device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
 

@@ -77,7 +77,7 @@ class DataDAM(ImageDistillation):
         return self.lr_img
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
-        net = self.fresh_net(task, frozen=True, channels_last="auto")
+        net = self.fresh_net(task, frozen=True, channels_last=True)
         return self.update(self.matching_loss(task, net, images)) / task.num_classes
 
     def matching_loss(self, task: Task, net: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ class DM(ImageDistillation):
         return task.device.type == "cuda" if self.batched == "auto" else bool(self.batched)
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
-        net = self.fresh_net(task, frozen=True, channels_last="auto")
+        net = self.fresh_net(task, frozen=True, channels_last=True)
         return self.update(self.matching_loss(task, net, images)) / task.num_classes
 
     def matching_loss(self, task: Task, net: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -83,13 +83,13 @@ def test_dm_batched_equals_per_class(digits_train):
         assert torch.allclose(grad, out[0][1], rtol=1e-4, atol=1e-7)
 
 
-def test_fresh_net_auto_layout_is_nhwc_only_for_fp32_on_cpu(digits_train):
-    """``channels_last="auto"`` (DM, DataDAM): NHWC pays in fp32 on CPU, not under bf16."""
+def test_fresh_net_channels_last_is_nhwc_only_for_fp32_on_cpu(digits_train):
+    """``channels_last=True`` (DM, DataDAM): NHWC pays in fp32 on CPU, not under bf16."""
     m = DM(**FAST)
     for precision, nhwc in (("fp32", True), ("bf16", False)):
         task = make_task(digits_train, ipc=1)
         task.precision = precision
-        net = m.fresh_net(task, channels_last="auto")
+        net = m.fresh_net(task, channels_last=True)
         w = next(p for p in net.parameters() if p.dim() == 4 and p.shape[1] > 1)
         assert w.is_contiguous(memory_format=torch.channels_last) == nhwc
         assert w.is_contiguous() == (not nhwc)
