@@ -165,10 +165,12 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
     if isinstance(ds, dict) and not ds.get("zca"):  # the keys of runs without ZCA stay as before
         ds.pop("zca", None)
         ds.pop("zca_eps", None)
+    if sub.get("precision") == "fp32":  # likewise for fp32 runs: bf16 ones get their own key
+        sub.pop("precision")
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model")
+_DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model", "precision")
 _RUN_KEYS = (*_DISTILL_KEYS, "protocol")
 
 

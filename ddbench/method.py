@@ -198,7 +198,8 @@ def build_method(method_cfg: dict[str, Any]) -> Method:
 
 
 def run_distill(method: Method, task: Task) -> SyntheticSet:
-    """Call ``method.distill`` and record its cost (wall time, peak memory) in the set."""
+    """Call ``method.distill`` and record its cost (wall time, peak memory, device, precision)
+    in the set."""
     from ddbench.protocol import peak_memory_bytes
 
     if task.ipc is not None and task.ipc < 1:
@@ -215,5 +216,7 @@ def run_distill(method: Method, task: Task) -> SyntheticSet:
         "wall_seconds": time.perf_counter() - t0 + before,
         "resumed_seconds": before,
         "peak_memory_bytes": peak_memory_bytes(task.device),
+        "device": task.device.type,
+        "precision": task.precision,  # bf16 autocast changes the numbers, not only the time
     }
     return synset

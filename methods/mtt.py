@@ -14,7 +14,9 @@ the lr (SGD ``lr_lr``, momentum 0.5; kept >= ``lr_min``). The set stores the lea
 evaluated with the ``learned_lr`` protocol. ``checkpoint_unroll: true`` recomputes each unrolled
 step in the backward pass (``torch.utils.checkpoint``) instead of keeping all ``syn_steps``
 graphs: the same loss and gradients, memory of about one step, ~1.3x the time
-(``bench/mtt_memory.py`` measures both against the official unroll).
+(``bench/mtt_memory.py`` measures both against the official unroll). Under ``precision=bf16``
+the student's convolutions and linear layers run in bf16 (autocast) while its flat weights, the
+updates and the parameter distance stay fp32.
 
 The experts must live in the task's image space: a ZCA task (``dataset.zca=true``) needs experts
 trained with ``experts.zca: true`` and the same ``zca_eps`` (both use the dataset's cached fit,
@@ -33,6 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ddbench import fyi as _fyi
 from ddbench.distill import ImageDistillation
+from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, FlatModel, get_experts
 from ddbench.method import Task
@@ -184,7 +187,7 @@ class MTT(ImageDistillation):
             x, y = _fyi.flip_concat(x), torch.cat([y, y])
         if draw is not None:
             x = draw(x)
-        ce = F.cross_entropy(self.student(w, x), y)
+        ce = F.cross_entropy(self.student(w, x).float(), y)
         (g,) = torch.autograd.grad(ce, w, create_graph=True)
         return w - lr * g
 
@@ -209,13 +212,14 @@ class MTT(ImageDistillation):
         theta0 = traj[start].to(task.device)
         target = traj[start + self.expert_epochs].to(task.device)
         w = theta0.clone().requires_grad_(True)
-        for idx, draw in self.unroll_plan(task, len(images)):
-            if self.checkpoint_unroll:
-                w = checkpoint(
-                    self._student_step, w, images, labels, lr, idx, draw, use_reentrant=False
-                )
-            else:
-                w = self._student_step(w, images, labels, lr, idx, draw)
+        with autocast(task.device, task.precision):  # bf16 convs; the weights stay fp32
+            for idx, draw in self.unroll_plan(task, len(images)):
+                if self.checkpoint_unroll:  # (checkpoint replays the autocast state)
+                    w = checkpoint(
+                        self._student_step, w, images, labels, lr, idx, draw, use_reentrant=False
+                    )
+                else:
+                    w = self._student_step(w, images, labels, lr, idx, draw)
         return ((w - target) ** 2).sum() / ((theta0 - target) ** 2).sum()
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:

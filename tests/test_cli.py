@@ -39,6 +39,14 @@ def test_run_writes_set_result_and_log_then_skips_when_done(tmp_path):
     assert "not comparable" in p.stdout
     again = ddbench("run", *TINY, "ipc=2", f"hydra.run.dir={out}", cwd=tmp_path)
     assert "already done" in again.stdout
+    from ddbench import synset
+
+    assert synset.load(out / "synset.safetensors").meta["cost"]["precision"] == "fp32"
+    # bf16 changes the numbers: neither the set nor the result of the fp32 run is reused
+    bf16 = ddbench("run", *TINY, "ipc=2", "precision=bf16", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert "already done" not in bf16.stdout and "reusing" not in bf16.stdout + bf16.stderr
+    assert synset.load(out / "synset.safetensors").meta["cost"]["precision"] == "bf16"
+    assert json.loads((out / "result.json").read_text())["config_key"] != result["config_key"]
 
 
 def test_multirun_sweeps_each_combination(tmp_path):

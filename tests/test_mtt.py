@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import Killed, check_resume, kill_training_after_epoch, make_task
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -171,6 +172,26 @@ def test_checkpoint_unroll_gives_the_plain_unrolls_loss_and_gradients(digits_tra
     torch.testing.assert_close(l1, l0)
     torch.testing.assert_close(i1, i0, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(r1, r0, rtol=1e-4, atol=1e-7)
+
+
+def test_bf16_unroll_runs_its_convolutions_in_bf16_and_follows_the_fp32_gradient(digits_train):
+    """precision=bf16: a different loss than fp32 (bf16 convolutions), but close, with image
+    gradients pointing the same way; the checkpointed unroll replays bf16 and matches it."""
+    out = {}
+    for precision, ckpt in (("fp32", False), ("bf16", False), ("bf16", True)):
+        m, task, images, labels = _ready(digits_train, checkpoint_unroll=ckpt)
+        task.precision = precision
+        loss = _fixed(m, task, images, labels, seed=3)
+        g_img, g_lr = torch.autograd.grad(loss, [images, m.syn_lr])
+        out[precision, ckpt] = (loss.detach(), g_img, g_lr)
+    (l32, g32, r32), (l16, g16, r16) = out["fp32", False], out["bf16", False]
+    assert l16.dtype == torch.float32 and not torch.equal(l16, l32)
+    assert abs(float(l16 / l32) - 1) < 0.05
+    assert F.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.95
+    assert torch.sign(r16) == torch.sign(r32)
+    lc, gc, rc = out["bf16", True]
+    torch.testing.assert_close(lc, l16)
+    torch.testing.assert_close(gc, g16, rtol=1e-3, atol=1e-6)
 
 
 def test_fyi_trains_each_student_step_on_the_batch_and_its_mirrors(digits_train):
