@@ -315,8 +315,9 @@ def _run_key(cfg) -> str:
     return config_key(cfg, keys)
 
 
-def _done(cfg, run_dir: Path) -> dict | None:
-    """The existing result of this exact config, if any (skipped unless force=true)."""
+def _done(cfg, run_dir: Path, synset_sha256: str | None = None) -> dict | None:
+    """The existing result of this exact config (and, for ``evaluate``, of this exact set), if
+    any; None with force=true."""
     f = run_dir / "result.json"
     if cfg.force or not f.exists():
         return None
@@ -324,7 +325,21 @@ def _done(cfg, run_dir: Path) -> dict | None:
         r = json.loads(f.read_text())
     except json.JSONDecodeError:
         return None
-    return r if r.get("config_key") == _run_key(cfg) else None
+    if r.get("config_key") != _run_key(cfg):
+        return None
+    if synset_sha256 is not None and (r.get("synset") or {}).get("sha256") != synset_sha256:
+        return None
+    return r
+
+
+def _already_done(cfg, run_dir: Path, done: dict) -> dict | float:
+    """Report a finished job; its return value as if it had just run."""
+    acc, split = done["accuracy"], _eval_split(cfg)
+    tag = "VAL " if split != "test" else ""
+    print(
+        f"already done: {tag}{acc['mean']:.2f} +- {acc['std']:.2f} %  ({run_dir / 'result.json'}; force=true redoes it)"
+    )
+    return 100.0 - float(acc["mean"]) if split == "val" else done
 
 
 def job_run(cfg) -> dict | float:
@@ -334,12 +349,7 @@ def job_run(cfg) -> dict | float:
     split = _eval_split(cfg)
     done = _done(cfg, run_dir)
     if done is not None:
-        acc = done["accuracy"]
-        tag = "VAL " if split != "test" else ""
-        print(
-            f"already done: {tag}{acc['mean']:.2f} +- {acc['std']:.2f} %  ({run_dir / 'result.json'}; force=true redoes it)"
-        )
-        return 100.0 - float(acc["mean"]) if split == "val" else done
+        return _already_done(cfg, run_dir, done)
     tracker = _tracker(cfg, run_dir)
     try:
         s, path = _distill(cfg, run_dir, tracker)
@@ -371,6 +381,10 @@ def job_evaluate(cfg) -> dict | float:
         s = synset.import_any(path, cfg.get("source_dataset"), bool(cfg.get("zca", False)))
     else:
         s = synset.load(path)
+    sha = s.meta.get("sha256")  # an imported .pt set has none: it is always scored
+    done = _done(cfg, run_dir, sha) if sha else None
+    if done is not None:
+        return _already_done(cfg, run_dir, done)
     tracker = _tracker(cfg, run_dir)
     try:
         result = _evaluate(cfg, s, path, run_dir, tracker)

@@ -13,7 +13,7 @@ Backpropagating through the whole unroll updates the images (SGD ``lr_img``, mom
 the lr (SGD ``lr_lr``, momentum 0.5; kept >= ``lr_min``). The set stores the learned lr and is
 evaluated with the ``learned_lr`` protocol. ``checkpoint_unroll: true`` recomputes each unrolled
 step in the backward pass (``torch.utils.checkpoint``) instead of keeping all ``syn_steps``
-graphs: the same loss and gradients, memory of about one step, ~1.3x the time
+graphs: the same loss and gradients, memory of about one step, ~1.3-1.5x the time
 (``bench/mtt_memory.py`` measures both against the official unroll). Under ``precision=bf16``
 the student's convolutions and linear layers run in bf16 (autocast) while its flat weights, the
 updates and the parameter distance stay fp32.

@@ -75,6 +75,18 @@ def test_distill_then_evaluate_then_show(tmp_path):
             f"hydra.run.dir={e}", cwd=tmp_path)  # fmt: skip
     r = json.loads((e / "result.json").read_text())
     assert r["model"] == "mlp" and r["ipc"] == 3
+    # the same evaluation again is skipped; another set into the same run dir is scored
+    again = ddbench("evaluate", f"synset={synset}", "protocol=quick", "protocol.epochs=2", "model=mlp",
+                    "progress=false", f"hydra.run.dir={e}", cwd=tmp_path)  # fmt: skip
+    assert "already done" in again.stdout
+    other = tmp_path / "d2"
+    ddbench("distill", "dataset=digits", "ipc=3", "seed=1", "progress=false", f"hydra.run.dir={other}",
+            cwd=tmp_path)  # fmt: skip
+    p = ddbench("evaluate", f"synset={other / 'synset.safetensors'}", "protocol=quick", "protocol.epochs=2",
+                "model=mlp", "progress=false", f"hydra.run.dir={e}", cwd=tmp_path)  # fmt: skip
+    assert "already done" not in p.stdout
+    r2 = json.loads((e / "result.json").read_text())
+    assert r2["synset"]["sha256"] != r["synset"]["sha256"] and r2["config_key"] == r["config_key"]
     # without hydra.run.dir: the run dir names the set's dataset, method, ipc and checksum
     ddbench("evaluate", f"synset={synset}", "protocol=quick", "protocol.epochs=1", "model=mlp",
             "progress=false", cwd=tmp_path)  # fmt: skip
