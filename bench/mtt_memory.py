@@ -70,8 +70,14 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-SIDES = ("official", "ddbench", "ddbench_ckpt", "ddbench_bf16", "ddbench_ckpt_bf16")
-DEFAULT_SIDES = SIDES[:3]  # the bf16 sides on request (--sides): a different precision
+SIDES = {  # side: (checkpoint_unroll, precision)
+    "official": (False, "fp32"),
+    "ddbench": (False, "fp32"),
+    "ddbench_ckpt": (True, "fp32"),
+    "ddbench_bf16": (False, "bf16"),
+    "ddbench_ckpt_bf16": (True, "bf16"),
+}
+DEFAULT_SIDES = [s for s, (_, precision) in SIDES.items() if precision == "fp32"]  # bf16: --sides
 TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 LR_IMG, LR_LR, LR_TEACHER, MOMENTUM = 1000.0, 1e-5, 0.01, 0.5
 
@@ -196,6 +202,7 @@ def planner(args: argparse.Namespace, images_u8: torch.Tensor, labels: torch.Ten
     from ddbench.methods.mtt import MTT
 
     spec = get_spec(args.dataset)
+    checkpoint_unroll, precision = SIDES[args.side]
     m = MTT(
         syn_steps=args.syn_steps,
         batch_syn=args.batch_syn,
@@ -207,7 +214,7 @@ def planner(args: argparse.Namespace, images_u8: torch.Tensor, labels: torch.Ten
         lr_img=LR_IMG,
         lr_lr=LR_LR,
         lr_teacher=LR_TEACHER,
-        checkpoint_unroll="ckpt" in str(args.side),
+        checkpoint_unroll=checkpoint_unroll,
     )
     task = Task(
         train=RealDataset(spec, "train", images_u8, labels),
@@ -217,7 +224,7 @@ def planner(args: argparse.Namespace, images_u8: torch.Tensor, labels: torch.Ten
         seed=args.seed,
         device=torch.device("cpu"),
         augment=DSA(spec.dsa_strategy),
-        precision="bf16" if str(args.side).endswith("_bf16") else "fp32",
+        precision=precision,
     )
     return m, task
 
@@ -376,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-syn", type=int, default=None, help="images per step (default: all)")
     p.add_argument("--iters", type=int, default=2, help="MTT iterations per side")
     p.add_argument("--no-dsa", dest="dsa", action="store_false", help="no DSA in the unroll")
-    p.add_argument("--sides", nargs="+", default=list(DEFAULT_SIDES), choices=SIDES)
+    p.add_argument("--sides", nargs="+", default=DEFAULT_SIDES, choices=list(SIDES))
     p.add_argument("--expert-steps", type=int, default=5, help="SGD steps from start to target")
     p.add_argument("--expert-epochs", type=int, default=0, help="also time expert training")
     p.add_argument(
@@ -473,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{a['image_grad']['rel_l2']:.2e} (max {a['image_grad']['max_abs_diff_over_max_abs']:.2e}), "
             f"cosine {a['image_grad']['cosine']:.5f}, lr grad rel {a['lr_grad']['rel_l2']:.2e}"
         )
-        if side.endswith("_bf16"):  # the same direction, not the same digits
+        if SIDES[side][1] == "bf16":  # the same direction, not the same digits
             ok = (
                 a["image_grad"]["cosine"] >= args.bf16_min_cosine
                 and max(a["lr_grad"]["rel_l2"], a["loss_max_rel_diff"]) <= args.bf16_tolerance

@@ -192,6 +192,7 @@ def test_bf16_unroll_runs_its_convolutions_in_bf16_and_follows_the_fp32_gradient
     lc, gc, rc = out["bf16", True]
     torch.testing.assert_close(lc, l16)
     torch.testing.assert_close(gc, g16, rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(rc, r16, rtol=1e-3, atol=1e-7)
 
 
 def test_fyi_trains_each_student_step_on_the_batch_and_its_mirrors(digits_train):
