@@ -138,6 +138,105 @@ def _choice(name: str, option: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
+# ------------------------------------------------------------------------ 2x2 average pooling
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(2, 2)`` (same module, same results) with a faster bf16 path on CPU.
+
+    PyTorch's NCHW bf16 CPU kernels for this pooling are slow: for a 256 x 128 x 32 x 32 batch
+    ~100 ms forward and ~180 ms backward on one core, 3-6x a copy of the tensor. For a large
+    (>= 2**18 elements) contiguous bf16 CPU tensor with even height and width, outside
+    ``torch.compile`` and ``torch.func`` transforms, the forward runs an Inductor-compiled kernel
+    (~6x faster) and the backward a compiled nearest-neighbour upsample of ``grad / 4`` (~2x
+    faster), bit for bit the stock results. Each is the other's adjoint, so the path stays
+    differentiable to any order (DC's double backward). Anything else, or a failed compilation
+    (no C++ compiler), takes ``nn.AvgPool2d``'s path. The kernels compile once per process
+    (~10-25 s), on the first large tensor.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.dtype == torch.bfloat16
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and x.numel() >= _FAST_POOL_MIN_NUMEL
+            and x.shape[-1] % 2 == 0
+            and x.shape[-2] % 2 == 0
+            and x.is_contiguous()
+            and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+            and _pool_kernels() is not None
+        ):
+            return _AvgPool2x2Fn.apply(x)
+        return super().forward(x)
+
+
+def _upsample_quarter(grad: torch.Tensor) -> torch.Tensor:
+    """``grad / 4`` repeated over each 2x2 window: the adjoint of 2x2 average pooling."""
+    n, c, h, w = grad.shape
+    quarter = grad.mul(0.25)[:, :, :, None, :, None]
+    return quarter.expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+_POOL_KERNELS: list[tuple[Callable, Callable] | None] = []  # [] until first use
+_FAST_POOL_MIN_NUMEL = 1 << 18  # smaller tensors: the stock kernel is fast enough
+
+
+def _pool_kernels() -> tuple[Callable, Callable] | None:
+    """Inductor-compiled (pool, upsample) kernels, built and checked against ``F.avg_pool2d``
+    once per process; ``None`` where ``torch.compile`` cannot build them here."""
+    if not _POOL_KERNELS:
+        kernels: tuple[Callable, Callable] | None = None
+        try:
+            pool = torch.compile(lambda x: F.avg_pool2d(x, 2), dynamic=True)
+            upsample = torch.compile(_upsample_quarter, dynamic=True)
+            with torch.no_grad():  # no autograd graph: this may run inside a checkpointed region
+                probe = torch.randn(3, 2, 6, 4).to(torch.bfloat16)
+                out = F.avg_pool2d(probe, 2)
+                grad = torch.randn_like(out)
+                stock_grad = torch.ops.aten.avg_pool2d_backward(
+                    grad, probe, [2, 2], [2, 2], [0, 0], False, True, None
+                )
+                if torch.equal(pool(probe), out) and torch.equal(upsample(grad), stock_grad):
+                    kernels = (pool, upsample)
+        except Exception:  # no C++ compiler, or an unsupported build: keep the stock kernels
+            kernels = None
+        _POOL_KERNELS.append(kernels)
+    return _POOL_KERNELS[0]
+
+
+class _AvgPool2x2Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return _POOL_KERNELS[0][0](x)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _Upsample2x2Fn.apply(grad.contiguous())
+
+
+class _Upsample2x2Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(grad: torch.Tensor) -> torch.Tensor:
+        return _POOL_KERNELS[0][1](grad)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return _AvgPool2x2Fn.apply(grad.contiguous())
+
+
 # ----------------------------------------------------------------------------------- ConvNet
 
 NET_ACTS = ("relu", "sigmoid", "leakyrelu", "gelu")
@@ -190,9 +289,7 @@ class ConvNet(nn.Module):
             layers.append(self._act(net_act))
             in_channels = net_width
             if net_pooling != "none":
-                layers.append(
-                    nn.AvgPool2d(2, 2) if net_pooling == "avgpooling" else nn.MaxPool2d(2, 2)
-                )
+                layers.append(AvgPool2x2() if net_pooling == "avgpooling" else nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
                 _require_positive(name, im_size, h, w, f"after pooling {d + 1}")
         self.features = nn.Sequential(*layers)

@@ -172,3 +172,67 @@ def test_vmap_over_stacked_convnets_matches_loop() -> None:
     loss = batched.square().mean()
     (grad,) = torch.autograd.grad(loss, [params["classifier.weight"]])
     assert grad.shape == params["classifier.weight"].shape
+
+
+def test_bf16_cpu_pooling_fast_path_matches_stock_pooling_to_the_double_backward(
+    digits_train, monkeypatch
+) -> None:
+    """AvgPool2x2's compiled bf16 path gives DC's whole gradient-matching chain (loss, weight
+    gradients with their graph, then the gradient of their norm w.r.t. the images) bit for bit
+    as nn.AvgPool2d, on real digits, and is actually taken for the large activations; its
+    kernels can be built inside a checkpointed forward (MTT's ``checkpoint_unroll``)."""
+    import shutil
+
+    import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
+
+    from ddbench import models
+    from ddbench.models import AvgPool2x2, _AvgPool2x2Fn, _pool_kernels
+
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile needs a C compiler; the stock pooling is used")
+    assert _pool_kernels() is not None, "the compiled pooling kernels failed their check"
+
+    torch.manual_seed(0)
+    fast = create_model("convnet", 1, NUM_CLASSES, (8, 8))  # 12x12 -> 6x6 -> 3x3 (odd: stock)
+    stock = copy.deepcopy(fast)
+    pools = [m for m in fast.features if isinstance(m, AvgPool2x2)]
+    assert len(pools) == 3
+    for i, m in enumerate(stock.features):
+        if isinstance(m, AvgPool2x2):
+            stock.features[i] = nn.AvgPool2d(2, 2)
+    took_fast = []
+    for m in pools:
+        m.register_forward_hook(
+            lambda mod, inp, out: took_fast.append(
+                type(out.grad_fn).__name__.startswith(_AvgPool2x2Fn.__name__)
+            )
+        )
+
+    images, labels = digits_train.images[:64].float() / 255, digits_train.labels[:64]
+
+    def dc_chain(model: nn.Module) -> tuple[torch.Tensor, ...]:
+        x = images.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), labels)
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+        norm = sum(g.float().pow(2).sum() for g in grads)
+        (image_grad,) = torch.autograd.grad(norm, x)
+        return (loss.detach(), *(g.detach() for g in grads), image_grad)
+
+    ours, theirs = dc_chain(fast), dc_chain(stock)
+    assert took_fast == [True, True, False]  # the two large, even maps; not the 3x3 one
+    assert ours[-1].abs().sum() > 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+
+    def checkpointed_image_grad(model: nn.Module) -> torch.Tensor:
+        x = images.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = checkpoint(model, x, use_reentrant=False)
+        return torch.autograd.grad(F.cross_entropy(logits, labels), x)[0]
+
+    monkeypatch.setattr(models, "_POOL_KERNELS", [])  # built anew, inside the checkpoint
+    took_fast.clear()
+    assert torch.equal(checkpointed_image_grad(fast), checkpointed_image_grad(stock))
+    assert took_fast[:2] == [True, True]
