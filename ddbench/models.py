@@ -171,7 +171,7 @@ class AvgPool2x2(nn.AvgPool2d):
             and not torch._C._functorch.is_functorch_wrapped_tensor(x)
             and _pool_kernels() is not None
         ):
-            return _AvgPool2x2Fn.apply(x)
+            return _PoolOrUpsample.apply(x, False)
         return super().forward(x)
 
 
@@ -209,32 +209,21 @@ def _pool_kernels() -> tuple[Callable, Callable] | None:
     return _POOL_KERNELS[0]
 
 
-class _AvgPool2x2Fn(torch.autograd.Function):
+class _PoolOrUpsample(torch.autograd.Function):
+    """``apply(x, False)``: the compiled 2x2 average pooling; ``apply(g, True)``: its adjoint,
+    the compiled upsample of ``g / 4``. The backward of each is the other, to any order."""
+
     @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return _POOL_KERNELS[0][0](x)
+    def forward(x: torch.Tensor, upsample: bool) -> torch.Tensor:
+        return _POOL_KERNELS[0][int(upsample)](x)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        pass
+        ctx.upsample = inputs[1]
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return _Upsample2x2Fn.apply(grad.contiguous())
-
-
-class _Upsample2x2Fn(torch.autograd.Function):
-    @staticmethod
-    def forward(grad: torch.Tensor) -> torch.Tensor:
-        return _POOL_KERNELS[0][1](grad)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return _AvgPool2x2Fn.apply(grad.contiguous())
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _PoolOrUpsample.apply(grad.contiguous(), not ctx.upsample), None
 
 
 # ----------------------------------------------------------------------------------- ConvNet
