@@ -6,10 +6,22 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
+from ddbench import models
+from ddbench.engine import _compiler_available
 from ddbench.errors import DDBenchError
-from ddbench.models import MODELS, create_model, model_names, register_model
+from ddbench.models import (
+    MODELS,
+    AvgPool2x2,
+    _pool_kernels,
+    _PoolOrUpsample,
+    create_model,
+    model_names,
+    register_model,
+)
 
 NUM_CLASSES = 10
 SMALL_SHAPES = [(1, 28, 28), (3, 32, 32)]
@@ -181,15 +193,7 @@ def test_bf16_cpu_pooling_fast_path_matches_stock_pooling_to_the_double_backward
     gradients with their graph, then the gradient of their norm w.r.t. the images) bit for bit
     as nn.AvgPool2d, on real digits, and is actually taken for the large activations; its
     kernels can be built inside a checkpointed forward (MTT's ``checkpoint_unroll``)."""
-    import shutil
-
-    import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
-
-    from ddbench import models
-    from ddbench.models import AvgPool2x2, _pool_kernels, _PoolOrUpsample
-
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
+    if not _compiler_available():
         pytest.skip("torch.compile needs a C compiler; the stock pooling is used")
     assert _pool_kernels() is not None, "the compiled pooling kernels failed their check"
 
