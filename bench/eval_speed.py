@@ -368,7 +368,9 @@ class _CompileWatch(logging.Handler):
             self.failed.append(msg[:300])
 
 
-def train_ddbench(build, seed, images, labels, recipe, strategy, device, compile):
+def train_ddbench(build, seed, images, labels, recipe, strategy, device, compile, parallel=False):
+    """``engine.train`` on one seed (or a list of seeds, trained together with ``parallel``);
+    returns its result, the loop start + epoch-end timestamps, and whether compilation failed."""
     stamps: list[float] = []
     watch = _CompileWatch()
     logger = logging.getLogger("ddbench")
@@ -378,13 +380,14 @@ def train_ddbench(build, seed, images, labels, recipe, strategy, device, compile
         t_call = time.perf_counter()
         res = train(
             build,
-            [seed],
+            list(seed) if isinstance(seed, (list, tuple)) else [seed],
             images,
             labels,
             recipe,
             device=device,
             augment=DSA(strategy),
             compile=compile,
+            parallel=parallel,
             on_epoch=lambda ep, loss: stamps.append(time.perf_counter()),
         )
         t_ret = time.perf_counter()

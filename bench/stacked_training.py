@@ -17,9 +17,9 @@ another::
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python bench/stacked_training.py \\
         --device cpu --ipc 1 --epochs 60 --precision bf16 --out bench/results/stacked_training_cpu.json
 
-Per mode it reports the wall time of the whole ``train`` call, the steady time per model and
-epoch (median over the epochs after the first few, so compilation is out of it), and the mean
-test accuracy of the K models.
+Per mode it reports the wall time of the training loop, the steady time per model and epoch
+(median over the epochs after the first, so compilation is out of it), and the mean test
+accuracy of the K models.
 """
 
 from __future__ import annotations
@@ -27,50 +27,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-from eval_speed import load_standard_recipe, random_subset
+from eval_speed import epoch_timing, load_standard_recipe, random_subset, train_ddbench
 
 from ddbench import data as ddata
-from ddbench.augment import DSA
-from ddbench.engine import accuracy, pick_device, train
+from ddbench.engine import accuracy, pick_device
 from ddbench.models import create_model
-
-WARM_EPOCHS = 5  # epochs left out of the steady time (compilation, first touches)
-
-
-def time_mode(build, seeds, x, y, recipe, strategy, device, parallel, compile_arg):
-    """Train ``seeds`` stacked or one by one; return the result and per-epoch timestamps."""
-    stamps: list[float] = []
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    res = train(
-        build,
-        seeds,
-        x,
-        y,
-        recipe,
-        device=device,
-        augment=DSA(strategy),
-        parallel=parallel,
-        compile=compile_arg,
-        on_epoch=lambda ep, loss: stamps.append(time.perf_counter()),
-    )
-    return res, time.perf_counter() - t0, stamps
-
-
-def steady_per_model_epoch(stamps, epochs, k, parallel):
-    """Median seconds per model and epoch, skipping the first epochs of each trained group."""
-    durs = [b - a for a, b in zip(stamps[:-1], stamps[1:])]
-    if parallel:  # one group of k models: each epoch trains all k
-        return statistics.median(durs[WARM_EPOCHS:]) / k
-    # k groups of one model, `epochs` stamps each; the gap between groups is not an epoch
-    per = [durs[g * epochs + WARM_EPOCHS : (g + 1) * epochs - 1] for g in range(k)]
-    return statistics.median([d for p in per for d in p])
 
 
 def main() -> None:
@@ -84,8 +48,6 @@ def main() -> None:
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if args.epochs <= WARM_EPOCHS + 1:
-        ap.error(f"--epochs must be > {WARM_EPOCHS + 1} (the first {WARM_EPOCHS} are not timed)")
     device = pick_device(args.device)
     compile_arg = {"on": True, "off": False}.get(args.compile, "auto")
     spec = ddata.get_spec(args.dataset)
@@ -102,19 +64,20 @@ def main() -> None:
     for ipc in args.ipc:
         x, y = random_subset(train_split, ipc, args.seeds[0])
         for parallel in (False, True):
-            res, wall, stamps = time_mode(
-                build, args.seeds, x, y, recipe, spec.dsa_strategy, device, parallel, compile_arg
+            res, stamps, _ = train_ddbench(
+                build, args.seeds, x, y, recipe, spec.dsa_strategy, device, compile_arg, parallel
             )
+            # median epoch after the first (compilation); one by one, the few gaps between
+            # two models' runs fall outside the median
+            steady = epoch_timing(stamps, args.epochs)["steady_s_per_epoch_median"]
             accs = accuracy(res.models, test.images, test.labels, transform=train_split.normalize)
             row = {
                 "ipc": ipc,
                 "parallel": parallel,
                 "models": k,
                 "epochs": args.epochs,
-                "wall_seconds": wall,
-                "steady_s_per_model_epoch": steady_per_model_epoch(
-                    stamps, args.epochs, k, parallel
-                ),
+                "wall_seconds": res.seconds,
+                "steady_s_per_model_epoch": steady / k if parallel else steady,
                 "accuracy_mean": float(torch.tensor(accs).mean()),
                 "accuracy_per_seed": [float(a) for a in accs],
             }
@@ -122,7 +85,7 @@ def main() -> None:
             print(
                 f"ipc {ipc:3d} {'together' if parallel else 'one by one':10s} "
                 f"{row['steady_s_per_model_epoch'] * 1e3:8.2f} ms/model-epoch (steady), "
-                f"{wall:7.1f} s wall, accuracy {row['accuracy_mean']:.2f}",
+                f"{res.seconds:7.1f} s wall, accuracy {row['accuracy_mean']:.2f}",
                 flush=True,
             )
         one, together = rows[-2], rows[-1]

@@ -9,6 +9,7 @@ Usage: python bench/summarize.py DIR [--fyi] [--nearest]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
@@ -57,18 +58,23 @@ def _symmetry(run_dir: Path) -> float:
     return float("nan") if s is None else float(mirror_symmetry(s.images).mean())
 
 
+@functools.cache
+def _train_split(dataset: str):
+    from ddbench.data import load_split
+
+    return load_split(dataset, "train")
+
+
 def _nearest_real(run_dir: Path) -> float:
     import torch
 
-    from ddbench.data import load_split
+    from ddbench.protocol import set_space_transform
 
     s = _run_set(run_dir)
     if s is None:
         return float("nan")
-    space = s.meta["space"]
-    train = load_split(s.meta["dataset"], "train", zca=bool(space.get("zca")))
-    pixels = train.images.float() / 255.0
-    real = (train.normalize(pixels) if space.get("normalized", True) else pixels).flatten(1)
+    train = _train_split(s.meta["dataset"])
+    real = set_space_transform(s, train)(train.images).float().flatten(1)
     x = s.images.float().flatten(1)
     return float(torch.cat([torch.cdist(c, real).min(1).values for c in x.split(64)]).median())
 

@@ -463,7 +463,7 @@ def train(
     recipe's (a learned lr); ``augment(x, generator)`` is the batch augmentation (default:
     DSA with ``recipe.augment``);
     ``parallel`` trains the models together (``auto``: on CUDA, unless they use BatchNorm;
-    on CPU one at a time is ~2.7x faster, ``bench/stacked_training.py``); ``compile`` uses
+    on CPU one at a time is 2.4-2.7x faster, ``bench/stacked_training.py``); ``compile`` uses
     ``torch.compile`` for the forward
     (``auto``: for long runs where a compiler is present).
 
