@@ -16,6 +16,7 @@ from ddbench.errors import DDBenchError
 from ddbench.models import (
     MODELS,
     AvgPool2x2,
+    GrayConv2d,
     _pool_kernels,
     _PoolOrUpsample,
     create_model,
@@ -240,3 +241,53 @@ def test_bf16_cpu_pooling_fast_path_matches_stock_pooling_to_the_double_backward
     took_fast.clear()
     assert torch.equal(checkpointed_image_grad(fast), checkpointed_image_grad(stock))
     assert took_fast[:2] == [True, True]
+
+
+def test_bf16_cpu_gray_conv_gives_the_stock_gradients_to_the_double_backward(digits_train) -> None:
+    """GrayConv2d (ConvNet's 1-channel stem) under bf16 autocast on CPU: same logits as
+    nn.Conv2d, its weight gradient (one im2col GEMM) as close to the fp32 gradient as oneDNN's,
+    and DC's double backward (gradient of the weight-gradient norm w.r.t. the images) through it
+    agrees with the stock path; fp32, and images with 3 channels, take the stock path."""
+    torch.manual_seed(0)
+    fast = create_model("convnet", 1, NUM_CLASSES, (8, 8))
+    stock = copy.deepcopy(fast)
+    assert type(fast.features[0]) is GrayConv2d
+    old = stock.features[0]
+    stock.features[0] = nn.Conv2d(1, old.out_channels, 3, padding=old.padding)
+    stock.features[0].load_state_dict(old.state_dict())
+    images, labels = digits_train.images[:64].float() / 255, digits_train.labels[:64]
+
+    def dc_chain(model: nn.Module, bf16: bool) -> tuple[torch.Tensor, ...]:
+        x = images.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            first = model.features[0](x)
+            loss = F.cross_entropy(model(x), labels)
+        grads = torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
+        norm = sum(g.float().pow(2).sum() for g in grads)
+        (image_grad,) = torch.autograd.grad(norm, x)
+        return first.grad_fn, loss.detach(), grads[0].detach(), grads[1].detach(), image_grad
+
+    fn_fast, *ours = dc_chain(fast, True)
+    fn_stock, *theirs = dc_chain(stock, True)
+    _, *exact = dc_chain(stock, False)
+    assert "GrayConv" in type(fn_fast).__name__ and "GrayConv" not in type(fn_stock).__name__
+    assert torch.equal(ours[0], theirs[0])  # same forward kernel: same loss
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).norm() / b.norm())
+
+    for i in (1, 2):  # stem weight and bias gradients: bf16-close to fp32, as the stock ones
+        assert rel(ours[i], exact[i]) <= 1.5 * rel(theirs[i], exact[i]) + 1e-3
+    assert rel(ours[3], theirs[3]) < 1e-2  # the images' double-backward gradient
+
+    def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(F.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+    assert cosine(ours[3], exact[3]) >= cosine(theirs[3], exact[3]) - 1e-3
+
+    fn_fp32, *_ = dc_chain(fast, False)
+    assert "GrayConv" not in type(fn_fp32).__name__
+    rgb = GrayConv2d(3, 8, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = rgb(torch.rand(2, 3, 8, 8))
+    assert "GrayConv" not in type(out.grad_fn).__name__
