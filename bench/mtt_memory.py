@@ -43,6 +43,8 @@ temporary cache, in its own subprocess.
         --json bench/results/mtt_memory.json
     # a quick check of the agreement
     OMP_NUM_THREADS=1 python bench/mtt_memory.py --syn-steps 3 --iters 1
+    # where one bf16 iteration spends its time (the last iteration under the torch profiler)
+    OMP_NUM_THREADS=2 python bench/mtt_memory.py --sides ddbench_bf16 --iters 2 --profile 20
 
 Allocator (``--allocator``): ``tcmalloc`` (default where Debian's is installed: what the ddbench
 CLI re-execs itself with) preloads it into every side; ``glibc`` runs every side with glibc's
@@ -260,6 +262,10 @@ def run_side(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"side": args.side, "iterations": []}
     for it in range(args.iters):
         task.generator.manual_seed(args.seed + it)
+        profiler = None
+        if args.profile and it == args.iters - 1:  # the last iteration: where the time goes
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            profiler.__enter__()
         t0 = time.perf_counter()
         if args.side == "official":
             plan = m.unroll_plan(task, len(images))
@@ -279,6 +285,19 @@ def run_side(args: argparse.Namespace) -> None:
         opt_img.step()
         opt_lr.step()
         t3 = time.perf_counter()
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            ops = profiler.key_averages()
+            total = sum(e.self_cpu_time_total for e in ops)
+            top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[: args.profile]
+            out["profile"] = [
+                {
+                    "op": e.key,
+                    "self_s": e.self_cpu_time_total / 1e6,
+                    "share": e.self_cpu_time_total / total,
+                }
+                for e in top
+            ]
         out["iterations"].append(
             {
                 "loss": float(loss.detach()),
@@ -403,6 +422,9 @@ def main(argv: list[str] | None = None) -> None:
         "--bf16-min-cosine", type=float, default=0.99, help="bf16 sides: min image grad cosine"
     )
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument(
+        "--profile", type=int, default=0, help="profile each side's last iteration: top N ops"
+    )
     p.add_argument("--side", default=None, help=argparse.SUPPRESS)
     p.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     p.add_argument("--grads", default=None, help=argparse.SUPPRESS)
@@ -436,6 +458,8 @@ def main(argv: list[str] | None = None) -> None:
         common += ["--batch-syn", str(args.batch_syn)]
     if not args.dsa:
         common.append("--no-dsa")
+    if args.profile:
+        common += ["--profile", str(args.profile)]
     results: dict[str, Any] = {}
     grads: dict[str, dict[str, torch.Tensor]] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -454,6 +478,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"(min {s['seconds_per_iteration_min']:.2f})  load {results[side]['load_average_after'][0]}",
                 flush=True,
             )
+            for row in results[side].get("profile", []):
+                print(f"    {row['self_s']:7.3f} s  {row['share']:5.1%}  {row['op']}")
         if args.expert_epochs > 0:
             extra = ["--side", "expert", "--dataset", args.dataset]
             extra += ["--expert-epochs", str(args.expert_epochs)]
