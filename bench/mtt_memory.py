@@ -64,12 +64,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 REPO = Path(__file__).resolve().parents[1]
 SIDES = {  # side: (checkpoint_unroll, precision)
@@ -262,42 +264,31 @@ def run_side(args: argparse.Namespace) -> None:
     out: dict[str, Any] = {"side": args.side, "iterations": []}
     for it in range(args.iters):
         task.generator.manual_seed(args.seed + it)
-        profiler = None
-        if args.profile and it == args.iters - 1:  # the last iteration: where the time goes
-            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            profiler.__enter__()
-        t0 = time.perf_counter()
-        if args.side == "official":
-            plan = m.unroll_plan(task, len(images))
-            loss = official_loss(net, images, labels, syn_lr, t["start"], t["target"], plan)
-        else:
-            loss = m.matching_loss(task, images, labels, 0, 0, lr=syn_lr)
-        t1 = time.perf_counter()
-        opt_img.zero_grad(set_to_none=True)
-        opt_lr.zero_grad(set_to_none=True)
-        loss.backward()
-        t2 = time.perf_counter()
-        if it == 0:
-            save_file(
-                {"images": images.grad.contiguous(), "lr": syn_lr.grad.reshape(1).contiguous()},
-                args.grads,
+        profiling = args.profile and it == args.iters - 1  # the last iteration: where time goes
+        with profile(activities=[ProfilerActivity.CPU]) if profiling else nullcontext() as prof:
+            t0 = time.perf_counter()
+            if args.side == "official":
+                plan = m.unroll_plan(task, len(images))
+                loss = official_loss(net, images, labels, syn_lr, t["start"], t["target"], plan)
+            else:
+                loss = m.matching_loss(task, images, labels, 0, 0, lr=syn_lr)
+            t1 = time.perf_counter()
+            opt_img.zero_grad(set_to_none=True)
+            opt_lr.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = time.perf_counter()
+            if it == 0:
+                save_file(
+                    {"images": images.grad.contiguous(), "lr": syn_lr.grad.reshape(1).contiguous()},
+                    args.grads,
+                )
+            opt_img.step()
+            opt_lr.step()
+            t3 = time.perf_counter()
+        if profiling:
+            out["profile"] = prof.key_averages().table(
+                sort_by="self_cpu_time_total", row_limit=args.profile
             )
-        opt_img.step()
-        opt_lr.step()
-        t3 = time.perf_counter()
-        if profiler is not None:
-            profiler.__exit__(None, None, None)
-            ops = profiler.key_averages()
-            total = sum(e.self_cpu_time_total for e in ops)
-            top = sorted(ops, key=lambda e: -e.self_cpu_time_total)[: args.profile]
-            out["profile"] = [
-                {
-                    "op": e.key,
-                    "self_s": e.self_cpu_time_total / 1e6,
-                    "share": e.self_cpu_time_total / total,
-                }
-                for e in top
-            ]
         out["iterations"].append(
             {
                 "loss": float(loss.detach()),
@@ -478,8 +469,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"(min {s['seconds_per_iteration_min']:.2f})  load {results[side]['load_average_after'][0]}",
                 flush=True,
             )
-            for row in results[side].get("profile", []):
-                print(f"    {row['self_s']:7.3f} s  {row['share']:5.1%}  {row['op']}")
+            if "profile" in results[side]:
+                print(results[side]["profile"])
         if args.expert_epochs > 0:
             extra = ["--side", "expert", "--dataset", args.dataset]
             extra += ["--expert-epochs", str(args.expert_epochs)]

@@ -286,14 +286,15 @@ class _GrayConvBF16(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         stride, padding = ctx.geometry
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad = grad.to(torch.bfloat16)
-        xb, wb = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        bf16 = torch.bfloat16
+        grad = grad.to(bf16)
         grad_x = grad_w = grad_b = None
         if need_x:
+            wb = weight.to(bf16)
             grad_x = torch.nn.grad.conv2d_input(x.shape, wb, grad, stride, padding).to(x.dtype)
         if need_w:
             out_ch, _, kh, kw = weight.shape
-            cols = F.unfold(xb, (kh, kw), padding=padding, stride=stride)  # [N, kh*kw, L]
+            cols = F.unfold(x.to(bf16), (kh, kw), padding=padding, stride=stride)  # [N, kh*kw, L]
             grad_rows = grad.flatten(2).transpose(0, 1).reshape(out_ch, -1)  # [O, N*L]
             cols_rows = cols.transpose(0, 1).reshape(kh * kw, -1)  # [kh*kw, N*L]
             grad_w = torch.mm(grad_rows, cols_rows.t()).view(weight.shape).to(weight.dtype)
