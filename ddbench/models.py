@@ -146,15 +146,16 @@ class AvgPool2x2(nn.AvgPool2d):
     """``nn.AvgPool2d(2, 2)`` (same module, same results) with a faster bf16 path on CPU.
 
     PyTorch's NCHW bf16 CPU kernels for this pooling are slow: for a 256 x 128 x 32 x 32 batch
-    ~50-100 ms forward and ~90-180 ms backward on 2 cores, 15-30x a copy of the tensor. For a
-    large (>= 2**18 elements) contiguous bf16 CPU tensor with even height and width, outside
+    ~50 ms forward and ~80 ms backward on 2 cores, 10-20x a copy of the tensor. For a large
+    (>= 2**18 elements) contiguous bf16 CPU tensor with even height and width, outside
     ``torch.compile`` and ``torch.func`` transforms, the forward and the backward run
     Inductor-compiled kernels that read and write the bf16 bits as int32 words (two horizontal
-    neighbours per word; see :func:`_pool_bits`, :func:`_upsample_bits`): ~3 ms forward and
-    ~12 ms backward for that batch, bit for bit the stock results. Each is the other's adjoint,
-    so the path stays differentiable to any order (DC's double backward). Anything else, or a
-    failed compilation (no C++ compiler), takes ``nn.AvgPool2d``'s path. The kernels compile
-    once per process (~10-25 s), on the first large tensor.
+    neighbours per word; see :func:`_pool_bits`, :func:`_upsample_bits`): ~4 ms forward and
+    ~14 ms backward for that batch (``bench/pool_kernels.py``), bit for bit the stock results.
+    Each is the other's adjoint, so the path stays differentiable to any order (DC's double
+    backward). Anything else, or a failed compilation (no C++ compiler), takes
+    ``nn.AvgPool2d``'s path. The kernels compile once per process (~10-25 s), on the first
+    large tensor.
     """
 
     def __init__(self) -> None:
