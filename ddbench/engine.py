@@ -556,7 +556,11 @@ def train(
         K = len(group)
         if recipe.optimizer == "sgd":
             opt = torch.optim.SGD(
-                stack.params, lr=base_lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+                stack.params,
+                lr=base_lr,
+                momentum=recipe.momentum,
+                weight_decay=recipe.weight_decay,
+                fused=device.type in ("cpu", "cuda"),  # one kernel, not ~4 ops per parameter
             )
         else:
             opt = torch.optim.AdamW(stack.params, lr=base_lr, weight_decay=recipe.weight_decay)

@@ -323,9 +323,16 @@ class _GrayConvBF16(torch.autograd.Function):
         if need_w:
             out_ch, _, kh, kw = weight.shape
             cols = F.unfold(x.to(bf16), (kh, kw), padding=padding, stride=stride)  # [N, kh*kw, L]
-            grad_rows = grad.flatten(2).transpose(0, 1).reshape(out_ch, -1)  # [O, N*L]
             cols_rows = cols.transpose(0, 1).reshape(kh * kw, -1)  # [kh*kw, N*L]
-            grad_w = torch.mm(grad_rows, cols_rows.t()).view(weight.shape).to(weight.dtype)
+            if torch.compiler.is_compiling():
+                # Inductor keeps conv activations channels-last: [N*L, O] is then a view, and
+                # the product with few rows first is the faster GEMM (~4x for 10 images)
+                grad_cols = grad.permute(0, 2, 3, 1).reshape(-1, out_ch)  # [N*L, O]
+                grad_w = torch.mm(cols_rows, grad_cols).t().reshape(weight.shape)
+            else:  # NCHW: [O, N*L] is one block copy
+                grad_rows = grad.flatten(2).transpose(0, 1).reshape(out_ch, -1)  # [O, N*L]
+                grad_w = torch.mm(grad_rows, cols_rows.t()).view(weight.shape)
+            grad_w = grad_w.to(weight.dtype)
         if need_b and ctx.bias_dtype is not None:
             grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
         return grad_x, grad_w, grad_b, None, None
