@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddbench import fused_block as _fused
 from ddbench.errors import DDBenchError
 
 __all__ = [
@@ -396,6 +397,11 @@ class ConvNet(nn.Module):
                 _require_positive(name, im_size, h, w, f"after pooling {d + 1}")
         self.features = nn.Sequential(*layers)
         self._act_layers = frozenset(acts)
+        # instance norm -> ReLU, each one fused_block.NormReLU when ``fused_norm_relu`` is on
+        self._norm_relu = frozenset(
+            i - 1 for i in acts if net_norm == "instancenorm" and net_act == "relu"
+        )
+        self.fused_norm_relu = False
         self.feature_shape = (net_width, h, w)
         self.classifier = nn.Linear(net_width * h * w, num_classes)
 
@@ -423,7 +429,18 @@ class ConvNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened conv features ``[B, width*h*w]``."""
-        return self.features(x).flatten(1)
+        if not self.fused_norm_relu:
+            return self.features(x).flatten(1)
+        skip = False
+        for i, layer in enumerate(self.features):
+            if skip:  # the ReLU, applied with its norm
+                skip = False
+            elif i in self._norm_relu and _fused.usable(x):
+                x = _fused.NormReLU.apply(x, layer.weight, layer.bias, layer.eps)
+                skip = True
+            else:
+                x = layer(x)
+        return x.flatten(1)
 
     def feature_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``(maps, embed(x))`` in one forward pass: ``maps[d]`` is block ``d``'s activation
