@@ -73,7 +73,7 @@ class MTT(ImageDistillation):
       checkpoint_unroll  recompute each unrolled step in backward (memory-lean, same numbers)
       fused_norm_relu  a ConvNet student's instance norm + ReLU as one function with a
                        hand-written double backward (``ddbench.fused_block``; CPU, activations
-                       of >= 2^18 elements): ~0.8x the bf16 unroll's time and memory
+                       of >= 2^18 elements): 0.6-0.8x the bf16 unroll's time, 0.8x its memory
     """
 
     name = "mtt"
