@@ -15,26 +15,13 @@ constant part per sample and channel, as a conv's cotangent on positive inputs d
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
+from pool_kernels import _median_ms  # bench/ is on the path when run as a script
 
 from ddbench import fused_block
-
-
-def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
