@@ -556,6 +556,17 @@ def _mean_std(v):
 # ================================================================================================
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
@@ -593,17 +604,10 @@ def main(argv=None):
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "device": str(device),
         "loadavg_start": os.getloadavg(),
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                env["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     print(
         f"allocator: {env['allocator']}   LD_PRELOAD={env['LD_PRELOAD']!r}   "
         f"DDBENCH_ALLOCATOR={env['DDBENCH_ALLOCATOR']!r}"

@@ -55,7 +55,7 @@ temporary cache, in its own subprocess.
     OMP_NUM_THREADS=2 python bench/mtt_memory.py --iters 3 --expert-epochs 1 \\
         --json bench/results/mtt_memory.json
     # a quick check of the agreement, with the float64 reference
-    OMP_NUM_THREADS=1 python bench/mtt_memory.py --syn-steps 3 --iters 1 \
+    OMP_NUM_THREADS=1 python bench/mtt_memory.py --syn-steps 3 --iters 1 \\
         --sides official ddbench official_fp64
     # where one bf16 iteration spends its time (one extra iteration under the torch profiler)
     OMP_NUM_THREADS=2 python bench/mtt_memory.py --sides ddbench_bf16 --iters 2 --profile 20
@@ -72,7 +72,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -393,17 +392,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
     its = res["iterations"]
     secs = [i["seconds"] for i in its]
@@ -483,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.side is not None:
         return run_side(args)
 
+    from eval_speed import cpu_name  # bench/ is on the path when run as a script
     from safetensors.torch import load_file
 
     common = [
@@ -576,8 +565,8 @@ def main(argv: list[str] | None = None) -> None:
                 a["image_grad"]["cosine"] >= args.bf16_min_cosine
                 and max(a["lr_grad"]["rel_l2"], a["loss_max_rel_diff"]) <= args.bf16_tolerance
             )
-        elif side != "official" and not args.unfused:  # fp32 rounded another way (the fused
-            ok = (  # kernels): ReLU masks that flip on rounding grow over the steps
+        elif not args.unfused:  # fp32 rounded another way (the fused kernels): ReLU masks
+            ok = (  # that flip on rounding grow over the steps
                 a["image_grad"]["cosine"] >= args.fused_min_cosine
                 and max(a["lr_grad"]["rel_l2"], a["loss_max_rel_diff"]) <= args.fused_tolerance
             )
@@ -607,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         },
         "machine": {
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch": torch.__version__,
         },
