@@ -125,7 +125,10 @@ def _register_resolvers() -> None:
 def _hydra_app(command: str, args: list[str]) -> None:
     import hydra
 
+    from ddbench.methods import register_schemas
+
     _register_resolvers()
+    register_schemas()
     sys.argv = [f"ddbench {command}", *args]
     task = {"run": job_run, "distill": job_distill, "evaluate": job_evaluate}[command]
     app = hydra.main(version_base="1.3", config_path="pkg://ddbench.conf", config_name=command)(
@@ -174,6 +177,18 @@ _DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model", "precision")
 _RUN_KEYS = (*_DISTILL_KEYS, "protocol")
 
 
+def _overridden(node: str) -> set[str]:
+    """The keys under ``node`` that the command line sets (``node.a.b=...``, ``+node.c=...``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    keys = set()
+    for text in HydraConfig.get().overrides.task:
+        key = text.lstrip("+~").split("=", 1)[0]
+        if key.startswith(node + "."):
+            keys.add(key[len(node) + 1 :])
+    return keys
+
+
 def _register_dataset(cfg) -> str:
     from ddbench import data
 
@@ -214,6 +229,10 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     from ddbench.models import create_model
 
     name = _register_dataset(cfg)
+    method = build_method(OmegaConf.to_container(cfg.method, resolve=True))
+    method.apply_recipe(name, int(cfg.ipc), explicit=_overridden("method"))
+    log.info("method %s:\n%s", method.name, OmegaConf.to_yaml(method.config))
+    cfg = OmegaConf.merge(cfg, {"method": method.config})  # the key covers the recipe applied
     key = config_key(cfg, _DISTILL_KEYS)
     out = run_dir / "synset.safetensors"
     if out.exists() and not cfg.force:
@@ -224,8 +243,6 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
                 return s, out
         except DDBenchError as e:
             log.warning("remaking %s: %s", out, e)
-    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    method = build_method(method_cfg)
     spec = data.get_spec(name)
     device = pick_device(cfg.device)
     model_kwargs = dict(cfg.model.get("kwargs") or {})

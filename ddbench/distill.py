@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from torch import nn
 from ddbench import fyi as _fyi
 from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
-from ddbench.method import Method, Task
+from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
 
 __all__ = ["ImageDistillation", "class_means", "train_steps"]
@@ -48,7 +49,7 @@ _SEED_HIGH = 2**31 - 1
 class ImageDistillation(Method):
     """Base class of methods that learn synthetic images with SGD over an outer loop.
 
-    Config (common to all subclasses):
+    Settings (common to all subclasses, :class:`ImageDistillation.Settings`):
       iterations     outer iterations (the budget)
       lr_img         SGD learning rate of the images; ``momentum_img`` its momentum (0.5)
       init           ``real`` (ipc random real images per class) or ``noise`` (N(0, 1) in the
@@ -61,48 +62,38 @@ class ImageDistillation(Method):
                      with their horizontal mirrors (:mod:`ddbench.fyi`); recorded in the set
     """
 
+    @dataclass
+    class Settings(Settings):
+        iterations: int = 1000
+        lr_img: float = 0.1
+        momentum_img: float = 0.5
+        init: str = "real"
+        batch_real: int = 256
+        dsa: bool = True
+        eval_every: int = 0
+        eval_epochs: int = 300
+        eval_seeds: list[int] = field(default_factory=lambda: [0])
+        fyi: bool = False
+
+        def __post_init__(self) -> None:
+            if self.iterations < 0:
+                raise DDBenchError(f"iterations must be >= 0, got {self.iterations}")
+            if not (math.isfinite(self.lr_img) and self.lr_img > 0):
+                raise DDBenchError(f"lr_img must be positive, got {self.lr_img}")
+            if self.init not in ("real", "noise"):
+                raise DDBenchError(f"init must be 'real' or 'noise', got {self.init!r}")
+            if self.batch_real < 1:
+                raise DDBenchError(f"batch_real must be >= 1, got {self.batch_real}")
+            if self.eval_every < 0 or self.eval_epochs < 1 or not self.eval_seeds:
+                raise DDBenchError(
+                    "eval_every must be >= 0, eval_epochs >= 1, eval_seeds non-empty"
+                )
+
     name = "image_distillation"
     protocol = "standard"  # the evaluation protocol the sets expect
 
-    def __init__(
-        self,
-        iterations: int = 1000,
-        lr_img: float = 0.1,
-        momentum_img: float = 0.5,
-        init: str = "real",
-        batch_real: int = 256,
-        dsa: bool = True,
-        eval_every: int = 0,
-        eval_epochs: int = 300,
-        eval_seeds: list[int] | tuple[int, ...] = (0,),
-        fyi: bool = False,
-        **config: Any,
-    ):
-        super().__init__(
-            iterations=iterations, lr_img=lr_img, momentum_img=momentum_img, init=init,
-            batch_real=batch_real, dsa=dsa, eval_every=eval_every, eval_epochs=eval_epochs,
-            eval_seeds=list(eval_seeds), fyi=fyi, **config,
-        )  # fmt: skip
-        if int(iterations) < 0:
-            raise DDBenchError(f"iterations must be >= 0, got {iterations}")
-        if not (math.isfinite(float(lr_img)) and float(lr_img) > 0):
-            raise DDBenchError(f"lr_img must be positive, got {lr_img}")
-        if init not in ("real", "noise"):
-            raise DDBenchError(f"init must be 'real' or 'noise', got {init!r}")
-        if int(batch_real) < 1:
-            raise DDBenchError(f"batch_real must be >= 1, got {batch_real}")
-        if int(eval_every) < 0 or int(eval_epochs) < 1 or not eval_seeds:
-            raise DDBenchError("eval_every must be >= 0, eval_epochs >= 1, eval_seeds non-empty")
-        self.iterations = int(iterations)
-        self.lr_img = float(lr_img)
-        self.momentum_img = float(momentum_img)
-        self.init = init
-        self.batch_real = int(batch_real)
-        self.dsa = bool(dsa)
-        self.eval_every = int(eval_every)
-        self.eval_epochs = int(eval_epochs)
-        self.eval_seeds = [int(s) for s in eval_seeds]
-        self.fyi = bool(fyi)
+    def __init__(self, **overrides: Any):
+        super().__init__(**overrides)
         self._opt: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------------------ hooks
@@ -195,6 +186,7 @@ class ImageDistillation(Method):
         return images.to(task.device, torch.float32).contiguous(), labels
 
     def distill(self, task: Task) -> SyntheticSet:
+        self.apply_recipe(task.spec.name, task.ipc)
         if self.fyi:
             _fyi.check_task(task, self.name)
         images, labels = self.init_images(task)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,6 +22,8 @@ from torch import nn
 from ddbench.data import DatasetSpec, RealDataset
 from ddbench.errors import DDBenchError
 from ddbench.synset import SyntheticSet, atomic_write
+
+log = logging.getLogger("ddbench")
 
 
 class Checkpointer:
@@ -147,7 +149,7 @@ class Task:
             "image_shape": list(spec.shape),
             "space": self.train.space(),  # normalised, ZCA-whitened if the task's data is
             "ipc": self.ipc,
-            "method": {"name": method.name, "config": method.config},
+            "method": {"name": method.name, "config": method.config, "recipe": method.recipe},
             "seed": self.seed,
             "protocol": protocol,
             **extra,
@@ -157,43 +159,214 @@ class Task:
         )
 
 
-class Method:
-    """Base class of all methods. Subclasses set ``name`` and implement :meth:`distill`.
+@dataclass
+class Settings:
+    """The settings every method has (none); a method's own ``Settings`` subclass adds its fields.
 
-    Constructor keyword arguments are the method's Hydra config (recorded in the set).
+    A method's settings are declared once, as the fields of its ``Settings`` dataclass: the
+    defaults of ``MyMethod()`` from Python and of ``method=my_method`` on the command line are
+    these (the packaged YAML, ``conf/method/<name>.yaml``, takes them from this class through
+    Hydra's config store, :func:`ddbench.methods.register_schemas`). Validation goes in
+    ``__post_init__``, which runs for every way of building the method.
+    """
+
+
+class Method:
+    """Base class of all methods. Subclasses set ``name``, declare ``Settings`` and implement
+    :meth:`distill`.
+
+    ``MyMethod(**overrides)`` builds ``self.settings`` from the ``Settings`` defaults and the
+    overrides, typed and validated (an unknown key or a value of the wrong type is an error);
+    every setting is readable as an attribute (``self.lr_img``). ``recipes`` names the table of
+    published settings per (dataset, IPC) in ``conf/recipes/<recipes>.yaml``
+    (:meth:`for_setting`, :func:`build_method`).
     """
 
     name: str = "method"
+    Settings: ClassVar[type] = Settings
+    recipes: ClassVar[str | None] = None
 
-    def __init__(self, **config: Any):
-        self.config: dict[str, Any] = dict(config)
+    def __init__(self, **overrides: Any):
+        self.settings = make_settings(type(self), overrides)
+        self.recipe: dict[str, Any] = {}  # what apply_recipe did (recorded in the set)
+
+    def __getattr__(self, key: str) -> Any:  # a setting, read as an attribute
+        settings = self.__dict__.get("settings")
+        if settings is not None and key in settings.__dataclass_fields__:
+            return getattr(settings, key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The method as a config node: ``_target_``, ``name`` and every setting (what a set's
+        metadata and a cache key record)."""
+        cls = type(self)
+        return {"_target_": f"{cls.__module__}.{cls.__qualname__}", "name": self.name,
+                **asdict(self.settings)}  # fmt: skip
+
+    @classmethod
+    def for_setting(cls, dataset: str, ipc: int, **overrides: Any) -> Method:
+        """The method with the published recipe of ``(dataset, ipc)`` applied; the settings in
+        ``overrides`` win over the recipe's."""
+        method = cls(**overrides)
+        method.apply_recipe(dataset, ipc, explicit=set(_flatten(overrides)))
+        return method
+
+    def apply_recipe(self, dataset: str, ipc: int, explicit: set[str] | None = None) -> None:
+        """Apply the published recipe of ``(dataset, ipc)`` (``conf/recipes/<recipes>.yaml``) to
+        every setting that is still at its default and not named in ``explicit`` (dotted keys;
+        a parent covers its children). Done once, by :func:`run_distill` at the latest; what was
+        applied is logged and recorded in the set (``meta["method"]["recipe"]``)."""
+        if self.recipe or type(self).recipes is None:
+            return
+        cls = type(self)
+        current = asdict(self.settings)
+        defaults = _flatten(settings_defaults(cls))
+        given = {k for k, v in _flatten(current).items() if defaults.get(k, object()) != v}
+        values, self.recipe = recipe_values(cls, current, dataset, ipc, given | set(explicit or ()))
+        self.settings = make_settings(cls, values)
 
     def distill(self, task: Task) -> SyntheticSet:
         raise NotImplementedError
 
 
-def build_method(method_cfg: dict[str, Any]) -> Method:
-    """The :class:`Method` a resolved ``method`` config node describes (``_target_`` + its
-    keyword arguments), with the node recorded as its ``config`` (what a set and a cache key see).
-    """
-    from hydra.utils import get_object, instantiate
+def make_settings(cls: type[Method], overrides: Mapping[str, Any]) -> Any:
+    """``cls.Settings`` from its defaults and ``overrides`` (nested dicts allowed), typed by
+    OmegaConf and validated by the dataclass; a bad key or value is a :class:`DDBenchError`."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    if "_target_" not in method_cfg:
-        raise DDBenchError(f"method config {method_cfg.get('name')!r} has no _target_")
     try:
-        target = get_object(method_cfg["_target_"])
-    except Exception as e:
-        raise DDBenchError(f"cannot import method {method_cfg['_target_']!r}: {e}") from e
-    if not (isinstance(target, type) and issubclass(target, Method)):
-        raise DDBenchError(f"{method_cfg['_target_']} is not a ddbench.method.Method subclass")
+        node = OmegaConf.merge(OmegaConf.structured(cls.Settings), dict(overrides))
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as e:
+        cause = e.__cause__ if isinstance(e.__cause__, DDBenchError) else None
+        if cause is not None:
+            raise cause from None
+        key = getattr(e, "full_key", None)
+        where = f" {key}" if key else ""
+        raise DDBenchError(f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}") from None
+
+
+def settings_defaults(cls: type[Method]) -> dict[str, Any]:
+    """The defaults of ``cls``'s settings as a plain nested dict."""
+    return asdict(make_settings(cls, {}))
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def load_recipes(name: str) -> dict[str, Any]:
+    """The recipe table ``conf/recipes/<name>.yaml``: ``{dataset or "*": {ipc: {setting: value,
+    ..., "source": "where the values come from"}}}``; ``{}`` if there is none."""
+    import importlib.resources
+
+    import yaml
+
+    path = importlib.resources.files("ddbench.conf") / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    table = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(table, dict):
+        raise DDBenchError(f"recipe table {name}.yaml is not a mapping")
+    return table
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+def recipe_values(
+    cls: type[Method],
+    settings: Mapping[str, Any],
+    dataset: str | None,
+    ipc: int | None,
+    explicit: set[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``settings`` with the published recipe of ``(dataset, ipc)`` applied to every key not in
+    ``explicit`` (dotted keys; a parent key covers its children), and what was done:
+    ``{"setting", "source", "applied", "kept"}``, or ``{"setting": None, "note"}`` when the
+    table has no entry (the defaults apply, as the log says)."""
+    values = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in settings.items()}
+    if cls.recipes is None or dataset is None or ipc is None:
+        return values, {}
+    table = load_recipes(cls.recipes)
+    entry = (table.get(dataset) or {}).get(int(ipc)) or (table.get("*") or {}).get(int(ipc))
+    setting = f"{dataset}/ipc{ipc}"
+    if not entry:
+        note = (
+            f"{cls.name}: no published recipe for {setting} in conf/recipes/{cls.recipes}.yaml; "
+            f"the documented defaults apply ({table.get('defaults', 'see docs/methods.md')})"
+        )
+        log.info("%s", note)
+        return values, {"setting": None, "note": note}
+    entry = dict(entry)
+    source = entry.pop("source", None)
+    known = _flatten(settings_defaults(cls))
+    applied, kept = {}, {}
+    for key, value in _flatten(entry).items():
+        if key not in known and not any(k.startswith(key + ".") for k in known):
+            raise DDBenchError(f"recipe {cls.recipes}.yaml {setting}: {cls.name} has no {key!r}")
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in explicit for i in range(1, len(parts) + 1)):
+            kept[key] = _get_dotted(values, key, known.get(key))
+            continue
+        _set_dotted(values, key, value)
+        applied[key] = value
+    log.info("%s: the published recipe for %s (%s): %s%s", cls.name, setting, source, applied,
+             f"; kept as set: {kept}" if kept else "")  # fmt: skip
+    return values, {"setting": setting, "source": source, "applied": applied, "kept": kept}
+
+
+def _get_dotted(d: Mapping[str, Any], key: str, default: Any) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, Mapping) or part not in d:
+            return default
+        d = d[part]
+    return d
+
+
+def method_class(target: str) -> type[Method]:
+    """The :class:`Method` subclass a ``_target_`` names."""
+    from hydra.utils import get_object
+
     try:
-        method = instantiate(method_cfg, _convert_="all")
+        cls = get_object(target)
     except Exception as e:
-        raise DDBenchError(
-            f"could not build method {method_cfg.get('name')!r} from {method_cfg['_target_']}: {e}"
-        ) from e
-    method.name = method_cfg.get("name", method.name)
-    method.config = method_cfg  # the full node (_target_ included) is recorded in the set
+        raise DDBenchError(f"cannot import method {target!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise DDBenchError(f"{target} is not a ddbench.method.Method subclass")
+    return cls
+
+
+def build_method(method_cfg: Mapping[str, Any]) -> Method:
+    """The :class:`Method` a resolved ``method`` config node describes (``_target_``, ``name``
+    and settings)."""
+    cfg = dict(method_cfg)
+    if "_target_" not in cfg:
+        raise DDBenchError(f"method config {cfg.get('name')!r} has no _target_")
+    cls = method_class(cfg.pop("_target_"))
+    name = cfg.pop("name", cls.name)
+    try:
+        method = cls(**cfg)
+    except DDBenchError:
+        raise
+    except Exception as e:
+        raise DDBenchError(f"could not build method {name!r} from {cls.__qualname__}: {e}") from e
+    method.name = name
     return method
 
 
@@ -204,6 +377,7 @@ def run_distill(method: Method, task: Task) -> SyntheticSet:
 
     if task.ipc is not None and task.ipc < 1:
         raise DDBenchError(f"ipc must be >= 1, got {task.ipc}")
+    method.apply_recipe(task.spec.name, task.ipc)
     t0 = time.perf_counter()
     synset = method.distill(task)
     if not isinstance(synset, SyntheticSet):

@@ -29,12 +29,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ddbench.errors import DDBenchError
+from ddbench.experts import ExpertConfig
 from ddbench.method import Task
 from ddbench.methods.mtt import MTT
 from ddbench.methods.selection import class_features, herding_select, kcenter_select
@@ -69,7 +71,7 @@ def balanced_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
 class AST(MTT):
     """MTT with AST's switches (see the module docstring).
 
-    Config (beyond :class:`MTT`'s):
+    Settings beyond :class:`MTT`'s:
       representative_init    herding | kcenter | null (MTT's init)
       representative_expert  index of the expert whose features select the initial images
       representative_epoch   its epoch (negative: from the end)
@@ -78,39 +80,45 @@ class AST(MTT):
       weight_perturb         alpha of the starting-parameter perturbation (0: off)
     """
 
-    name = "ast"
+    @dataclass
+    class Settings(MTT.Settings):
+        lr_img: float = 100.0
+        lr_lr: float = 1e-06
+        representative_init: str | None = "herding"  # herding | kcenter | null (MTT's init)
+        representative_expert: int = 0  # features of this expert ...
+        representative_epoch: int = -1  # ... at this epoch (-1: the trained expert)
+        balanced_loss: bool = True  # --balance_loss
+        intermediate_weight: float = 1.0  # --agg_middle_loss; its weight is ddbench's (0: off)
+        weight_perturb: float = 0.5  # --weight_perturb alpha (0: off)
+        # MTT's recipe plus smoothing; clip_grad and grad_penalty are ddbench's values, not found
+        # in AST's public code (docs/methods.md)
+        experts: ExpertConfig = field(
+            default_factory=lambda: ExpertConfig(clip_grad=1.0, grad_penalty=0.1)
+        )
 
-    def __init__(
-        self,
-        representative_init: str | None = "herding",
-        representative_expert: int = 0,
-        representative_epoch: int = -1,
-        balanced_loss: bool = True,
-        intermediate_weight: float = 1.0,
-        weight_perturb: float = 0.5,
-        **config: Any,
-    ):
-        super().__init__(
-            representative_init=representative_init, representative_expert=representative_expert,
-            representative_epoch=representative_epoch, balanced_loss=balanced_loss,
-            intermediate_weight=intermediate_weight, weight_perturb=weight_perturb, **config,
-        )  # fmt: skip
-        if representative_init is not None and representative_init not in _SELECT:
-            raise DDBenchError(
-                f"ast: representative_init={representative_init!r}; choose herding, kcenter or null"
-            )
-        if not 0 <= int(representative_expert) < self.num_experts:
-            raise DDBenchError(f"ast: representative_expert {representative_expert} is not one")
-        if not -(self.expert_cfg.epochs + 1) <= int(representative_epoch) <= self.expert_cfg.epochs:
-            raise DDBenchError(f"ast: representative_epoch {representative_epoch} is outside")
-        if float(intermediate_weight) < 0 or float(weight_perturb) < 0:
-            raise DDBenchError("ast: intermediate_weight and weight_perturb must be >= 0")
-        self.representative_init = representative_init
-        self.representative_expert = int(representative_expert)
-        self.representative_epoch = int(representative_epoch)
-        self.balanced_loss = bool(balanced_loss)
-        self.intermediate_weight = float(intermediate_weight)
-        self.weight_perturb = float(weight_perturb)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            init = self.representative_init
+            if init is not None and init not in _SELECT:
+                raise DDBenchError(
+                    f"ast: representative_init={init!r}; choose herding, kcenter or null"
+                )
+            if not 0 <= self.representative_expert < self.num_experts:
+                raise DDBenchError(
+                    f"ast: representative_expert {self.representative_expert} is not one"
+                )
+            if not -(self.experts.epochs + 1) <= self.representative_epoch <= self.experts.epochs:
+                raise DDBenchError(
+                    f"ast: representative_epoch {self.representative_epoch} is outside"
+                )
+            if self.intermediate_weight < 0 or self.weight_perturb < 0:
+                raise DDBenchError("ast: intermediate_weight and weight_perturb must be >= 0")
+
+    name = "ast"
+    recipes = "ast"
+
+    def __init__(self, **overrides: Any):
+        super().__init__(**overrides)
         self._trace: list[torch.Tensor] | None = None
         self._num_classes = 0
 
@@ -125,7 +133,7 @@ class AST(MTT):
         if self.representative_init is None:
             return super().init_images(task)
         net = task.model_factory().to(task.device)
-        flat = self.experts[self.representative_expert][self.representative_epoch]
+        flat = self.trajectories[self.representative_expert][self.representative_epoch]
         torch.nn.utils.vector_to_parameters(flat.to(task.device), net.parameters())
         pick, k, ipc = _SELECT[self.representative_init], task.num_classes, task.ipc
         rows = []
@@ -173,14 +181,14 @@ class AST(MTT):
     @contextlib.contextmanager
     def _start(self, task: Task, expert: int, start: int) -> Iterator[None]:
         """Within: ``experts[expert][start]`` reads as its perturbed version (if enabled)."""
-        traj = self.experts[expert]
+        traj = self.trajectories[expert]
         if self.weight_perturb > 0:
             row = self.perturbed_start(task, traj[start].to(task.device))
-            self.experts[expert] = _StartOverride(traj, start, row)  # type: ignore[call-overload]
+            self.trajectories[expert] = _StartOverride(traj, start, row)  # type: ignore[call-overload]
         try:
             yield
         finally:
-            self.experts[expert] = traj
+            self.trajectories[expert] = traj
 
     def matching_loss(
         self,
@@ -193,7 +201,7 @@ class AST(MTT):
     ) -> torch.Tensor:
         """MTT's loss from the (perturbed) start, plus the intermediate matching terms."""
         with self._start(task, expert, start):
-            theta0 = self.experts[expert][start].to(task.device)
+            theta0 = self.trajectories[expert][start].to(task.device)
             self._trace = [] if self.intermediate_weight > 0 and self.expert_epochs > 1 else None
             try:
                 loss = super().matching_loss(task, images, labels, expert, start, lr)
@@ -202,7 +210,7 @@ class AST(MTT):
                 self._trace = None  # recomputed steps (checkpoint_unroll) are not recorded
         if not trace:
             return loss
-        traj, terms = self.experts[expert], []
+        traj, terms = self.trajectories[expert], []
         for k in range(1, self.expert_epochs):
             target = traj[start + k].to(task.device)
             step = max(1, round(k * self.syn_steps / self.expert_epochs))

@@ -11,7 +11,7 @@ other modes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 from ddbench.errors import DDBenchError
 from ddbench.methods.sre2l import SRe2L
@@ -46,20 +46,23 @@ def cda_min_scale(
 class CDA(SRe2L):
     """SRe2L with CDA's curriculum on the crop scale (see the module docstring).
 
-    Config (besides SRe2L's): ``curriculum`` (``cosine``, ``linear`` or ``step``) and
+    Settings beyond SRe2L's: ``curriculum`` (``cosine``, ``linear`` or ``step``) and
     ``milestone`` (the fraction of the iterations over which the bound moves).
     """
 
-    name = "cda"
+    @dataclass
+    class Settings(SRe2L.Settings):
+        curriculum: str = "cosine"  # cosine | linear | step (the bound stays until the milestone)
+        milestone: float = 1.0  # fraction of the iterations over which the lower bound moves
 
-    def __init__(self, curriculum: str = "cosine", milestone: float = 1.0, **config: Any):
-        super().__init__(curriculum=curriculum, milestone=milestone, **config)
-        if curriculum not in MODES:
-            raise DDBenchError(f"curriculum must be one of {MODES}, got {curriculum!r}")
-        if not 0 <= float(milestone) <= 1:
-            raise DDBenchError(f"milestone must be in [0, 1], got {milestone}")
-        self.curriculum = curriculum
-        self.milestone = float(milestone)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.curriculum not in MODES:
+                raise DDBenchError(f"curriculum must be one of {MODES}, got {self.curriculum!r}")
+            if not 0 <= self.milestone <= 1:
+                raise DDBenchError(f"milestone must be in [0, 1], got {self.milestone}")
+
+    name = "cda"
 
     def crop_scale_at(self, it: int) -> tuple[float, float]:
         low, high = self.crop_scale

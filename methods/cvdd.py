@@ -17,6 +17,7 @@ weighted logits ``sum_i w_i f_i(x)`` with the weights over the whole committee.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from ddbench.errors import DDBenchError
 from ddbench.method import Task
 from ddbench.methods.sre2l import DEFAULT_TEACHER, SRe2L
 from ddbench.synset import SyntheticSet
+from ddbench.teachers import TeacherConfig
 
 __all__ = ["CVDD", "DEFAULT_COMMITTEE", "voting_weights"]
 
@@ -46,51 +48,52 @@ def voting_weights(priors: list[float], temperature: float, voting: str = "prior
 class CVDD(SRe2L):
     """SRe2L recovered and relabelled by a voting committee of teachers (module docstring).
 
-    Config (besides SRe2L's, ``teacher`` excepted): ``committee`` (a list of
+    Settings (besides SRe2L's, ``teacher`` excepted): ``committee`` (a list of
     :class:`ddbench.teachers.TeacherConfig` nodes; keys left out take SRe2L's default teacher
     values), ``voting`` (``prior`` or ``equal``), ``priors`` (one number per member, in %; null:
     the members' cached val accuracies), ``weight_temperature``, ``members_per_step``.
     """
 
+    @dataclass
+    class Settings(SRe2L.Settings):
+        init: str = "real"  # nearest to the paper's real-patch initialisation | noise
+        teacher: Any = None  # not used: the committee teaches
+        committee: list[dict[str, Any]] = field(
+            default_factory=lambda: [dict(c) for c in DEFAULT_COMMITTEE]
+        )
+        voting: str = "prior"  # prior: softmax(prior / T) | equal
+        priors: list[float] | None = None  # one number (%) per member; null: cached val acc.
+        weight_temperature: float = 5.0  # T (the official default)
+        members_per_step: int | None = 2  # voters per recovery batch (the paper's N=2); null: all
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.teacher is not None:
+                raise DDBenchError("cvdd takes a committee of teachers, not `teacher`")
+            self.committee = [{**DEFAULT_TEACHER, **dict(c)} for c in self.committee]
+            for c in self.committee:
+                TeacherConfig.from_config(c)  # a bad member fails here
+            if self.voting not in ("prior", "equal"):
+                raise DDBenchError(f"voting must be prior or equal, got {self.voting!r}")
+            m = len(self.committee)
+            if self.priors is not None and len(self.priors) != m:
+                raise DDBenchError(f"{len(self.priors)} priors for a committee of {m}")
+            if not self.weight_temperature > 0:
+                raise DDBenchError(
+                    f"weight_temperature must be positive, got {self.weight_temperature}"
+                )
+            n = self.members_per_step
+            if n is not None and not 1 <= n <= m:
+                raise DDBenchError(f"members_per_step must be in [1, {m}], got {n}")
+
     name = "cvdd"
 
-    def __init__(
-        self,
-        committee: list[dict[str, Any]] | None = None,
-        voting: str = "prior",
-        priors: list[float] | None = None,
-        weight_temperature: float = 5.0,
-        members_per_step: int | None = None,
-        **config: Any,
-    ):
-        from ddbench.teachers import TeacherConfig
-
-        if config.pop("teacher", None) is not None:
-            raise DDBenchError("cvdd takes a committee of teachers, not `teacher`")
-        committee = [{**DEFAULT_TEACHER, **dict(c)} for c in (committee or DEFAULT_COMMITTEE)]
-        super().__init__(
-            committee=committee, voting=voting, priors=priors,
-            weight_temperature=weight_temperature, members_per_step=members_per_step, **config,
-        )  # fmt: skip
-        del self.config["teacher"]
-        self.committee = [TeacherConfig.from_config(c) for c in committee]
-        if voting not in ("prior", "equal"):
-            raise DDBenchError(f"voting must be prior or equal, got {voting!r}")
-        if priors is not None and len(priors) != len(committee):
-            raise DDBenchError(f"{len(priors)} priors for a committee of {len(committee)}")
-        if not float(weight_temperature) > 0:
-            raise DDBenchError(f"weight_temperature must be positive, got {weight_temperature}")
-        n = members_per_step
-        if n is not None and not 1 <= int(n) <= len(committee):
-            raise DDBenchError(f"members_per_step must be in [1, {len(committee)}], got {n}")
-        self.voting = voting
-        self.priors = None if priors is None else [float(p) for p in priors]
-        self.weight_temperature = float(weight_temperature)
-        self.members_per_step = None if n is None else int(n)
+    def __init__(self, **overrides: Any):
+        super().__init__(**overrides)
         self.voters: list[list[int]] = []  # per recovery batch (slot): the members voting on it
 
     def teacher_configs(self) -> list:
-        return self.committee
+        return [TeacherConfig.from_config(c) for c in self.committee]
 
     def member_priors(self) -> list[float]:
         """Each member's prior performance: ``priors``, else its cached val accuracy (%)."""

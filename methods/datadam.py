@@ -15,6 +15,8 @@ summed over classes and multiplied by ``loss_scale``. The network must offer
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,35 +43,28 @@ class DataDAM(ImageDistillation):
     ``lr_img_large_ipc`` replaces ``lr_img`` for ipc >= 100 (the authors' 10 vs 1).
     """
 
-    name = "datadam"
+    @dataclass
+    class Settings(ImageDistillation.Settings):
+        iterations: int = 20000  # --Iteration 20000
+        lr_img: float = 1.0  # --lr_img 1 ("1 for low IPCs, 10 for >= 100")
+        lr_img_large_ipc: float | None = 10.0  # replaces lr_img for ipc >= 100; null: never
+        batch_real: int = 64  # --batch_real 64: real images per class per iteration
+        power: float = 4.0  # the paper's p; NOTE the released code calls get_attention(exp=1)
+        mmd_weight: float = 0.01  # lambda of L_SAM + lambda * L_MMD (--task_balance 0.01)
+        loss_scale: float = 100.0  # the code multiplies both terms by 100
 
-    def __init__(
-        self,
-        iterations: int = 20000,
-        lr_img: float = 1.0,
-        lr_img_large_ipc: float | None = 10.0,
-        init: str = "real",
-        batch_real: int = 64,
-        power: float = 4.0,
-        mmd_weight: float = 0.01,
-        loss_scale: float = 100.0,
-        **config,
-    ):
-        super().__init__(
-            iterations=iterations, lr_img=lr_img, lr_img_large_ipc=lr_img_large_ipc, init=init,
-            batch_real=batch_real, power=power, mmd_weight=mmd_weight, loss_scale=loss_scale,
-            **config,
-        )  # fmt: skip
-        if not float(power) > 0:
-            raise DDBenchError(f"power must be positive, got {power}")
-        if not float(mmd_weight) >= 0 or not float(loss_scale) > 0:
-            raise DDBenchError(
-                f"mmd_weight must be >= 0 and loss_scale > 0, got {mmd_weight}, {loss_scale}"
-            )
-        self.lr_img_large_ipc = lr_img_large_ipc
-        self.power = float(power)
-        self.mmd_weight = float(mmd_weight)
-        self.loss_scale = float(loss_scale)
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.power > 0:
+                raise DDBenchError(f"power must be positive, got {self.power}")
+            if not self.mmd_weight >= 0 or not self.loss_scale > 0:
+                raise DDBenchError(
+                    f"mmd_weight must be >= 0 and loss_scale > 0, got {self.mmd_weight}, "
+                    f"{self.loss_scale}"
+                )
+
+    name = "datadam"
+    recipes = "datadam"
 
     def image_lr(self, task: Task) -> float:
         if task.ipc >= 100 and self.lr_img_large_ipc is not None:

@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ddbench.errors import DDBenchError
-from ddbench.experts import FlatModel
+from ddbench.experts import ExpertConfig, FlatModel
 from ddbench.method import Task
+from ddbench.methods.ftd import GSAM_EXPERTS
 from ddbench.methods.mtt import MTT
 from ddbench.methods.sre2l import class_consistent
 from ddbench.synset import SyntheticSet
@@ -48,7 +50,7 @@ log = logging.getLogger("ddbench")
 class DATM(MTT):
     """MTT with a growing start-epoch range and learned soft labels.
 
-    Config (beyond :class:`MTT`'s; its ``max_start_epoch`` is the initial upper bound):
+    Settings beyond :class:`MTT`'s (its ``max_start_epoch`` is the initial upper bound):
       min_start_epoch        start epochs are drawn from ``[min_start_epoch, upper)``
       max_start_epoch_final  ``upper`` at the end of the expansion (null: no growth)
       expansion_iterations   iterations over which ``upper`` grows (null: ``iterations``)
@@ -62,58 +64,63 @@ class DATM(MTT):
 
     name = "datm"
 
-    def __init__(
-        self,
-        min_start_epoch: int = 0,
-        max_start_epoch: int = 10,
-        max_start_epoch_final: int | None = 20,
-        expansion_iterations: int | None = None,
-        soft_labels: bool = True,
-        lr_y: float = 2.0,
-        momentum_y: float = 0.9,
-        label_expert: int = 0,
-        label_epoch: int = -1,
-        correct_init: bool = True,
-        threshold: float | None = 1.0,
-        **config: Any,
-    ):
-        final = max_start_epoch if max_start_epoch_final is None else int(max_start_epoch_final)
-        super().__init__(
-            max_start_epoch=max_start_epoch, min_start_epoch=min_start_epoch,
-            max_start_epoch_final=max_start_epoch_final,
-            expansion_iterations=expansion_iterations, soft_labels=soft_labels, lr_y=lr_y,
-            momentum_y=momentum_y, label_expert=label_expert, label_epoch=label_epoch,
-            correct_init=correct_init, threshold=threshold, **config,
-        )  # fmt: skip
-        # MTT checked the initial upper bound against the experts' epochs; the final one too
-        if final + self.expert_epochs > self.expert_cfg.epochs:
-            raise DDBenchError(
-                f"datm: max_start_epoch_final ({final}) + expert_epochs ({self.expert_epochs}) "
-                f"exceeds the experts' {self.expert_cfg.epochs} epochs"
-            )
-        if not 0 <= int(min_start_epoch) < int(max_start_epoch) <= final:
-            raise DDBenchError(
-                "datm: need 0 <= min_start_epoch < max_start_epoch <= max_start_epoch_final, got "
-                f"{min_start_epoch}, {max_start_epoch}, {final}"
-            )
-        if expansion_iterations is not None and int(expansion_iterations) < 1:
-            raise DDBenchError(
-                f"datm: expansion_iterations must be >= 1, got {expansion_iterations}"
-            )
-        if not (math.isfinite(float(lr_y)) and float(lr_y) > 0 and 0 <= float(momentum_y) < 1):
-            raise DDBenchError("datm: lr_y must be positive and momentum_y in [0, 1)")
-        if not 0 <= int(label_expert) < self.num_experts:
-            raise DDBenchError(f"datm: label_expert {label_expert} is not one of the experts")
-        if not -(self.expert_cfg.epochs + 1) <= int(label_epoch) <= self.expert_cfg.epochs:
-            raise DDBenchError(f"datm: label_epoch {label_epoch} is outside the trajectories")
-        self.min_start_epoch, self.max_start_epoch_final = int(min_start_epoch), final
-        self.expansion_iterations = (
-            None if expansion_iterations is None else int(expansion_iterations)
-        )
-        self.soft_labels, self.correct_init = bool(soft_labels), bool(correct_init)
-        self.lr_y, self.momentum_y = float(lr_y), float(momentum_y)
-        self.label_expert, self.label_epoch = int(label_expert), int(label_epoch)
-        self.threshold = None if threshold is None else float(threshold)
+    @dataclass
+    class Settings(MTT.Settings):
+        iterations: int = 10000
+        lr_img: float = 100.0
+        syn_steps: int = 80
+        batch_syn: int | None = 100
+        min_start_epoch: int = 0
+        max_start_epoch: int = 10  # current_max_start_epoch: the upper bound at iteration 0
+        max_start_epoch_final: int | None = 20  # the bound after the expansion (null: fixed)
+        expansion_iterations: int | None = 1000  # expansion_end_epoch (null: all iterations)
+        soft_labels: bool = True  # learned soft labels (false: hard labels, as MTT)
+        lr_y: float = 2.0  # SGD lr of the label logits
+        momentum_y: float = 0.9
+        label_expert: int = 0  # the expert whose logits initialise the labels ...
+        label_epoch: int = -1  # ... at this epoch (Label_Model_Timestamp, -1: the trained expert)
+        correct_init: bool = True  # pix_init samples_predicted_correctly
+        threshold: float | None = 1.0  # skip an iteration whose loss exceeds it (null: never)
+        # DATM trains its experts with FTD's buffer_FTD.py (GSAM)
+        experts: ExpertConfig = field(default_factory=lambda: ExpertConfig(**GSAM_EXPERTS))
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            final = self.final_start_epoch
+            if final + self.expert_epochs > self.experts.epochs:
+                raise DDBenchError(
+                    f"datm: max_start_epoch_final ({final}) + expert_epochs "
+                    f"({self.expert_epochs}) exceeds the experts' {self.experts.epochs} epochs"
+                )
+            if not 0 <= self.min_start_epoch < self.max_start_epoch <= final:
+                raise DDBenchError(
+                    "datm: need 0 <= min_start_epoch < max_start_epoch <= max_start_epoch_final, "
+                    f"got {self.min_start_epoch}, {self.max_start_epoch}, {final}"
+                )
+            if self.expansion_iterations is not None and self.expansion_iterations < 1:
+                raise DDBenchError(
+                    f"datm: expansion_iterations must be >= 1, got {self.expansion_iterations}"
+                )
+            if not (math.isfinite(self.lr_y) and self.lr_y > 0 and 0 <= self.momentum_y < 1):
+                raise DDBenchError("datm: lr_y must be positive and momentum_y in [0, 1)")
+            if not 0 <= self.label_expert < self.num_experts:
+                raise DDBenchError(
+                    f"datm: label_expert {self.label_expert} is not one of the experts"
+                )
+            if not -(self.experts.epochs + 1) <= self.label_epoch <= self.experts.epochs:
+                raise DDBenchError(
+                    f"datm: label_epoch {self.label_epoch} is outside the trajectories"
+                )
+
+        @property
+        def final_start_epoch(self) -> int:
+            f = self.max_start_epoch_final
+            return self.max_start_epoch if f is None else f
+
+    recipes = "datm"
+
+    def __init__(self, **overrides: Any):
+        super().__init__(**overrides)
         self.label_logits: torch.Tensor | None = None
         self._y_opt: torch.optim.Optimizer | None = None
         self._it = 0
@@ -125,13 +132,13 @@ class DATM(MTT):
         """The (exclusive) upper bound of the start epochs at iteration ``it``."""
         span = self.expansion_iterations or max(1, self.iterations)
         grown = self.max_start_epoch + int(
-            (self.max_start_epoch_final - self.max_start_epoch) * it / span
+            (self.settings.final_start_epoch - self.max_start_epoch) * it / span
         )
-        return min(grown, self.max_start_epoch_final)
+        return min(grown, self.settings.final_start_epoch)
 
     def sample_expert(self, task: Task) -> tuple[int, int]:
         g = task.generator
-        e = int(torch.randint(0, len(self.experts), (1,), generator=g))
+        e = int(torch.randint(0, len(self.trajectories), (1,), generator=g))
         s = int(
             torch.randint(self.min_start_epoch, self.upper_start_epoch(self._it), (1,), generator=g)
         )
@@ -142,7 +149,7 @@ class DATM(MTT):
     def label_model(self, task: Task) -> tuple[FlatModel, torch.Tensor]:
         """The label expert: an eval-mode network and its flat parameters."""
         net = FlatModel(task.model_factory().to(task.device).eval())
-        return net, self.experts[self.label_expert][self.label_epoch].to(task.device)
+        return net, self.trajectories[self.label_expert][self.label_epoch].to(task.device)
 
     @torch.no_grad()
     def _correct_real(self, task: Task, c: int, net: FlatModel, w: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,9 @@ class's mean embedding match the real one: ``sum_c ||mean f(real_c) - mean f(syn
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -28,25 +31,20 @@ class DM(ImageDistillation):
     ``lr_img_large_ipc`` replaces ``lr_img`` for ipc >= 100 (the paper's 10 vs 1).
     """
 
-    name = "dm"
+    @dataclass
+    class Settings(ImageDistillation.Settings):
+        iterations: int = 20000
+        lr_img: float = 1.0
+        lr_img_large_ipc: float | None = 10.0
+        batched: Any = "auto"  # true | false | auto
 
-    def __init__(
-        self,
-        iterations: int = 20000,
-        lr_img: float = 1.0,
-        lr_img_large_ipc: float | None = 10.0,
-        init: str = "real",
-        batched: bool | str = "auto",
-        **config,
-    ):
-        super().__init__(
-            iterations=iterations, lr_img=lr_img, lr_img_large_ipc=lr_img_large_ipc, init=init,
-            batched=batched, **config,
-        )  # fmt: skip
-        self.lr_img_large_ipc = lr_img_large_ipc
-        if batched not in (True, False, "auto"):
-            raise DDBenchError(f"batched must be true, false or auto, got {batched!r}")
-        self.batched = batched
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.batched not in (True, False, "auto"):
+                raise DDBenchError(f"batched must be true, false or auto, got {self.batched!r}")
+
+    name = "dm"
+    recipes = "dm"
 
     def image_lr(self, task: Task) -> float:
         if task.ipc >= 100 and self.lr_img_large_ipc is not None:

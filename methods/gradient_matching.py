@@ -9,6 +9,7 @@ augmentation (matching and inner training) and real initialisation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,6 @@ from ddbench.engine import autocast, has_batchnorm
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
-# DC's get_loops: ipc -> (outer_loop, inner_loop)
-LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 DISTANCES = ("ours", "mse", "cos")
 _EPS = 1e-6
 BN_SIZE_PER_CLASS = 16  # DC's BNSizePC
@@ -54,48 +53,40 @@ def gradient_distance(
 
 
 class DC(ImageDistillation):
-    """Dataset Condensation with gradient matching. ``outer_loop``/``inner_loop`` default to DC's
-    table by ipc (1: 1/1, 10: 10/50, 50: 50/10, ...). The network is trained between image
-    updates with SGD at ``lr_net`` (no momentum), batches of ``batch_train``."""
+    """Dataset Condensation with gradient matching. ``outer_loop``/``inner_loop`` come from DC's
+    table by ipc (``conf/recipes/dc.yaml``: 1: 1/1, 10: 10/50, 50: 50/10, ...); set both for an
+    ipc outside it. The network is trained between image updates with SGD at ``lr_net`` (no
+    momentum), batches of ``batch_train``."""
+
+    @dataclass
+    class Settings(ImageDistillation.Settings):
+        init: str = "noise"
+        dsa: bool = False  # no augmentation in matching or in the inner training
+        lr_net: float = 0.01  # SGD (no momentum) of the network between image updates
+        batch_train: int = 256  # batch of that inner training
+        outer_loop: int | None = None  # null: DC's table by ipc (the recipe)
+        inner_loop: int | None = None
+        distance: str = "ours"  # ours (per-row 1 - cosine, 1-D params ignored) | mse | cos
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.distance not in DISTANCES:
+                raise DDBenchError(
+                    f"unknown gradient distance {self.distance!r}; choose one of {DISTANCES}"
+                )
 
     name = "dc"
     protocol = "nodsa"  # DC's own evaluation: no augmentation, 300 epochs
-
-    def __init__(
-        self,
-        iterations: int = 1000,
-        lr_img: float = 0.1,
-        init: str = "noise",
-        dsa: bool = False,
-        lr_net: float = 0.01,
-        batch_train: int = 256,
-        outer_loop: int | None = None,
-        inner_loop: int | None = None,
-        distance: str = "ours",
-        **config,
-    ):
-        super().__init__(
-            iterations=iterations, lr_img=lr_img, init=init, dsa=dsa, lr_net=lr_net,
-            batch_train=batch_train, outer_loop=outer_loop, inner_loop=inner_loop,
-            distance=distance, **config,
-        )  # fmt: skip
-        if distance not in DISTANCES:
-            raise DDBenchError(f"unknown gradient distance {distance!r}; choose one of {DISTANCES}")
-        self.lr_net = float(lr_net)
-        self.batch_train = int(batch_train)
-        self.outer_loop, self.inner_loop = outer_loop, inner_loop
-        self.distance = distance
+    recipes = "dc"
 
     def loops(self, ipc: int) -> tuple[int, int]:
-        outer, inner = LOOPS.get(ipc, (None, None))
-        outer = self.outer_loop if self.outer_loop is not None else outer
-        inner = self.inner_loop if self.inner_loop is not None else inner
-        if outer is None or inner is None:
+        if self.outer_loop is None or self.inner_loop is None:
             raise DDBenchError(
-                f"{self.name} has no default outer/inner loops for ipc={ipc} (DC's table: "
-                f"{sorted(LOOPS)}); set method.outer_loop and method.inner_loop"
+                f"{self.name} has no outer/inner loops for ipc={ipc} (DC's table in "
+                f"conf/recipes/dc.yaml covers 1, 10, 20, 30, 40, 50); set method.outer_loop and "
+                f"method.inner_loop"
             )
-        return int(outer), int(inner)
+        return int(self.outer_loop), int(self.inner_loop)
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
         outer, inner = self.loops(task.ipc)
@@ -141,11 +132,13 @@ class DSA(DC):
     """Dataset Condensation with Differentiable Siamese Augmentation: DC with siamese DSA in
     matching (one draw per class and step) and DSA in the inner training, real initialisation."""
 
+    @dataclass
+    class Settings(DC.Settings):
+        init: str = "real"
+        dsa: bool = True
+
     name = "dsa"
     protocol = "standard"
-
-    def __init__(self, init: str = "real", dsa: bool = True, **config):
-        super().__init__(init=init, dsa=dsa, **config)
 
 
 def _full(out: torch.Tensor, c: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -60,8 +61,10 @@ def check_expert_space(name: str, cfg: ExpertConfig, task: Task) -> None:
 class MTT(ImageDistillation):
     """Trajectory matching with a learned student lr.
 
-    Config (beyond :class:`ImageDistillation`'s; ``batch_real`` is unused):
-      experts          :class:`ddbench.experts.ExpertConfig` fields (model, epochs, lr, ...)
+    Settings beyond :class:`ImageDistillation`'s (``batch_real`` is unused); the defaults are the
+    paper's CIFAR-10 IPC 10 values, and ``conf/recipes/mtt.yaml`` holds the published values of
+    the other settings:
+      experts          :class:`ddbench.experts.ExpertConfig` (model, epochs, lr, ...)
       num_experts      how many cached experts to sample from (trained on a cache miss)
       syn_steps        student SGD steps per iteration (N)
       expert_epochs    target = expert ``expert_epochs`` epochs after the start (M)
@@ -69,77 +72,66 @@ class MTT(ImageDistillation):
       batch_syn        synthetic images per student step (null: all of them)
       lr_teacher       initial value of the learned lr
       lr_lr            SGD lr of the learned lr (momentum 0.5)
-      lr_min           the learned lr is clamped to >= this after every update
+      lr_min           the learned lr is clamped to >= this after every update (MTT does not clamp)
       checkpoint_unroll  recompute each unrolled step in backward (memory-lean, same numbers)
       fused_norm_relu  a ConvNet student's instance norm + ReLU as one function with a
-                       hand-written double backward (``ddbench.fused_block``; CPU, activations
-                       of >= 2^18 elements): 0.6-0.8x the bf16 unroll's time, 0.8x its memory
+                       hand-written double backward (``ddbench.fused_block``)
     """
+
+    @dataclass
+    class Settings(ImageDistillation.Settings):
+        iterations: int = 5000  # MTT's --Iteration
+        lr_img: float = 1000.0  # SGD lr of the pixels (momentum_img 0.5)
+        lr_lr: float = 1e-05
+        lr_teacher: float = 0.01  # initial learned lr (= the experts' lr)
+        lr_min: float = 1e-06
+        syn_steps: int = 30
+        expert_epochs: int = 2
+        max_start_epoch: int = 20
+        batch_syn: int | None = None  # null: all synthetic images per step (MTT's default)
+        num_experts: int = 10  # MTT trains 100; experts are cached ($DDBENCH_CACHE/experts)
+        experts: ExpertConfig = field(default_factory=ExpertConfig)  # buffer.py's recipe
+        checkpoint_unroll: bool = False
+        fused_norm_relu: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            for key in ("syn_steps", "expert_epochs", "max_start_epoch", "num_experts"):
+                if getattr(self, key) < 1:
+                    raise DDBenchError(f"mtt: {key} must be >= 1, got {getattr(self, key)}")
+            if self.max_start_epoch + self.expert_epochs > self.experts.epochs:
+                raise DDBenchError(
+                    f"mtt: max_start_epoch ({self.max_start_epoch}) + expert_epochs "
+                    f"({self.expert_epochs}) exceeds the experts' {self.experts.epochs} epochs"
+                )
+            for key in ("lr_lr", "lr_teacher", "lr_min"):
+                v = getattr(self, key)
+                if not (math.isfinite(v) and v > 0):
+                    raise DDBenchError(f"mtt: {key} must be positive, got {v}")
+            if self.batch_syn is not None and self.batch_syn < 1:
+                raise DDBenchError(f"mtt: batch_syn must be >= 1 or null, got {self.batch_syn}")
 
     name = "mtt"
     protocol = "learned_lr"
+    recipes = "mtt"
 
-    def __init__(
-        self,
-        iterations: int = 5000,
-        lr_img: float = 1000.0,
-        lr_lr: float = 1e-5,
-        lr_teacher: float = 0.01,
-        lr_min: float = 1e-6,
-        syn_steps: int = 20,
-        expert_epochs: int = 3,
-        max_start_epoch: int = 25,
-        batch_syn: int | None = None,
-        num_experts: int = 10,
-        experts: dict[str, Any] | None = None,
-        init: str = "real",
-        checkpoint_unroll: bool = False,
-        fused_norm_relu: bool = True,
-        **config: Any,
-    ):
-        super().__init__(
-            iterations=iterations, lr_img=lr_img, lr_lr=lr_lr, lr_teacher=lr_teacher,
-            lr_min=lr_min, syn_steps=syn_steps, expert_epochs=expert_epochs,
-            max_start_epoch=max_start_epoch, batch_syn=batch_syn, num_experts=num_experts,
-            experts=dict(experts or {}), init=init, checkpoint_unroll=checkpoint_unroll,
-            fused_norm_relu=fused_norm_relu, **config,
-        )  # fmt: skip
-        self.expert_cfg = ExpertConfig.from_config(experts)
-        for key, v in (("syn_steps", syn_steps), ("expert_epochs", expert_epochs),
-                       ("max_start_epoch", max_start_epoch), ("num_experts", num_experts)):  # fmt: skip
-            if int(v) < 1:
-                raise DDBenchError(f"mtt: {key} must be >= 1, got {v}")
-        if max_start_epoch + expert_epochs > self.expert_cfg.epochs:
-            raise DDBenchError(
-                f"mtt: max_start_epoch ({max_start_epoch}) + expert_epochs ({expert_epochs}) "
-                f"exceeds the experts' {self.expert_cfg.epochs} epochs"
-            )
-        for key, v in (("lr_lr", lr_lr), ("lr_teacher", lr_teacher), ("lr_min", lr_min)):
-            if not (math.isfinite(float(v)) and float(v) > 0):
-                raise DDBenchError(f"mtt: {key} must be positive, got {v}")
-        if batch_syn is not None and int(batch_syn) < 1:
-            raise DDBenchError(f"mtt: batch_syn must be >= 1 or null, got {batch_syn}")
-        self.lr_lr, self.lr_teacher, self.lr_min = float(lr_lr), float(lr_teacher), float(lr_min)
-        self.syn_steps, self.expert_epochs = int(syn_steps), int(expert_epochs)
-        self.max_start_epoch, self.num_experts = int(max_start_epoch), int(num_experts)
-        self.batch_syn = None if batch_syn is None else int(batch_syn)
-        self.checkpoint_unroll = bool(checkpoint_unroll)
-        self.fused_norm_relu = bool(fused_norm_relu)
+    def __init__(self, **overrides: Any):
+        super().__init__(**overrides)
         self.syn_lr: torch.Tensor | None = None
         self._lr_opt: torch.optim.Optimizer | None = None
-        self.experts: list[torch.Tensor] = []
+        self.trajectories: list[torch.Tensor] = []
         self.student: FlatModel | None = None
 
     # ------------------------------------------------------------------------------ setup
 
     def prepare(self, task: Task) -> None:
         """Load (or train) the experts, build the functional student and the learned lr."""
-        check_expert_space(self.name, self.expert_cfg, task)
+        check_expert_space(self.name, self.experts, task)
         self.student = self.make_student(task.model_factory().to(task.device))
-        self.experts = get_experts(task.spec.name, self.expert_cfg, self.num_experts, task.device)
-        if self.experts[0].shape[1] != self.student.num_params:
+        self.trajectories = get_experts(task.spec.name, self.experts, self.num_experts, task.device)
+        if self.trajectories[0].shape[1] != self.student.num_params:
             raise DDBenchError(
-                f"mtt: the experts have {self.experts[0].shape[1]} parameters, the task's model "
+                f"mtt: the experts have {self.trajectories[0].shape[1]} parameters, the task's model "
                 f"{self.student.num_params}: set method.experts.model/model_kwargs to the model's"
             )
         self.syn_lr = torch.tensor(self.lr_teacher, device=task.device).requires_grad_(True)
@@ -153,6 +145,7 @@ class MTT(ImageDistillation):
         return FlatModel(net.train())
 
     def distill(self, task: Task) -> SyntheticSet:
+        self.apply_recipe(task.spec.name, task.ipc)
         self.prepare(task)
         s = super().distill(task)
         assert self.syn_lr is not None
@@ -165,7 +158,7 @@ class MTT(ImageDistillation):
     def sample_expert(self, task: Task) -> tuple[int, int]:
         """``(expert index, start epoch)`` drawn from the task's generator."""
         g = task.generator
-        e = int(torch.randint(0, len(self.experts), (1,), generator=g))
+        e = int(torch.randint(0, len(self.trajectories), (1,), generator=g))
         s = int(torch.randint(0, self.max_start_epoch, (1,), generator=g))
         return e, s
 
@@ -221,7 +214,7 @@ class MTT(ImageDistillation):
         (batches and DSA draws from the task's generator); differentiable w.r.t. the images
         and the lr (default: the learned one)."""
         lr = self.syn_lr if lr is None else lr
-        traj = self.experts[expert]
+        traj = self.trajectories[expert]
         theta0 = traj[start].to(task.device)
         target = traj[start + self.expert_epochs].to(task.device)
         w = theta0.clone().requires_grad_(True)

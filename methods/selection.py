@@ -24,13 +24,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ddbench.engine import Recipe, autocast, build_models, train
 from ddbench.errors import DDBenchError
-from ddbench.method import Method, Task
+from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 _SEED_RANGE = 2**31 - 1
+FEATURES = ("teacher", "trained", "random", "pixels")
 
 
 # ------------------------------------------------------------------------------ shared helpers
@@ -267,15 +270,19 @@ def kcenter_select(
 class _Selection(Method):
     """Common ``distill``: pick train indices, check them, wrap the real images in a set."""
 
-    name = "selection"
+    @dataclass
+    class Settings(Settings):
+        lr: float = 0.01  # SGD lr of the networks a method trains
+        batch_size: int = 256
+        chunk: int = 256  # images per inference chunk (bounds activation memory)
 
-    def __init__(self, lr: float = 0.01, batch_size: int = 256, chunk: int = 256, **config):
-        super().__init__(lr=lr, batch_size=batch_size, chunk=chunk, **config)
-        _positive(self.name, "batch_size", batch_size)
-        _positive(self.name, "chunk", chunk)
-        if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
-            raise DDBenchError(f"{self.name}: lr must be a positive number, got {lr!r}")
-        self.lr, self.batch_size, self.chunk = float(lr), batch_size, chunk
+        def __post_init__(self) -> None:
+            _positive("selection", "batch_size", self.batch_size)
+            _positive("selection", "chunk", self.chunk)
+            if not (math.isfinite(self.lr) and self.lr > 0):
+                raise DDBenchError(f"selection: lr must be a positive number, got {self.lr!r}")
+
+    name = "selection"
 
     def select(self, task: Task) -> torch.Tensor:
         """Train-split indices of the chosen images (``ipc`` per class)."""
@@ -324,22 +331,17 @@ class _FeatureSelection(_Selection):
     ``normalize: true`` L2-normalises the features first (as iCaRL's herding).
     """
 
-    def __init__(
-        self,
-        features: str = "teacher",
-        feature_epochs: int = 1,
-        normalize: bool = False,
-        teacher: dict | None = None,
-        **config,
-    ):
-        super().__init__(
-            features=features, feature_epochs=feature_epochs, normalize=normalize,
-            teacher=dict(teacher or {}), **config,
-        )  # fmt: skip
-        _choice(self.name, "features", features, ("teacher", "trained", "random", "pixels"))
-        self.teacher = dict(teacher or {})
-        _positive(self.name, "feature_epochs", feature_epochs, minimum=0)
-        self.features, self.feature_epochs, self.normalize = features, feature_epochs, normalize
+    @dataclass
+    class Settings(_Selection.Settings):
+        features: str = "teacher"  # teacher (cached, shared with kd) | trained | random | pixels
+        feature_epochs: int = 1  # epochs of training for features=trained (constant lr)
+        normalize: bool = False  # L2-normalise features first (as iCaRL)
+        teacher: dict[str, Any] = field(default_factory=dict)  # TeacherConfig overrides
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _choice("selection", "features", self.features, FEATURES)
+            _positive("selection", "feature_epochs", self.feature_epochs, minimum=0)
 
     def feature_model(self, task: Task) -> nn.Module | None:
         """The feature network (its seed drawn from ``task.generator``), in eval mode; ``None``
@@ -404,10 +406,13 @@ class KCenter(_FeatureSelection):
 
     name = "kcenter"
 
-    def __init__(self, init: str = "mean", **config):
-        super().__init__(init=init, **config)
-        _choice(self.name, "init", init, ("mean", "random"))
-        self.init = init
+    @dataclass
+    class Settings(_FeatureSelection.Settings):
+        init: str = "mean"  # mean | random (first center drawn with the task seed)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _choice("kcenter", "init", self.init, ("mean", "random"))
 
     def pick(self, task: Task, feats: torch.Tensor) -> torch.Tensor:
         first = None
@@ -423,10 +428,13 @@ class _ScoreSelection(_Selection):
     """Score every train image, keep the ``ipc`` highest (``keep: hardest``) or lowest
     (``keep: easiest``) of each class; ties are broken by ``task.generator``."""
 
-    def __init__(self, keep: str = "hardest", **config):
-        super().__init__(keep=keep, **config)
-        _choice(self.name, "keep", keep, ("hardest", "easiest"))
-        self.keep = keep
+    @dataclass
+    class Settings(_Selection.Settings):
+        keep: str = "hardest"  # hardest | easiest
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _choice("selection", "keep", self.keep, ("hardest", "easiest"))
 
     def score(self, task: Task) -> dict[str, torch.Tensor]:
         """``{"score": [N] (higher = harder), ...diagnostics}`` over the train split."""
@@ -491,11 +499,17 @@ class Forgetting(_ScoreSelection):
 
     name = "forgetting"
 
-    def __init__(self, epochs: int = 10, never_learned: str = "count", **config):
-        super().__init__(epochs=epochs, never_learned=never_learned, **config)
-        _positive(self.name, "epochs", epochs)
-        _choice(self.name, "never_learned", never_learned, ("hardest", "count"))
-        self.epochs, self.never_learned = epochs, never_learned
+    @dataclass
+    class Settings(_ScoreSelection.Settings):
+        epochs: int = 10  # epochs of the counting run (constant lr, no augmentation)
+        # count: never-learned images rank by their 0 events (DeepCore) | hardest: as forgotten
+        # infinitely often, picked first (Toneva); count is closer to the DC paper
+        never_learned: str = "count"
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _positive("forgetting", "epochs", self.epochs)
+            _choice("forgetting", "never_learned", self.never_learned, ("hardest", "count"))
 
     def score(self, task: Task) -> dict[str, torch.Tensor]:
         """``count`` (forgetting events), ``learned`` (ever correct), ``correct`` (after the
@@ -543,11 +557,15 @@ class _EarlyTrainingScore(_ScoreSelection):
 
     needs_embedding = False
 
-    def __init__(self, models: int = 3, epochs: int = 10, **config):
-        super().__init__(models=models, epochs=epochs, **config)
-        _positive(self.name, "models", models)
-        _positive(self.name, "epochs", epochs, minimum=0)
-        self.models, self.epochs = models, epochs
+    @dataclass
+    class Settings(_ScoreSelection.Settings):
+        models: int = 3  # networks averaged
+        epochs: int = 10  # epochs of (early) training of each; 0: at initialisation
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            _positive("selection", "models", self.models)
+            _positive("selection", "epochs", self.epochs, minimum=0)
 
     def per_model(self, emb: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
         """Per-model score ``[K,B]`` from embeddings ``[K,B,F]`` and ``softmax - onehot``."""

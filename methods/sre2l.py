@@ -36,7 +36,7 @@ CDA (curriculum on the crop scale, ``methods/cda.py``) and CV-DD (a committee of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 from ddbench.synset import SyntheticSet, decode_topk, encode_topk
+from ddbench.teachers import TeacherConfig
 
 __all__ = [
     "SRe2L", "BNStatHook", "Member", "class_consistent", "jitter", "random_resized_crop",
@@ -248,80 +249,66 @@ class SRe2L(ImageDistillation):
     """Squeeze (a cached BatchNorm teacher), recover (Adam on noise: CE + BN-statistics
     matching under crop/flip/jitter) and relabel (the teacher's logits, stored compactly).
 
-    Config: ``teacher`` (a :class:`ddbench.teachers.TeacherConfig` node), ``iterations``,
-    ``lr_img`` (Adam's lr, cosine-annealed to 0), ``betas``, ``r_bn``, ``first_bn_multiplier``,
-    ``crop_scale`` (RandomResizedCrop's scale range), ``flip`` (``auto``: where the dataset's DSA
-    strategy flips), ``jitter`` (max roll in pixels), ``init`` (``noise``, as in the paper, or
-    ``real``), ``label_dtype`` (``float16`` or ``float32`` soft labels), ``label_topk`` (null:
-    all K logits; k: the k largest, their classes and a fill per row), ``mismatch`` (what
-    to do with images the teacher does not put in their class: ``swap``, see
-    :func:`class_consistent`, or ``error``).
+    Settings: ``teacher`` (a :class:`ddbench.teachers.TeacherConfig`; keys left out take
+    ``DEFAULT_TEACHER``'s values), ``iterations``, ``lr_img`` (Adam's lr, cosine-annealed to 0),
+    ``betas``, ``r_bn``, ``first_bn_multiplier``, ``crop_scale`` (RandomResizedCrop's scale
+    range), ``flip`` (``auto``: where the dataset's DSA strategy flips), ``jitter`` (max roll in
+    pixels), ``init`` (``noise``, as in the paper, or ``real``), ``label_dtype`` (``float16`` or
+    ``float32`` soft labels), ``label_topk`` (null: all K logits; k: the k largest, their classes
+    and a fill per row), ``mismatch`` (what to do with images the teacher does not put in their
+    class: ``swap``, see :func:`class_consistent`, or ``error``).
     """
+
+    @dataclass
+    class Settings(ImageDistillation.Settings):
+        iterations: int = 1000  # recover iterations (the paper's 1K)
+        lr_img: float = 0.25  # Adam lr, cosine-annealed to 0 over the iterations
+        betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+        r_bn: float = 0.01  # weight of the BN-statistics loss next to CE
+        first_bn_multiplier: float = 10.0  # extra weight of the first BatchNorm layer
+        crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+        flip: Any = "auto"  # true | false | auto: flip where the dataset's DSA strategy flips
+        jitter: int = 4  # random roll of up to N pixels per batch (the paper's 4 at 32x32)
+        init: str = "noise"  # noise (the paper: N(0, 1) in the normalised space) | real
+        teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(**DEFAULT_TEACHER))
+        label_dtype: str = "float16"  # soft labels (teacher logits) as float16 [N, K] | float32
+        label_topk: int | None = None  # null: all K logits | k: the k largest + classes + fill
+        mismatch: str = "swap"  # swap the two logits (Wen et al. 2019's knowledge adjustment)
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.fyi:
+                raise DDBenchError("sre2l: fyi is not supported")
+            betas = self.betas
+            if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+                raise DDBenchError(f"betas must be two numbers in [0, 1), got {betas}")
+            if not (self.r_bn >= 0 and self.first_bn_multiplier >= 0):
+                raise DDBenchError("r_bn and first_bn_multiplier must be >= 0")
+            if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+                raise DDBenchError(
+                    f"crop_scale must satisfy 0 < low <= high <= 1, got {self.crop_scale}"
+                )
+            if self.flip not in (True, False, "auto"):
+                raise DDBenchError(f"flip must be true, false or auto, got {self.flip!r}")
+            if self.jitter < 0:
+                raise DDBenchError(f"jitter must be >= 0, got {self.jitter}")
+            if self.label_dtype not in LABEL_DTYPES:
+                raise DDBenchError(
+                    f"label_dtype must be one of {list(LABEL_DTYPES)}, got {self.label_dtype!r}"
+                )
+            if self.label_topk is not None and self.label_topk < 1:
+                raise DDBenchError(
+                    "label_topk must be null (all logits) or a number of classes >= 1, got "
+                    f"{self.label_topk!r}"
+                )
+            if self.mismatch not in ("swap", "error"):
+                raise DDBenchError(f"mismatch must be swap or error, got {self.mismatch!r}")
 
     name = "sre2l"
     protocol = "kd"
 
-    def __init__(
-        self,
-        iterations: int = 1000,
-        lr_img: float = 0.25,
-        betas: Sequence[float] = (0.5, 0.9),
-        r_bn: float = 0.01,
-        first_bn_multiplier: float = 10.0,
-        crop_scale: Sequence[float] = (0.08, 1.0),
-        flip: bool | str = "auto",
-        jitter: int = 4,
-        init: str = "noise",
-        teacher: dict[str, Any] | None = None,
-        label_dtype: str = "float16",
-        label_topk: int | None = None,
-        mismatch: str = "swap",
-        **config: Any,
-    ):
-        if config.get("fyi"):
-            raise DDBenchError(f"{self.name}: fyi is not supported")
-        teacher = {**DEFAULT_TEACHER, **(teacher or {})}
-        super().__init__(
-            iterations=iterations, lr_img=lr_img, betas=list(betas), r_bn=r_bn,
-            first_bn_multiplier=first_bn_multiplier, crop_scale=list(crop_scale), flip=flip,
-            jitter=jitter, init=init, teacher=teacher, label_dtype=label_dtype,
-            label_topk=label_topk, mismatch=mismatch, **config,
-        )  # fmt: skip
-        from ddbench.teachers import TeacherConfig
-
-        self.teacher = TeacherConfig.from_config(teacher)
-        if len(betas) != 2 or not all(0 <= float(b) < 1 for b in betas):
-            raise DDBenchError(f"betas must be two numbers in [0, 1), got {betas}")
-        if not (float(r_bn) >= 0 and float(first_bn_multiplier) >= 0):
-            raise DDBenchError("r_bn and first_bn_multiplier must be >= 0")
-        lo, hi = (float(s) for s in crop_scale)
-        if not 0 < lo <= hi <= 1:
-            raise DDBenchError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
-        if flip not in (True, False, "auto"):
-            raise DDBenchError(f"flip must be true, false or auto, got {flip!r}")
-        if int(jitter) < 0:
-            raise DDBenchError(f"jitter must be >= 0, got {jitter}")
-        if label_dtype not in LABEL_DTYPES:
-            raise DDBenchError(
-                f"label_dtype must be one of {list(LABEL_DTYPES)}, got {label_dtype!r}"
-            )
-        if label_topk is not None and (
-            isinstance(label_topk, bool) or not isinstance(label_topk, int) or label_topk < 1
-        ):
-            raise DDBenchError(
-                f"label_topk must be null (all logits) or a number of classes >= 1, got {label_topk!r}"
-            )
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.r_bn = float(r_bn)
-        self.first_bn_multiplier = float(first_bn_multiplier)
-        self.crop_scale = (lo, hi)
-        self.flip = flip
-        self.jitter = int(jitter)
-        if mismatch not in ("swap", "error"):
-            raise DDBenchError(f"mismatch must be swap or error, got {mismatch!r}")
-        self.label_dtype = label_dtype
-        self.label_topk = label_topk
-        self.mismatch = mismatch
+    def __init__(self, **overrides: Any):
+        super().__init__(**overrides)
         self.members: list[Member] = []
         self._adam: torch.optim.Adam | None = None
         self._adam_state: dict[str, torch.Tensor] = {}
@@ -335,7 +322,7 @@ class SRe2L(ImageDistillation):
     def crop_scale_at(self, it: int) -> tuple[float, float]:
         """The RandomResizedCrop scale range at iteration ``it`` (fixed in SRe2L; CDA's
         curriculum overrides this)."""
-        return self.crop_scale
+        return (self.crop_scale[0], self.crop_scale[1])
 
     def recovery_loss(
         self, task: Task, x: torch.Tensor, y: torch.Tensor, group_size: int
@@ -407,7 +394,9 @@ class SRe2L(ImageDistillation):
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
         if self._adam is None:
-            self._adam = torch.optim.Adam([images], lr=self.lr_img, betas=self.betas, eps=1e-8)
+            self._adam = torch.optim.Adam(
+                [images], lr=self.lr_img, betas=tuple(self.betas), eps=1e-8
+            )
             if self._adam_state:  # resumed
                 st = self._adam_state
                 self._adam.state[images] = {
