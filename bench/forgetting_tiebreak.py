@@ -17,15 +17,14 @@ Evaluate the sets with ``ddbench evaluate``::
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from ddbench import data, synset
 from ddbench.augment import DSA
 from ddbench.method import Task, build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.selection import select_top
 from ddbench.models import create_model
 
@@ -55,11 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     # the method as `ddbench run method=forgetting method.epochs=E` builds it: the same config,
     # hence the same cache key as that run's scores
-    node = OmegaConf.load(
-        str(importlib.resources.files("ddbench.conf") / "method" / "forgetting.yaml")
+    node = packaged_config(
+        "forgetting",
+        [f"method.epochs={args.epochs}", f"method.never_learned={args.never_learned}"],
     )
-    node.epochs, node.never_learned = args.epochs, args.never_learned
-    method = build_method(OmegaConf.to_container(node, resolve=True))
+    method = build_method(node)
     scores = method.score(task)["score"].cpu()  # seed 0's scoring run (cached)
     ties = []
     for c in range(spec.num_classes):

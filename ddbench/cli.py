@@ -544,36 +544,24 @@ def expert_config(
     dataset: str, method: str = "mtt", model: str = "convnet", **overrides: Any
 ) -> tuple[Any, int]:
     """``(ExpertConfig, num_experts)`` exactly as ``method=<method> model=<model>`` builds them
-    (``conf/method/<method>.yaml``'s ``experts`` node over ``conf/model/<model>.yaml``), with
+    (the composed method node's ``experts``, which follow the model), with
     ``overrides`` (ExpertConfig fields; ``model_kwargs`` entries are merged) applied on top."""
-    from omegaconf import OmegaConf
-
     from ddbench import data
     from ddbench.experts import ExpertConfig
+    from ddbench.methods import packaged_config
 
-    conf = importlib.resources.files("ddbench.conf")
-    files = {
-        "method": conf / "method" / f"{method}.yaml",
-        "model": conf / "model" / f"{model}.yaml",
-    }
-    for kind, f in files.items():
-        if not f.is_file():
-            raise DDBenchError(f"unknown {kind} {f.name[:-5]!r} (no conf/{kind}/{f.name})")
-    spec = data.get_spec(dataset)
-    root = OmegaConf.create(
-        {
-            "model": OmegaConf.load(str(files["model"])),
-            "method": OmegaConf.load(str(files["method"])),
-            "dataset": {"name": spec.name, "zca": False, "zca_eps": data.ZCA_EPS},
-        }
-    )
-    if "experts" not in root.method:
+    f = importlib.resources.files("ddbench.conf") / "model" / f"{model}.yaml"
+    if not f.is_file():
+        raise DDBenchError(f"unknown model {model!r} (no conf/model/{model}.yaml)")
+    data.get_spec(dataset)
+    method_node = packaged_config(method, [f"model={model}"])
+    if "experts" not in method_node:
         raise DDBenchError(f"method {method!r} trains no experts (its config has no experts node)")
-    node = OmegaConf.to_container(root.method.experts, resolve=True)
+    node = dict(method_node["experts"])
     kwargs = overrides.pop("model_kwargs", None) or {}
     node.update({k: v for k, v in overrides.items() if v is not None})
     node["model_kwargs"] = {**(node.get("model_kwargs") or {}), **kwargs}
-    return ExpertConfig.from_config(node), int(root.method.get("num_experts", 10))
+    return ExpertConfig.from_config(node), int(method_node.get("num_experts", 10))
 
 
 def _model_kwarg(text: str) -> tuple[str, Any]:

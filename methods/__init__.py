@@ -39,3 +39,30 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for name, cls in builtin_methods().items():
         store.store(group="method/schema", name=name, node=cls().config)
+
+
+def packaged_config(name: str, overrides: tuple[str, ...] | list[str] = ()) -> dict:
+    """The resolved ``method`` node that ``ddbench run method=<name> <overrides>`` composes
+    (the default model and dataset unless ``overrides`` choose others, e.g. ``model=convnet_bn``)."""
+    from importlib.resources import files
+
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+
+    from ddbench.errors import DDBenchError
+
+    if not (files("ddbench.conf") / "method" / f"{name}.yaml").is_file():
+        raise DDBenchError(f"unknown method {name!r} (no conf/method/{name}.yaml)")
+    register_schemas()
+    args = [f"method={name}", *overrides]
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside a running ddbench command
+            cfg = compose("run", overrides=args)
+        else:
+            with initialize_config_module("ddbench.conf", version_base="1.3"):
+                cfg = compose("run", overrides=args)
+    except HydraException as e:
+        raise DDBenchError(f"cannot compose method={name}: {str(e).splitlines()[0]}") from None
+    return OmegaConf.to_container(cfg.method, resolve=True)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from ddbench.method import Method, Task
+from ddbench.method import Method, Settings, Task
 
 
 class MeanShifted(Method):
     """Class means of a few real images, brightened: a toy idea in one small file."""
 
-    name = "mean_shifted"
+    @dataclass
+    class Settings(Settings):
+        brightness: float = 0.0  # added to every pixel of the class means
 
-    def __init__(self, brightness: float = 0.0, **config):
-        super().__init__(brightness=brightness, **config)
-        self.brightness = brightness
+    name = "mean_shifted"
 
     def distill(self, task: Task):
         images, labels = [], []

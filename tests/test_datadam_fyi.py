@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_valid_set, check_lowers_loss, check_resume, make_task
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 from ddbench.data import RealDataset
 from ddbench.distill import ImageDistillation, train_steps
 from ddbench.errors import DDBenchError
 from ddbench.fyi import flip_concat, mirror_symmetry
+from ddbench.method import build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.datadam import DataDAM, attention
 from ddbench.methods.dm import DM
 from ddbench.methods.gradient_matching import DC, DSA
@@ -100,8 +100,8 @@ def test_datadam_resume_continues_from_the_checkpoint_exactly(digits_train, tmp_
 
 
 def test_datadam_config_holds_the_paper_defaults_and_rejects_bad_values(digits_train):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "datadam.yaml"))
-    m = instantiate(cfg, _convert_="all")
+    cfg = packaged_config("datadam")
+    m = build_method(cfg)
     assert type(m) is DataDAM and isinstance(m, ImageDistillation) and cfg["name"] == "datadam"
     expected = {"iterations": 20000, "lr_img": 1.0, "momentum_img": 0.5, "init": "real",
                 "batch_real": 64, "dsa": True, "power": 4.0, "mmd_weight": 0.01,

@@ -9,11 +9,11 @@ import pytest
 import torch
 from cli_runner import run_cli
 from conftest import Killed, kill_training_after_epoch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from ddbench import engine, experts
 from ddbench.cli import expert_config, list_experts
+from ddbench.method import build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.mtt import MTT
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -32,17 +32,14 @@ def test_train_caches_the_experts_a_run_of_the_method_looks_up_then_lists_them(t
     assert "expert 0 digits/convnet" in p.stdout and "expert 1 digits/convnet" in p.stdout
     assert "s/epoch" in p.stdout
     # the config is the one `ddbench run method=mtt model.kwargs.net_width=16` builds
-    root = OmegaConf.create({
-        "model": OmegaConf.load(CONF / "model" / "convnet.yaml"),
-        "method": OmegaConf.load(CONF / "method" / "mtt.yaml"),
-    })  # fmt: skip
-    root.model.kwargs.net_width = 16
-    root.method.experts.epochs = 2
-    root.method.max_start_epoch = root.method.expert_epochs = 1
-    m = instantiate(root.method, _convert_="all")
+    node = packaged_config(
+        "mtt", ["model.kwargs.net_width=16", "method.experts.epochs=2",
+                "method.max_start_epoch=1", "method.expert_epochs=1"],
+    )  # fmt: skip
+    m = build_method(node)
     assert isinstance(m, MTT)
     cfg, num = expert_config("digits", epochs=2, model_kwargs={"net_width": 16})
-    assert cfg == m.expert_cfg and num == m.num_experts
+    assert cfg == m.experts and num == m.num_experts
     trajs = experts.get_experts("digits", cfg, 2, "cpu", train=False, progress=False)
     assert [t.shape[0] for t in trajs] == [3, 3]
     files = sorted(experts.expert_dir("digits", cfg).glob("expert_*.safetensors"))

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import Rec, check_lowers_loss, check_resume, make_task
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from ddbench import synset
 from ddbench.distill import ImageDistillation, class_means
 from ddbench.errors import DDBenchError
+from ddbench.method import build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.dm import DM
 from ddbench.methods.gradient_matching import DC, DSA, gradient_distance
 from ddbench.models import create_model
@@ -161,14 +161,18 @@ def test_resume_continues_from_the_checkpoint_exactly(digits_train, tmp_path):
     ],
 )
 def test_configs_hold_the_paper_defaults(name, cls, expected):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    m = instantiate(cfg, _convert_="all")
+    cfg = packaged_config(name)
+    m = build_method(cfg)
     assert type(m) is cls and isinstance(m, ImageDistillation) and cfg["name"] == name
     assert m.momentum_img == 0.5 and m.batch_real == 256 and m.eval_every == 0
     for k, v in expected.items():
         assert getattr(m, k) == v, k
     if cls is not DM:
-        assert m.lr_net == 0.01 and m.distance == "ours" and m.loops(50) == (50, 10)
+        assert m.lr_net == 0.01 and m.distance == "ours"
+        assert (
+            cls.for_setting("mnist", 50).outer_loop,
+            cls.for_setting("mnist", 50).inner_loop,
+        ) == (50, 10)
 
 
 def test_cli_runs_dm_end_to_end(tmp_path):

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Killed, check_resume, kill_training_after_epoch, make_task
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ddbench import engine, experts, synset
 from ddbench.fyi import flip_concat
+from ddbench.method import build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.mtt import MTT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -230,12 +230,9 @@ def test_a_killed_mtt_run_resumes_images_and_learned_lr(digits_train, tmp_path):
 
 
 def test_the_config_builds_mtt_with_the_runs_model():
-    root = OmegaConf.create(
-        {"model": {"name": "convnet", "kwargs": {"net_width": 16}}, "method": OmegaConf.load(CONF)}
-    )
-    m = instantiate(root.method, _convert_="all")
+    m = build_method(packaged_config("mtt", ["model.kwargs.net_width=16"]))
     assert isinstance(m, MTT) and m.protocol == "learned_lr"
-    assert m.expert_cfg.model == "convnet" and m.expert_cfg.model_kwargs == {"net_width": 16}
+    assert m.experts.model == "convnet" and m.experts.model_kwargs["net_width"] == 16
     assert (m.syn_steps, m.expert_epochs, m.max_start_epoch) == (30, 2, 20)
     with pytest.raises(Exception, match="exceeds"):
         MTT(**{**MTT_CFG, "max_start_epoch": 3})

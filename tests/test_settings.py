@@ -65,7 +65,11 @@ def test_python_defaults_and_packaged_config_are_the_same_method(name):
         changed = build_method(composed_method(f"method={name}", f"method.{key}={new}"))
     except DDBenchError:  # the doubled value is invalid for this method: the error is the check
         return
-    assert getattr(changed, key) == type(value)(new) == builtin_methods()[name](**{key: new}).config[key]
+    assert (
+        getattr(changed, key)
+        == type(value)(new)
+        == builtin_methods()[name](**{key: new}).config[key]
+    )
 
 
 def test_unknown_and_mistyped_settings_are_refused():

@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Killed, check_resume, counting, kill_training_after_epoch, make_task
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import ddbench
 from ddbench import engine, experts, synset
 from ddbench.experts import ExpertConfig, ExpertStep
-from ddbench.method import Checkpointer
+from ddbench.method import Checkpointer, build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.ast import AST, balanced_targets
 from ddbench.methods.datm import DATM
 from ddbench.methods.ftd import FTD
@@ -236,7 +236,7 @@ def test_ftd_sets_hold_the_ema_of_the_images(digits_train, cached_experts):
     assert len(seen) == 4
     torch.testing.assert_close(s.images, ema)
     assert not torch.allclose(s.images, seen[-1])  # not the last images
-    assert s.meta["distillation"]["images"] == "ema" and m.expert_cfg.sam_rho > 0
+    assert s.meta["distillation"]["images"] == "ema" and m.experts.sam_rho > 0
 
 
 def test_a_killed_ftd_run_resumes_with_its_ema(digits_train, cached_experts, tmp_path):
@@ -251,11 +251,11 @@ def test_a_killed_ftd_run_resumes_with_its_ema(digits_train, cached_experts, tmp
 
 def test_datm_start_epoch_range_grows_as_configured():
     m = DATM(iterations=100, min_start_epoch=1, max_start_epoch=3, max_start_epoch_final=9,
-             expert_epochs=1, experts={"epochs": 10})  # fmt: skip
+             expansion_iterations=None, expert_epochs=1, experts={"epochs": 10})  # fmt: skip
     uppers = [m.upper_start_epoch(it) for it in range(100)]
     assert uppers[0] == 3 and 3 < uppers[50] < 9 and m.upper_start_epoch(100) == 9
     assert all(a <= b for a, b in zip(uppers, uppers[1:]))
-    m.experts = [torch.zeros(1)] * 2  # sampling needs only their number
+    m.trajectories = [torch.zeros(1)] * 2  # sampling needs only their number
     g = torch.Generator().manual_seed(0)
 
     class _T:
@@ -282,7 +282,7 @@ def test_datm_inits_images_the_expert_gets_right_and_labels_from_its_logits(
     with caplog.at_level(logging.WARNING, logger="ddbench"):
         m, task, images, labels = _ready(DATM, digits_train)
     net, w = m.label_model(task)
-    torch.testing.assert_close(w, m.experts[0][-1])
+    torch.testing.assert_close(w, m.trajectories[0][-1])
     with torch.no_grad():
         logits = net(w, images)
         right = [int((net(w, task.real_images(c)).argmax(1) == c).sum()) for c in range(10)]
@@ -372,7 +372,8 @@ def test_balanced_targets_weigh_every_present_class_equally():
 def test_ast_with_every_switch_off_is_mtt_and_each_switch_changes_the_loss(
     digits_train, cached_experts
 ):
-    mtt = MTT(**CFGS[AST])
+    ast_config = AST(**CFGS[AST]).config  # AST's settings (smooth experts) but MTT's class
+    mtt = MTT(**{k: v for k, v in ast_config.items() if k in MTT.Settings.__dataclass_fields__})
     t = make_task(digits_train, 2)
     mtt.prepare(t)
     images, labels = mtt.init_images(t)
@@ -396,7 +397,7 @@ def test_ast_balanced_student_step_differs_from_plain_ce_only_on_imbalanced_batc
     steps = {}
     for balanced in (False, True):
         a, task, images, labels = _ready(AST, digits_train, **{**OFF, "balanced_loss": balanced})
-        w = a.experts[0][1].clone().requires_grad_(True)
+        w = a.trajectories[0][1].clone().requires_grad_(True)
         lr = torch.tensor(0.01)
         imbalanced = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 10])  # class 0 twice, class 9 never
         balanced_idx = torch.arange(0, 20, 2)  # one image of each class
@@ -408,7 +409,7 @@ def test_ast_balanced_student_step_differs_from_plain_ce_only_on_imbalanced_batc
 
 def test_ast_weight_perturbation_is_relative_sparse_and_seeded(digits_train, cached_experts):
     a, task, *_ = _ready(AST, digits_train, weight_perturb=0.5)
-    theta = a.experts[0][2]
+    theta = a.trajectories[0][2]
     task.generator.manual_seed(3)
     p1 = a.perturbed_start(task, theta)
     task.generator.manual_seed(3)
@@ -425,7 +426,7 @@ def test_ast_representative_init_picks_the_image_nearest_the_class_centroid(
 ):
     a, task, images, labels = _ready(AST, digits_train, ipc=1, representative_init="herding")
     net = task.model_factory()
-    torch.nn.utils.vector_to_parameters(a.experts[0][-1], net.parameters())
+    torch.nn.utils.vector_to_parameters(a.trajectories[0][-1], net.parameters())
     for c in (0, 3, 7):
         feats = class_features(task, net, c, chunk=256)
         nearest = int(((feats - feats.mean(0)) ** 2).sum(1).argmin())
@@ -450,12 +451,10 @@ def test_ast_intermediate_matching_survives_a_checkpointed_unroll(digits_train, 
 
 @pytest.mark.parametrize("cls", [FTD, DATM, AST], ids=lambda c: c.name)
 def test_the_configs_build_the_methods_with_the_runs_model_and_their_experts(cls):
-    root = OmegaConf.create({"model": {"name": "convnet", "kwargs": {"net_width": 16}},
-                             "method": OmegaConf.load(CONF / "method" / f"{cls.name}.yaml")})  # fmt: skip
-    m = instantiate(root.method, _convert_="all")
+    m = build_method(packaged_config(cls.name, ["model.kwargs.net_width=16"]))
     assert type(m) is cls and m.protocol == "learned_lr" and m.iterations > 0
-    assert m.expert_cfg.model_kwargs == {"net_width": 16} and not m.fyi
-    e = m.expert_cfg
+    assert m.experts.model_kwargs["net_width"] == 16 and not m.fyi
+    e = m.experts
     if cls is AST:  # smooth experts
         assert e.clip_grad > 0 and e.grad_penalty > 0 and e.sam_rho == 0
     else:  # FTD's GSAM buffers (DATM trains its experts with FTD's script)
