@@ -18,14 +18,15 @@ networks) is for a change of arithmetic; its reference is too large to commit, s
 before the change and checked after it::
 
     git stash
-    python bench/same_sets.py --budget real --methods dm,dc,mtt,sre2l --write /tmp/before.safetensors
+    python bench/same_sets.py --budget real --methods dm,dc,mtt,sre2l --write /tmp/before.st
     git stash pop
-    python bench/same_sets.py --budget real --methods dm,dc,mtt,sre2l --check /tmp/before.safetensors
+    python bench/same_sets.py --budget real --methods dm,dc,mtt,sre2l --check /tmp/before.st
 
 or in one command, ``--git-ref REV``: the package of revision ``REV`` (``git archive``, laid out
-as its ``pyproject.toml`` maps the packages) is imported by a child process of this script
-(``PYTHONPATH``, which comes before the editable install's finder) to write the "before" sets,
-and the working tree's package then checks them.
+as its ``pyproject.toml`` maps the packages; no worktree is left behind) is imported by a child
+process running this script (``PYTHONPATH``, which comes before the editable install's finder),
+which writes the "before" sets; the working tree's package then checks them. The child runs the
+working tree's copy of this script, so its nodes must build in both revisions.
 
 Tolerance (``TOLERANCE``): a float tensor passes when ``|a - b| <= atol + rtol * |b|``
 elementwise: rtol 1e-4, atol 1e-5 for float32 images and soft labels; rtol 1e-4 and no atol for
@@ -67,14 +68,14 @@ numbers depend on no default of the method's class or YAML. Each node pins (besi
   ``milestone``; cvdd: SRe2L's but ``teacher``, and ``committee`` (every TeacherConfig field
   of each member), ``voting``, ``priors``, ``weight_temperature``, ``members_per_step``.
 
-Left at the defaults on purpose (they do not change these numbers, and the refactor of the
-method settings may rename or move them): ``eval_every`` (0: no evaluation), ``eval_epochs``,
-``eval_seeds``, ``fyi`` (off), DM/DataDAM's ``lr_img_large_ipc`` (only at IPC >= 100), DM's
-``batched`` (``auto``: the per-class loop on a CPU, the same numbers as the batched form),
-MTT's ``fused_norm_relu`` (on by default; its kernel only takes activations of >= 2^18 elements,
-which these budgets never reach: the largest, in a student step of ``batch_syn`` 10 images, is
-10 x 32 x 12 x 12 at the real budget's width 32), and the dead ``batch_real`` of the trajectory
-methods.
+Left at the defaults on purpose (they do not change these numbers, and leaving them out keeps
+a node valid where such a setting moves elsewhere or goes): ``eval_every`` (0: no evaluation),
+``eval_epochs``, ``eval_seeds``, ``fyi`` (off), DM/DataDAM's ``lr_img_large_ipc`` (only at
+IPC >= 100), DM's ``batched`` (``auto``: the per-class loop on a CPU, the batched form's numbers
+up to rounding), MTT's ``fused_norm_relu`` (on by default; its kernel only takes activations of
+>= 2^18 elements, which these budgets never reach: the largest, in a student step of
+``batch_syn`` 10 images, is 10 x 32 x 12 x 12 at the real budget's width 32), and the dead
+``batch_real`` of the trajectory methods.
 
 Everything runs on the CPU in float32 (the task's ``precision`` given explicitly), on one thread
 (a thread count changes the order of some reductions), with a fresh ``DDBENCH_CACHE`` per method
@@ -93,7 +94,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -340,7 +341,7 @@ def make_task(ipc: int, budget: str, seed: int = SEED):
 
 
 @contextmanager
-def isolated(cache: Path) -> Iterable[None]:
+def isolated(cache: Path) -> Iterator[None]:
     """One thread, ``DDBENCH_CACHE`` at ``cache``; both restored after."""
     threads, before = torch.get_num_threads(), os.environ.get("DDBENCH_CACHE")
     torch.set_num_threads(1)
@@ -428,8 +429,8 @@ def check_method(
     rows = []
     for k in keys:
         if k not in ref or k not in got:
-            rows.append({"key": k, "ok": False, "same": False, "diff": float("inf"),
-                         "note": "missing in the reference" if k not in ref else "not made"})  # fmt: skip
+            note = "missing in the reference" if k not in ref else "not made"
+            rows.append({"key": k, "ok": False, "same": False, "diff": float("inf"), "note": note})
             continue
         ok, same, diff = compare(got[k], ref[k], k.rsplit("/", 1)[1])
         rows.append({"key": k, "ok": ok, "same": same, "diff": diff, "note": ""})
