@@ -27,7 +27,7 @@ re-exec itself with tcmalloc as the ``ddbench`` CLI does; pick the allocator at 
 
     # glibc with ddbench's mallopt (no mmap for large blocks, big trim threshold), both sides
     python bench/eval_speed.py --ipc 1 10 --epochs 1000 --seeds 0 1 2 --impl both \\
-        --out bench/results/eval_speed.json
+        --out bench/results/eval_speed/run.json
     # plain glibc defaults, both sides
     DDBENCH_ALLOCATOR=system python bench/eval_speed.py ...
     # tcmalloc, both sides (what the ddbench CLI re-execs itself with where it is installed)
@@ -586,7 +586,7 @@ def main(argv=None):
     ap.add_argument("--warmup-epochs", type=int, default=2, help="untimed eager epochs per impl")
     ap.add_argument("--time-only", action="store_true", help="skip the test evaluation")
     ap.add_argument("--skip-peak", action="store_true", help="skip the conv/matmul peak")
-    ap.add_argument("--out", default="bench/results/eval_speed.json")
+    ap.add_argument("--out", default="bench/results/eval_speed/run.json")
     args = ap.parse_args(argv)
     if args.epochs < 1:
         ap.error("--epochs must be >= 1")

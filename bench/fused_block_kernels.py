@@ -3,7 +3,7 @@ the stock ``F.group_norm`` + ``F.relu`` against ``ddbench.fused_block``'s compil
 
     python bench/fused_block_kernels.py --threads 2 [--n 100] [--hw 32] [--reps 10]
 
-One block of MTT's student at the issue's settings (``--n`` images x 128 channels x ``--hw`` x
+One block of MTT's student at ``bench/mtt_memory.py``'s settings (``--n`` images x 128 channels x ``--hw`` x
 ``--hw``; layer 1 of ConvNet-3 on 28x28 input is 32x32), in fp32 and under bf16 autocast as the
 unroll runs it. The three passes are timed separately (median of ``--reps``): stock forward,
 the stock first-order backward with ``create_graph=True`` (what the unroll builds), the stock

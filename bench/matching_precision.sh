@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bf16 vs fp32 distillation at the same budget (the matching issue's "as good as fp32"):
+# bf16 vs fp32 distillation at the same budget (is bf16 as good as fp32?):
 # Fashion-MNIST IPC 10, DM 100 iterations and DC 4 iterations (10 outer x 50 inner each), both
 # with the official batch_real 256; each set distilled with precision=fp32 and =bf16, then all
 # evaluated the same way (protocol `quick`, seeds 0 and 1, fp32). Per-iteration speed of the same

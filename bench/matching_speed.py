@@ -25,7 +25,7 @@ architecture, see ``flops_per_iteration``) against the conv2d peak measured by t
 ``--one CASE IMPL PRECISION --profile N`` runs one of them under the torch profiler instead::
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \\
-        python bench/matching_speed.py --out bench/results/matching_speed_tcmalloc.json
+        python bench/matching_speed.py --out bench/results/matching_speed/run.json
     DDBENCH_ALLOCATOR=system python bench/matching_speed.py ...   # glibc defaults, both sides
     python bench/matching_speed.py --one dm10 ddbench bf16 --profile 25
 """
@@ -261,7 +261,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iters", type=int, default=None, help="timed iterations (default by case)")
     ap.add_argument("--skip-peak", action="store_true")
-    ap.add_argument("--out", default="bench/results/matching_speed.json")
+    ap.add_argument("--out", default="bench/results/matching_speed/run.json")
     ap.add_argument(
         "--profile", type=int, default=0, help="with --one: list the N costliest operators"
     )

@@ -44,16 +44,16 @@ and the lr, and their SGD steps (lr_img 1000, lr_lr 1e-5, momentum 0.5, MTT's de
 gradients of the first iteration are compared across sides (max abs difference / max abs value,
 and relative L2), as are all iterations' losses.
 
-Default settings are those of the issue: Fashion-MNIST, IPC 10, syn_steps 20, all 100 images per
+Default settings: Fashion-MNIST, IPC 10, syn_steps 20, all 100 images per
 step (``--batch-syn`` unset), DSA on. ``--expert-epochs 1`` also times ddbench's expert training
 (``ddbench.experts``, the MTT ``buffer.py`` recipe) for one epoch on the full train split, in a
 temporary cache, in its own subprocess.
 
-    # the issue's settings, once per side (2 threads, tcmalloc preloaded in every side); times
+    # the default settings, once per side (2 threads, tcmalloc preloaded in every side); times
     # compare the fastest iteration of each side (the first pays one-off costs: first-touch page
     # faults, compiling ddbench's kernels)
     OMP_NUM_THREADS=2 python bench/mtt_memory.py --iters 3 --expert-epochs 1 \\
-        --json bench/results/mtt_memory.json
+        --json bench/results/mtt_memory/run.json
     # a quick check of the agreement, with the float64 reference
     OMP_NUM_THREADS=1 python bench/mtt_memory.py --syn-steps 3 --iters 1 \\
         --sides official ddbench official_fp64

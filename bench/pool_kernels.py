@@ -3,11 +3,10 @@
 
     python bench/pool_kernels.py --threads 2 [--n 256] [--reps 20]
 
-Forward: the stock ``F.avg_pool2d``, a compiled ``F.avg_pool2d`` (the kernel ``AvgPool2x2``
-compiled until session 13; dynamic shapes as it had), and ``models._pool_kernels()``'s pool
-(the int32-word formulation). Backward: the stock ``avg_pool2d_backward``, a compiled
-expand-reshape upsample of ``grad / 4`` (the earlier backward), and ``_pool_kernels()``'s
-upsample. Each result is checked bit for bit against the stock one. Median of ``--reps``.
+Forward: the stock ``F.avg_pool2d``, a compiled ``F.avg_pool2d`` (dynamic shapes), and
+``models._pool_kernels()``'s pool (the int32-word formulation). Backward: the stock
+``avg_pool2d_backward``, a compiled expand-reshape upsample of ``grad / 4``, and
+``_pool_kernels()``'s upsample. Each result is checked bit for bit against the stock one. Median of ``--reps``.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.randn(args.n, 128, 16, 16).to(torch.bfloat16)
     stock_out = F.avg_pool2d(x, 2)
     stock_grad = torch.ops.aten.avg_pool2d_backward(g, x, [2, 2], [2, 2], [0, 0], False, True, None)
-    old_pool = torch.compile(lambda t: F.avg_pool2d(t, 2), dynamic=True)  # until session 13
+    old_pool = torch.compile(lambda t: F.avg_pool2d(t, 2), dynamic=True)
     old_upsample = torch.compile(_expand_upsample, dynamic=True)
     rows = [
         ("copy of the input", lambda: x.clone(), None),

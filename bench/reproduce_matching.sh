@@ -7,8 +7,8 @@
 #
 # Budgets (outer iterations, real images per class per iteration):
 #   DM 200 x 64, DataDAM 200 x 64 (its default batch), DSA IPC 1 100 x 64, DC IPC 1 200 x 64,
-#   DSA IPC 10 10 x 64, DC IPC 10 4 x 256 (one DC/DSA IPC 10 iteration is ~4-6 minutes of one
-#   contended core).
+#   DSA IPC 10 10 x 64, DC IPC 10 4 x 256 (one DC/DSA IPC 10 iteration is 10 outer x 50 inner
+#   loops).
 #
 # Usage: bash bench/reproduce_matching.sh [OUT_DIR] [extra overrides...]
 set -euo pipefail

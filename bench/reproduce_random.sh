@@ -2,7 +2,7 @@
 # Reproduces the DC paper's random-subset baseline (Table 1) under the `standard` protocol:
 # ConvNet-3, 1000 epochs with DSA, 5 seeds, final-epoch test accuracy.
 # Paper: MNIST 64.9+-3.5 / 95.1+-0.9, Fashion-MNIST 51.4+-3.8 / 73.8+-0.7 (IPC 1 / 10).
-# Usage: bash bench/reproduce_random.sh [OUT_DIR]   (~1 h on 2 CPU cores; minutes on a GPU)
+# Usage: bash bench/reproduce_random.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-bench/results/random}
 for ds in fashion_mnist mnist; do

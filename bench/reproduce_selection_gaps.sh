@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where the selection baselines' gaps to the DC paper (Table 1) come from (docs/benchmarks.md,
-# "Gaps of more than 3 points"). Needs the sets of bench/reproduce_selection.sh (run it first,
+# "Random subsets and selection baselines"). Needs the sets of bench/reproduce_selection.sh (run it first,
 # same RESULTS_ROOT); the random sets are re-made here.
 #   1. the feature space of herding: L2-normalised teacher features, a random network, raw pixels;
 #   2. forgetting's tie-break at IPC 1 (same cached scores, four more draws);

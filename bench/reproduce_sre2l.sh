@@ -6,10 +6,10 @@
 # Budget, far below the papers' (1K-4K recovery iterations from ResNet-18 teachers on ImageNet):
 # 200 recovery iterations from ConvNet-BN teachers of 5 epochs (conf/method/sre2l.yaml's teacher);
 # CV-DD with a 2-member committee (that teacher + a width-64 ConvNet-BN, seed 2) instead of the
-# default 3 (the depth-4 member costs another ~35 min of teacher training on one core). None of
+# default 3 (the depth-4 member is one more teacher to train). None of
 # the three papers reports (Fashion-)MNIST. Seeds cut to 3 (marked comparable: false).
 #
-# The first run trains the ConvNet-BN teacher into the cache (~6 min per epoch on one core), the
+# The first run trains the ConvNet-BN teacher into the cache (5 epochs), the
 # CV-DD run its width-64 member; later runs reuse them.
 #
 # Usage: bash bench/reproduce_sre2l.sh [OUT_DIR] [DATASET] [extra overrides...]

@@ -18,8 +18,8 @@
 #   ONLY="mtt ftd"  runs only these rows (default: mtt ftd datm ast)
 #   IPC=10          images per class (default 1); IPC > 1 takes lr_lr 1e-5 (MTT's CIFAR-10
 #                   IPC 10/50 value), the rest of the budget unchanged
-# Each run trains the expert it needs into the cache on a miss (a plain 4-epoch expert: ~6 min
-# per epoch on one core; FTD's GSAM expert ~2x that) and reuses it afterwards.
+# Each run trains the expert it needs into the cache on a miss (a plain 4-epoch expert; FTD's
+# GSAM expert costs about twice as much) and reuses it afterwards.
 set -euo pipefail
 ds=${2:-fashion_mnist}
 out=${1:-bench/results/trajectory/$ds}

@@ -8,14 +8,14 @@ both on the same seeded random real subset of Fashion-MNIST under the ``standard
 can be checked to train the same models (same seeds, batch orders and DSA draws; only the float
 summation order differs).
 
-The issue's GPU goal is the 5 models of ``standard`` together at least 3x faster than one after
-another::
+On a GPU, and on a CPU::
 
     python bench/stacked_training.py --device cuda --ipc 1 10 --epochs 100 \\
-        --out bench/results/stacked_training_cuda.json
-    # CPU (2 cores here), bf16 autocast as in the eval-speed figures
+        --out bench/results/stacked_training/ipc1_ipc10_cuda.json
+    # a 2-core CPU, bf16 autocast as in the eval-speed figures
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python bench/stacked_training.py \\
-        --device cpu --ipc 1 --epochs 60 --precision bf16 --out bench/results/stacked_training_cpu.json
+        --device cpu --ipc 1 --epochs 60 --precision bf16 \\
+        --out bench/results/stacked_training/ipc1_amd_epyc.json
 
 Per mode it reports the wall time of the training loop, the steady time per model and epoch
 (median over the epochs after the first, so compilation is out of it), and the mean test
