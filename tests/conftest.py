@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import torch
 from ddbench import synset
 from ddbench.augment import DSA
 from ddbench.data import RealDataset, load_split
-from ddbench.method import Checkpointer, Method, Task
+from ddbench.method import Checkpointer, Method, Settings, Task
 from ddbench.models import create_model
 from ddbench.synset import SyntheticSet
 
@@ -72,6 +73,11 @@ def digits_train(split_cache) -> RealDataset:
 
 
 class FixtureMethod(Method):
+    @dataclass
+    class Settings(Settings):
+        pick: str = "first_ipc"
+        soft: bool = False
+
     name = "test_fixture"
 
 

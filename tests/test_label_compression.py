@@ -160,7 +160,7 @@ def test_sre2l_topk_set_loads_and_trains_on_its_stored_labels(digits_train, tmp_
         evaluate(loaded, Protocol(name="ce_set", epochs=1, labels="set", seeds=[0]), device="cpu")
 
 
-@pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True])
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "two", True])
 def test_a_bad_label_topk_is_a_clear_error(bad):
     with pytest.raises(DDBenchError, match="label_topk"):
         SRe2L(label_topk=bad, **SMALL)

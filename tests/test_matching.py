@@ -104,7 +104,8 @@ def test_dm_lr_rule_and_config_validation():
         DM(init="zeros")
     with pytest.raises(DDBenchError, match="outer_loop"):
         DC().loops(7)
-    assert DC().loops(10) == (10, 50) and DC(outer_loop=2, inner_loop=3).loops(7) == (2, 3)
+    assert DC.for_setting("mnist", 10).loops(10) == (10, 50)
+    assert DC(outer_loop=2, inner_loop=3).loops(7) == (2, 3)
 
 
 # ------------------------------------------------------------------------------ all methods

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from ddbench.errors import DDBenchError
-from ddbench.method import Checkpointer, Task
+from ddbench.method import Checkpointer, Task, build_method
+from ddbench.methods import packaged_config
 from ddbench.methods import selection as sel
 from ddbench.models import create_model
 
@@ -311,11 +310,10 @@ def test_ipc_larger_than_a_class_fails_clearly(make_task):
 
 @pytest.mark.parametrize("name", ["herding", "kcenter", "forgetting", "el2n", "grand"])
 def test_configs_build_their_method(name):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    method = instantiate(cfg, _convert_="all")
+    cfg = packaged_config(name)
+    method = build_method(cfg)
     assert isinstance(method, sel._Selection) and method.name == cfg["name"] == name
-    params = {k: v for k, v in cfg.items() if k != "_target_"}
-    assert method.config == params
+    assert method.config == cfg
 
 
 def test_scores_are_computed_once_and_shared_across_ipc(make_task, monkeypatch):

@@ -10,14 +10,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import ddbench.methods.sre2l as sre2l_mod
 from ddbench import synset as synset_io
 from ddbench.data import get_spec
 from ddbench.errors import DDBenchError
-from ddbench.method import Checkpointer, Task
+from ddbench.method import Checkpointer, Task, build_method
+from ddbench.methods import packaged_config
 from ddbench.methods.cda import CDA, cda_min_scale
 from ddbench.methods.cvdd import CVDD, voting_weights
 from ddbench.methods.sre2l import Member, SRe2L, class_consistent, random_resized_crop
@@ -281,17 +280,17 @@ def test_a_resumed_recovery_ends_as_an_unbroken_one(make_task, tmp_path):
 
 @pytest.mark.parametrize("name", ["sre2l", "cda", "cvdd"])
 def test_configs_build_their_method(name):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    method = instantiate(cfg, _convert_="all")
+    cfg = packaged_config(name)
+    method = build_method(cfg)
     assert isinstance(method, SRe2L) and method.name == cfg["name"] == name
     assert method.protocol == "kd"
-    params = {k: v for k, v in cfg.items() if k not in ("_target_", "committee")}
-    assert {k: method.config[k] for k in params} == params
+    assert method.config == cfg
     if name == "cvdd":  # members given in short: the default teacher recipe fills the rest
-        members = method.config["committee"]
-        assert [{k: m[k] for k in c} for m, c in zip(members, cfg["committee"])] == cfg["committee"]
+        short = [{"model": "convnet_bn", "seed": 0}, {"model": "convnet_bn", "seed": 9}]
+        members = build_method({**cfg, "committee": short}).config["committee"]
+        assert [{k: m[k] for k in c} for m, c in zip(members, short)] == short
         assert all(m["epochs"] == 5 and m["model"] == "convnet_bn" for m in members)
-        assert len({TeacherConfig(**m).key("digits") for m in members}) == 3
+        assert len({TeacherConfig(**m).key("digits") for m in method.config["committee"]}) == 3
 
 
 def test_a_set_whose_header_length_starts_with_0x80_loads(make_set, tmp_path):
