@@ -381,9 +381,8 @@ def dc_iteration(check: Check) -> tuple[str, dict]:
     moved = float((s.images - init.cpu()).abs().max())
     if loss is None or not math.isfinite(loss) or not moved > 0:
         raise AssertionError(f"loss {loss}, images moved by {moved}")
-    return f"1 iteration (2 matching steps, 1 inner epoch): {t:.2f} s, loss {loss:.3f}", {
-        "seconds": t, "loss": loss,
-    }  # fmt: skip
+    detail = f"1 iteration (2 matching steps, 1 inner epoch): {t:.2f} s, loss {loss:.3f}"
+    return detail, {"seconds": t, "loss": loss}
 
 
 class Losses:
@@ -439,8 +438,8 @@ def mtt_bf16(check: Check) -> tuple[str, dict]:
         f"{sizes.syn_steps} steps: bf16 {t_bf16:.2f} s (loss {bf16:.4f}), fp32 {t_fp32:.2f} s "
         f"(loss {fp32:.4f})"
     )
-    return detail, {"expert_s": t_expert, "bf16_s": t_bf16, "fp32_s": t_fp32, "bf16_loss": bf16,
-                    "fp32_loss": fp32}  # fmt: skip
+    metrics = {"expert_s": t_expert, "bf16_s": t_bf16, "fp32_s": t_fp32}
+    return detail, {**metrics, "bf16_loss": bf16, "fp32_loss": fp32}
 
 
 class _Warnings(logging.Handler):
@@ -620,10 +619,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown path(s) {unknown}; choose from {', '.join(PATHS)}")
     sizes = TINY if args.tiny else GPU
-    if args.torchrun_worker is not None:
-        torchrun_work(
-            Check(torch.device(args.device), sizes, args.torchrun_worker), args.torchrun_worker
-        )
+    if args.torchrun_worker is not None:  # a process started by the torchrun_nccl path
+        if args.device == "cuda":
+            strict_fp32()  # as in the process it is compared with
+        work = args.torchrun_worker
+        torchrun_work(Check(torch.device(args.device), sizes, work), work)
         return 0
 
     t_start = time.perf_counter()
