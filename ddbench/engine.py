@@ -208,8 +208,8 @@ def _sum_grads_at_end_of_backward(loss: torch.Tensor, params: Sequence[torch.Ten
 class ModelStack:
     """K models called as one: ``forward(xs [K,B,...]) -> [K,B,classes]``.
 
-    One model is called directly; several are stacked and vmapped (models with BatchNorm
-    running statistics cannot be, so the engine trains those one at a time).
+    One model is called directly; several are stacked and vmapped, buffers included (a
+    BatchNorm layer keeps each model's running statistics; :func:`stacks` decides when).
     """
 
     def __init__(self, models: Sequence[nn.Module]):
