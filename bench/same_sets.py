@@ -62,7 +62,7 @@ numbers depend on no default of the method's class or YAML. Each node pins (besi
   ``momentum_y``, ``label_expert``, ``label_epoch``, ``correct_init``, ``threshold``, the GSAM
   experts; ast: MTT's and ``representative_init``/``_expert``/``_epoch``, ``balanced_loss``,
   ``intermediate_weight``, ``weight_perturb``, ``experts.clip_grad``/``grad_penalty``;
-* sre2l: ``iterations``, ``lr_img``, ``betas``, ``r_bn``, ``first_bn_multiplier``,
+* sre2l: ``iterations``, ``lr_img``, ``img_betas``, ``r_bn``, ``first_bn_multiplier``,
   ``crop_scale``, ``flip``, ``jitter``, ``init``, ``label_dtype``, ``label_topk``,
   ``mismatch``, ``teacher`` (every TeacherConfig field); cda: those and ``curriculum``,
   ``milestone``; cvdd: SRe2L's but ``teacher``, and ``committee`` (every TeacherConfig field
@@ -159,7 +159,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
     }  # fmt: skip
     gsam = expert_node(w, ep + 1, sam_rho=0.01, gsam_alpha=0.4, sam_adaptive=True)
     sre2l = {
-        "iterations": its, "lr_img": 0.25, "betas": [0.5, 0.9], "r_bn": 0.01,
+        "iterations": its, "lr_img": 0.25, "img_betas": [0.5, 0.9], "r_bn": 0.01,
         "first_bn_multiplier": 10.0, "crop_scale": [0.08, 1.0], "flip": False, "jitter": 2,
         "init": "noise", "label_dtype": "float16", "label_topk": None, "mismatch": "swap",
     }  # fmt: skip

@@ -1,9 +1,9 @@
 """Shared machinery of the methods that optimise synthetic images (DC, DSA, DM, ...).
 
 :class:`ImageDistillation` owns the outer loop that every such method runs: initialise the images
-(real or noise), build their SGD optimiser, resume from the task's checkpointer, iterate, report
-progress and metrics, checkpoint, optionally evaluate on the val split, and wrap the result in a
-set. A method only writes its idea, the hook :meth:`ImageDistillation.step`::
+(real or noise), build their optimiser and lr schedule, resume from the task's checkpointer,
+iterate, report progress and metrics, checkpoint, optionally evaluate on the val split, and wrap
+the result in a set. A method only writes its idea, the hook :meth:`ImageDistillation.step`::
 
     class MyMatching(ImageDistillation):
         name = "my_matching"
@@ -11,14 +11,15 @@ set. A method only writes its idea, the hook :meth:`ImageDistillation.step`::
         def step(self, task, images, labels, it):
             net = self.fresh_net(task, frozen=True)
             loss = ...                      # a differentiable function of ``images``
-            return self.update(loss)        # one SGD step on the images; returns loss.item()
+            return self.update(loss)        # one optimiser step of the images; returns the loss
 
 Hook contract: ``step`` updates the images itself, through :meth:`update` (zero_grad, backward,
 optimiser step), as many times as it needs (DC updates them ``outer_loop`` times per iteration),
 and returns the float loss to report. Everything random (real batches, DSA seeds, network
 initialisations, batch order of inner training) is drawn from ``task.generator``, whose state is
-checkpointed with the images and the optimiser's momentum: a resumed run continues exactly as an
-uninterrupted one would.
+checkpointed with the images and the state of every optimiser (the images' and those a method
+registers in :meth:`ImageDistillation.optimizers`) and of the lr schedule: a resumed run continues
+exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -30,16 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ddbench import fyi as _fyi
-from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
 
-__all__ = ["ImageDistillation", "class_means", "train_steps"]
+__all__ = ["ImageDistillation", "class_means", "optimizer_state", "load_optimizer_state"]
 
 log = logging.getLogger("ddbench")
 
@@ -47,11 +46,14 @@ _SEED_HIGH = 2**31 - 1
 
 
 class ImageDistillation(Method):
-    """Base class of methods that learn synthetic images with SGD over an outer loop.
+    """Base class of methods that learn synthetic images with an optimiser over an outer loop.
 
     Settings (common to all subclasses, :class:`ImageDistillation.Settings`):
       iterations     outer iterations (the budget)
-      lr_img         SGD learning rate of the images; ``momentum_img`` its momentum (0.5)
+      lr_img         learning rate of the images
+      img_optimizer  ``sgd`` (momentum ``momentum_img``, 0.5) or ``adam`` (betas ``img_betas``)
+      img_schedule   ``constant`` lr, or ``cosine``: ``lr_img (1 + cos(pi it / iterations)) / 2``
+                     at (0-based) iteration ``it``
       init           ``real`` (ipc random real images per class) or ``noise`` (N(0, 1) in the
                      normalised space)
       batch_real     real images per class and per matching step
@@ -74,6 +76,9 @@ class ImageDistillation(Method):
         eval_epochs: int = 300
         eval_seeds: list[int] = field(default_factory=lambda: [0])
         fyi: bool = False
+        img_optimizer: str = "sgd"  # sgd (momentum_img) | adam (img_betas)
+        img_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+        img_schedule: str = "constant"  # constant | cosine (to 0 over the iterations)
 
         def __post_init__(self) -> None:
             if self.iterations < 0:
@@ -95,6 +100,7 @@ class ImageDistillation(Method):
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
         self._opt: torch.optim.Optimizer | None = None
+        self._sched: torch.optim.lr_scheduler.LRScheduler | None = None
 
     # ------------------------------------------------------------------------------ hooks
 
@@ -106,10 +112,15 @@ class ImageDistillation(Method):
         """The images' learning rate for this task (a subclass may make it depend on ipc)."""
         return self.lr_img
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers the method steps itself besides the images' (e.g. a learned lr's), by
+        name: the loop checkpoints and restores their state with the images'."""
+        return {}
+
     # ------------------------------------------------------------------------------ helpers
 
     def update(self, loss: torch.Tensor) -> float:
-        """One SGD step of the images on ``loss``; returns its value."""
+        """One optimiser step of the images on ``loss``; returns its value."""
         if self._opt is None:
             raise DDBenchError("update() is only available inside distill()")
         self._opt.zero_grad(set_to_none=True)
@@ -191,7 +202,7 @@ class ImageDistillation(Method):
             _fyi.check_task(task, self.name)
         images, labels = self.init_images(task)
         images.requires_grad_(True)
-        self._opt = torch.optim.SGD([images], lr=self.image_lr(task), momentum=self.momentum_img)
+        self._opt, self._sched = self.image_optimizer(task, images)
         try:
             start, seconds_before = self._resume(task, images)
             loss = math.nan
@@ -208,6 +219,8 @@ class ImageDistillation(Method):
                         f"{self.name}: the matching loss is {loss} at iteration {it}; "
                         "lower method.lr_img"
                     )
+                if self._sched is not None:
+                    self._sched.step()
                 seconds = time.perf_counter() - t_it
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
@@ -226,7 +239,7 @@ class ImageDistillation(Method):
                     spent = seconds_before + time.perf_counter() - t0
                     self._checkpoint(task, it + 1, images, spent)
         finally:
-            self._opt = None
+            self._opt = self._sched = None
         return task.make_set(
             images, labels, method=self, protocol=self.protocol,
             distillation={"iterations": self.iterations, "resumed_from": start,
@@ -234,6 +247,28 @@ class ImageDistillation(Method):
                           "loop_seconds": seconds_before + time.perf_counter() - t0,
                           "seconds_before_resume": seconds_before},
         )  # fmt: skip
+
+    def image_optimizer(
+        self, task: Task, images: torch.Tensor
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+        """The images' optimiser (``img_optimizer``) and lr schedule (``img_schedule``; None
+        for a constant lr), stepped once per iteration."""
+        lr = self.image_lr(task)
+        if self.img_optimizer == "adam":
+            opt: torch.optim.Optimizer = torch.optim.Adam(
+                [images], lr=lr, betas=tuple(self.img_betas)
+            )
+        else:
+            opt = torch.optim.SGD([images], lr=lr, momentum=self.momentum_img)
+        if self.img_schedule == "constant":
+            return opt, None
+        # LambdaLR computes lr_img * factor(it) in closed form (CosineAnnealingLR's recursive
+        # update drifts from it by rounding)
+        span = max(1, self.iterations)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda it: 0.5 * (1 + math.cos(math.pi * it / span))
+        )
+        return opt, sched
 
     def evaluate(
         self, task: Task, images: torch.Tensor, labels: torch.Tensor, step: int | None = None
@@ -263,20 +298,31 @@ class ImageDistillation(Method):
     # ------------------------------------------------------------------------------ resume
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Extra tensors a subclass wants checkpointed (e.g. a learned lr)."""
+        """Extra tensors a subclass wants checkpointed (e.g. a learned lr's value); optimiser
+        state is checkpointed by the loop (:meth:`optimizers`)."""
         return {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_tensors` saved."""
 
-    def _checkpoint(self, task: Task, step: int, images: torch.Tensor, seconds: float) -> None:
+    def _stateful(self) -> dict[str, Any]:
+        """The optimisers and schedule whose state a checkpoint holds, by name."""
         assert self._opt is not None
+        out: dict[str, Any] = {"images": self._opt, **self.optimizers()}
+        if self._sched is not None:
+            out["images_schedule"] = self._sched
+        return out
+
+    def _checkpoint(self, task: Task, step: int, images: torch.Tensor, seconds: float) -> None:
         tensors = {"images": images.detach(), "rng": task.generator.get_state()}
-        momentum = self._opt.state.get(images, {}).get("momentum_buffer")
-        if momentum is not None:
-            tensors["opt_momentum"] = momentum
         tensors.update({f"extra.{k}": v for k, v in self.state_tensors().items()})
-        task.checkpointer.save(step, tensors, {"method": self.name, "seconds": seconds})
+        optim = {
+            name: optimizer_state(obj.state_dict(), f"optim.{name}", tensors)
+            for name, obj in self._stateful().items()
+        }
+        task.checkpointer.save(
+            step, tensors, {"method": self.name, "seconds": seconds, "optim": optim}
+        )
 
     def _resume(self, task: Task, images: torch.Tensor) -> tuple[int, float]:
         """``(iteration to start from, loop seconds spent before)``; restores the state."""
@@ -291,9 +337,14 @@ class ImageDistillation(Method):
         with torch.no_grad():
             images.copy_(saved.to(images.device))
         task.generator.set_state(tensors["rng"])
-        if "opt_momentum" in tensors:
-            assert self._opt is not None
-            self._opt.state[images]["momentum_buffer"] = tensors["opt_momentum"].to(images.device)
+        saved_optim = state.get("optim", {})
+        for name, obj in self._stateful().items():
+            if name not in saved_optim:
+                log.warning(
+                    "%s: the checkpoint holds no state of %s; starting it fresh", self.name, name
+                )
+            else:
+                obj.load_state_dict(load_optimizer_state(saved_optim[name], tensors))
         self.load_state_tensors(
             {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
         )
@@ -312,50 +363,34 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) 
     return sums / counts.unsqueeze(1)
 
 
-def train_steps(
-    net: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    steps: int,
-    opt: torch.optim.Optimizer,
-    augment: Any = None,
-    *,
-    batch_size: int = 256,
-    generator: torch.Generator | None = None,
-    precision: str = "fp32",
-    fyi: bool = False,
-) -> float:
-    """``steps`` SGD steps of cross entropy for an EXISTING ``net`` and optimiser on ``(x, y)``:
-    shuffled epochs of ``batch_size`` batches, the last one partial (a shuffling DataLoader), each
-    batch augmented by ``augment(xb, generator)`` if given. Returns the last loss. ``fyi``: each
-    batch is ``[xb; flip(xb)]`` (labels repeated) before the augmentation (:mod:`ddbench.fyi`).
+def optimizer_state(state: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able copy of an optimiser's or scheduler's ``state_dict()``: each tensor is moved
+    into ``tensors`` (named from ``prefix``) and replaced by ``{"tensor": name}``, each dict by
+    ``{"items": [[key, value], ...]}`` (keeping integer keys). :func:`load_optimizer_state`
+    inverts it."""
+    if isinstance(state, torch.Tensor):
+        tensors[prefix] = state.detach()
+        return {"tensor": prefix}
+    if isinstance(state, dict):
+        return {
+            "items": [[k, optimizer_state(v, f"{prefix}.{k}", tensors)] for k, v in state.items()]
+        }
+    if isinstance(state, (list, tuple)):
+        return [optimizer_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(state)]
+    if state is None or isinstance(state, (bool, int, float, str)):
+        return state
+    raise DDBenchError(f"cannot checkpoint optimiser state {prefix} of type {type(state).__name__}")
 
-    This is the inner loop of DC/DSA. ``engine.train`` builds fresh models from seeds and owns
-    their optimiser, so it cannot continue training a network across outer steps; until the
-    engine accepts existing models, this minimal loop is the one shared place for it.
-    """
-    net.train()
-    n, done, loss = len(x), 0, torch.zeros(())
-    bs = min(batch_size, n)
-    while done < steps:
-        order = torch.randperm(n, generator=generator).to(x.device)
-        for b0 in range(0, n, bs):
-            if done == steps:
-                break
-            idx = order[b0 : b0 + bs]
-            xb, yb = x[idx], y[idx]
-            if fyi:
-                xb, yb = _fyi.flip_concat(xb), torch.cat([yb, yb])
-            if augment is not None:
-                xb = augment(xb, generator)
-            with autocast(x.device, precision):
-                out = net(xb)
-            loss = F.cross_entropy(out.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            done += 1
-    return float(loss.detach())
+
+def load_optimizer_state(encoded: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The ``state_dict()`` that :func:`optimizer_state` encoded."""
+    if isinstance(encoded, list):
+        return [load_optimizer_state(v, tensors) for v in encoded]
+    if isinstance(encoded, dict):
+        if "tensor" in encoded:
+            return tensors[encoded["tensor"]].clone()
+        return {k: load_optimizer_state(v, tensors) for k, v in encoded["items"]}
+    return encoded
 
 
 def freeze_batchnorm(net: nn.Module, real: torch.Tensor) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -207,8 +208,8 @@ def _sum_grads_at_end_of_backward(loss: torch.Tensor, params: Sequence[torch.Ten
 class ModelStack:
     """K models called as one: ``forward(xs [K,B,...]) -> [K,B,classes]``.
 
-    One model is called directly; several are stacked and vmapped (models with BatchNorm
-    running statistics cannot be, so the engine trains those one at a time).
+    One model is called directly; several are stacked and vmapped, buffers included (a
+    BatchNorm layer keeps each model's running statistics; :func:`stacks` decides when).
     """
 
     def __init__(self, models: Sequence[nn.Module]):
@@ -288,8 +289,25 @@ class _Compiled:
         return self.eager(*args, **kw)
 
 
+StepFn = Callable[
+    [Callable[[], torch.Tensor], list[torch.Tensor], torch.optim.Optimizer], torch.Tensor
+]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def stacks(
+    parallel: bool | str, device: torch.device, model: nn.Module, step_fn: StepFn | None = None
+) -> bool:
+    """Whether :func:`train` trains several ``model``-like networks stacked (vmapped):
+    ``parallel=True``/``False`` as asked; ``auto``: on CUDA, for models without BatchNorm and
+    without a ``step_fn`` (on CPU one at a time is faster, ``bench/stacked_training.py``).
+    Stacked BatchNorm layers keep per-model running statistics (``tests/test_engine.py``)."""
+    if parallel == "auto":
+        return step_fn is None and device.type == "cuda" and not has_batchnorm(model)
+    return bool(parallel)
 
 
 def build_models(
@@ -392,11 +410,6 @@ def _mix(
     return torch.stack(xs), torch.stack(ts), mixed
 
 
-StepFn = Callable[
-    [Callable[[], torch.Tensor], list[torch.Tensor], torch.optim.Optimizer], torch.Tensor
-]
-
-
 def sgd_step(
     closure: Callable[[], torch.Tensor], params: list[torch.Tensor], opt: torch.optim.Optimizer
 ) -> torch.Tensor:
@@ -436,8 +449,8 @@ class TrainResult:
 
 
 def train(
-    build: Callable[[], nn.Module],
-    seeds: Sequence[int],
+    build: Callable[[], nn.Module] | None,
+    seeds: Sequence[int] | None,
     images: torch.Tensor,
     targets: torch.Tensor,
     recipe: Recipe,
@@ -456,14 +469,21 @@ def train(
     resume: dict | None = None,
     step_fn: StepFn | None = None,
     distributed: bool | str = "auto",
+    models: Sequence[nn.Module] | None = None,
+    optimizers: Sequence[torch.optim.Optimizer] | None = None,
+    generators: Sequence[torch.Generator] | None = None,
+    steps: int | None = None,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    | None = None,
 ) -> TrainResult:
-    """Train one fresh model per seed on ``(images, targets)`` with ``recipe``.
+    """Train one fresh model per seed on ``(images, targets)`` with ``recipe``, or continue
+    training given ``models``.
 
     ``targets`` are class indices ``[N]`` or soft targets ``[N,K]``; ``lr`` overrides the
     recipe's (a learned lr); ``augment(x, generator)`` is the batch augmentation (default:
     DSA with ``recipe.augment``);
-    ``parallel`` trains the models together (``auto``: on CUDA, unless they use BatchNorm;
-    on CPU one at a time is 2.4-2.7x faster, ``bench/stacked_training.py``); ``compile`` uses
+    ``parallel`` trains the models together (``True``/``False``; ``auto``: as :func:`stacks`
+    decides, on CUDA unless they use BatchNorm); ``compile`` uses
     ``torch.compile`` for the forward
     (``auto``: for long runs where a compiler is present).
 
@@ -487,6 +507,18 @@ def train(
     order (BatchNorm layers see per-rank batch statistics, as in DDP without SyncBatchNorm).
     Parameters start from rank 0's, buffers end as rank 0's; ``checkpoint`` is called on rank 0
     only, ``on_epoch`` on every rank (with the epoch loss summed over the ranks).
+
+    Continuing (an inner loop that trains one network between outer steps, as DC's):
+    ``models`` are existing modules, trained in place instead of built from ``build`` (``seeds``
+    then only name them, default ``0..K-1``), and left in train mode. ``optimizers`` (one per
+    model, over its parameters; needs ``models``) continue with their own state and lr: the
+    recipe's optimiser, lr, momentum, weight decay and schedule are then unused, and the models
+    train one at a time. ``generators`` (one per model) draw the batch order and augmentation
+    in place of the streams seeded from ``seeds``. ``steps`` is a budget of optimiser steps per
+    model in place of ``recipe.epochs``: ``ceil(steps / batches per epoch)`` shuffled epochs, the
+    last one cut short. ``batch_transform(x, y) -> (x, y)`` rewrites each model's batch before
+    the augmentation (FYI: the batch and its mirrors, :mod:`ddbench.fyi`); not with ``weights``
+    or under torchrun.
     """
     import time
 
@@ -504,21 +536,49 @@ def train(
     n = len(x_all)
     if n == 0:
         raise DDBenchError("cannot train on an empty set")
+    built = models is None
+    if not built:
+        models = list(models)
+        seeds = list(range(len(models))) if seeds is None else seeds
+    elif build is None or seeds is None:
+        raise DDBenchError("train needs build and seeds, or existing models=")
+    if not built and len(seeds) != len(models):
+        raise DDBenchError(f"{len(seeds)} seeds for {len(models)} models")
+    if optimizers is not None and (models is None or len(optimizers) != len(models)):
+        raise DDBenchError("optimizers= continues given models= (one optimiser per model)")
+    if optimizers is not None and lr is not None:
+        raise DDBenchError("lr= sets the engine's optimiser; a given optimiser keeps its own lr")
+    if generators is not None and len(generators) != len(seeds):
+        raise DDBenchError(f"{len(generators)} generators for {len(seeds)} models")
+    if batch_transform is not None and (weights is not None or world > 1):
+        raise DDBenchError("batch_transform cannot be combined with weights or torchrun")
     base_lr = float(recipe.lr if lr is None else lr)
-    if not math.isfinite(base_lr) or base_lr <= 0:
+    if optimizers is None and (not math.isfinite(base_lr) or base_lr <= 0):
         raise DDBenchError(f"learning rate must be positive and finite, got {base_lr}")
-    models = build_models(build, seeds, device)
+    bs = min(recipe.batch_size, n)
+    if steps is not None:
+        if steps < 0:
+            raise DDBenchError(f"steps must be >= 0, got {steps}")
+        recipe = dataclasses.replace(recipe, epochs=math.ceil(steps / math.ceil(n / bs)))
+    if built:
+        models = build_models(build, seeds, device)
     if recipe.channels_last:
         for m in models:
             m.to(memory_format=torch.channels_last)
-    if step_fn is not None and parallel is True and len(seeds) > 1:
-        raise DDBenchError("a step_fn sees one model's parameters: train with parallel=False")
-    if parallel == "auto":
-        parallel = step_fn is None and device.type == "cuda" and not has_batchnorm(models[0])
+    one_each = step_fn is not None or optimizers is not None
+    if one_each and parallel is True and len(models) > 1:
+        raise DDBenchError(
+            "a step_fn or given optimisers see one model's parameters: train with parallel=False"
+        )
+    parallel = not one_each and stacks(parallel, device, models[0], step_fn)
     groups = [models] if parallel else [[m] for m in models]
-    steps = recipe.epochs * math.ceil(n / min(recipe.batch_size, n)) * len(groups)
-    use_compile = should_compile(compile, device, steps)
-    gens = [torch.Generator().manual_seed(int(s) + _DATA_STREAM) for s in seeds]
+    total_steps = recipe.epochs * math.ceil(n / bs) * len(groups)
+    use_compile = should_compile(compile, device, total_steps)
+    gens = (
+        list(generators)
+        if generators is not None
+        else [torch.Generator().manual_seed(int(s) + _DATA_STREAM) for s in seeds]
+    )
     epoch_losses = torch.zeros(recipe.epochs)
     first_group, first_epoch, opt_state = 0, 0, None
     if resume is not None:
@@ -554,7 +614,9 @@ def train(
         forward = _Compiled(stack.__call__) if use_compile else stack
         g = [gens[models.index(m)] for m in group]
         K = len(group)
-        if recipe.optimizer == "sgd":
+        if optimizers is not None:
+            opt = optimizers[models.index(group[0])]
+        elif recipe.optimizer == "sgd":
             opt = torch.optim.SGD(
                 stack.params,
                 lr=base_lr,
@@ -567,16 +629,23 @@ def train(
         e0 = first_epoch if gi == first_group else 0
         if gi == first_group and opt_state is not None:
             opt.load_state_dict(opt_state)
-        bs = min(recipe.batch_size, n)
         for ep in range(e0, recipe.epochs):
-            for pg in opt.param_groups:
-                pg["lr"] = lr_at(recipe, ep, base_lr)
+            if optimizers is None:
+                for pg in opt.param_groups:
+                    pg["lr"] = lr_at(recipe, ep, base_lr)
             order = torch.stack([torch.randperm(n, generator=gk) for gk in g]).to(device)
             total = torch.zeros((), device=device)
+            seen = 0
             for b0 in range(0, n, bs):
+                if steps is not None and ep * math.ceil(n / bs) + b0 // bs == steps:
+                    break
                 idx = order[:, b0 : b0 + bs]  # [K, B]
                 xb = x_all[idx]  # [K, B, C, H, W]
                 tb = y_all[idx]
+                if batch_transform is not None:
+                    pairs = [batch_transform(xb[k], tb[k]) for k in range(K)]
+                    xb = torch.stack([p[0] for p in pairs])
+                    tb = torch.stack([p[1] for p in pairs])
                 if augment is not None:
                     xb = (
                         torch.stack([augment(xb[k], g[k]) for k in range(K)])
@@ -606,11 +675,12 @@ def train(
                     closure = functools.partial(_rank_loss, share, stack.params, device)
                 loss = (step_fn or sgd_step)(closure, stack.params, opt)
                 total += loss.detach() * B
+                seen += B
             if world > 1:
                 import torch.distributed as dist
 
                 dist.all_reduce(total)
-            ep_loss = float(total) / (n * K)
+            ep_loss = float(total) / (seen * K)
             if not math.isfinite(ep_loss):
                 raise DDBenchError(
                     f"training diverged (loss {ep_loss}) at epoch {ep}; lower the learning rate"
@@ -637,11 +707,11 @@ def train(
         stack.unstack()
         if world > 1:  # BatchNorm running statistics: rank 0's, as DDP broadcasts them
             _broadcast_([b for m in group for b in m.buffers() if b.is_floating_point()])
-        if rank == 0:
+        if rank == 0 and built:
             log.info("trained seed(s) %s: final loss %.4f, %.0fs so far", [seeds[models.index(m)] for m in group],
                      ep_loss, time.perf_counter() - start)  # fmt: skip
     bar.close()
-    for m in models:
+    for m in models if built else ():
         m.eval()
     return TrainResult(models, epoch_losses.tolist(), time.perf_counter() - start)
 
@@ -686,7 +756,55 @@ def _restore(
     return int(state["group"]), int(state["epoch"]), state.get("optimizer")
 
 
+Output = torch.Tensor | tuple[torch.Tensor | None, ...]
+
+
 @torch.no_grad()
+def predict_batches(
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    *,
+    index: torch.Tensor | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 500,
+    precision: str = "fp32",
+    output: Callable[[nn.Module, torch.Tensor], Output] | None = None,
+) -> Iterator[tuple[slice, Output]]:
+    """The one prediction loop: each model (in eval mode, without gradients, under
+    ``precision``) on ``images[index]`` (all images if None), ``batch_size`` at a time.
+
+    A batch is moved to the models' device and passed through ``transform`` (else cast to
+    float). Yields ``(rows, out)`` per batch, ``rows`` the slice of ``index`` (or ``images``) it
+    covers; ``out`` is the models' logits ``[K, B, classes]`` stacked over the models, or, with
+    ``output(model, x)``, what that returns stacked over the models (a tuple is stacked element
+    by element; a None element stays None). Outputs are float32. Models without BatchNorm and
+    without ``output`` run as one vmapped stack.
+    """
+    device = next(models[0].parameters()).device
+    for m in models:
+        m.eval()
+    plain = output is None and not any(has_batchnorm(m) for m in models)
+    stack = ModelStack(models) if plain else None
+    n = len(images) if index is None else len(index)
+    for b0 in range(0, n, batch_size):
+        rows = slice(b0, min(n, b0 + batch_size))
+        xb = (images[rows] if index is None else images[index[rows]]).to(device)
+        xb = transform(xb) if transform is not None else xb.float()
+        with autocast(device, precision):
+            if stack is not None:
+                out = stack(xb, shared_input=True)
+            else:
+                outs = [m(xb) if output is None else output(m, xb) for m in models]
+                if isinstance(outs[0], tuple):
+                    out = tuple(
+                        None if parts[0] is None else torch.stack([p.float() for p in parts])
+                        for parts in zip(*outs)
+                    )
+                else:
+                    out = torch.stack(outs)
+        yield rows, out if isinstance(out, tuple) else out.float()
+
+
 def predict(
     models: Sequence[nn.Module],
     images: torch.Tensor,
@@ -695,22 +813,12 @@ def predict(
     batch_size: int = 500,
     precision: str = "fp32",
 ) -> torch.Tensor:
-    """Logits ``[K, N, classes]`` of each model on ``images`` (uint8 or float), in chunks."""
-    device = next(models[0].parameters()).device
-    for m in models:
-        m.eval()
-    stack = ModelStack(models) if not any(has_batchnorm(m) for m in models) else None
-    outs = []
-    for b0 in range(0, len(images), batch_size):
-        xb = images[b0 : b0 + batch_size].to(device)
-        xb = transform(xb) if transform is not None else xb.float()
-        with autocast(device, precision):
-            if stack is not None:
-                out = stack(xb, shared_input=True)
-            else:
-                out = torch.stack([m(xb) for m in models])
-        outs.append(out.float())
-    return torch.cat(outs, 1)
+    """Logits ``[K, N, classes]`` of each model on ``images`` (uint8 or float), in batches
+    (:func:`predict_batches`)."""
+    batches = predict_batches(
+        models, images, transform=transform, batch_size=batch_size, precision=precision
+    )
+    return torch.cat([out for _, out in batches], 1)
 
 
 def accuracy(

@@ -245,7 +245,9 @@ def make_settings(cls: type[Method], overrides: Mapping[str, Any]) -> Any:
             raise cause from None
         key = getattr(e, "full_key", None)
         where = f" {key}" if key else ""
-        raise DDBenchError(f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}") from None
+        raise DDBenchError(
+            f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def settings_defaults(cls: type[Method]) -> dict[str, Any]:

@@ -191,7 +191,7 @@ def evaluate(
     """
     from ddbench import data as ddata
     from ddbench.augment import DSA
-    from ddbench.engine import accuracy, pick_device, train
+    from ddbench.engine import accuracy, pick_device, stacks, train
     from ddbench.models import create_model
 
     if split not in ("test", "val"):
@@ -256,13 +256,16 @@ def evaluate(
     ).hexdigest()[:16]
     done = _load_partial(partial, key)
     todo = [s for s in protocol.seeds if s not in done]
-    stacked = parallel is True or (parallel == "auto" and device.type == "cuda")
+    # the engine decides whether the seeds train stacked; one by one, each seed's score is saved
+    # (``partial``) as soon as it is known
+    with torch.random.fork_rng(devices=[]):  # a probe model; the seeds' models are unchanged
+        stacked = len(todo) > 1 and stacks(parallel, device, build())
     groups = [todo] if stacked else [[s] for s in todo]
     losses = []
     for group in (g for g in groups if g):
         trained = train(
             build, group, images, targets, recipe, device=device, lr=lr,
-            weights=synset.weights, augment=dsa, parallel=stacked, teacher=teacher,
+            weights=synset.weights, augment=dsa, parallel=parallel, teacher=teacher,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
         )  # fmt: skip
         accs_g = accuracy(

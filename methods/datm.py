@@ -250,22 +250,18 @@ class DATM(MTT):
 
     # ------------------------------------------------------------------------------ resume
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        extra = {} if self._y_opt is None else {"labels": self._y_opt}
+        return {**super().optimizers(), **extra}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = super().state_tensors()
-        if self.label_logits is not None and self._y_opt is not None:
+        if self.label_logits is not None:
             out["label_logits"] = self.label_logits.detach()
-            buf = self._y_opt.state.get(self.label_logits, {}).get("momentum_buffer")
-            if buf is not None:
-                out["label_logits_momentum"] = buf.detach()
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_state_tensors(tensors)
-        if self.label_logits is None or self._y_opt is None or "label_logits" not in tensors:
-            return
-        dev = self.label_logits.device
-        with torch.no_grad():
-            self.label_logits.copy_(tensors["label_logits"].to(dev))
-        if "label_logits_momentum" in tensors:
-            buf = tensors["label_logits_momentum"].to(dev).clone()
-            self._y_opt.state[self.label_logits]["momentum_buffer"] = buf
+        if self.label_logits is not None and "label_logits" in tensors:
+            with torch.no_grad():
+                self.label_logits.copy_(tensors["label_logits"].to(self.label_logits.device))

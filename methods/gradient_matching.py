@@ -8,15 +8,15 @@ augmentation (matching and inner training) and real initialisation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench.distill import ImageDistillation, freeze_batchnorm, train_steps
-from ddbench.engine import autocast, has_batchnorm
+from ddbench import fyi as _fyi
+from ddbench.distill import ImageDistillation, freeze_batchnorm
+from ddbench.engine import Recipe, autocast, has_batchnorm, train
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -92,7 +92,7 @@ class DC(ImageDistillation):
         outer, inner = self.loops(task.ipc)
         net = self.fresh_net(task)
         opt_net = torch.optim.SGD(net.parameters(), lr=self.lr_net)
-        epoch_steps = math.ceil(len(images) / min(self.batch_train, len(images)))
+        inner_recipe = Recipe(epochs=inner, batch_size=self.batch_train, precision=task.precision)
         bn = has_batchnorm(net)
         total = 0.0
         for ol in range(outer):
@@ -101,10 +101,12 @@ class DC(ImageDistillation):
             total += self.update(self.matching_loss(task, net, images))
             if ol == outer - 1:
                 break
-            train_steps(
-                net, images.detach(), labels, inner * epoch_steps, opt_net,
-                task.augment if self.dsa else None, batch_size=self.batch_train,
-                generator=task.generator, precision=task.precision, fyi=self.fyi,
+            # the network continues (same net and optimiser) for `inner` epochs on the images
+            train(
+                None, None, images.detach(), labels, inner_recipe, device=task.device,
+                augment=task.augment if self.dsa else None, compile=False, distributed=False,
+                models=[net], optimizers=[opt_net], generators=[task.generator],
+                batch_transform=fyi_batch if self.fyi else None,
             )  # fmt: skip
         return total / (task.num_classes * outer)
 
@@ -139,6 +141,11 @@ class DSA(DC):
 
     name = "dsa"
     protocol = "standard"
+
+
+def fyi_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FYI's inner-training batch: the images and their mirrors, labels repeated."""
+    return _fyi.flip_concat(x), torch.cat([y, y])
 
 
 def _full(out: torch.Tensor, c: int) -> torch.Tensor:

@@ -245,19 +245,16 @@ class MTT(ImageDistillation):
 
     # ------------------------------------------------------------------------------ resume
 
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        assert self._lr_opt is not None
+        return {"lr": self._lr_opt}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        assert self.syn_lr is not None and self._lr_opt is not None
-        out = {"syn_lr": self.syn_lr.detach().reshape(1)}
-        buf = self._lr_opt.state.get(self.syn_lr, {}).get("momentum_buffer")
-        if buf is not None:
-            out["syn_lr_momentum"] = buf.detach().reshape(1)
-        return out
+        assert self.syn_lr is not None
+        return {"syn_lr": self.syn_lr.detach().reshape(1)}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        assert self.syn_lr is not None and self._lr_opt is not None
+        assert self.syn_lr is not None
         if "syn_lr" in tensors:
             with torch.no_grad():
                 self.syn_lr.copy_(tensors["syn_lr"].reshape(()).to(self.syn_lr.device))
-        if "syn_lr_momentum" in tensors:
-            buf = tensors["syn_lr_momentum"].reshape(()).to(self.syn_lr.device)
-            self._lr_opt.state[self.syn_lr]["momentum_buffer"] = buf.clone()

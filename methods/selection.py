@@ -6,8 +6,8 @@ deterministic for a fixed task seed. They share one family of helpers:
 
 - scoring/feature models are built from ``task.model_factory`` and trained with the one engine
   (:func:`ddbench.engine.train`); their seeds are drawn from ``task.generator``;
-- :func:`model_outputs` is the one inference pass (batched, chunked, ``torch.no_grad``, on
-  ``task.device``), giving embeddings and/or logits of train images, chunk by chunk, so that
+- :func:`model_outputs` runs the engine's prediction loop (:func:`ddbench.engine.predict_batches`:
+  batched, ``torch.no_grad``, eval mode, the task's precision, on ``task.device``), giving embeddings and/or logits of train images, chunk by chunk, so that
   nothing of size ``N x N`` (or all ``N`` embeddings at once) is ever held;
 - :func:`select_top` picks the ``ipc`` best-scored images of each class, breaking ties with
   ``task.generator``.
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench.engine import Recipe, autocast, build_models, train
+from ddbench.engine import Recipe, build_models, predict_batches, train
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
@@ -138,28 +138,19 @@ def model_outputs(
     ``rows`` is the slice of ``idx`` the chunk covers; outputs are float32 on ``task.device``.
     Models are put in eval mode (callers that keep training must switch them back).
     """
+
+    def output(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        e = m.embed(x)
+        return (e if embed else None, m.classifier(e) if logits else None)
+
     images = task.train.images
     n = len(images) if idx is None else len(idx)
-    for m in models:
-        m.eval()
-    starts = range(0, n, chunk)
-    for b0 in task.progress(starts, total=len(starts), desc=desc):
-        rows = slice(b0, min(n, b0 + chunk))
-        sel = images[rows] if idx is None else images[idx[rows]]
-        x = task.normalize(sel.to(task.device))
-        embs, outs = [], []
-        with autocast(task.device, task.precision):
-            for m in models:
-                e = m.embed(x)
-                if embed:
-                    embs.append(e.float())
-                if logits:
-                    outs.append(m.classifier(e).float())
-        yield (
-            rows,
-            torch.stack(embs) if embed else None,
-            torch.stack(outs) if logits else None,
-        )
+    batches = predict_batches(
+        models, images, index=idx, transform=task.normalize, batch_size=chunk,
+        precision=task.precision, output=output,
+    )  # fmt: skip
+    for rows, (e, out) in task.progress(batches, total=math.ceil(n / chunk), desc=desc):
+        yield rows, e, out
 
 
 def class_features(task: Task, model: nn.Module, c: int, chunk: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 * **Squeeze**: a BatchNorm network trained on the real train split: a cached teacher
   (:func:`ddbench.teachers.get_teacher`, trained once by the core engine).
-* **Recover**: ``ipc`` images per class, from noise, optimised with Adam (cosine lr) so that the
+* **Recover**: ``ipc`` images per class, from noise, optimised with Adam (cosine lr; the image
+  loop's ``img_optimizer: adam``, ``img_schedule: cosine``) so that the
   frozen teacher (eval mode) classifies them as their class and so that the statistics they
   induce at every BatchNorm layer match the layer's running statistics::
 
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.distill import ImageDistillation
-from ddbench.engine import autocast
+from ddbench.engine import autocast, predict
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 from ddbench.synset import SyntheticSet, decode_topk, encode_topk
@@ -135,13 +136,11 @@ class Member:
         )
         return ce, bn
 
-    @torch.no_grad()
     def logits(self, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        """The teacher's float32 logits ``[N, K]`` on ``x`` (fp32, in batches)."""
         for h in self.hooks:
             h.group_size = None
-        return torch.cat(
-            [self.net(x[i : i + batch_size]).float() for i in range(0, len(x), batch_size)]
-        )
+        return predict([self.net], x, batch_size=batch_size)[0]
 
     def remove(self) -> None:
         for h in self.hooks:
@@ -250,20 +249,23 @@ class SRe2L(ImageDistillation):
     matching under crop/flip/jitter) and relabel (the teacher's logits, stored compactly).
 
     Settings: ``teacher`` (a :class:`ddbench.teachers.TeacherConfig`; keys left out take
-    ``DEFAULT_TEACHER``'s values), ``iterations``, ``lr_img`` (Adam's lr, cosine-annealed to 0),
-    ``betas``, ``r_bn``, ``first_bn_multiplier``, ``crop_scale`` (RandomResizedCrop's scale
-    range), ``flip`` (``auto``: where the dataset's DSA strategy flips), ``jitter`` (max roll in
-    pixels), ``init`` (``noise``, as in the paper, or ``real``), ``label_dtype`` (``float16`` or
-    ``float32`` soft labels), ``label_topk`` (null: all K logits; k: the k largest, their classes
-    and a fill per row), ``mismatch`` (what to do with images the teacher does not put in their
-    class: ``swap``, see :func:`class_consistent`, or ``error``).
+    ``DEFAULT_TEACHER``'s values), ``iterations``, ``lr_img`` (Adam's lr, cosine-annealed to 0:
+    the loop's ``img_optimizer: adam``, ``img_schedule: cosine``, ``img_betas``), ``r_bn``,
+    ``first_bn_multiplier``, ``crop_scale`` (RandomResizedCrop's scale range), ``flip``
+    (``auto``: where the dataset's DSA strategy flips), ``jitter`` (max roll in pixels), ``init``
+    (``noise``, as in the paper, or ``real``), ``label_dtype`` (``float16`` or ``float32`` soft
+    labels), ``label_topk`` (null: all K logits; k: the k largest, their classes and a fill per
+    row), ``mismatch`` (what to do with images the teacher does not put in their class:
+    ``swap``, see :func:`class_consistent`, or ``error``).
     """
 
     @dataclass
     class Settings(ImageDistillation.Settings):
         iterations: int = 1000  # recover iterations (the paper's 1K)
         lr_img: float = 0.25  # Adam lr, cosine-annealed to 0 over the iterations
-        betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+        img_optimizer: str = "adam"  # the loop's Adam ...
+        img_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+        img_schedule: str = "cosine"  # ... with its lr cosine-annealed to 0
         r_bn: float = 0.01  # weight of the BN-statistics loss next to CE
         first_bn_multiplier: float = 10.0  # extra weight of the first BatchNorm layer
         crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -279,9 +281,6 @@ class SRe2L(ImageDistillation):
             super().__post_init__()
             if self.fyi:
                 raise DDBenchError("sre2l: fyi is not supported")
-            betas = self.betas
-            if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-                raise DDBenchError(f"betas must be two numbers in [0, 1), got {betas}")
             if not (self.r_bn >= 0 and self.first_bn_multiplier >= 0):
                 raise DDBenchError("r_bn and first_bn_multiplier must be >= 0")
             if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -310,8 +309,6 @@ class SRe2L(ImageDistillation):
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
         self.members: list[Member] = []
-        self._adam: torch.optim.Adam | None = None
-        self._adam_state: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ hooks for subclasses
 
@@ -393,42 +390,16 @@ class SRe2L(ImageDistillation):
     # ------------------------------------------------------------------ the loop
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
-        if self._adam is None:
-            self._adam = torch.optim.Adam(
-                [images], lr=self.lr_img, betas=tuple(self.betas), eps=1e-8
-            )
-            if self._adam_state:  # resumed
-                st = self._adam_state
-                self._adam.state[images] = {
-                    "step": st["step"].clone(),
-                    "exp_avg": st["exp_avg"].to(images.device),
-                    "exp_avg_sq": st["exp_avg_sq"].to(images.device),
-                }
-        for pg in self._adam.param_groups:
-            pg["lr"] = 0.5 * (1 + math.cos(math.pi * it / max(1, self.iterations))) * self.lr_img
         x = self.augment_batch(task, self.by_slot(images, task.ipc), it)
         y = self.by_slot(labels, task.ipc)
         loss, parts = self.recovery_loss(task, x, y, task.num_classes)
-        self._adam.zero_grad(set_to_none=True)
-        loss.backward()
-        self._adam.step()
+        value = self.update(loss)  # Adam on the images, the loop's cosine lr
         lo, hi = self.pixel_range(task, images.device)
         with torch.no_grad():
             images.copy_(torch.maximum(torch.minimum(images, hi), lo))
         if task.logger is not None:
             task.logger.metrics(parts, step=it)
-        return float(loss.detach()) / task.ipc  # per batch of one image per class
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        if self._adam is None:
-            return dict(self._adam_state)
-        (p,) = self._adam.param_groups[0]["params"]
-        st = self._adam.state.get(p, {})
-        return {k: st[k].detach() for k in ("step", "exp_avg", "exp_avg_sq") if k in st}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if {"step", "exp_avg", "exp_avg_sq"} <= set(tensors):
-            self._adam_state = dict(tensors)
+        return value / task.ipc  # per batch of one image per class
 
     def distill(self, task: Task) -> SyntheticSet:
         if self.label_topk is not None and self.label_topk >= task.num_classes:
@@ -436,7 +407,6 @@ class SRe2L(ImageDistillation):
                 f"label_topk={self.label_topk} keeps all {task.num_classes} classes; use "
                 "label_topk: null (dense labels) or fewer classes"
             )
-        self._adam, self._adam_state = None, {}
         self.load_members(task)
         try:
             synset = super().distill(task)
@@ -446,7 +416,7 @@ class SRe2L(ImageDistillation):
         finally:
             for m in self.members:
                 m.remove()
-            self.members, self._adam = [], None
+            self.members = []
         intended = torch.arange(task.num_classes).repeat_interleave(task.ipc)
         predicted = logits.argmax(1).cpu()
         if self.mismatch == "error" and not torch.equal(predicted, intended):

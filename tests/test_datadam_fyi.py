@@ -11,14 +11,15 @@ from conftest import assert_valid_set, check_lowers_loss, check_resume, make_tas
 from torch import nn
 
 from ddbench.data import RealDataset
-from ddbench.distill import ImageDistillation, train_steps
+from ddbench.distill import ImageDistillation
+from ddbench.engine import Recipe, train
 from ddbench.errors import DDBenchError
 from ddbench.fyi import flip_concat, mirror_symmetry
 from ddbench.method import build_method
 from ddbench.methods import packaged_config
 from ddbench.methods.datadam import DataDAM, attention
 from ddbench.methods.dm import DM
-from ddbench.methods.gradient_matching import DC, DSA
+from ddbench.methods.gradient_matching import DC, DSA, fyi_batch
 from ddbench.models import create_model
 
 CONF = Path(__file__).parents[1] / "conf" / "method"
@@ -175,7 +176,20 @@ def test_fyi_doubles_the_inner_training_batches():
     for fyi in (False, True):
         net = Recorder()
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
-        train_steps(net, x, y, 3, opt, batch_size=4, generator=torch.Generator(), fyi=fyi)
+        train(
+            None,
+            None,
+            x,
+            y,
+            Recipe(epochs=0, batch_size=4),
+            device="cpu",
+            compile=False,
+            models=[net],
+            optimizers=[opt],
+            generators=[torch.Generator()],
+            steps=3,
+            batch_transform=fyi_batch if fyi else None,
+        )
         sizes = [len(b) for b in net.seen]
         assert sizes == ([8, 8, 4] if fyi else [4, 4, 2])
         if fyi:

@@ -391,3 +391,126 @@ def test_mixup_and_cutmix_mix_images_and_targets_consistently():
     soft = torch.nn.functional.one_hot(torch.arange(6), 6).float()[None]
     _, ts, mixed = _mix(x, soft, Recipe(epochs=1, mixup=1.0), [torch.Generator().manual_seed(2)])
     assert mixed is None and torch.allclose(ts.sum(-1), torch.ones(1, 6))
+
+
+# ----------------------------------------------------------------------------- one training path
+
+
+def _reference_steps(net, opt, x, y, steps, batch_size, g):
+    """A hand-written loop: shuffled epochs from ``g``, batches of ``batch_size`` (the last one
+    partial), cross entropy, one optimiser step per batch, ``steps`` steps in all."""
+    done, n = 0, len(x)
+    while done < steps:
+        order = torch.randperm(n, generator=g)
+        for b0 in range(0, n, batch_size):
+            if done == steps:
+                break
+            idx = order[b0 : b0 + batch_size]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+
+
+@pytest.mark.parametrize("steps", [7, 8])  # 7: the last epoch cut short after 3 of 4 batches
+def test_given_models_and_optimisers_continue_as_a_plain_loop(digits, steps):
+    """models=/optimizers=/generators=/steps= continue a network in place (DC's inner loop):
+    the same batches, steps and optimiser state as a hand-written loop, twice in a row."""
+    x, y = _subset(digits[0], 3)  # 30 images: batches of 8, 8, 8, 6
+    runs = []
+    for engine_loop in (True, False):
+        torch.manual_seed(0)
+        net = _build()
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(2):  # the second call continues the net, optimiser and generator
+            if engine_loop:
+                res = train(
+                    None, None, x, y, Recipe(epochs=0, batch_size=8), device="cpu",
+                    compile=False, models=[net], optimizers=[opt], generators=[g], steps=steps,
+                )  # fmt: skip
+                assert res.models[0] is net and net.training  # in place, left in train mode
+            else:
+                _reference_steps(net, opt, x, y, steps, 8, g)
+        runs.append((_params(net), g.get_state()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert torch.equal(runs[0][1], runs[1][1])  # the same number of shuffles drawn
+
+
+def test_continuing_refuses_inconsistent_arguments(digits):
+    x, y = _subset(digits[0], 1)
+    net = _build()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    r = Recipe(epochs=1)
+    with pytest.raises(DDBenchError, match="build and seeds"):
+        train(None, None, x, y, r, device="cpu")
+    with pytest.raises(DDBenchError, match="one optimiser per model"):
+        train(None, None, x, y, r, device="cpu", models=[net, _build()], optimizers=[opt])
+    with pytest.raises(DDBenchError, match="keeps its own lr"):
+        train(None, None, x, y, r, device="cpu", models=[net], optimizers=[opt], lr=0.5)
+    with pytest.raises(DDBenchError, match="parallel=False"):
+        two = [_build(), _build()]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.1) for m in two]
+        train(None, None, x, y, r, device="cpu", models=two, optimizers=opts, parallel=True)
+
+
+@pytest.mark.parametrize("model, epochs", [("convnet_bn", 2), ("resnet18_bn", 1)])
+def test_batchnorm_models_trained_stacked_match_models_trained_alone(digits, model, epochs):
+    """parallel=True stacks BatchNorm models too (vmap with per-model running statistics): the
+    same parameters, running statistics and outputs as one-by-one training, within float
+    rounding. (ResNet-18-BN on 40 images in batches of 16 is chaotic after its first epoch:
+    there two one-by-one runs with 1 and 2 threads already differ by ~4 %.) ``auto`` never
+    stacks BatchNorm models (:func:`ddbench.engine.stacks`)."""
+    from ddbench.engine import predict, stacks
+
+    x, y = _subset(digits[0], 4)
+
+    def build():
+        return create_model(model, 1, 10, (8, 8))
+
+    r = Recipe(epochs=epochs, batch_size=16)
+    together = train(build, [0, 1], x, y, r, device="cpu", parallel=True, compile=False)
+    test_x = digits[1].normalize(digits[1].images[:100])
+    for k, seed in enumerate([0, 1]):
+        alone = train(build, [seed], x, y, r, device="cpu", parallel=False, compile=False)
+        a, b = together.models[k].state_dict(), alone.models[0].state_dict()
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=name)
+        torch.testing.assert_close(
+            predict([together.models[k]], test_x), predict(alone.models, test_x),
+            atol=1e-4, rtol=1e-3,
+        )  # fmt: skip
+    assert not torch.equal(_params(together.models[0]), _params(together.models[1]))
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not stacks("auto", cuda, build()) and stacks(True, cpu, build())
+    assert stacks("auto", cuda, _build()) and not stacks("auto", cpu, _build())
+
+
+def test_predict_batches_is_the_one_prediction_loop(digits):
+    """Outputs of any form (``output=``), on a subset (``index=``), under no_grad and in eval
+    mode, batch by batch, equal to the models called directly."""
+    from ddbench.engine import predict, predict_batches
+
+    split = digits[1]
+    models = [_build().train(), _build()]
+    idx = torch.arange(3, 250, 2)
+    seen = []
+    for rows, (emb, none) in predict_batches(
+        models, split.images, index=idx, transform=split.normalize, batch_size=40,
+        output=lambda m, x: (m.embed(x), None),
+    ):  # fmt: skip
+        assert (
+            none is None and not emb.requires_grad and emb.shape[:2] == (2, rows.stop - rows.start)
+        )
+        seen.append(emb)
+    assert not models[0].training and len(seen) == 4
+    x = split.normalize(split.images[idx])
+    with torch.no_grad():
+        direct = torch.stack([m.embed(x) for m in models])
+        logits = torch.stack([m(x) for m in models])
+    torch.testing.assert_close(torch.cat(seen, 1), direct)
+    torch.testing.assert_close(
+        predict(models, split.images[idx], transform=split.normalize), logits
+    )

@@ -268,7 +268,9 @@ def test_a_resumed_recovery_ends_as_an_unbroken_one(make_task, tmp_path):
     broken.step = step
     with pytest.raises(KeyboardInterrupt):
         broken.distill(make_task(checkpointer=ck))
-    assert ck.load()[0] == 8 and {"extra.exp_avg", "extra.step", "rng"} <= set(ck.load()[1])
+    step, tensors, state = ck.load()
+    assert step == 8 and set(state["optim"]) == {"images", "images_schedule"}  # Adam, cosine
+    assert {"optim.images.state.0.exp_avg", "optim.images.state.0.step", "rng"} <= set(tensors)
     resumed = method().distill(make_task(checkpointer=ck))
     assert resumed.meta["distillation"]["resumed_from"] == 8
     assert torch.equal(resumed.images, unbroken.images)
