@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench import fyi as _fyi
+from ddbench import modifiers
 from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Task
@@ -58,7 +58,9 @@ class ImageDistillation(Method):
       eval_every     every N iterations, train ``eval_seeds`` fresh models for ``eval_epochs``
                      epochs on the current images and log their accuracy on the VAL split (0: never)
       fyi            FYI (Son et al., ECCV 2024): match and train on the synthetic images together
-                     with their horizontal mirrors (:mod:`ddbench.fyi`); recorded in the set
+                     with their horizontal mirrors (:mod:`ddbench.fyi`); recorded in the set. The
+                     modifier it selects (:attr:`modifier`, :mod:`ddbench.modifiers`) is applied
+                     by the shared helpers (:meth:`siamese`, :func:`train_steps`), never by a step
     """
 
     name = "image_distillation"
@@ -103,6 +105,7 @@ class ImageDistillation(Method):
         self.eval_epochs = int(eval_epochs)
         self.eval_seeds = [int(s) for s in eval_seeds]
         self.fyi = bool(fyi)
+        self.modifier = modifiers.from_config(fyi=self.fyi)
         self._opt: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------------------ hooks
@@ -164,10 +167,9 @@ class ImageDistillation(Method):
         self, task: Task, real: torch.Tensor, syn: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Siamese DSA of a (real, synthetic) pair with a seed from the task's generator;
-        the pair unchanged when ``dsa`` is off or the task has no augmentation. With ``fyi``
-        the synthetic batch is first ``[syn; flip(syn)]`` (twice the rows; :mod:`ddbench.fyi`)."""
-        if self.fyi:
-            syn = _fyi.flip_concat(syn)
+        the pair unchanged when ``dsa`` is off or the task has no augmentation. The synthetic
+        batch is first the :attr:`modifier`'s (``fyi``: ``[syn; flip(syn)]``, twice the rows)."""
+        syn, _ = self.modifier.apply(syn)
         if not self.dsa or task.augment is None:
             return real, syn
         return task.augment.pair(real, syn, self.next_seed(task))
@@ -195,8 +197,7 @@ class ImageDistillation(Method):
         return images.to(task.device, torch.float32).contiguous(), labels
 
     def distill(self, task: Task) -> SyntheticSet:
-        if self.fyi:
-            _fyi.check_task(task, self.name)
+        self.modifier.check(task, self.name)
         images, labels = self.init_images(task)
         images.requires_grad_(True)
         self._opt = torch.optim.SGD([images], lr=self.image_lr(task), momentum=self.momentum_img)
@@ -331,12 +332,12 @@ def train_steps(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     precision: str = "fp32",
-    fyi: bool = False,
+    modifier: modifiers.Modifier | None = None,
 ) -> float:
     """``steps`` SGD steps of cross entropy for an EXISTING ``net`` and optimiser on ``(x, y)``:
     shuffled epochs of ``batch_size`` batches, the last one partial (a shuffling DataLoader), each
-    batch augmented by ``augment(xb, generator)`` if given. Returns the last loss. ``fyi``: each
-    batch is ``[xb; flip(xb)]`` (labels repeated) before the augmentation (:mod:`ddbench.fyi`).
+    batch augmented by ``augment(xb, generator)`` if given. Returns the last loss. ``modifier``:
+    each batch is first the modifier's (:mod:`ddbench.modifiers`; FYI: ``[xb; flip(xb)]``).
 
     This is the inner loop of DC/DSA. ``engine.train`` builds fresh models from seeds and owns
     their optimiser, so it cannot continue training a network across outer steps; until the
@@ -352,8 +353,8 @@ def train_steps(
                 break
             idx = order[b0 : b0 + bs]
             xb, yb = x[idx], y[idx]
-            if fyi:
-                xb, yb = _fyi.flip_concat(xb), torch.cat([yb, yb])
+            if modifier is not None:
+                xb, yb = modifier.apply(xb, yb)
             if augment is not None:
                 xb = augment(xb, generator)
             with autocast(x.device, precision):

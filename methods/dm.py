@@ -85,5 +85,5 @@ class DM(ImageDistillation):
             [torch.full((len(r),), c, device=f_real.device) for c, r in enumerate(reals)]
         )
         mean_real = class_means(f_real, y_real, k)
-        mean_syn = f_syn.reshape(k, len(syns[0]), -1).mean(1)  # 2 * ipc rows per class with FYI
+        mean_syn = f_syn.reshape(k, len(syns[0]), -1).mean(1)  # rows per class: the modifier's
         return ((mean_real - mean_syn) ** 2).sum()

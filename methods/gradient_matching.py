@@ -113,7 +113,7 @@ class DC(ImageDistillation):
             train_steps(
                 net, images.detach(), labels, inner * epoch_steps, opt_net,
                 task.augment if self.dsa else None, batch_size=self.batch_train,
-                generator=task.generator, precision=task.precision, fyi=self.fyi,
+                generator=task.generator, precision=task.precision, modifier=self.modifier,
             )  # fmt: skip
         return total / (task.num_classes * outer)
 

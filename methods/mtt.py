@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ddbench import fyi as _fyi
 from ddbench.distill import ImageDistillation
 from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
@@ -180,8 +179,8 @@ class MTT(ImageDistillation):
                 chunks = list(torch.randperm(n, generator=task.generator).split(bs))
             idx = chunks.pop().to(task.device)
             draw = None
-            if self.dsa and task.augment is not None:  # FYI: the batch and its mirrors
-                draw = task.augment.draw(len(idx) * (2 if self.fyi else 1), H, W, task.generator)
+            if self.dsa and task.augment is not None:  # for the modifier's rows
+                draw = task.augment.draw(self.modifier.rows(len(idx)), H, W, task.generator)
             plan.append((idx, draw))
         return plan
 
@@ -195,9 +194,7 @@ class MTT(ImageDistillation):
         draw: Any,
     ) -> torch.Tensor:
         assert self.student is not None
-        x, y = images[idx], self.batch_targets(labels[idx])
-        if self.fyi:  # FYI: the student trains on the batch together with its mirrors
-            x, y = _fyi.flip_concat(x), torch.cat([y, y])
+        x, y = self.modifier.apply(images[idx], self.batch_targets(labels[idx]))
         if draw is not None:
             x = draw(x)
         ce = F.cross_entropy(self.student(w, x).float(), y)
