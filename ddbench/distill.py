@@ -15,7 +15,10 @@ set. A method only writes its idea, the hook :meth:`ImageDistillation.step`::
 
 Hook contract: ``step`` updates the images itself, through :meth:`update` (zero_grad, backward,
 optimiser step), as many times as it needs (DC updates them ``outer_loop`` times per iteration),
-and returns the float loss to report. Everything random (real batches, DSA seeds, network
+and returns the float loss to report. The loop runs each ``step`` in the task's precision
+(:meth:`Task.autocast`: under ``precision=bf16`` the networks' matmuls and convolutions in bf16);
+the shared helpers keep the data side in fp32 (real batches, DSA, the images' update), so a step
+holds no precision code. Everything random (real batches, DSA seeds, network
 initialisations, batch order of inner training) is drawn from ``task.generator``, whose state is
 checkpointed with the images and the optimiser's momentum: a resumed run continues exactly as an
 uninterrupted one would.
@@ -124,9 +127,10 @@ class ImageDistillation(Method):
         """One SGD step of the images on ``loss``; returns its value."""
         if self._opt is None:
             raise DDBenchError("update() is only available inside distill()")
-        self._opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self._opt.step()
+        with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt.step()
         return float(loss.detach())
 
     @staticmethod
@@ -172,7 +176,8 @@ class ImageDistillation(Method):
         syn, _ = self.modifier.apply(syn)
         if not self.dsa or task.augment is None:
             return real, syn
-        return task.augment.pair(real, syn, self.next_seed(task))
+        with task.full_precision():
+            return task.augment.pair(real, syn, self.next_seed(task))
 
     def real_batches(self, task: Task, n: int | None = None) -> list[torch.Tensor]:
         """One batch of ``n`` (default ``batch_real``) real images per class."""
@@ -211,7 +216,8 @@ class ImageDistillation(Method):
             )
             for it in bar:
                 t_it = time.perf_counter()
-                loss = self.step(task, images, labels, it)
+                with task.autocast():
+                    loss = self.step(task, images, labels, it)
                 if not math.isfinite(loss):
                     raise DDBenchError(
                         f"{self.name}: the matching loss is {loss} at iteration {it}; "
@@ -346,6 +352,7 @@ def train_steps(
     net.train()
     n, done, loss = len(x), 0, torch.zeros(())
     bs = min(batch_size, n)
+    full_precision = torch.autocast(x.device.type, enabled=False)  # also within a bf16 step
     while done < steps:
         order = torch.randperm(n, generator=generator).to(x.device)
         for b0 in range(0, n, bs):
@@ -353,16 +360,17 @@ def train_steps(
                 break
             idx = order[b0 : b0 + bs]
             xb, yb = x[idx], y[idx]
-            if modifier is not None:
-                xb, yb = modifier.apply(xb, yb)
-            if augment is not None:
-                xb = augment(xb, generator)
-            with autocast(x.device, precision):
-                out = net(xb)
-            loss = F.cross_entropy(out.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with full_precision:
+                if modifier is not None:
+                    xb, yb = modifier.apply(xb, yb)
+                if augment is not None:
+                    xb = augment(xb, generator)
+                with autocast(x.device, precision):
+                    out = net(xb)
+                loss = F.cross_entropy(out.float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             done += 1
     return float(loss.detach())
 
@@ -371,7 +379,7 @@ def freeze_batchnorm(net: nn.Module, real: torch.Tensor) -> None:
     """DC's trick for BatchNorm nets: set the running statistics from a real batch, then put
     the BatchNorm layers in eval mode (tiny synthetic batches give no usable statistics)."""
     net.train()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(real.device.type, enabled=False):
         net(real)
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from ddbench.distill import ImageDistillation, class_means
-from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -70,17 +69,16 @@ class DM(ImageDistillation):
             )
             reals.append(real)
             syns.append(syn)
-        with autocast(task.device, task.precision):
-            if not self.is_batched(task):
-                loss = images.new_zeros(())
-                for real, syn in zip(reals, syns):
-                    with torch.no_grad():
-                        mean_real = net.embed(real).float().mean(0)
-                    loss = loss + ((mean_real - net.embed(syn).float().mean(0)) ** 2).sum()
-                return loss
-            with torch.no_grad():
-                f_real = net.embed(torch.cat(reals)).float()
-            f_syn = net.embed(torch.cat(syns)).float()
+        if not self.is_batched(task):
+            loss = images.new_zeros(())
+            for real, syn in zip(reals, syns):
+                with torch.no_grad():
+                    mean_real = net.embed(real).float().mean(0)
+                loss = loss + ((mean_real - net.embed(syn).float().mean(0)) ** 2).sum()
+            return loss
+        with torch.no_grad():
+            f_real = net.embed(torch.cat(reals)).float()
+        f_syn = net.embed(torch.cat(syns)).float()
         y_real = torch.cat(
             [torch.full((len(r),), c, device=f_real.device) for c, r in enumerate(reals)]
         )

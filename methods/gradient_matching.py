@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.distill import ImageDistillation, freeze_batchnorm, train_steps
-from ddbench.engine import autocast, has_batchnorm
+from ddbench.engine import has_batchnorm
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -126,8 +126,7 @@ class DC(ImageDistillation):
             real, syn = self.siamese(
                 task, self.sample_real(task, c, self.batch_real), images[self.class_slice(task, c)]
             )
-            with autocast(task.device, task.precision):
-                out_real, out_syn = net(real).float(), net(syn).float()
+            out_real, out_syn = net(real).float(), net(syn).float()
             g_real = torch.autograd.grad(F.cross_entropy(out_real, _full(out_real, c)), params)
             g_real = [g.detach() for g in g_real]
             g_syn = torch.autograd.grad(

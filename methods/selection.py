@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from ddbench.engine import Recipe, autocast, build_models, train
+from ddbench.engine import Recipe, build_models, train
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Task
 from ddbench.synset import SyntheticSet
@@ -145,7 +145,7 @@ def model_outputs(
         sel = images[rows] if idx is None else images[idx[rows]]
         x = task.normalize(sel.to(task.device))
         embs, outs = [], []
-        with autocast(task.device, task.precision):
+        with task.autocast():
             for m in models:
                 e = m.embed(x)
                 if embed:
