@@ -288,7 +288,8 @@ def run_side(args: argparse.Namespace) -> None:
                 plan = m.unroll_plan(task, len(images))
                 loss = official_loss(net, images, labels, syn_lr, t["start"], t["target"], plan)
             else:
-                loss = m.matching_loss(task, images, labels, 0, 0, lr=syn_lr)
+                with task.autocast():  # the task's precision, as the image loop applies it
+                    loss = m.matching_loss(task, images, labels, 0, 0, lr=syn_lr)
             t1 = time.perf_counter()
             opt_img.zero_grad(set_to_none=True)
             opt_lr.zero_grad(set_to_none=True)

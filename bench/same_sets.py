@@ -56,12 +56,12 @@ numbers depend on no default of the method's class or YAML. Each node pins (besi
 * mtt: ``iterations``, ``lr_img``, ``momentum_img``, ``lr_lr``, ``lr_teacher``, ``lr_min``,
   ``syn_steps``, ``expert_epochs``, ``max_start_epoch``, ``batch_syn``, ``num_experts``,
   ``init``, ``dsa``, ``checkpoint_unroll``, ``experts`` (every ExpertConfig field of a plain
-  expert); ftd: MTT's and ``ema_decay``, ``experts.sam_rho``/``gsam_alpha``/``sam_adaptive``;
+  expert); ftd: MTT's and ``ema_decay``, ``experts.step: gsam`` with ``sam_rho``/``gsam_alpha``/``sam_adaptive``;
   datm: MTT's (``max_start_epoch`` the initial bound) and ``min_start_epoch``,
   ``max_start_epoch_final``, ``expansion_iterations``, ``soft_labels``, ``lr_y``,
   ``momentum_y``, ``label_expert``, ``label_epoch``, ``correct_init``, ``threshold``, the GSAM
   experts; ast: MTT's and ``representative_init``/``_expert``/``_epoch``, ``balanced_loss``,
-  ``intermediate_weight``, ``weight_perturb``, ``experts.clip_grad``/``grad_penalty``;
+  ``intermediate_weight``, ``weight_perturb``, ``experts.step: smooth`` with ``clip_grad``/``grad_penalty``;
 * sre2l: ``iterations``, ``lr_img``, ``img_betas``, ``r_bn``, ``first_bn_multiplier``,
   ``crop_scale``, ``flip``, ``jitter``, ``init``, ``label_dtype``, ``label_topk``,
   ``mismatch``, ``teacher`` (every TeacherConfig field); cda: those and ``curriculum``,
@@ -130,13 +130,14 @@ def teacher_node(width: int, epochs: int, model: str = "convnet", seed: int = 0)
     }  # fmt: skip
 
 
-def expert_node(width: int, epochs: int, **variant: Any) -> dict:
-    """Every field of a plain :class:`ddbench.experts.ExpertConfig`, plus ``variant`` fields."""
+def expert_node(width: int, epochs: int, step: str = "plain", **step_kwargs: Any) -> dict:
+    """Every field of a :class:`ddbench.experts.ExpertConfig`: plain, or the step variant
+    ``step`` with its settings ``step_kwargs``."""
     return {
         "model": "convnet", "model_kwargs": {"net_width": width}, "epochs": epochs,
         "batch_size": 64, "lr": 0.05, "momentum": 0.0, "weight_decay": 0.0,
         "schedule": "constant", "augment": "dsa", "zca": False, "zca_eps": 0.1, "seed": 0,
-        **variant,
+        "step": step, "step_kwargs": step_kwargs,
     }  # fmt: skip
 
 
@@ -157,7 +158,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
         "num_experts": 2, "init": "real", "checkpoint_unroll": False,
         "experts": expert_node(w, ep + 1),
     }  # fmt: skip
-    gsam = expert_node(w, ep + 1, sam_rho=0.01, gsam_alpha=0.4, sam_adaptive=True)
+    gsam = expert_node(w, ep + 1, "gsam", sam_rho=0.01, gsam_alpha=0.4, sam_adaptive=True)
     sre2l = {
         "iterations": its, "lr_img": 0.25, "img_betas": [0.5, 0.9], "r_bn": 0.01,
         "first_bn_multiplier": 10.0, "crop_scale": [0.08, 1.0], "flip": False, "jitter": 2,
@@ -271,7 +272,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             "balanced_loss": True,
             "intermediate_weight": 1.0,
             "weight_perturb": 0.5,
-            "experts": expert_node(w, ep + 2, clip_grad=1.0, grad_penalty=0.1),
+            "experts": expert_node(w, ep + 2, "smooth", clip_grad=1.0, grad_penalty=0.1),
         },
         "sre2l": {
             "_target_": t + "sre2l.SRe2L",

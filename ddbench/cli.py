@@ -576,6 +576,8 @@ def _model_kwarg(text: str) -> tuple[str, Any]:
 def list_experts(dataset: str | None = None) -> list[dict[str, Any]]:
     """One entry per cached expert configuration: its config, complete experts, training
     seconds per epoch (mean over them) and the ones still in training (a checkpoint)."""
+    import dataclasses
+
     from ddbench.cache import cache_root
     from ddbench.experts import ExpertConfig
     from ddbench.synset import read_header
@@ -602,9 +604,11 @@ def list_experts(dataset: str | None = None) -> list[dict[str, Any]]:
                 cfg = {}
         epochs = max(int(cfg.get("epochs", 1)), 1)
         per_epoch = [float(m["train_seconds"]) / epochs for m in metas if "train_seconds" in m]
-        defaults = {k: f.default for k, f in ExpertConfig.__dataclass_fields__.items()}
+        defaults = dataclasses.asdict(ExpertConfig())
         shown = ("model", "model_kwargs", "epochs", "zca", "zca_eps", "seed")
-        other = {k: v for k, v in cfg.items() if k not in shown and defaults.get(k) != v}
+        # fields of files written by an older config shape: shown only when set
+        other = {k: v for k, v in cfg.items()
+                 if k not in shown and defaults.get(k) != v and (k in defaults or v)}  # fmt: skip
         out.append(
             {
                 "dataset": d.parent.name,

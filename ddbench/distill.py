@@ -15,7 +15,10 @@ the result in a set. A method only writes its idea, the hook :meth:`ImageDistill
 
 Hook contract: ``step`` updates the images itself, through :meth:`update` (zero_grad, backward,
 optimiser step), as many times as it needs (DC updates them ``outer_loop`` times per iteration),
-and returns the float loss to report. Everything random (real batches, DSA seeds, network
+and returns the float loss to report. The loop runs each ``step`` in the task's precision
+(:meth:`Task.autocast`: under ``precision=bf16`` the networks' matmuls and convolutions in bf16);
+the shared helpers keep the data side in fp32 (real batches, DSA, the images' update), so a step
+holds no precision code. Everything random (real batches, DSA seeds, network
 initialisations, batch order of inner training) is drawn from ``task.generator``, whose state is
 checkpointed with the images and the state of every optimiser (the images' and those a method
 registers in :meth:`ImageDistillation.optimizers`) and of the lr schedule: a resumed run continues
@@ -33,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench import fyi as _fyi
+from ddbench import modifiers
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
@@ -61,7 +64,9 @@ class ImageDistillation(Method):
       eval_every     every N iterations, train ``eval_seeds`` fresh models for ``eval_epochs``
                      epochs on the current images and log their accuracy on the VAL split (0: never)
       fyi            FYI (Son et al., ECCV 2024): match and train on the synthetic images together
-                     with their horizontal mirrors (:mod:`ddbench.fyi`); recorded in the set
+                     with their horizontal mirrors (:mod:`ddbench.fyi`); recorded in the set. The
+                     modifier it selects (:attr:`modifier`, :mod:`ddbench.modifiers`) is applied
+                     by the shared helpers (:meth:`siamese`, the inner training), never by a step
     """
 
     @dataclass
@@ -93,6 +98,14 @@ class ImageDistillation(Method):
                 raise DDBenchError(
                     "eval_every must be >= 0, eval_epochs >= 1, eval_seeds non-empty"
                 )
+            if self.img_optimizer not in ("sgd", "adam"):
+                raise DDBenchError(f"img_optimizer must be sgd or adam, got {self.img_optimizer!r}")
+            if self.img_schedule not in ("constant", "cosine"):
+                raise DDBenchError(
+                    f"img_schedule must be constant or cosine, got {self.img_schedule!r}"
+                )
+            if len(self.img_betas) != 2 or not all(0 <= b < 1 for b in self.img_betas):
+                raise DDBenchError(f"img_betas must be two numbers in [0, 1), got {self.img_betas}")
 
     name = "image_distillation"
     protocol = "standard"  # the evaluation protocol the sets expect
@@ -101,6 +114,12 @@ class ImageDistillation(Method):
         super().__init__(**overrides)
         self._opt: torch.optim.Optimizer | None = None
         self._sched: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    @property
+    def modifier(self) -> modifiers.Modifier:
+        """The transform of the synthetic batch the settings select (``fyi``), applied by the
+        shared helpers (:mod:`ddbench.modifiers`)."""
+        return modifiers.from_config(fyi=self.fyi)
 
     # ------------------------------------------------------------------------------ hooks
 
@@ -123,9 +142,10 @@ class ImageDistillation(Method):
         """One optimiser step of the images on ``loss``; returns its value."""
         if self._opt is None:
             raise DDBenchError("update() is only available inside distill()")
-        self._opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self._opt.step()
+        with torch.autocast(loss.device.type, enabled=False):  # backward outside autocast
+            self._opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self._opt.step()
         return float(loss.detach())
 
     @staticmethod
@@ -166,13 +186,13 @@ class ImageDistillation(Method):
         self, task: Task, real: torch.Tensor, syn: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Siamese DSA of a (real, synthetic) pair with a seed from the task's generator;
-        the pair unchanged when ``dsa`` is off or the task has no augmentation. With ``fyi``
-        the synthetic batch is first ``[syn; flip(syn)]`` (twice the rows; :mod:`ddbench.fyi`)."""
-        if self.fyi:
-            syn = _fyi.flip_concat(syn)
+        the pair unchanged when ``dsa`` is off or the task has no augmentation. The synthetic
+        batch is first the :attr:`modifier`'s (``fyi``: ``[syn; flip(syn)]``, twice the rows)."""
+        syn, _ = self.modifier.apply(syn)
         if not self.dsa or task.augment is None:
             return real, syn
-        return task.augment.pair(real, syn, self.next_seed(task))
+        with task.full_precision():
+            return task.augment.pair(real, syn, self.next_seed(task))
 
     def real_batches(self, task: Task, n: int | None = None) -> list[torch.Tensor]:
         """One batch of ``n`` (default ``batch_real``) real images per class."""
@@ -198,8 +218,7 @@ class ImageDistillation(Method):
 
     def distill(self, task: Task) -> SyntheticSet:
         self.apply_recipe(task.spec.name, task.ipc)
-        if self.fyi:
-            _fyi.check_task(task, self.name)
+        self.modifier.check(task, self.name)
         images, labels = self.init_images(task)
         images.requires_grad_(True)
         self._opt, self._sched = self.image_optimizer(task, images)
@@ -213,7 +232,8 @@ class ImageDistillation(Method):
             )
             for it in bar:
                 t_it = time.perf_counter()
-                loss = self.step(task, images, labels, it)
+                with task.autocast():
+                    loss = self.step(task, images, labels, it)
                 if not math.isfinite(loss):
                     raise DDBenchError(
                         f"{self.name}: the matching loss is {loss} at iteration {it}; "
@@ -397,7 +417,7 @@ def freeze_batchnorm(net: nn.Module, real: torch.Tensor) -> None:
     """DC's trick for BatchNorm nets: set the running statistics from a real batch, then put
     the BatchNorm layers in eval mode (tiny synthetic batches give no usable statistics)."""
     net.train()
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(real.device.type, enabled=False):
         net(real)
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -84,9 +84,14 @@ def lr_at(recipe: Recipe, epoch: int, base_lr: float) -> float:
 
 
 def autocast(device: torch.device | str, precision: str):
-    """bf16 autocast context for ``precision='bf16'``, else a no-op."""
+    """bf16 autocast context for ``precision='bf16'``, else a no-op. Without autocast's weight
+    cache: a region may hold a whole distillation step (:meth:`ddbench.method.Task.autocast`),
+    inside which a network is updated in place between forwards; a cached bf16 copy of its
+    weights (kept until the outermost region ends) would be stale."""
     if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+        return torch.autocast(
+            device_type=torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False
+        )
     return contextlib.nullcontext()
 
 

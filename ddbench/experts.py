@@ -12,16 +12,13 @@ so a killed training resumes; a flock per expert makes parallel jobs train each 
 The recipe defaults are MTT's ``buffer.py``: SGD lr 0.01, momentum 0, weight decay 0, no lr decay,
 batch 256, DSA during training (here: the dataset's DSA strategy), 50 epochs per expert.
 
-Variants of the one trainer, as config fields (each changes the cache key only when set; see
-:meth:`ExpertConfig.key`), realised by one :class:`ExpertStep` passed to the engine's ``step_fn``:
-
-* ``sam_rho`` > 0: sharpness-aware experts (FTD's GSAM buffers): per batch, ascend to
-  ``w + rho * g / ||g||`` (ASAM's ``w^2 g / ||w g||`` with ``sam_adaptive``), take the gradient
-  there, return to ``w``; ``gsam_alpha`` > 0 adds GSAM's surrogate-gap step (subtract ``alpha``
-  times the part of ``g`` orthogonal to the perturbed gradient);
-* ``grad_penalty`` > 0: minimise ``loss + grad_penalty * ||grad loss||`` (double backward);
-  ``clip_grad``: clip the gradient to this global norm before the step (AST's smooth experts);
-* longer experts (DATM's late start epochs) are just ``epochs``.
+Variants of the training step live with the method they belong to and reach the trainer through
+one hook: a method file registers a step factory under a name (:func:`register_step`), and
+``ExpertConfig.step`` names it, with its settings in ``step_kwargs`` (each variant's defaults are
+the plain step). ``methods/ftd.py`` registers ``gsam`` (FTD's sharpness-aware experts),
+``methods/ast.py`` ``smooth`` (AST's clipped, gradient-penalised experts); longer experts (DATM's
+late start epochs) are just ``epochs``. A name not yet registered is looked up by importing the
+method modules (``ddbench.methods``), so ``ddbench expert train`` finds every variant.
 
     experts = get_experts("cifar10", ExpertConfig(epochs=50), n=10, device="cuda")
     flat = FlatModel(build_expert_model("cifar10", cfg))
@@ -30,8 +27,11 @@ Variants of the one trainer, as config fields (each changes the cache key only w
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import logging
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -66,81 +66,99 @@ class ExpertConfig(CachedConfig):
     zca: bool = False  # train on ZCA-whitened images (fit on the normalised train split)
     zca_eps: float = 0.1
     seed: int = 0  # expert i is trained with seed + i
-    # variants (FTD, AST): hashed only when set, so the keys of plain experts stay as they were
-    sam_rho: float = 0.0  # SAM/GSAM ascent radius; 0: plain steps
-    gsam_alpha: float = 0.0  # GSAM's surrogate-gap coefficient (with sam_rho > 0)
-    sam_adaptive: bool = False  # ASAM-style element-wise scaled ascent (GSAM's adaptive=True)
-    clip_grad: float | None = None  # max global gradient norm; null: no clipping
-    grad_penalty: float = 0.0  # weight of ||grad loss|| added to the loss; 0: none
-
-    _HASHED_IF_SET = ("sam_rho", "gsam_alpha", "sam_adaptive", "clip_grad", "grad_penalty")
+    step: str = "plain"  # the training step: plain (the engine's), or a registered variant
+    step_kwargs: dict[str, Any] = field(default_factory=dict)  # the variant's settings
 
     def __post_init__(self) -> None:
-        if not (self.sam_rho >= 0 and self.gsam_alpha >= 0 and self.grad_penalty >= 0):
-            raise DDBenchError("experts: sam_rho, gsam_alpha and grad_penalty must be >= 0")
-        if self.clip_grad is not None and not self.clip_grad > 0:
-            raise DDBenchError(f"experts: clip_grad must be > 0 or null, got {self.clip_grad}")
-        if (self.gsam_alpha or self.sam_adaptive) and not self.sam_rho:
-            raise DDBenchError("experts: gsam_alpha and sam_adaptive need sam_rho > 0")
+        if self.step == "plain":
+            if self.step_kwargs:
+                raise DDBenchError("experts: step_kwargs need a step variant (step: plain)")
+            return
+        variant = step_variant(self.step)
+        changed = variant.changed(self.step_kwargs)  # checks the names
+        if not changed:
+            raise DDBenchError(
+                f"experts: step {self.step} with its defaults is the plain step; set one of "
+                f"{sorted(variant.defaults)} in step_kwargs, or use step: plain"
+            )
+        variant.build(**{**variant.defaults, **changed})  # checks the values
 
     @property
     def is_plain(self) -> bool:
-        """No variant set: the engine's default SGD step."""
-        return all(
-            getattr(self, n) == self.__dataclass_fields__[n].default for n in self._HASHED_IF_SET
+        """The engine's default SGD step."""
+        return self.step == "plain"
+
+    def key(self, dataset: str) -> str:
+        """The hash of the dataset and every field, a step variant's settings under their own
+        names and only where they differ from its defaults (each setting name belongs to one
+        variant, so the names identify it): a plain expert's key has no step fields."""
+        fields = asdict(self)
+        step, kwargs = fields.pop("step"), fields.pop("step_kwargs")
+        if step != "plain":
+            fields.update(step_variant(step).changed(kwargs))
+        canon = json.dumps({"dataset": dataset, **fields}, sort_keys=True, default=str)
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def step_fn(self) -> Callable | None:
+        """The engine ``step_fn`` of the step variant (None: the engine's default step)."""
+        if self.is_plain:
+            return None
+        variant = step_variant(self.step)
+        return variant.build(**{**variant.defaults, **self.step_kwargs})
+
+
+# ------------------------------------------------------------------------ step variants
+
+
+@dataclass(frozen=True)
+class StepVariant:
+    """A registered training step of experts: ``build(**settings)`` gives the engine
+    ``step_fn`` (:data:`ddbench.engine.StepFn`); ``defaults`` are its settings, whose default
+    values make it the plain step. A step object with ``double_backward = True`` is trained
+    eagerly (``torch.compile`` cannot differentiate twice)."""
+
+    name: str
+    build: Callable[..., Callable]
+    defaults: dict[str, Any]
+
+    def changed(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The settings of ``kwargs`` that differ from the defaults (unknown names refused)."""
+        unknown = sorted(set(kwargs) - set(self.defaults))
+        if unknown:
+            raise DDBenchError(
+                f"experts: step {self.name} has no setting(s) {unknown}; its settings are "
+                f"{sorted(self.defaults)}"
+            )
+        return {k: v for k, v in kwargs.items() if v != self.defaults[k]}
+
+
+_STEPS: dict[str, StepVariant] = {}
+
+
+def register_step(name: str, build: Callable[..., Callable], defaults: dict[str, Any]) -> None:
+    """Make ``step: name`` train experts with ``build(**settings)`` (see :class:`StepVariant`).
+    A method file calls this at import; setting names must not be used by another variant."""
+    if name == "plain":
+        raise DDBenchError("experts: 'plain' is the engine's own step")
+    taken = {k: v.name for v in _STEPS.values() if v.name != name for k in v.defaults}
+    clash = sorted(set(defaults) & set(taken))
+    if clash:
+        raise DDBenchError(f"experts: step {name}'s settings {clash} belong to another variant")
+    _STEPS[name] = StepVariant(name, build, dict(defaults))
+
+
+def step_variant(name: str) -> StepVariant:
+    """The registered variant ``name``, importing the method modules once if it is unknown."""
+    if name not in _STEPS:
+        import ddbench.methods
+
+        for mod in pkgutil.iter_modules(ddbench.methods.__path__):
+            importlib.import_module(f"ddbench.methods.{mod.name}")
+    if name not in _STEPS:
+        raise DDBenchError(
+            f"experts: unknown step {name!r}; choose plain or one of {sorted(_STEPS)}"
         )
-
-
-class ExpertStep:
-    """The engine ``step_fn`` of an expert variant (see the module docstring): gradient penalty,
-    then SAM/GSAM, then clipping, then the optimiser's step. Returns the unperturbed loss."""
-
-    def __init__(self, cfg: ExpertConfig):
-        self.rho, self.alpha, self.adaptive = cfg.sam_rho, cfg.gsam_alpha, cfg.sam_adaptive
-        self.clip, self.penalty = cfg.clip_grad, cfg.grad_penalty
-
-    def grads(
-        self, closure: Callable[[], torch.Tensor], params: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(loss, gradient of loss [+ penalty * ||grad loss||])`` at the current params."""
-        loss = closure()
-        if not self.penalty:
-            return loss.detach(), list(torch.autograd.grad(loss, params))
-        g = torch.autograd.grad(loss, params, create_graph=True)
-        norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
-        return loss.detach(), list(torch.autograd.grad(loss + self.penalty * norm, params))
-
-    def __call__(
-        self,
-        closure: Callable[[], torch.Tensor],
-        params: list[torch.Tensor],
-        opt: torch.optim.Optimizer,
-    ) -> torch.Tensor:
-        loss, g = self.grads(closure, params)
-        if self.rho > 0:
-            with torch.no_grad():
-                scale = [p.abs() if self.adaptive else 1.0 for p in params]
-                norm = torch.sqrt(sum(((s * gi) ** 2).sum() for s, gi in zip(scale, g)))
-                eps = [self.rho * s * s * gi / (norm + 1e-12) for s, gi in zip(scale, g)]
-                for p, e in zip(params, eps):
-                    p.add_(e)
-            _, g_adv = self.grads(closure, params)
-            with torch.no_grad():
-                for p, e in zip(params, eps):
-                    p.sub_(e)
-                if self.alpha > 0:  # GSAM: minus alpha x the part of g orthogonal to g_adv
-                    inner = sum((a * b).sum() for a, b in zip(g, g_adv))
-                    sq = sum((b * b).sum() for b in g_adv)
-                    coef = inner / (sq + 1e-12)
-                    g_adv = [b - self.alpha * (a - coef * b) for a, b in zip(g, g_adv)]
-            g = g_adv
-        opt.zero_grad(set_to_none=True)
-        for p, gi in zip(params, g):
-            p.grad = gi
-        if self.clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, self.clip)
-        opt.step()
-        return loss
+    return _STEPS[name]
 
 
 def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:
@@ -309,6 +327,7 @@ def train_expert(
             torch.manual_seed(seed)
             rows = [flat.flatten(dict(build().named_parameters()))]
     x, y = _images(dataset, cfg)
+    step_fn = cfg.step_fn()
     config_path = path.parent / "config.json"  # lets `ddbench expert list` describe unfinished ones
     if not config_path.exists():
         text = json.dumps({"dataset": dataset, "config": asdict(cfg)}, indent=1)
@@ -326,9 +345,9 @@ def train_expert(
         build, [seed], x, y, recipe, device=device,
         progress=f"expert {i} {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
-        step_fn=None if cfg.is_plain else ExpertStep(cfg),
-        # torch.compile cannot differentiate twice: the gradient penalty trains eagerly
-        compile=False if cfg.grad_penalty else "auto",
+        step_fn=step_fn,
+        # torch.compile cannot differentiate twice: such a step trains eagerly
+        compile=False if getattr(step_fn, "double_backward", False) else "auto",
         distributed=False,  # trained by the one process holding the cache lock (see cache.lock)
     )  # fmt: skip
     traj = torch.stack(rows).contiguous()

@@ -12,13 +12,17 @@ method feeds its synthetic images to a network, it feeds them together with thei
 mirrors, ``S ∪ flip(S)``, so that every image and its mirror are optimised jointly and each half
 of an image can carry different details. Here (as in the authors' code):
 
+FYI is a modifier (:class:`FlipYourImages`, a :class:`ddbench.modifiers.Modifier`): the batch
+``(x, y)`` becomes ``([x; flip(x)], [y; y])``, and the core applies it wherever a synthetic batch
+meets a network (:mod:`ddbench.modifiers`):
+
 * matching: the synthetic images of a class are ``[S_c; flip(S_c)]`` (twice as many rows, the
   gradient of both halves reaching ``S_c``) before the siamese DSA draw they share with the real
-  batch; the real batch is untouched (:meth:`ImageDistillation.siamese`);
+  batch; the real batch is untouched;
 * DC/DSA inner training of the network on the synthetic set: every batch is doubled the same way
-  (:func:`ddbench.distill.train_steps`, batch size unchanged, as the authors' final code);
+  (batch size unchanged, as the authors' final code);
 * trajectory matching (MTT and its family): every unrolled student step trains on its batch of
-  synthetic images together with their mirrors (``methods/mtt.py``, ``_student_step``);
+  synthetic images together with their mirrors (DSA parameters drawn for both halves);
 * nothing else: evaluation trains on the set as saved (``ipc`` images per class; the protocol's
   own augmentation decides about flips), and the set records ``fyi`` in its metadata.
 
@@ -40,7 +44,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_task", "flip_concat", "has_flip", "mirror_symmetry"]
+from ddbench.modifiers import Modifier
+
+__all__ = ["FlipYourImages", "check_task", "flip_concat", "has_flip", "mirror_symmetry"]
 
 log = logging.getLogger("ddbench")
 
@@ -48,6 +54,23 @@ log = logging.getLogger("ddbench")
 def flip_concat(x: torch.Tensor) -> torch.Tensor:
     """``[x; flip_W(x)]`` along the batch: ``2N`` rows, the mirrors last (differentiable)."""
     return torch.cat([x, x.flip(-1)])
+
+
+class FlipYourImages(Modifier):
+    """FYI's modifier: every synthetic batch together with its horizontal mirrors."""
+
+    name = "fyi"
+
+    def rows(self, n: int) -> int:
+        return 2 * n
+
+    def apply(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return flip_concat(x), None if y is None else torch.cat([y, y])
+
+    def check(self, task: Any, method: str) -> None:
+        check_task(task, method)
 
 
 def has_flip(task: Any) -> bool:

@@ -7,6 +7,7 @@ machinery (training engine, models, DSA) is requested from the core, never copie
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -114,8 +115,24 @@ class Task:
             raise DDBenchError("this task has no validation split")
         return self.val_loader()
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The task's precision as a context: bf16 autocast on the task's device for
+        ``precision='bf16'`` (matmul- and convolution-type ops in bf16, the rest as it is), else
+        a no-op. The image loop runs each step in it (:meth:`ddbench.distill.ImageDistillation`);
+        code outside that loop (scoring, relabelling) enters it around its network calls."""
+        from ddbench.engine import autocast
+
+        return autocast(self.device, self.precision)
+
+    def full_precision(self) -> contextlib.AbstractContextManager:
+        """A context in which autocast is off, also inside :meth:`autocast`: the data side of a
+        step (normalisation, augmentation grids, the images' update) stays fp32."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.train.normalize(x)
+        """:meth:`RealDataset.normalize` (in full precision, also within :meth:`autocast`)."""
+        with self.full_precision():
+            return self.train.normalize(x)
 
     def real_images(self, c: int | None = None, n: int | None = None) -> torch.Tensor:
         """Normalised float images of class ``c`` (all classes if None) on the task's device,

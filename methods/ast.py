@@ -4,8 +4,9 @@ Smooth and High-Quality Expert Trajectories").
 AST is MTT (:class:`ddbench.methods.mtt.MTT`) with five parts, each switchable in the config;
 only these live here:
 
-* **smooth experts** (``experts.clip_grad``, ``experts.grad_penalty``): options of the one expert
-  trainer (:class:`ddbench.experts.ExpertStep`), set in ``conf/method/ast.yaml``;
+* **smooth experts**: this file registers their step (:class:`SmoothStep`: ``clip_grad``,
+  ``grad_penalty``) with the one expert trainer as ``step: smooth``
+  (:func:`ddbench.experts.register_step`), selected in ``conf/method/ast.yaml``;
 * **representative initialisation** (``representative_init: herding | kcenter | null``): the
   initial images of each class are the real images a herding (or k-center) selection picks in
   the feature space (``embed``) of an expert (``representative_expert`` at
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ddbench.errors import DDBenchError
-from ddbench.experts import ExpertConfig
+from ddbench.experts import ExpertConfig, register_step
 from ddbench.method import Task
 from ddbench.methods.mtt import MTT
 from ddbench.methods.selection import class_features, herding_select, kcenter_select
@@ -44,6 +45,42 @@ from ddbench.methods.selection import class_features, herding_select, kcenter_se
 log = logging.getLogger("ddbench")
 
 _SELECT = {"herding": herding_select, "kcenter": kcenter_select}
+
+
+class SmoothStep:
+    """The expert ``step_fn`` of AST's smooth experts: the gradient of
+    ``loss + grad_penalty * ||grad loss||`` (a double backward when ``grad_penalty`` > 0),
+    clipped to the global norm ``clip_grad`` (null: unclipped), then the optimiser's step."""
+
+    def __init__(self, clip_grad: float | None, grad_penalty: float):
+        if (clip_grad is not None and not clip_grad > 0) or not grad_penalty >= 0:
+            raise DDBenchError("experts: smooth needs clip_grad > 0 (or null), grad_penalty >= 0")
+        self.clip, self.penalty = clip_grad, float(grad_penalty)
+        self.double_backward = self.penalty > 0
+
+    def __call__(
+        self,
+        closure: Callable[[], torch.Tensor],
+        params: list[torch.Tensor],
+        opt: torch.optim.Optimizer,
+    ) -> torch.Tensor:
+        loss = closure()
+        if self.penalty:
+            g = torch.autograd.grad(loss, params, create_graph=True)
+            norm = torch.sqrt(sum((gi * gi).sum() for gi in g))
+            g = torch.autograd.grad(loss + self.penalty * norm, params)
+        else:
+            g = torch.autograd.grad(loss, params)
+        opt.zero_grad(set_to_none=True)
+        for p, gi in zip(params, g):
+            p.grad = gi
+        if self.clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, self.clip)
+        opt.step()
+        return loss.detach()
+
+
+register_step("smooth", SmoothStep, {"clip_grad": None, "grad_penalty": 0.0})
 
 
 class _StartOverride:
@@ -93,7 +130,9 @@ class AST(MTT):
         # MTT's recipe plus smoothing; clip_grad and grad_penalty are ddbench's values, not found
         # in AST's public code (docs/methods.md)
         experts: ExpertConfig = field(
-            default_factory=lambda: ExpertConfig(clip_grad=1.0, grad_penalty=0.1)
+            default_factory=lambda: ExpertConfig(
+                step="smooth", step_kwargs={"clip_grad": 1.0, "grad_penalty": 0.1}
+            )
         )
 
         def __post_init__(self) -> None:

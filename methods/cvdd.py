@@ -128,7 +128,7 @@ class CVDD(SRe2L):
                     [torch.arange(g * group_size, (g + 1) * group_size) for g in rows_of]
                 ).to(x.device)
                 xi, yi = x[idx], y[idx]
-            ce, bn = member.losses(xi, yi, group_size, self.first_bn_multiplier, task.precision)
+            ce, bn = member.losses(xi, yi, group_size, self.first_bn_multiplier)
             w = weight[rows_of, i].to(x.device, torch.float32)
             loss = loss + (w * (ce + self.r_bn * bn)).sum()
             parts.update(

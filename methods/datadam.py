@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.distill import ImageDistillation
-from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -87,10 +86,9 @@ class DataDAM(ImageDistillation):
             real, syn = self.siamese(
                 task, self.sample_real(task, c, self.batch_real), images[self.class_slice(task, c)]
             )
-            with autocast(task.device, task.precision):
-                with torch.no_grad():
-                    maps_real, emb_real = net.feature_maps(real)
-                maps_syn, emb_syn = net.feature_maps(syn)
+            with torch.no_grad():
+                maps_real, emb_real = net.feature_maps(real)
+            maps_syn, emb_syn = net.feature_maps(syn)
             for f_real, f_syn in zip(maps_real[:-1], maps_syn[:-1]):  # the last layer: MMD
                 a_real = attention(f_real, self.power).mean(0)
                 loss = loss + ((a_real - attention(f_syn, self.power).mean(0)) ** 2).sum()

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from ddbench.distill import ImageDistillation, class_means
-from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -68,20 +67,19 @@ class DM(ImageDistillation):
             )
             reals.append(real)
             syns.append(syn)
-        with autocast(task.device, task.precision):
-            if not self.is_batched(task):
-                loss = images.new_zeros(())
-                for real, syn in zip(reals, syns):
-                    with torch.no_grad():
-                        mean_real = net.embed(real).float().mean(0)
-                    loss = loss + ((mean_real - net.embed(syn).float().mean(0)) ** 2).sum()
-                return loss
-            with torch.no_grad():
-                f_real = net.embed(torch.cat(reals)).float()
-            f_syn = net.embed(torch.cat(syns)).float()
+        if not self.is_batched(task):
+            loss = images.new_zeros(())
+            for real, syn in zip(reals, syns):
+                with torch.no_grad():
+                    mean_real = net.embed(real).float().mean(0)
+                loss = loss + ((mean_real - net.embed(syn).float().mean(0)) ** 2).sum()
+            return loss
+        with torch.no_grad():
+            f_real = net.embed(torch.cat(reals)).float()
+        f_syn = net.embed(torch.cat(syns)).float()
         y_real = torch.cat(
             [torch.full((len(r),), c, device=f_real.device) for c, r in enumerate(reals)]
         )
         mean_real = class_means(f_real, y_real, k)
-        mean_syn = f_syn.reshape(k, len(syns[0]), -1).mean(1)  # 2 * ipc rows per class with FYI
+        mean_syn = f_syn.reshape(k, len(syns[0]), -1).mean(1)  # rows per class: the modifier's
         return ((mean_real - mean_syn) ** 2).sum()

@@ -5,8 +5,9 @@ FTD is MTT (:class:`ddbench.methods.mtt.MTT`) with two changes, and only these l
 
 * **flat experts**: the experts are trained with GSAM, a sharpness-aware optimiser, so that their
   trajectories run through flat regions where the student's accumulated error costs less. This
-  is an option of the one expert trainer (``experts.sam_rho``, ``experts.gsam_alpha``,
-  ``experts.sam_adaptive``; :class:`ddbench.experts.ExpertStep`), set in ``conf/method/ftd.yaml``;
+  file registers the step (:class:`GSAMStep`) with the one expert trainer as ``step: gsam``
+  (:func:`ddbench.experts.register_step`); ``conf/method/ftd.yaml`` selects it with its settings
+  ``sam_rho``, ``gsam_alpha`` and ``sam_adaptive`` in ``experts.step_kwargs``;
 * **an EMA of the synthetic images**: after every update ``ema = d * ema + (1 - d) * images``
   (``ema_decay`` d, the EMA starting at the initial images as timm's ``ModelEmaV2`` does). The
   EMA is what the set holds, what ``eval_every`` evaluates, and it is checkpointed with the run.
@@ -15,13 +16,14 @@ FTD is MTT (:class:`ddbench.methods.mtt.MTT`) with two changes, and only these l
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ddbench.errors import DDBenchError
-from ddbench.experts import ExpertConfig
+from ddbench.experts import ExpertConfig, register_step
 from ddbench.method import Task
 from ddbench.methods.mtt import MTT
 from ddbench.synset import SyntheticSet
@@ -29,9 +31,57 @@ from ddbench.synset import SyntheticSet
 log = logging.getLogger("ddbench")
 
 
+class GSAMStep:
+    """The expert ``step_fn`` of FTD's flat experts: per batch, take the gradient ``g`` at ``w``,
+    ascend to ``w + sam_rho * g / ||g||`` (ASAM's ``w^2 g / ||w g||`` with ``sam_adaptive``), take
+    the gradient there, return to ``w``; ``gsam_alpha`` > 0 adds GSAM's surrogate-gap step
+    (subtract ``alpha`` times the part of ``g`` orthogonal to the perturbed gradient); then the
+    optimiser's step. Returns the loss at ``w``."""
+
+    def __init__(self, sam_rho: float, gsam_alpha: float, sam_adaptive: bool):
+        if not (sam_rho > 0 and gsam_alpha >= 0):
+            raise DDBenchError("experts: gsam needs sam_rho > 0 and gsam_alpha >= 0")
+        self.rho, self.alpha, self.adaptive = float(sam_rho), float(gsam_alpha), bool(sam_adaptive)
+
+    def __call__(
+        self,
+        closure: Callable[[], torch.Tensor],
+        params: list[torch.Tensor],
+        opt: torch.optim.Optimizer,
+    ) -> torch.Tensor:
+        loss = closure()
+        g = list(torch.autograd.grad(loss, params))
+        with torch.no_grad():
+            scale = [p.abs() if self.adaptive else 1.0 for p in params]
+            norm = torch.sqrt(sum(((s * gi) ** 2).sum() for s, gi in zip(scale, g)))
+            eps = [self.rho * s * s * gi / (norm + 1e-12) for s, gi in zip(scale, g)]
+            for p, e in zip(params, eps):
+                p.add_(e)
+        g_adv = list(torch.autograd.grad(closure(), params))
+        with torch.no_grad():
+            for p, e in zip(params, eps):
+                p.sub_(e)
+            if self.alpha > 0:  # GSAM: minus alpha x the part of g orthogonal to g_adv
+                inner = sum((a * b).sum() for a, b in zip(g, g_adv))
+                sq = sum((b * b).sum() for b in g_adv)
+                coef = inner / (sq + 1e-12)
+                g_adv = [b - self.alpha * (a - coef * b) for a, b in zip(g, g_adv)]
+        opt.zero_grad(set_to_none=True)
+        for p, gi in zip(params, g_adv):
+            p.grad = gi
+        opt.step()
+        return loss.detach()
+
+
+register_step("gsam", GSAMStep, {"sam_rho": 0.0, "gsam_alpha": 0.0, "sam_adaptive": False})
+
+
 # The GSAM expert recipe of FTD's buffer_FTD.py: run_buffer.sh --rho_max 0.01 --rho_min 0.01
 # (constant), --alpha 0.4, --adaptive True (ASAM-style ascent).
-GSAM_EXPERTS = {"sam_rho": 0.01, "gsam_alpha": 0.4, "sam_adaptive": True}
+GSAM_EXPERTS = {
+    "step": "gsam",
+    "step_kwargs": {"sam_rho": 0.01, "gsam_alpha": 0.4, "sam_adaptive": True},
+}
 
 
 class FTD(MTT):
@@ -52,8 +102,12 @@ class FTD(MTT):
             super().__post_init__()
             if not 0.0 <= self.ema_decay < 1.0:
                 raise DDBenchError(f"ftd: ema_decay must be in [0, 1), got {self.ema_decay}")
-            if self.experts.sam_rho <= 0:
-                log.warning("ftd: experts.sam_rho is 0: plain experts, FTD reduces to MTT + EMA")
+            if self.experts.step != "gsam":
+                log.warning(
+                    "ftd: experts.step is %s, not gsam: no flat experts, FTD reduces to MTT + "
+                    "image EMA",
+                    self.experts.step,
+                )
 
     name = "ftd"
     recipes = "ftd"

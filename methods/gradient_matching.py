@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench import fyi as _fyi
 from ddbench.distill import ImageDistillation, freeze_batchnorm
-from ddbench.engine import Recipe, autocast, has_batchnorm, train
+from ddbench.engine import Recipe, has_batchnorm, train
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 
@@ -101,13 +100,15 @@ class DC(ImageDistillation):
             total += self.update(self.matching_loss(task, net, images))
             if ol == outer - 1:
                 break
-            # the network continues (same net and optimiser) for `inner` epochs on the images
-            train(
-                None, None, images.detach(), labels, inner_recipe, device=task.device,
-                augment=task.augment if self.dsa else None, compile=False, distributed=False,
-                models=[net], optimizers=[opt_net], generators=[task.generator],
-                batch_transform=fyi_batch if self.fyi else None,
-            )  # fmt: skip
+            # the network continues (same net and optimiser) for `inner` epochs on the images;
+            # the engine runs the forward in the task's precision, the data side in fp32
+            with task.full_precision():
+                train(
+                    None, None, images.detach(), labels, inner_recipe, device=task.device,
+                    augment=task.augment if self.dsa else None, compile=False,
+                    distributed=False, models=[net], optimizers=[opt_net],
+                    generators=[task.generator], batch_transform=self.modifier.apply,
+                )  # fmt: skip
         return total / (task.num_classes * outer)
 
     def matching_loss(self, task: Task, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -119,8 +120,7 @@ class DC(ImageDistillation):
             real, syn = self.siamese(
                 task, self.sample_real(task, c, self.batch_real), images[self.class_slice(task, c)]
             )
-            with autocast(task.device, task.precision):
-                out_real, out_syn = net(real).float(), net(syn).float()
+            out_real, out_syn = net(real).float(), net(syn).float()
             g_real = torch.autograd.grad(F.cross_entropy(out_real, _full(out_real, c)), params)
             g_real = [g.detach() for g in g_real]
             g_syn = torch.autograd.grad(
@@ -141,11 +141,6 @@ class DSA(DC):
 
     name = "dsa"
     protocol = "standard"
-
-
-def fyi_batch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """FYI's inner-training batch: the images and their mirrors, labels repeated."""
-    return _fyi.flip_concat(x), torch.cat([y, y])
 
 
 def _full(out: torch.Tensor, c: int) -> torch.Tensor:

@@ -15,8 +15,8 @@ evaluated with the ``learned_lr`` protocol. ``checkpoint_unroll: true`` recomput
 step in the backward pass (``torch.utils.checkpoint``) instead of keeping all ``syn_steps``
 graphs: the same loss and gradients, memory of about one step, ~1.3-1.5x the time
 (``bench/mtt_memory.py`` measures both against the official unroll). Under ``precision=bf16``
-the student's convolutions and linear layers run in bf16 (autocast) while its flat weights, the
-updates and the parameter distance stay fp32.
+the student's convolutions and linear layers run in bf16 (the loop's autocast) while its flat
+weights, the updates and the parameter distance stay fp32.
 
 The experts must live in the task's image space: a ZCA task (``dataset.zca=true``) needs experts
 trained with ``experts.zca: true`` and the same ``zca_eps`` (both use the dataset's cached fit,
@@ -34,9 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ddbench import fyi as _fyi
 from ddbench.distill import ImageDistillation
-from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, FlatModel, get_experts
 from ddbench.method import Task
@@ -173,8 +171,8 @@ class MTT(ImageDistillation):
                 chunks = list(torch.randperm(n, generator=task.generator).split(bs))
             idx = chunks.pop().to(task.device)
             draw = None
-            if self.dsa and task.augment is not None:  # FYI: the batch and its mirrors
-                draw = task.augment.draw(len(idx) * (2 if self.fyi else 1), H, W, task.generator)
+            if self.dsa and task.augment is not None:  # for the modifier's rows
+                draw = task.augment.draw(self.modifier.rows(len(idx)), H, W, task.generator)
             plan.append((idx, draw))
         return plan
 
@@ -188,9 +186,7 @@ class MTT(ImageDistillation):
         draw: Any,
     ) -> torch.Tensor:
         assert self.student is not None
-        x, y = images[idx], self.batch_targets(labels[idx])
-        if self.fyi:  # FYI: the student trains on the batch together with its mirrors
-            x, y = _fyi.flip_concat(x), torch.cat([y, y])
+        x, y = self.modifier.apply(images[idx], self.batch_targets(labels[idx]))
         if draw is not None:
             x = draw(x)
         ce = F.cross_entropy(self.student(w, x).float(), y)
@@ -218,14 +214,13 @@ class MTT(ImageDistillation):
         theta0 = traj[start].to(task.device)
         target = traj[start + self.expert_epochs].to(task.device)
         w = theta0.clone().requires_grad_(True)
-        with autocast(task.device, task.precision):  # bf16 convs; the weights stay fp32
-            for idx, draw in self.unroll_plan(task, len(images)):
-                if self.checkpoint_unroll:  # (checkpoint replays the autocast state)
-                    w = checkpoint(
-                        self._student_step, w, images, labels, lr, idx, draw, use_reentrant=False
-                    )
-                else:
-                    w = self._student_step(w, images, labels, lr, idx, draw)
+        for idx, draw in self.unroll_plan(task, len(images)):
+            if self.checkpoint_unroll:  # (checkpoint replays the precision of the forward)
+                w = checkpoint(
+                    self._student_step, w, images, labels, lr, idx, draw, use_reentrant=False
+                )
+            else:
+                w = self._student_step(w, images, labels, lr, idx, draw)
         return ((w - target) ** 2).sum() / ((theta0 - target) ** 2).sum()
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.distill import ImageDistillation
-from ddbench.engine import autocast, predict
+from ddbench.engine import predict
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 from ddbench.synset import SyntheticSet, decode_topk, encode_topk
@@ -121,15 +121,13 @@ class Member:
             )
 
     def losses(
-        self, x: torch.Tensor, y: torch.Tensor, group_size: int, first_bn_multiplier: float,
-        precision: str = "fp32",
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        self, x: torch.Tensor, y: torch.Tensor, group_size: int, first_bn_multiplier: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per group of ``group_size`` consecutive samples: (mean cross entropy ``[G]``,
         BatchNorm-statistics loss ``[G]``, the first layer weighted by ``first_bn_multiplier``)."""
         for h in self.hooks:
             h.group_size, h.loss = group_size, None
-        with autocast(x.device, precision):
-            out = self.net(x)
+        out = self.net(x)
         ce = F.cross_entropy(out.float(), y, reduction="none").view(-1, group_size).mean(1)
         bn = sum(
             (first_bn_multiplier if i == 0 else 1.0) * h.loss for i, h in enumerate(self.hooks)
@@ -326,7 +324,7 @@ class SRe2L(ImageDistillation):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of the augmented batch ``x`` (groups of ``group_size``), summed over the
         groups, and its parts for logging."""
-        ce, bn = self.members[0].losses(x, y, group_size, self.first_bn_multiplier, task.precision)
+        ce, bn = self.members[0].losses(x, y, group_size, self.first_bn_multiplier)
         loss = (ce + self.r_bn * bn).sum()
         return loss, {"ce": float(ce.detach().mean()), "bn": float(bn.detach().mean())}
 
@@ -390,7 +388,8 @@ class SRe2L(ImageDistillation):
     # ------------------------------------------------------------------ the loop
 
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
-        x = self.augment_batch(task, self.by_slot(images, task.ipc), it)
+        with task.full_precision():  # the crops' sampling grids in fp32
+            x = self.augment_batch(task, self.by_slot(images, task.ipc), it)
         y = self.by_slot(labels, task.ipc)
         loss, parts = self.recovery_loss(task, x, y, task.num_classes)
         value = self.update(loss)  # Adam on the images, the loop's cosine lr

@@ -14,13 +14,14 @@ from ddbench.data import RealDataset
 from ddbench.distill import ImageDistillation
 from ddbench.engine import Recipe, train
 from ddbench.errors import DDBenchError
-from ddbench.fyi import flip_concat, mirror_symmetry
+from ddbench.fyi import FlipYourImages, flip_concat, mirror_symmetry
 from ddbench.method import build_method
 from ddbench.methods import packaged_config
 from ddbench.methods.datadam import DataDAM, attention
 from ddbench.methods.dm import DM
-from ddbench.methods.gradient_matching import DC, DSA, fyi_batch
+from ddbench.methods.gradient_matching import DC, DSA
 from ddbench.models import create_model
+from ddbench.modifiers import Modifier, from_config
 
 CONF = Path(__file__).parents[1] / "conf" / "method"
 FLIP = "color_crop_cutout_flip_scale_rotate"  # DSA with flips: label-preserving mirrors
@@ -177,19 +178,10 @@ def test_fyi_doubles_the_inner_training_batches():
         net = Recorder()
         opt = torch.optim.SGD(net.parameters(), lr=0.1)
         train(
-            None,
-            None,
-            x,
-            y,
-            Recipe(epochs=0, batch_size=4),
-            device="cpu",
-            compile=False,
-            models=[net],
-            optimizers=[opt],
-            generators=[torch.Generator()],
-            steps=3,
-            batch_transform=fyi_batch if fyi else None,
-        )
+            None, None, x, y, Recipe(epochs=0, batch_size=4), device="cpu", compile=False,
+            models=[net], optimizers=[opt], generators=[torch.Generator()], steps=3,
+            batch_transform=FlipYourImages().apply if fyi else None,
+        )  # fmt: skip
         sizes = [len(b) for b in net.seen]
         assert sizes == ([8, 8, 4] if fyi else [4, 4, 2])
         if fyi:
@@ -242,3 +234,42 @@ def test_fyi_keeps_bilateral_equivalence_from_making_the_images_symmetric(digits
     before = float(mirror_symmetry(init).mean())
     assert symmetry[False] > before, (before, symmetry)
     assert symmetry[True] < symmetry[False], (before, symmetry)
+
+
+class _Recording(Modifier):
+    """A modifier that appends a zero image (label 0) to every batch and records the sizes."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+
+    def rows(self, n):
+        return n + 1
+
+    def apply(self, x, y=None):
+        self.sizes.append(len(x))
+        x = torch.cat([x, torch.zeros_like(x[:1])])
+        return x, None if y is None else torch.cat([y, y[:1]])
+
+
+def test_a_modifier_reaches_every_synthetic_batch_through_the_shared_loop(digits_train):
+    """Any modifier, not only FYI's, is applied by the core: on each class's synthetic images in
+    matching (DM, DC), on DC's inner-training batches, and on MTT's student batches, with DSA
+    drawn for the rows it makes."""
+    from ddbench.methods.mtt import MTT
+
+    tiny = {"model_kwargs": {"net_width": 16}, "epochs": 2}
+    cases = [
+        (DM(iterations=1, batch_real=8), [2] * 10),
+        (DC(iterations=1, batch_real=8, outer_loop=2, inner_loop=1), [2] * 10 + [20] + [2] * 10),
+        (MTT(iterations=1, lr_img=100.0, syn_steps=3, expert_epochs=1, max_start_epoch=1,
+             num_experts=1, experts=tiny, batch_syn=5), [5, 5, 5]),
+    ]  # fmt: skip
+    for method, sizes in cases:
+        method.modifier = _Recording()
+        method.distill(make_task(digits_train, 2))
+        assert method.modifier.sizes == sizes, method.name
+    assert FlipYourImages().rows(3) == len(FlipYourImages().apply(torch.zeros(3, 1, 2, 2))[0])
+    x, y = torch.randn(3, 1, 2, 2), torch.arange(3)
+    assert Modifier().apply(x, y) == (x, y) and Modifier().rows(3) == 3
+    assert isinstance(from_config(fyi=True), FlipYourImages)
+    assert type(from_config(fyi=False)) is Modifier

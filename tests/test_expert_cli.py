@@ -56,6 +56,25 @@ def test_train_caches_the_experts_a_run_of_the_method_looks_up_then_lists_them(t
     assert list_experts("mnist") == []
 
 
+@pytest.mark.parametrize("method, step", [("ftd", "gsam"), ("ast", "smooth")])
+def test_train_makes_the_experts_of_a_method_with_its_own_expert_step(tmp_path, method, step):
+    """FTD's and AST's step variants live in their method files: the CLI finds them through
+    the trainer's hook and caches the experts where a run of the method looks them up."""
+    args = ("expert", "train", "digits", "--method", method, "--epochs", "1", "--num", "1",
+            "--model-kwarg", "net_width=8")  # fmt: skip
+    p = ddbench(*args, cwd=tmp_path)
+    assert "expert 0 digits/convnet" in p.stdout
+    cfg, _ = expert_config("digits", method=method, epochs=1, model_kwargs={"net_width": 8})
+    assert cfg.step == step and cfg.step_kwargs
+    (traj,) = experts.get_experts("digits", cfg, 1, "cpu", train=False, progress=False)
+    plain, _ = expert_config("digits", epochs=1, model_kwargs={"net_width": 8})
+    assert experts.expert_dir("digits", cfg) != experts.expert_dir("digits", plain)
+    assert traj.shape[0] == 2 and torch.isfinite(traj).all()
+    (entry,) = list_experts("digits")
+    assert entry["non_default"]["step"] == step
+    assert f"step={step}" in ddbench("expert", "list", cwd=tmp_path).stdout
+
+
 def test_a_killed_training_is_listed_and_resumed_by_the_next_train(tmp_path, monkeypatch):
     cfg, _ = expert_config("digits", epochs=2, model_kwargs={"net_width": 16})
     real_train = kill_training_after_epoch(monkeypatch, 1)

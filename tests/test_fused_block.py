@@ -138,7 +138,8 @@ def _student_unroll(digits_train, *, fused: bool, checkpoint: bool = False, prec
 
     task.generator.manual_seed(5)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = m.matching_loss(task, images, labels, 0, 0)
+        with task.autocast():  # the task's precision, as the image loop applies it
+            loss = m.matching_loss(task, images, labels, 0, 0)
     g_img, g_lr = torch.autograd.grad(loss, [images, m.syn_lr])
     return loss.detach(), g_img, g_lr, sum(kept.values())
 

@@ -1,5 +1,6 @@
-"""FTD, DATM and AST (methods/ftd.py, datm.py, ast.py) over MTT, and the expert variants they use
-(ddbench/experts.py: SAM/GSAM, gradient clipping and penalty), on the real digits data."""
+"""FTD, DATM and AST (methods/ftd.py, datm.py, ast.py) over MTT, and the expert-step variants
+they register with the expert trainer (ddbench/experts.py's hook: FTD's GSAM, AST's smooth
+experts with gradient clipping and penalty), on the real digits data."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from omegaconf import OmegaConf
 
 import ddbench
 from ddbench import engine, experts, synset
-from ddbench.experts import ExpertConfig, ExpertStep
+from ddbench.errors import DDBenchError
+from ddbench.experts import ExpertConfig, register_step
 from ddbench.method import Checkpointer, build_method
 from ddbench.methods import packaged_config
-from ddbench.methods.ast import AST, balanced_targets
+from ddbench.methods.ast import AST, SmoothStep, balanced_targets
 from ddbench.methods.datm import DATM
-from ddbench.methods.ftd import FTD
+from ddbench.methods.ftd import FTD, GSAMStep
 from ddbench.methods.mtt import MTT
 from ddbench.methods.selection import class_features
 from ddbench.methods.sre2l import class_consistent
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CONF = Path(__file__).parents[1] / "conf"
 # experts that learn digits within 4 epochs (batch 64), GSAM-trained as FTD's/DATM's are
 EXPERTS = {"model_kwargs": {"net_width": 16}, "epochs": 4, "lr": 0.05, "batch_size": 64,
-           "sam_rho": 0.05, "gsam_alpha": 0.4}  # fmt: skip
+           "step": "gsam", "step_kwargs": {"sam_rho": 0.05, "gsam_alpha": 0.4}}  # fmt: skip
 # 4 student steps cover an expert epoch of 21 steps at lr 0.05 only with a larger lr
 COMMON = dict(iterations=4, lr_img=100.0, lr_teacher=0.2, syn_steps=4, batch_syn=10,
               num_experts=2, experts=EXPERTS)  # fmt: skip
@@ -42,7 +44,7 @@ CFGS = {
     DATM: dict(COMMON, expert_epochs=1, max_start_epoch=1, max_start_epoch_final=3),
     AST: dict(COMMON, expert_epochs=2, max_start_epoch=2, weight_perturb=0.1),
 }
-# the expert fields that existed before the variants: their keys must not change
+# the expert fields that existed before the step variants: plain keys must not change
 OLD_FIELDS = ("model", "model_kwargs", "epochs", "batch_size", "lr", "momentum", "weight_decay",
               "schedule", "augment", "zca", "zca_eps", "seed")  # fmt: skip
 
@@ -91,7 +93,15 @@ def _step_on(step, w0, closure_of):
     return w.grad
 
 
-def test_expert_step_uses_the_ascent_point_gsam_and_clipping_as_defined():
+def gsam(sam_rho=0.0, gsam_alpha=0.0, sam_adaptive=False):
+    return GSAMStep(sam_rho, gsam_alpha, sam_adaptive)
+
+
+def smooth(clip_grad=None, grad_penalty=0.0):
+    return SmoothStep(clip_grad, grad_penalty)
+
+
+def test_expert_steps_use_the_ascent_point_gsam_and_clipping_as_defined():
     torch.manual_seed(0)
     a, w0 = torch.randn(5, 5), torch.randn(5)
 
@@ -103,49 +113,96 @@ def test_expert_step_uses_the_ascent_point_gsam_and_clipping_as_defined():
         return torch.autograd.grad(loss_of(w), w)[0]
 
     g = grad_at(w0)
-    plain = _step_on(ExpertStep(ExpertConfig()), w0, loss_of)
+    plain = _step_on(smooth(clip_grad=1e9), w0, loss_of)  # clipping far above the norm: plain
     torch.testing.assert_close(plain, g)
     rho = 0.3
     g_adv = grad_at(w0 + rho * g / g.norm())
-    sam = _step_on(ExpertStep(ExpertConfig(sam_rho=rho)), w0, loss_of)
+    sam = _step_on(gsam(sam_rho=rho), w0, loss_of)
     torch.testing.assert_close(sam, g_adv)
     assert not torch.allclose(sam, g)
     # GSAM: minus alpha x the component of g orthogonal to g_adv
     vertical = g - (g @ g_adv) / (g_adv @ g_adv) * g_adv
-    gsam = _step_on(ExpertStep(ExpertConfig(sam_rho=rho, gsam_alpha=0.4)), w0, loss_of)
-    torch.testing.assert_close(gsam, g_adv - 0.4 * vertical)
+    gsam_g = _step_on(gsam(sam_rho=rho, gsam_alpha=0.4), w0, loss_of)
+    torch.testing.assert_close(gsam_g, g_adv - 0.4 * vertical)
     # adaptive (ASAM) ascent: w^2 g / ||w g||
     g_ada = grad_at(w0 + rho * w0 * w0 * g / (w0.abs() * g).norm())
-    ada = _step_on(ExpertStep(ExpertConfig(sam_rho=rho, sam_adaptive=True)), w0, loss_of)
+    ada = _step_on(gsam(sam_rho=rho, sam_adaptive=True), w0, loss_of)
     torch.testing.assert_close(ada, g_ada)
     # clipping to a global norm, and the gradient penalty loss + lam * ||grad loss||
-    clipped = _step_on(ExpertStep(ExpertConfig(clip_grad=0.1)), w0, loss_of)
+    clipped = _step_on(smooth(clip_grad=0.1), w0, loss_of)
     assert float(clipped.norm()) == pytest.approx(0.1, rel=1e-4)
     torch.testing.assert_close(clipped / clipped.norm(), g / g.norm())
     w = w0.clone().requires_grad_(True)
     (gw,) = torch.autograd.grad(loss_of(w), w, create_graph=True)
     (expected,) = torch.autograd.grad(loss_of(w) + 0.5 * gw.norm(), w)
-    penalised = _step_on(ExpertStep(ExpertConfig(grad_penalty=0.5)), w0, loss_of)
+    penalised = _step_on(smooth(grad_penalty=0.5), w0, loss_of)
     torch.testing.assert_close(penalised, expected)
     assert not torch.allclose(penalised, g)
 
 
-def test_expert_variants_change_the_cache_key_and_plain_keys_stay_as_they_were():
+def _old_key(fields: dict) -> str:
+    """The key as it was computed when the variants' settings were flat expert fields."""
+    canon = json.dumps({"dataset": "digits", **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def test_expert_step_variants_keep_the_cache_keys_they_had_as_expert_fields():
     plain = ExpertConfig(**{"model_kwargs": {"net_width": 16}, "epochs": 3})
     old = {k: v for k, v in dataclasses.asdict(plain).items() if k in OLD_FIELDS}
-    canon = json.dumps({"dataset": "digits", **old}, sort_keys=True, default=str)
-    assert plain.key("digits") == hashlib.sha256(canon.encode()).hexdigest()[:16]
-    variants = [dict(sam_rho=0.05), dict(sam_rho=0.05, gsam_alpha=0.4),
-                dict(sam_rho=0.05, sam_adaptive=True), dict(clip_grad=1.0),
-                dict(grad_penalty=0.1), dict(clip_grad=1.0, grad_penalty=0.1)]  # fmt: skip
-    keys = {dataclasses.replace(plain, **v).key("digits") for v in variants}
+    assert set(dataclasses.asdict(plain)) - set(OLD_FIELDS) == {"step", "step_kwargs"}
+    assert plain.key("digits") == _old_key(old)
+    variants = [("gsam", dict(sam_rho=0.05)), ("gsam", dict(sam_rho=0.05, gsam_alpha=0.4)),
+                ("gsam", dict(sam_rho=0.05, sam_adaptive=True)), ("smooth", dict(clip_grad=1.0)),
+                ("smooth", dict(grad_penalty=0.1)),
+                ("smooth", dict(clip_grad=1.0, grad_penalty=0.1))]  # fmt: skip
+    keys = set()
+    for step, kw in variants:
+        cfg = dataclasses.replace(plain, step=step, step_kwargs=kw)
+        assert cfg.key("digits") == _old_key({**old, **kw})  # cached experts keep their paths
+        keys.add(cfg.key("digits"))
+        # a setting given at its default is not part of the key
+        full = dataclasses.replace(cfg, step_kwargs={"gsam_alpha": 0.0, **kw} if step == "gsam"
+                                   else {"clip_grad": None, **kw})  # fmt: skip
+        assert full.key("digits") == cfg.key("digits")
     assert len(keys) == len(variants) and plain.key("digits") not in keys
-    # a variant field set back to its default is the plain expert
-    assert dataclasses.replace(plain, sam_rho=0.0).key("digits") == plain.key("digits")
-    for bad in (dict(sam_rho=-1.0), dict(gsam_alpha=0.4), dict(clip_grad=0.0),
-                dict(grad_penalty=-0.1), dict(sam_adaptive=True)):  # fmt: skip
-        with pytest.raises(Exception, match="experts:"):
+    for bad in (dict(step="gsam", step_kwargs={"sam_rho": -1.0}),
+                dict(step="gsam", step_kwargs={"gsam_alpha": 0.4}),
+                dict(step="gsam", step_kwargs={"clip_grad": 1.0}),
+                dict(step="smooth", step_kwargs={"clip_grad": 0.0}),
+                dict(step="smooth", step_kwargs={"grad_penalty": -0.1}),
+                dict(step="smooth", step_kwargs={}), dict(step_kwargs={"sam_rho": 0.1}),
+                dict(step="sharp")):  # fmt: skip
+        with pytest.raises(DDBenchError, match="experts:"):
             ExpertConfig.from_config({**old, **bad})
+
+
+def test_a_method_registers_an_expert_step_that_the_trainer_then_uses(monkeypatch):
+    """The hook: a step registered under a name trains experts whose config names it; its
+    settings are checked by name, and no setting may belong to two variants."""
+    calls = []
+
+    class Halved:
+        def __init__(self, factor):
+            self.factor = factor
+
+        def __call__(self, closure, params, opt):
+            loss = closure()
+            calls.append(self.factor)
+            for p, g in zip(params, torch.autograd.grad(loss, params)):
+                p.grad = self.factor * g
+            opt.step()
+            return loss.detach()
+
+    monkeypatch.setattr(experts, "_STEPS", dict(experts._STEPS))
+    register_step("halved", Halved, {"factor": 1.0})
+    with pytest.raises(DDBenchError, match="belong to another variant"):
+        register_step("other", Halved, {"factor": 1.0, "x": 0})
+    base = {"model_kwargs": {"net_width": 8}, "epochs": 1, "lr": 0.05, "batch_size": 256}
+    cfg = ExpertConfig(**base, step="halved", step_kwargs={"factor": 0.5})
+    traj = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+    assert calls and set(calls) == {0.5} and torch.isfinite(traj).all()
+    plain = experts.get_experts("digits", ExpertConfig(**base), 1, "cpu", progress=False)[0]
+    assert torch.equal(traj[0], plain[0]) and not torch.allclose(traj[-1], plain[-1])
 
 
 def test_expert_variants_train_through_the_engine_and_move_differently(monkeypatch):
@@ -160,10 +217,11 @@ def test_expert_variants_train_through_the_engine_and_move_differently(monkeypat
     monkeypatch.setattr(engine, "train", spy)
     plain = experts.get_experts("digits", ExpertConfig(**base), 1, "cpu", progress=False)[0]
     assert steps_seen == [None]  # plain experts: the engine's default step, as before
-    for v in (dict(sam_rho=0.05, gsam_alpha=0.4), dict(clip_grad=0.5, grad_penalty=0.1)):
-        cfg = ExpertConfig(**base, **v)
+    for step, kw, cls in (("gsam", dict(sam_rho=0.05, gsam_alpha=0.4), GSAMStep),
+                          ("smooth", dict(clip_grad=0.5, grad_penalty=0.1), SmoothStep)):  # fmt: skip
+        cfg = ExpertConfig(**base, step=step, step_kwargs=kw)
         traj = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
-        assert isinstance(steps_seen[-1], ExpertStep)
+        assert isinstance(steps_seen[-1], cls)
         assert traj.shape == plain.shape and torch.isfinite(traj).all()
         assert torch.equal(traj[0], plain[0])  # same seed, same initial network
         assert not torch.allclose(traj[-1], plain[-1])  # another optimiser, another trajectory
@@ -171,7 +229,8 @@ def test_expert_variants_train_through_the_engine_and_move_differently(monkeypat
 
 
 def test_a_killed_sam_expert_training_resumes_and_ends_as_an_unbroken_one(tmp_path, monkeypatch):
-    cfg = ExpertConfig(model_kwargs={"net_width": 8}, epochs=3, sam_rho=0.05, gsam_alpha=0.4)
+    cfg = ExpertConfig(model_kwargs={"net_width": 8}, epochs=3, step="gsam",
+                       step_kwargs={"sam_rho": 0.05, "gsam_alpha": 0.4})  # fmt: skip
     monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "a"))
     real_train = kill_training_after_epoch(monkeypatch, 2)
     with pytest.raises(Killed):
@@ -236,7 +295,7 @@ def test_ftd_sets_hold_the_ema_of_the_images(digits_train, cached_experts):
     assert len(seen) == 4
     torch.testing.assert_close(s.images, ema)
     assert not torch.allclose(s.images, seen[-1])  # not the last images
-    assert s.meta["distillation"]["images"] == "ema" and m.experts.sam_rho > 0
+    assert s.meta["distillation"]["images"] == "ema" and m.experts.step == "gsam"
 
 
 def test_a_killed_ftd_run_resumes_with_its_ema(digits_train, cached_experts, tmp_path):
@@ -457,6 +516,8 @@ def test_the_configs_build_the_methods_with_the_runs_model_and_their_experts(cls
     assert m.experts.model_kwargs["net_width"] == 16 and not m.fyi
     e = m.experts
     if cls is AST:  # smooth experts
-        assert e.clip_grad > 0 and e.grad_penalty > 0 and e.sam_rho == 0
+        assert e.step == "smooth" and e.step_kwargs["clip_grad"] > 0
+        assert e.step_kwargs["grad_penalty"] > 0
     else:  # FTD's GSAM buffers (DATM trains its experts with FTD's script)
-        assert e.sam_rho > 0 and e.gsam_alpha > 0 and e.clip_grad is None and e.grad_penalty == 0
+        assert e.step == "gsam" and e.step_kwargs["sam_rho"] > 0
+        assert e.step_kwargs["gsam_alpha"] > 0
