@@ -136,7 +136,10 @@ def _hydra_app(command: str, args: list[str]) -> None:
 
 def _job(fn):
     def wrapped(cfg) -> Any:
+        from ddbench import kernels
+
         try:
+            kernels.set_mode(cfg.get("kernels", "auto"))  # for every model of the job
             return fn(cfg)
         except DDBenchError as e:
             log.error("%s", e)

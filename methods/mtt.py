@@ -71,9 +71,6 @@ class MTT(ImageDistillation):
       lr_lr            SGD lr of the learned lr (momentum 0.5)
       lr_min           the learned lr is clamped to >= this after every update
       checkpoint_unroll  recompute each unrolled step in backward (memory-lean, same numbers)
-      fused_norm_relu  a ConvNet student's instance norm + ReLU as one function with a
-                       hand-written double backward (``ddbench.fused_block``; CPU, activations
-                       of >= 2^18 elements): 0.6-0.8x the bf16 unroll's time, 0.8x its memory
     """
 
     name = "mtt"
@@ -94,7 +91,6 @@ class MTT(ImageDistillation):
         experts: dict[str, Any] | None = None,
         init: str = "real",
         checkpoint_unroll: bool = False,
-        fused_norm_relu: bool = True,
         **config: Any,
     ):
         super().__init__(
@@ -102,7 +98,7 @@ class MTT(ImageDistillation):
             lr_min=lr_min, syn_steps=syn_steps, expert_epochs=expert_epochs,
             max_start_epoch=max_start_epoch, batch_syn=batch_syn, num_experts=num_experts,
             experts=dict(experts or {}), init=init, checkpoint_unroll=checkpoint_unroll,
-            fused_norm_relu=fused_norm_relu, **config,
+            **config,
         )  # fmt: skip
         self.expert_cfg = ExpertConfig.from_config(experts)
         for key, v in (("syn_steps", syn_steps), ("expert_epochs", expert_epochs),
@@ -124,7 +120,6 @@ class MTT(ImageDistillation):
         self.max_start_epoch, self.num_experts = int(max_start_epoch), int(num_experts)
         self.batch_syn = None if batch_syn is None else int(batch_syn)
         self.checkpoint_unroll = bool(checkpoint_unroll)
-        self.fused_norm_relu = bool(fused_norm_relu)
         self.syn_lr: torch.Tensor | None = None
         self._lr_opt: torch.optim.Optimizer | None = None
         self.experts: list[torch.Tensor] = []
@@ -146,10 +141,7 @@ class MTT(ImageDistillation):
         self._lr_opt = torch.optim.SGD([self.syn_lr], lr=self.lr_lr, momentum=0.5)
 
     def make_student(self, net: torch.nn.Module) -> FlatModel:
-        """The functional student on ``net`` (in train mode; ``fused_norm_relu`` set on a
-        ConvNet)."""
-        if hasattr(net, "fused_norm_relu"):
-            net.fused_norm_relu = self.fused_norm_relu
+        """The functional student on ``net`` (in train mode)."""
         return FlatModel(net.train())
 
     def distill(self, task: Task) -> SyntheticSet:
