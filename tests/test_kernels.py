@@ -95,7 +95,7 @@ def test_apply_is_idempotent_and_the_mode_is_one_process_setting() -> None:
 
 def test_the_cli_sets_the_mode_of_each_job_from_the_config() -> None:
     """The top-level key ``kernels`` (default auto, in every Hydra command's config) is the
-    mode of the job's models."""
+    mode of the job's models, and part of the set's config key when it is not the default."""
     import importlib.resources
 
     from omegaconf import OmegaConf
@@ -104,6 +104,11 @@ def test_the_cli_sets_the_mode_of_each_job_from_the_config() -> None:
 
     common = OmegaConf.load(importlib.resources.files("ddbench.conf") / "_common.yaml")
     assert common.kernels == "auto"
+    base = {"dataset": {"name": "digits"}, "method": {"name": "mtt"}, "ipc": 1, "seed": 0}
+    keys = {mode: cli.config_key(OmegaConf.create({**base, "kernels": mode}), cli._DISTILL_KEYS)
+            for mode in kernels.MODES}  # fmt: skip
+    assert keys["auto"] == cli.config_key(OmegaConf.create(base), cli._DISTILL_KEYS)
+    assert keys["off"] != keys["auto"]  # a set made with kernels=off is never reused for auto
     job = cli._job(lambda cfg: kernels.get_mode())
     try:
         assert job(OmegaConf.create({"kernels": "off"})) == "off"
