@@ -29,10 +29,10 @@ class GrayConv2d(nn.Conv2d):
     faster weight gradient for ONE input channel under bf16 autocast on CPU.
 
     The fast path takes one input channel, no groups or dilation, zero padding given as numbers,
-    a CPU input under bf16 autocast, outside ``torch.func`` transforms (``torch.compile`` included:
-    Inductor keeps the activations channels-last, and the weight gradient then multiplies them
-    without a transposed copy). Anything else (more channels, fp32, a GPU) takes
-    ``nn.Conv2d``'s path.
+    and a CPU input under bf16 autocast, outside ``torch.func`` transforms; it also runs under
+    ``torch.compile``, where Inductor keeps the activations channels-last and the weight
+    gradient multiplies them without a transposed copy. Anything else (more channels, fp32, a
+    GPU) takes ``nn.Conv2d``'s path.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

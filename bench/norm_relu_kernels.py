@@ -1,7 +1,7 @@
 """ConvNet's instance norm + ReLU on CPU, forward, backward and double backward: autograd through
 the stock ``F.group_norm`` + ``F.relu`` against ``ddbench.kernels.norm_relu``'s compiled kernels.
 
-    python bench/fused_block_kernels.py --threads 2 [--n 100] [--hw 32] [--reps 10]
+    python bench/norm_relu_kernels.py --threads 2 [--n 100] [--hw 32] [--reps 10]
 
 One block of MTT's student at the issue's settings (``--n`` images x 128 channels x ``--hw`` x
 ``--hw``; layer 1 of ConvNet-3 on 28x28 input is 32x32), in fp32 and under bf16 autocast as the
