@@ -243,9 +243,9 @@ class InstanceNormReLU(nn.GroupNorm):
     The fused kernels (:class:`NormReLU`) run where the unrolls of trajectory matching need
     them: the module's parameters passed in as plain tensors (``torch.func.functional_call``, as
     a functional student is called), gradients enabled, and :func:`usable` for the input. A
-    network trained on its own ``nn.Parameter`` s (the evaluation protocol, experts, teachers,
-    DC's and DM's networks), or called without gradients, takes the stock ops, so its results
-    are the stock modules' bit for bit.
+    network trained on its own parameters (``nn.Parameter``: the evaluation protocol, experts,
+    teachers, DC's and DM's networks), or called without gradients, takes the stock ops, so its
+    results are the stock modules' bit for bit.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
