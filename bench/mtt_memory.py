@@ -14,7 +14,8 @@ sides, each in its own subprocess (peak memory = that process's peak resident se
   ``mse(sum)/num_params`` of the student vs the target, divided by the same for the start, and
   one ``backward()`` over the whole graph, which keeps every step's graph alive until then.
 * ``ddbench``: ``methods/mtt.py``'s ``MTT.matching_loss`` with ``checkpoint_unroll: false`` and
-  MTT's default ``fused_norm_relu: true`` (``--unfused``: the stock norm and ReLU modules).
+  the default ``kernels: auto`` (the fused instance norm + ReLU of ``ddbench.kernels``;
+  ``--unfused``: ``kernels: off``, the stock norm and ReLU modules).
 * ``ddbench_ckpt``: the same with ``checkpoint_unroll: true`` (each step recomputed in backward).
 * ``ddbench_bf16`` / ``ddbench_ckpt_bf16`` (only with ``--sides``): the two above under
   ``precision=bf16`` (the student's convolutions in bf16, its weights and updates in fp32). Not
@@ -160,13 +161,21 @@ def official_loss(
 # ================================================================================================
 
 
-def build_net(dataset: str) -> nn.Module:
+def build_net(dataset: str, kernels: str = "off") -> nn.Module:
+    """ConvNet-3 for ``dataset``, seed 0; ``kernels``: ``ddbench.kernels``' mode (the official
+    side and the shared inputs: ``off``, the stock modules)."""
     from ddbench.data import get_spec
     from ddbench.models import create_model
 
     spec = get_spec(dataset)
     torch.manual_seed(0)
-    return create_model("convnet", spec.channels, spec.num_classes, spec.im_size)
+    return create_model("convnet", spec.channels, spec.num_classes, spec.im_size, kernels=kernels)
+
+
+def ddbench_kernels(args: argparse.Namespace) -> str:
+    """The ddbench sides' ``kernels`` mode: ``auto`` (the fused block), ``off`` with
+    ``--unfused``."""
+    return "off" if args.unfused else "auto"
 
 
 def make_inputs(args: argparse.Namespace, path: Path) -> dict[str, Any]:
@@ -233,12 +242,11 @@ def planner(args: argparse.Namespace, images_u8: torch.Tensor, labels: torch.Ten
         lr_lr=LR_LR,
         lr_teacher=LR_TEACHER,
         checkpoint_unroll=checkpoint_unroll,
-        fused_norm_relu=not args.unfused,
     )
     task = Task(
         train=RealDataset(spec, "train", images_u8, labels),
         ipc=args.ipc,
-        model_factory=lambda: build_net(args.dataset),
+        model_factory=lambda: build_net(args.dataset, ddbench_kernels(args)),
         generator=torch.Generator(),
         seed=args.seed,
         device=torch.device("cpu"),
@@ -274,7 +282,7 @@ def run_side(args: argparse.Namespace) -> None:
         net = FlatParamNet(build_net(args.dataset).to(dtype)).train()
         assert net.num_params == t["start"].numel()
     else:
-        m.student = m.make_student(build_net(args.dataset))
+        m.student = m.make_student(build_net(args.dataset, ddbench_kernels(args)))
         m.experts = [torch.stack([t["start"], t["target"]])]
         m.syn_lr = syn_lr
     setup_rss = peak_memory_bytes()
@@ -424,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--unfused",
         action="store_true",
-        help="ddbench sides without fused_norm_relu (the stock instance norm and ReLU modules)",
+        help="ddbench sides with kernels=off (the stock instance norm and ReLU modules)",
     )
     p.add_argument(
         "--tolerance",

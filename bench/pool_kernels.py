@@ -1,12 +1,13 @@
 """ConvNet's bf16 2x2 average pooling on CPU, forward and backward: PyTorch's kernels against
-``models.AvgPool2x2``'s compiled ones, with a plain copy of the tensor for scale.
+``ddbench.kernels.pool.AvgPool2x2``'s compiled ones, with a plain copy of the tensor for scale.
 
     python bench/pool_kernels.py --threads 2 [--n 256] [--reps 20]
 
 Forward: the stock ``F.avg_pool2d``, a compiled ``F.avg_pool2d`` (dynamic shapes), and
-``models._pool_kernels()``'s pool (the int32-word formulation). Backward: the stock
+``ddbench.kernels.pool.kernels()``'s pool (the int32-word formulation). Backward: the stock
 ``avg_pool2d_backward``, a compiled expand-reshape upsample of ``grad / 4``, and
-``_pool_kernels()``'s upsample. Each result is checked bit for bit against the stock one. Median of ``--reps``.
+``kernels()``'s upsample. Each result is checked bit for bit against the stock one. Median of
+``--reps``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ddbench.models import _pool_kernels
+from ddbench.kernels import pool as pool_kernels
 
 
 def _median_ms(fn: Callable[[], torch.Tensor], reps: int) -> float:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=20)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    kernels = _pool_kernels()
+    kernels = pool_kernels.kernels()
     if kernels is None:
         raise SystemExit("the compiled pooling kernels are not available here (no C compiler?)")
     pool, upsample = kernels

@@ -72,10 +72,10 @@ Left at the defaults on purpose (they do not change these numbers, and leaving t
 a node valid where such a setting moves elsewhere or goes): ``eval_every`` (0: no evaluation),
 ``eval_epochs``, ``eval_seeds``, ``fyi`` (off), DM/DataDAM's ``lr_img_large_ipc`` (only at
 IPC >= 100), DM's ``batched`` (``auto``: the per-class loop on a CPU, the batched form's numbers
-up to rounding), MTT's ``fused_norm_relu`` (on by default; its kernel only takes activations of
->= 2^18 elements, which these budgets never reach: the largest, in a student step of
-``batch_syn`` 10 images, is 10 x 32 x 12 x 12 at the real budget's width 32), and the dead
-``batch_real`` of the trajectory methods.
+up to rounding), and the dead ``batch_real`` of the trajectory methods. The global ``kernels``
+setting stays ``auto``: the fused norm + ReLU kernel of trajectory students only takes
+activations of >= 2^18 elements, which these budgets never reach (the largest, in a student step
+of ``batch_syn`` 10 images, is 10 x 32 x 12 x 12 at the real budget's width 32).
 
 Everything runs on the CPU in float32 (the task's ``precision`` given explicitly), on one thread
 (a thread count changes the order of some reductions), with a fresh ``DDBENCH_CACHE`` per method

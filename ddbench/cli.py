@@ -139,7 +139,10 @@ def _hydra_app(command: str, args: list[str]) -> None:
 
 def _job(fn):
     def wrapped(cfg) -> Any:
+        from ddbench import kernels
+
         try:
+            kernels.set_mode(cfg.get("kernels", "auto"))  # for every model of the job
             return fn(cfg)
         except DDBenchError as e:
             log.error("%s", e)
@@ -170,10 +173,12 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
         ds.pop("zca_eps", None)
     if sub.get("precision") == "fp32":  # likewise for fp32 runs: bf16 ones get their own key
         sub.pop("precision")
+    if sub.get("kernels") == "auto":  # and for the default kernels: kernels=off gets its own
+        sub.pop("kernels")
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-_DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model", "precision")
+_DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model", "precision", "kernels")
 _RUN_KEYS = (*_DISTILL_KEYS, "protocol")
 
 

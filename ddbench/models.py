@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench import fused_block as _fused
+from ddbench import kernels as _kernels
 from ddbench.errors import DDBenchError
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "AlexNet",
     "BasicBlock",
     "ConvNet",
-    "GrayConv2d",
     "LeNet",
     "MLP",
     "ResNet",
@@ -70,13 +69,21 @@ def create_model(
     channels: int,
     num_classes: int,
     im_size: tuple[int, int],
+    *,
+    kernels: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build the registered model ``name`` for ``channels x im_size`` inputs and ``num_classes``.
 
+    ``kernels``: ``auto`` swaps in the accelerated modules of :mod:`ddbench.kernels` where
+    eligible (same parameters, same results up to each kernel's documented rounding), ``off``
+    keeps the stock modules; ``None``: the process's mode (``ddbench.kernels.set_mode``, which
+    the CLI sets from the run's ``kernels`` key; ``auto`` unless set). Every network ddbench
+    builds comes from here, so this is the one place the kernels are applied.
+
     Raises:
-        DDBenchError: unknown name, bad sizes, unknown or invalid keyword arguments, or an input
-            size the architecture cannot process.
+        DDBenchError: unknown name, bad sizes, unknown or invalid keyword arguments, an input
+            size the architecture cannot process, or an unknown ``kernels`` mode.
     """
     if name not in MODELS:
         raise DDBenchError(f"unknown model {name!r}; known models: {', '.join(model_names())}")
@@ -87,7 +94,7 @@ def create_model(
             f"model {name!r}: num_classes must be a positive int, got {num_classes!r}"
         )
     size = _as_size(name, im_size)
-    return MODELS[name](channels, num_classes, size, **kwargs)
+    return _kernels.apply(MODELS[name](channels, num_classes, size, **kwargs), kernels)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -140,205 +147,6 @@ def _choice(name: str, option: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
-# ------------------------------------------------------------------------ 2x2 average pooling
-
-
-class AvgPool2x2(nn.AvgPool2d):
-    """``nn.AvgPool2d(2, 2)`` (same module, same results) with a faster bf16 path on CPU.
-
-    PyTorch's NCHW bf16 CPU kernels for this pooling are slow: for a 256 x 128 x 32 x 32 batch
-    ~50 ms forward and ~80 ms backward on 2 cores, 10-20x a copy of the tensor. For a large
-    (>= 2**18 elements) contiguous bf16 CPU tensor with even height and width, outside
-    ``torch.compile`` and ``torch.func`` transforms, the forward and the backward run
-    Inductor-compiled kernels that read and write the bf16 bits as int32 words (two horizontal
-    neighbours per word; see :func:`_pool_bits`, :func:`_upsample_bits`): ~4 ms forward and
-    ~14 ms backward for that batch (``bench/pool_kernels.py``), bit for bit the stock results.
-    Each is the other's adjoint, so the path stays differentiable to any order (DC's double
-    backward). Anything else, or a failed compilation (no C++ compiler), takes
-    ``nn.AvgPool2d``'s path. The kernels compile once per process (~10-25 s), on the first
-    large tensor.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(kernel_size=2, stride=2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            x.dtype == torch.bfloat16
-            and x.device.type == "cpu"
-            and x.dim() == 4
-            and x.numel() >= _FAST_POOL_MIN_NUMEL
-            and x.shape[-1] % 2 == 0
-            and x.shape[-2] % 2 == 0
-            and x.is_contiguous()
-            and not torch.compiler.is_compiling()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(x)
-            and _pool_kernels() is not None
-        ):
-            return _PoolOrUpsample.apply(x, False)
-        return super().forward(x)
-
-
-def _bf16_pair_halves(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two bf16 values packed in each int32 word, as exact fp32: (first, second) in memory
-    order (little-endian: the low half first). bf16 -> fp32 is a 16-bit shift of the bits."""
-    return (words << 16).view(torch.float32), (words & -65536).view(torch.float32)
-
-
-def _pool_bits(x: torch.Tensor) -> torch.Tensor:
-    """2x2 average pooling of a contiguous NCHW bf16 tensor (even H, W), summed in fp32 in the
-    stock kernel's order ``((x00 + x01) + x10) + x11``, then ``/ 4`` and rounded to bf16: the
-    stock result bit for bit. Reading each row as int32 words (a horizontal pair per word)
-    gives Inductor contiguous, vectorisable loads."""
-    n, c, h, w = x.shape
-    rows = x.view(torch.int32).view(n, c, h // 2, 2, w // 2)
-    x00, x01 = _bf16_pair_halves(rows[:, :, :, 0])
-    x10, x11 = _bf16_pair_halves(rows[:, :, :, 1])
-    return ((((x00 + x01) + x10) + x11) * 0.25).to(torch.bfloat16)
-
-
-def _upsample_bits(grad: torch.Tensor) -> torch.Tensor:
-    """``grad / 4`` repeated over each 2x2 window (the adjoint of 2x2 average pooling) for a
-    contiguous NCHW bf16 tensor: each quarter's 16 bits doubled into one int32 word (its
-    horizontal pair), then each row of words written twice."""
-    n, c, h, w = grad.shape
-    bits = grad.mul(0.25).view(torch.int16).to(torch.int32) & 0xFFFF
-    pairs = (bits | (bits << 16)).view(torch.bfloat16)  # [n, c, h, 2w]
-    return pairs[:, :, :, None, :].expand(n, c, h, 2, 2 * w).reshape(n, c, 2 * h, 2 * w)
-
-
-_POOL_KERNELS: list[tuple[Callable, Callable] | None] = []  # [] until first use
-_FAST_POOL_MIN_NUMEL = 1 << 18  # smaller tensors: the stock kernel is fast enough
-
-
-def _pool_kernels() -> tuple[Callable, Callable] | None:
-    """Inductor-compiled (pool, upsample) kernels, built and checked against ``F.avg_pool2d``
-    once per process; ``None`` where ``torch.compile`` cannot build them here."""
-    if not _POOL_KERNELS:
-        kernels: tuple[Callable, Callable] | None = None
-        try:
-            pool = torch.compile(_pool_bits, dynamic=True)
-            upsample = torch.compile(_upsample_bits, dynamic=True)
-            with torch.no_grad():  # no autograd graph: this may run inside a checkpointed region
-                # magnitudes from bf16's subnormals to near its overflow, so that a summation
-                # order other than the stock one would show; a private generator leaves the
-                # global random stream alone
-                g = torch.Generator().manual_seed(0)
-                scale = 10.0 ** torch.randint(-40, 38, (3, 2, 6, 4), generator=g).double()
-                probe = (torch.randn(3, 2, 6, 4, generator=g).double() * scale).to(torch.bfloat16)
-                out = F.avg_pool2d(probe, 2)
-                grad = torch.randn(out.shape, generator=g).to(torch.bfloat16)
-                stock_grad = torch.ops.aten.avg_pool2d_backward(
-                    grad, probe, [2, 2], [2, 2], [0, 0], False, True, None
-                )
-                if torch.equal(pool(probe), out) and torch.equal(upsample(grad), stock_grad):
-                    kernels = (pool, upsample)
-        except Exception:  # no C++ compiler, or an unsupported build: keep the stock kernels
-            kernels = None
-        _POOL_KERNELS.append(kernels)
-    return _POOL_KERNELS[0]
-
-
-class _PoolOrUpsample(torch.autograd.Function):
-    """``apply(x, False)``: the compiled 2x2 average pooling; ``apply(g, True)``: its adjoint,
-    the compiled upsample of ``g / 4``. The backward of each is the other, to any order."""
-
-    @staticmethod
-    def forward(x: torch.Tensor, upsample: bool) -> torch.Tensor:
-        return _POOL_KERNELS[0][int(upsample)](x)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        ctx.upsample = inputs[1]
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _PoolOrUpsample.apply(grad.contiguous(), not ctx.upsample), None
-
-
-class GrayConv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same module, same forward bit for bit, gradients to bf16 rounding) with a
-    faster weight gradient for ONE input channel under bf16 autocast on CPU.
-
-    oneDNN's bf16 weight-gradient kernel for a single input channel (a grayscale stem) is slow:
-    ~2 ms for 10 MNIST images to 55 ms for 256 on 2 cores, 2-5x the same product written as one
-    GEMM, ``grad[O, N*L] @ im2col(x)[N*L, k*k]``, which is what the backward computes here (same
-    bf16 inputs, fp32 accumulation; as close to the fp32 gradient as oneDNN's). The forward and
-    the input gradient are the stock kernels. The backward is built from differentiable ops, so
-    DC's double backward and MTT's unroll go through it. Anything else (more channels, fp32,
-    a GPU, ``torch.func`` transforms) takes ``nn.Conv2d``'s path.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.in_channels == 1
-            and self.groups == 1
-            and self.dilation == (1, 1)
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and x.device.type == "cpu"
-            and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and (
-                torch.compiler.is_compiling()  # (dynamo cannot trace the functorch check)
-                or not torch._C._functorch.is_functorch_wrapped_tensor(x)
-            )
-        ):
-            return _GrayConvBF16.apply(x, self.weight, self.bias, self.stride, self.padding)
-        return super().forward(x)
-
-
-class _GrayConvBF16(torch.autograd.Function):
-    """bf16 convolution of a 1-channel input; weight gradient as one im2col GEMM."""
-
-    @staticmethod
-    def forward(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        stride: tuple[int, int],
-        padding: tuple[int, int],
-    ) -> torch.Tensor:
-        bf16 = torch.bfloat16
-        b = None if bias is None else bias.to(bf16)
-        return F.conv2d(x.to(bf16), weight.to(bf16), b, stride, padding)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        x, weight, bias, stride, padding = inputs
-        ctx.save_for_backward(x, weight)  # inputs, not their casts: double backward reaches them
-        ctx.geometry = (stride, padding)
-        ctx.bias_dtype = None if bias is None else bias.dtype
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        stride, padding = ctx.geometry
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        bf16 = torch.bfloat16
-        grad = grad.to(bf16)
-        grad_x = grad_w = grad_b = None
-        if need_x:
-            wb = weight.to(bf16)
-            grad_x = torch.nn.grad.conv2d_input(x.shape, wb, grad, stride, padding).to(x.dtype)
-        if need_w:
-            out_ch, _, kh, kw = weight.shape
-            cols = F.unfold(x.to(bf16), (kh, kw), padding=padding, stride=stride)  # [N, kh*kw, L]
-            cols_rows = cols.transpose(0, 1).reshape(kh * kw, -1)  # [kh*kw, N*L]
-            if torch.compiler.is_compiling():
-                # Inductor keeps conv activations channels-last: [N*L, O] is then a view, and
-                # the product with few rows first is the faster GEMM (~4x for 10 images)
-                grad_cols = grad.permute(0, 2, 3, 1).reshape(-1, out_ch)  # [N*L, O]
-                grad_w = torch.mm(cols_rows, grad_cols).t().reshape(weight.shape)
-            else:  # NCHW: [O, N*L] is one block copy
-                grad_rows = grad.flatten(2).transpose(0, 1).reshape(out_ch, -1)  # [O, N*L]
-                grad_w = torch.mm(grad_rows, cols_rows.t()).view(weight.shape)
-            grad_w = grad_w.to(weight.dtype)
-        if need_b and ctx.bias_dtype is not None:
-            grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None, None
-
-
 # ----------------------------------------------------------------------------------- ConvNet
 
 NET_ACTS = ("relu", "sigmoid", "leakyrelu", "gelu")
@@ -381,8 +189,7 @@ class ConvNet(nn.Module):
         in_channels, (h, w) = channels, im_size
         for d in range(net_depth):
             padding = 3 if channels == 1 and d == 0 else 1
-            conv = GrayConv2d if in_channels == 1 else nn.Conv2d
-            layers.append(conv(in_channels, net_width, kernel_size=3, padding=padding))
+            layers.append(nn.Conv2d(in_channels, net_width, kernel_size=3, padding=padding))
             h, w = _conv_out(h, 3, padding), _conv_out(w, 3, padding)
             _require_positive(name, im_size, h, w, f"after conv {d + 1}")
             norm = self._norm(net_norm, net_width, h, w)
@@ -392,16 +199,11 @@ class ConvNet(nn.Module):
             layers.append(self._act(net_act))
             in_channels = net_width
             if net_pooling != "none":
-                layers.append(AvgPool2x2() if net_pooling == "avgpooling" else nn.MaxPool2d(2, 2))
+                layers.append(nn.AvgPool2d(2) if net_pooling == "avgpooling" else nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
                 _require_positive(name, im_size, h, w, f"after pooling {d + 1}")
         self.features = nn.Sequential(*layers)
         self._act_layers = frozenset(acts)
-        # instance norm -> ReLU, each one fused_block.NormReLU when ``fused_norm_relu`` is on
-        self._norm_relu = frozenset(
-            i - 1 for i in acts if net_norm == "instancenorm" and net_act == "relu"
-        )
-        self.fused_norm_relu = False
         self.feature_shape = (net_width, h, w)
         self.classifier = nn.Linear(net_width * h * w, num_classes)
 
@@ -429,18 +231,7 @@ class ConvNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened conv features ``[B, width*h*w]``."""
-        if not self.fused_norm_relu:
-            return self.features(x).flatten(1)
-        skip = False
-        for i, layer in enumerate(self.features):
-            if skip:  # the ReLU, applied with its norm
-                skip = False
-            elif i in self._norm_relu and _fused.usable(x):
-                x = _fused.NormReLU.apply(x, layer.weight, layer.bias, layer.eps)
-                skip = True
-            else:
-                x = layer(x)
-        return x.flatten(1)
+        return self.features(x).flatten(1)
 
     def feature_maps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """``(maps, embed(x))`` in one forward pass: ``maps[d]`` is block ``d``'s activation

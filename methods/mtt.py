@@ -72,8 +72,6 @@ class MTT(ImageDistillation):
       lr_lr            SGD lr of the learned lr (momentum 0.5)
       lr_min           the learned lr is clamped to >= this after every update (MTT does not clamp)
       checkpoint_unroll  recompute each unrolled step in backward (memory-lean, same numbers)
-      fused_norm_relu  a ConvNet student's instance norm + ReLU as one function with a
-                       hand-written double backward (``ddbench.fused_block``)
     """
 
     @dataclass
@@ -90,7 +88,6 @@ class MTT(ImageDistillation):
         num_experts: int = 10  # MTT trains 100; experts are cached ($DDBENCH_CACHE/experts)
         experts: ExpertConfig = field(default_factory=ExpertConfig)  # buffer.py's recipe
         checkpoint_unroll: bool = False
-        fused_norm_relu: bool = True
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -136,10 +133,7 @@ class MTT(ImageDistillation):
         self._lr_opt = torch.optim.SGD([self.syn_lr], lr=self.lr_lr, momentum=0.5)
 
     def make_student(self, net: torch.nn.Module) -> FlatModel:
-        """The functional student on ``net`` (in train mode; ``fused_norm_relu`` set on a
-        ConvNet)."""
-        if hasattr(net, "fused_norm_relu"):
-            net.fused_norm_relu = self.fused_norm_relu
+        """The functional student on ``net`` (in train mode)."""
         return FlatModel(net.train())
 
     def distill(self, task: Task) -> SyntheticSet:

@@ -53,7 +53,8 @@ def test_convnet_feature_maps_are_the_block_activations(kwargs):
         torch.testing.assert_close(emb, net.embed(x))
         torch.testing.assert_close(net.classifier(emb), net(x))
         # each map is an activation output: the next block (or the final pooling) starts from it
-        acts = [m for m in net.features if isinstance(m, (nn.ReLU, nn.Sigmoid))]
+        act_types = (nn.ReLU, nn.Sigmoid, nn.Identity)  # Identity: a ReLU fused into its norm
+        acts = [m for m in net.features if isinstance(m, act_types)]
         seen = []
         hooks = [a.register_forward_hook(lambda m, i, o: seen.append(o)) for a in acts]
         net(x)

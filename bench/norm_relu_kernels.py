@@ -1,7 +1,7 @@
 """ConvNet's instance norm + ReLU on CPU, forward, backward and double backward: autograd through
-the stock ``F.group_norm`` + ``F.relu`` against ``ddbench.fused_block``'s compiled kernels.
+the stock ``F.group_norm`` + ``F.relu`` against ``ddbench.kernels.norm_relu``'s compiled kernels.
 
-    python bench/fused_block_kernels.py --threads 2 [--n 100] [--hw 32] [--reps 10]
+    python bench/norm_relu_kernels.py --threads 2 [--n 100] [--hw 32] [--reps 10]
 
 One block of MTT's student at ``bench/mtt_memory.py``'s settings (``--n`` images x 128 channels x ``--hw`` x
 ``--hw``; layer 1 of ConvNet-3 on 28x28 input is 32x32), in fp32 and under bf16 autocast as the
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from pool_kernels import _median_ms  # bench/ is on the path when run as a script
 
-from ddbench import fused_block
+from ddbench.kernels import norm_relu
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    kernels = fused_block.kernels()
+    kernels = norm_relu.kernels()
     if kernels is None:
         raise SystemExit("the fused kernels are not available here (no C compiler?)")
     fwd, bwd, dbl = kernels
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> None:
 
         return forward, backward, double
 
-    want_fwd = fused_block._forward(h64, gamma64, beta64, 1e-5)  # the fp64 references
-    want_bwd = fused_block._backward(g_r64, h64, gamma64, beta64, 1e-5)
-    want_dbl = fused_block._double_backward(g_r64, h64, gamma64, beta64, a64, b64, c64, 1e-5)
+    want_fwd = norm_relu._forward(h64, gamma64, beta64, 1e-5)  # the fp64 references
+    want_bwd = norm_relu._backward(g_r64, h64, gamma64, beta64, 1e-5)
+    want_dbl = norm_relu._double_backward(g_r64, h64, gamma64, beta64, a64, b64, c64, 1e-5)
     rows = []
     for label, dtype, autocast in (("fp32", torch.float32, False), ("bf16", torch.bfloat16, True)):
         forward, backward, double = stock_passes(dtype, autocast)

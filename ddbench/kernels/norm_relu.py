@@ -1,4 +1,4 @@
-"""ConvNet's instance norm -> ReLU as one twice-differentiable function (CPU).
+"""Instance norm + ReLU as one twice-differentiable function on CPU (:class:`InstanceNormReLU`).
 
 Trajectory matching backpropagates through ``syn_steps`` student updates, so it needs the
 gradient of the student's gradient. Composed from stock ops, that double backward keeps the
@@ -8,13 +8,12 @@ pair is one ``autograd.Function`` (:class:`NormReLU`) whose backward is another 
 of the three passes (forward, backward, double backward) is a single Inductor-compiled kernel
 that recomputes the normalisation from the norm's input. Per layer and step the graph keeps
 that input and the incoming gradient of the ReLU's output; the double backward is written out
-by hand (:func:`_double_backward`, checked against autograd in the tests). Pooling stays with
-``models.AvgPool2x2``.
+by hand (:func:`_double_backward`, checked against autograd in the tests).
 
 Arithmetic is fp32 inside the kernels (bf16 inputs are widened), and outputs are rounded once
-to their dtype, so under bf16 autocast the results are close to, not bit for bit, the stock
-modules' (which round after each op). Only the second derivative is provided: a third
-backward through it raises.
+to their dtype, so the results are close to, not bit for bit, the stock modules' (which, under
+bf16 autocast, round after each op). Only the second derivative is provided: a third backward
+through it raises.
 """
 
 from __future__ import annotations
@@ -23,7 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
+
+__all__ = ["InstanceNormReLU", "NormReLU", "eligible_pair", "kernels", "usable"]
 
 Kernels = tuple[Callable, Callable, Callable]
 
@@ -220,3 +222,33 @@ class _NormReLUBackward(torch.autograd.Function):
         c = torch.zeros_like(beta) if c is None else c
         d_gr, d_h, d_gamma = _KERNELS[0][2](g_r, h, gamma, beta, a, b, c, ctx.eps)
         return d_gr, d_h, d_gamma, None, None
+
+
+def eligible_pair(norm: nn.Module, act: nn.Module) -> bool:
+    """Whether ``norm`` then ``act`` is instance norm with affine parameters
+    (``nn.GroupNorm(C, C)``, the networks' ``instancenorm``) followed by ``nn.ReLU``."""
+    return (
+        type(norm) is nn.GroupNorm
+        and norm.num_groups == norm.num_channels
+        and norm.affine
+        and type(act) is nn.ReLU
+    )
+
+
+class InstanceNormReLU(nn.GroupNorm):
+    """``nn.GroupNorm(C, C)`` followed by ReLU, as one module: :func:`ddbench.kernels.apply`
+    makes the norm of an eligible pair this module and its ReLU an ``nn.Identity``, so the
+    parameters and state_dict keys stay the norm's.
+
+    The fused kernels (:class:`NormReLU`) run where the unrolls of trajectory matching need
+    them: the module's parameters passed in as plain tensors (``torch.func.functional_call``, as
+    a functional student is called), gradients enabled, and :func:`usable` for the input. A
+    network trained on its own parameters (``nn.Parameter``: the evaluation protocol, experts,
+    teachers, DC's and DM's networks), or called without gradients, takes the stock ops, so its
+    results are the stock modules' bit for bit.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not isinstance(self.weight, nn.Parameter) and usable(x):
+            return NormReLU.apply(x, self.weight, self.bias, self.eps)
+        return torch.relu(super().forward(x))
