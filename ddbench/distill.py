@@ -114,12 +114,19 @@ class ImageDistillation(Method):
         super().__init__(**overrides)
         self._opt: torch.optim.Optimizer | None = None
         self._sched: torch.optim.lr_scheduler.LRScheduler | None = None
+        self._modifier: modifiers.Modifier | None = None
 
     @property
     def modifier(self) -> modifiers.Modifier:
         """The transform of the synthetic batch the settings select (``fyi``), applied by the
-        shared helpers (:mod:`ddbench.modifiers`)."""
-        return modifiers.from_config(fyi=self.fyi)
+        shared helpers (:mod:`ddbench.modifiers`); assignable, for a modifier of one's own."""
+        if self._modifier is None:
+            self._modifier = modifiers.from_config(fyi=self.fyi)
+        return self._modifier
+
+    @modifier.setter
+    def modifier(self, modifier: modifiers.Modifier) -> None:
+        self._modifier = modifier
 
     # ------------------------------------------------------------------------------ hooks
 
