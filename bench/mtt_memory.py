@@ -283,7 +283,7 @@ def run_side(args: argparse.Namespace) -> None:
         assert net.num_params == t["start"].numel()
     else:
         m.student = m.make_student(build_net(args.dataset, ddbench_kernels(args)))
-        m.experts = [torch.stack([t["start"], t["target"]])]
+        m.trajectories = [torch.stack([t["start"], t["target"]])]
         m.syn_lr = syn_lr
     setup_rss = peak_memory_bytes()
     out: dict[str, Any] = {"side": args.side, "iterations": []}

@@ -166,7 +166,11 @@ class Task:
             "image_shape": list(spec.shape),
             "space": self.train.space(),  # normalised, ZCA-whitened if the task's data is
             "ipc": self.ipc,
-            "method": {"name": method.name, "config": method.config, "recipe": method.recipe},
+            "method": {
+                "name": method.name,
+                "config": method.config,
+                **({"recipe": method.recipe} if method.recipe else {}),
+            },
             "seed": self.seed,
             "protocol": protocol,
             **extra,
@@ -248,23 +252,40 @@ class Method:
 
 
 def make_settings(cls: type[Method], overrides: Mapping[str, Any]) -> Any:
-    """``cls.Settings`` from its defaults and ``overrides`` (nested dicts allowed), typed by
-    OmegaConf and validated by the dataclass; a bad key or value is a :class:`DDBenchError`."""
+    """``cls.Settings`` from its defaults and ``overrides``, typed by OmegaConf and validated by
+    the dataclass; a bad key or value is a :class:`DDBenchError`. A nested settings dataclass
+    (``experts``, ``teacher``) is merged key by key; a plain dict setting (``model_kwargs``,
+    ``step_kwargs``) given in ``overrides`` replaces the default one whole."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        node = OmegaConf.merge(OmegaConf.structured(cls.Settings), dict(overrides))
-        return OmegaConf.to_object(node)
+        node = OmegaConf.structured(cls.Settings)
+        _clear_replaced_dicts(node, overrides)
+        return OmegaConf.to_object(OmegaConf.merge(node, dict(overrides)))
     except OmegaConfBaseException as e:
         cause = e.__cause__ if isinstance(e.__cause__, DDBenchError) else None
         if cause is not None:
             raise cause from None
         key = getattr(e, "full_key", None)
         where = f" {key}" if key else ""
-        raise DDBenchError(
-            f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}"
-        ) from None
+        raise DDBenchError(f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}") from None
+
+
+def _clear_replaced_dicts(node: Any, overrides: Mapping[str, Any]) -> None:
+    """Empty the plain-dict entries of ``node`` that ``overrides`` sets, so that the merge puts
+    the given dict in place of the default instead of adding its keys to it."""
+    from dataclasses import is_dataclass
+
+    from omegaconf import OmegaConf
+
+    for key, value in overrides.items():
+        if not isinstance(value, Mapping) or key not in node:
+            continue
+        if is_dataclass(OmegaConf.get_type(node, key)):
+            _clear_replaced_dicts(node[key], value)
+        elif OmegaConf.is_dict(node[key]):
+            node[key] = {}
 
 
 def settings_defaults(cls: type[Method]) -> dict[str, Any]:

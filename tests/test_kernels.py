@@ -252,7 +252,7 @@ def _student_unroll(digits_train, *, kernels: str, checkpoint: bool = False, pre
     net = create_model("convnet", 1, 10, (8, 8), kernels=kernels)
     m.student = m.make_student(net)
     start = FlatModel(net).flatten(dict(net.named_parameters()))
-    m.experts = [torch.stack([start, start + 0.01 * torch.randn(start.shape)])]
+    m.trajectories = [torch.stack([start, start + 0.01 * torch.randn(start.shape)])]
     m.syn_lr = torch.tensor(0.01).requires_grad_(True)
     images, labels = m.init_images(task)
     images.requires_grad_(True)

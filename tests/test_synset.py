@@ -114,7 +114,12 @@ def test_save_load_round_trip(make_set, tmp_path: Path) -> None:
         assert loaded.meta[key] == value, key
     assert loaded.meta["method"] == {
         "name": "test_fixture",
-        "config": {"pick": "first_ipc", "soft": False},
+        "config": {
+            "_target_": "conftest.FixtureMethod",
+            "name": "test_fixture",
+            "pick": "first_ipc",
+            "soft": False,
+        },
     }
     assert loaded.meta["classes"] == list(get_spec("digits").classes)
     assert loaded.meta["sha256"] == tensors_sha256(loaded.tensors())
