@@ -269,7 +269,9 @@ def make_settings(cls: type[Method], overrides: Mapping[str, Any]) -> Any:
             raise cause from None
         key = getattr(e, "full_key", None)
         where = f" {key}" if key else ""
-        raise DDBenchError(f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}") from None
+        raise DDBenchError(
+            f"{cls.name}: invalid setting{where}: {str(e).splitlines()[0]}"
+        ) from None
 
 
 def _clear_replaced_dicts(node: Any, overrides: Mapping[str, Any]) -> None:
