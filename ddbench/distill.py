@@ -59,8 +59,6 @@ class ImageDistillation(Method):
                      at (0-based) iteration ``it``
       init           ``real`` (ipc random real images per class) or ``noise`` (N(0, 1) in the
                      normalised space)
-      batch_real     real images per class and per matching step
-      dsa            siamese DSA during matching (one draw shared by the real and synthetic batch)
       eval_every     every N iterations, train ``eval_seeds`` fresh models for ``eval_epochs``
                      epochs on the current images and log their accuracy on the VAL split (0: never)
       fyi            FYI (Son et al., ECCV 2024): match and train on the synthetic images together
@@ -75,8 +73,6 @@ class ImageDistillation(Method):
         lr_img: float = 0.1
         momentum_img: float = 0.5
         init: str = "real"
-        batch_real: int = 256
-        dsa: bool = True
         eval_every: int = 0
         eval_epochs: int = 300
         eval_seeds: list[int] = field(default_factory=lambda: [0])
@@ -92,8 +88,6 @@ class ImageDistillation(Method):
                 raise DDBenchError(f"lr_img must be positive, got {self.lr_img}")
             if self.init not in ("real", "noise"):
                 raise DDBenchError(f"init must be 'real' or 'noise', got {self.init!r}")
-            if self.batch_real < 1:
-                raise DDBenchError(f"batch_real must be >= 1, got {self.batch_real}")
             if self.eval_every < 0 or self.eval_epochs < 1 or not self.eval_seeds:
                 raise DDBenchError(
                     "eval_every must be >= 0, eval_epochs >= 1, eval_seeds non-empty"
@@ -201,9 +195,9 @@ class ImageDistillation(Method):
         with task.full_precision():
             return task.augment.pair(real, syn, self.next_seed(task))
 
-    def real_batches(self, task: Task, n: int | None = None) -> list[torch.Tensor]:
-        """One batch of ``n`` (default ``batch_real``) real images per class."""
-        return [self.sample_real(task, c, n or self.batch_real) for c in range(task.num_classes)]
+    def real_batches(self, task: Task, n: int) -> list[torch.Tensor]:
+        """One batch of ``n`` real images per class."""
+        return [self.sample_real(task, c, n) for c in range(task.num_classes)]
 
     # ------------------------------------------------------------------------------ the loop
 

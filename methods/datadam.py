@@ -48,6 +48,7 @@ class DataDAM(ImageDistillation):
         lr_img: float = 1.0  # --lr_img 1 ("1 for low IPCs, 10 for >= 100")
         lr_img_large_ipc: float | None = 10.0  # replaces lr_img for ipc >= 100; null: never
         batch_real: int = 64  # --batch_real 64: real images per class per iteration
+        dsa: bool = True  # siamese DSA, one draw per class (the dataset's strategy)
         power: float = 4.0  # the paper's p; NOTE the released code calls get_attention(exp=1)
         mmd_weight: float = 0.01  # lambda of L_SAM + lambda * L_MMD (--task_balance 0.01)
         loss_scale: float = 100.0  # the code multiplies both terms by 100

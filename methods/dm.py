@@ -35,6 +35,8 @@ class DM(ImageDistillation):
         iterations: int = 20000
         lr_img: float = 1.0
         lr_img_large_ipc: float | None = 10.0
+        batch_real: int = 256  # real images per class and per matching step
+        dsa: bool = True  # siamese DSA: one draw per class shared by its real and synthetic batch
         batched: Any = "auto"  # true | false | auto
 
         def __post_init__(self) -> None:

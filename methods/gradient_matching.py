@@ -60,6 +60,7 @@ class DC(ImageDistillation):
     @dataclass
     class Settings(ImageDistillation.Settings):
         init: str = "noise"
+        batch_real: int = 256  # real images per class and per matching step
         dsa: bool = False  # no augmentation in matching or in the inner training
         lr_net: float = 0.01  # SGD (no momentum) of the network between image updates
         batch_train: int = 256  # batch of that inner training

@@ -59,7 +59,7 @@ def check_expert_space(name: str, cfg: ExpertConfig, task: Task) -> None:
 class MTT(ImageDistillation):
     """Trajectory matching with a learned student lr.
 
-    Settings beyond :class:`ImageDistillation`'s (``batch_real`` is unused); the defaults are the
+    Settings beyond :class:`ImageDistillation`'s; the defaults are the
     paper's CIFAR-10 IPC 10 values, and ``conf/recipes/mtt.yaml`` holds the published values of
     the other settings:
       experts          :class:`ddbench.experts.ExpertConfig` (model, epochs, lr, ...)
@@ -81,6 +81,7 @@ class MTT(ImageDistillation):
         lr_lr: float = 1e-05
         lr_teacher: float = 0.01  # initial learned lr (= the experts' lr)
         lr_min: float = 1e-06
+        dsa: bool = True  # a DSA draw per student step
         syn_steps: int = 30
         expert_epochs: int = 2
         max_start_epoch: int = 20
