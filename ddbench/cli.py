@@ -28,7 +28,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ddbench import _alloc
 from ddbench.errors import DDBenchError
+
+# Each command imports the modules it needs (they import torch, hydra: seconds) when it runs, so
+# that `ddbench --help` and the plain commands start fast.
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
 OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "expert")
@@ -41,33 +45,48 @@ def _fail(msg: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def _maybe_reexec_with_tcmalloc() -> None:
+# Run by the restarted interpreter: the parent's sys.path, so that the parent's ddbench is the
+# one imported (``python -m`` would put the working directory, and any ``ddbench/`` in it, first).
+_RESTART_CODE = (
+    "import os, sys; sys.path[:] = os.environ.pop('_DDBENCH_SYSPATH').split(os.pathsep); "
+    "from ddbench.cli import main; main()"
+)
+
+
+def restart_command(preload: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that rerun this ``ddbench`` command with ``preload`` in
+    ``LD_PRELOAD``: the same interpreter, arguments and module search path as this process."""
+    env = dict(
+        os.environ,
+        LD_PRELOAD=(preload + " " + os.environ.get("LD_PRELOAD", "")).strip(),
+        _DDBENCH_REEXEC="1",
+        _DDBENCH_SYSPATH=os.pathsep.join(p or os.getcwd() for p in sys.path),
+    )
+    return [sys.executable, "-c", _RESTART_CODE, *sys.argv[1:]], env
+
+
+def _maybe_restart_with_tcmalloc() -> None:
     """Re-run this process with Debian's tcmalloc preloaded, where installed.
 
     Per-step allocations of small-batch training make glibc's malloc page-fault heavily;
     ``DDBENCH_ALLOCATOR=system`` keeps the default allocator.
     """
-    from ddbench import _alloc
-
     if os.environ.get("DDBENCH_ALLOCATOR") in ("system", "glibc") or _alloc.preloaded_allocator():
         return
     path = _alloc.tcmalloc_path()
     if path is None or os.environ.get("_DDBENCH_REEXEC"):
         return
-    env = dict(
-        os.environ,
-        LD_PRELOAD=(path + " " + os.environ.get("LD_PRELOAD", "")).strip(),
-        _DDBENCH_REEXEC="1",
-    )
+    argv, env = restart_command(path)
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "ddbench.cli", *sys.argv[1:]], env)
+        os.execve(sys.executable, argv, env)
     except OSError:
         return
 
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # a real command line (not a call from Python): pick the allocator
-        _maybe_reexec_with_tcmalloc()
+        _maybe_restart_with_tcmalloc()
+        _alloc.configure()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-") and "=" not in a), None)
     if command in (None, "-h", "--help", "help") or (
@@ -479,10 +498,9 @@ def cmd_export(args: list[str]) -> None:
 
 
 def cmd_teacher(args: list[str]) -> None:
-    from omegaconf import OmegaConf
-
-    from ddbench import teachers
+    from ddbench import data, teachers
     from ddbench.engine import pick_device
+    from ddbench.protocol import protocol_config
 
     p = argparse.ArgumentParser(
         prog="ddbench teacher", description="train (once, resumable) or list cached teachers"
@@ -505,13 +523,11 @@ def cmd_teacher(args: list[str]) -> None:
             print(f"  {t['dataset']:14s} {c['model']:10s} {c['epochs']:4d} ep  seed {c['seed']}  "
                   f"val {t['val_accuracy']:.2f}%  {t['train_seconds']:.0f}s  {t['path']}")  # fmt: skip
         return
-    from ddbench import data
-
     data.get_spec(a.dataset)
-    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{a.protocol}.yaml"
-    if not f.is_file():
+    protocol = protocol_config(a.protocol)
+    if protocol is None:
         raise DDBenchError(f"unknown protocol {a.protocol!r}")
-    node = OmegaConf.to_container(OmegaConf.load(str(f))).get("teacher")
+    node = protocol.get("teacher")
     if not node:
         raise DDBenchError(f"protocol {a.protocol!r} uses no teacher")
     node.update(

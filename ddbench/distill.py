@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench import fyi as _fyi
-from ddbench.engine import autocast
+from ddbench.engine import Recipe, accuracy, autocast, train
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Task
 from ddbench.synset import SyntheticSet
@@ -248,8 +248,6 @@ class ImageDistillation(Method):
     ) -> float:
         """Mean accuracy (%) on the val split of ``eval_seeds`` models trained on the images for
         ``eval_epochs`` epochs (the set's protocol recipe otherwise). Never touches test."""
-        from ddbench.engine import Recipe, accuracy, train
-
         augment = task.spec.dsa_strategy if self.protocol == "standard" else None
         recipe = Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
         with torch.random.fork_rng(devices=[]):  # engine.train seeds the global RNG

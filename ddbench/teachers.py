@@ -21,10 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddbench import data
 from ddbench.cache import CachedConfig, cache_root, lock
+from ddbench.engine import Recipe, accuracy, pick_device, train
 from ddbench.errors import DDBenchError
+from ddbench.models import create_model
+from ddbench.provenance import versions
+from ddbench.synset import atomic_write, read_header
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1
@@ -54,10 +61,7 @@ def teacher_path(dataset: str, cfg: TeacherConfig) -> Path:
 
 
 def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
-    from ddbench.data import get_spec
-    from ddbench.models import create_model
-
-    spec = get_spec(dataset)
+    spec = data.get_spec(dataset)
     return create_model(
         cfg.model, spec.channels, spec.num_classes, spec.im_size, **cfg.model_kwargs
     )
@@ -65,11 +69,6 @@ def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A cached teacher (in eval mode) and its metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ddbench.synset import read_header
-
     path = Path(path)
     meta = read_header(path) if path.exists() else None
     if meta is None or meta.get("kind") != "teacher":
@@ -92,8 +91,6 @@ def get_teacher(
     progress: bool = True,
 ) -> tuple[nn.Module, dict]:
     """The cached teacher for ``(dataset, cfg)``; trained (or resumed) first if missing."""
-    from ddbench.engine import pick_device
-
     device = pick_device(device) if isinstance(device, str) else device
     path = teacher_path(dataset, cfg)
     if path.exists():
@@ -119,13 +116,6 @@ def train_teacher(
     dataset: str, cfg: TeacherConfig, *, device: torch.device, progress: bool = True
 ) -> tuple[nn.Module, dict]:
     """Train a teacher with the engine, checkpointing every epoch, and store it in the cache."""
-    from safetensors.torch import save_file
-
-    from ddbench import data
-    from ddbench.engine import Recipe, accuracy, train
-    from ddbench.protocol import versions
-    from ddbench.synset import atomic_write
-
     spec = data.get_spec(dataset)
     path = teacher_path(dataset, cfg)
     state_path = path.with_suffix(".train_state.pt")
@@ -180,8 +170,6 @@ def train_teacher(
 
 def list_teachers() -> list[dict]:
     """Metadata of every cached teacher (with its ``path``)."""
-    from ddbench.synset import read_header
-
     out = []
     for f in sorted((cache_root() / "teachers").glob("*/*.safetensors")):
         try:
