@@ -171,8 +171,9 @@ def _run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
-    """A hash of the parts of the config that define a job's output."""
+def config_key(cfg: Any, keys: tuple[str, ...], **resolved: Any) -> str:
+    """A hash of the parts of the config that define a job's output; ``resolved`` values (the
+    precisions a job resolved, see :func:`_precisions`) stand in for the config's own."""
     from omegaconf import OmegaConf
 
     sub = {
@@ -180,6 +181,7 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
         for k in keys
         if k in cfg
     }
+    sub.update(resolved)
     ds = sub.get("dataset")
     if isinstance(ds, dict) and not ds.get("zca"):  # the keys of runs without ZCA stay as before
         ds.pop("zca", None)
@@ -187,6 +189,20 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
     if sub.get("precision") == "fp32":  # likewise for fp32 runs: bf16 ones get their own key
         sub.pop("precision")
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _precisions(cfg) -> tuple[str | None, str]:
+    """A job's (distillation, evaluation) precision. ``precision=auto`` distils in bf16 where
+    the device computes bf16 natively (``engine.resolve_precision``), else fp32, and evaluates
+    in fp32, so that a protocol's numbers do not change with the machine; ``fp32`` and ``bf16``
+    apply to both. ``ddbench evaluate`` distils nothing (None)."""
+    from ddbench.engine import pick_device, resolve_precision
+
+    given = str(cfg.precision)
+    evaluation = "fp32" if given == "auto" else resolve_precision(given, "cpu")
+    if "synset" in cfg:  # ddbench evaluate: scores a given set
+        return None, evaluation
+    return resolve_precision(given, pick_device(cfg.device)), evaluation
 
 
 _DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model", "precision")
@@ -233,7 +249,8 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     from ddbench.models import create_model
 
     name = _register_dataset(cfg)
-    key = config_key(cfg, _DISTILL_KEYS)
+    precision = _precisions(cfg)[0]
+    key = config_key(cfg, _DISTILL_KEYS, precision=precision)
     out = run_dir / "synset.safetensors"
     if out.exists() and not cfg.force:
         try:
@@ -259,6 +276,7 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
 
     zca = {"zca": bool(cfg.dataset.get("zca", False))}
     zca["zca_eps"] = float(cfg.dataset.get("zca_eps", data.ZCA_EPS))
+    log.info("distilling in %s (precision=%s)", precision, cfg.precision)
     task = Task(
         train=data.load_split(name, "train", **zca),
         ipc=int(cfg.ipc),
@@ -269,7 +287,7 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
         augment=DSA(spec.dsa_strategy),
         logger=tracker,
         checkpointer=Checkpointer(run_dir, key, int(cfg.checkpoint_every)),
-        precision=cfg.precision,
+        precision=precision,
         val_loader=lambda: data.load_split(name, "val", **zca),
     )
     torch.manual_seed(int(cfg.seed))
@@ -298,7 +316,7 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     split = _eval_split(cfg)
     result = evaluate(
         s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
-        precision=cfg.precision, parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
+        precision=_precisions(cfg)[1], parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
         partial=run_dir / "result.partial.json", split=split,
     )  # fmt: skip
     result["config_key"] = _run_key(cfg)
@@ -329,9 +347,14 @@ def _eval_split(cfg) -> str:
 
 
 def _run_key(cfg) -> str:
-    """config_key of a run; a val evaluation gets its own key (test keys stay as they were)."""
+    """config_key of a run; a val evaluation gets its own key (test keys stay as they were), and
+    so does a run that distils in another precision than it evaluates in (``precision=auto``)."""
     keys = _RUN_KEYS if _eval_split(cfg) == "test" else (*_RUN_KEYS, "eval_split")
-    return config_key(cfg, keys)
+    distill, evaluation = _precisions(cfg)
+    resolved = {"precision": distill or evaluation}
+    if distill not in (None, evaluation):
+        resolved["eval_precision"] = evaluation
+    return config_key(cfg, keys, **resolved)
 
 
 def _done(cfg, run_dir: Path, synset_sha256: str | None = None) -> dict | None:
