@@ -199,7 +199,7 @@ def _precisions(cfg) -> tuple[str | None, str]:
     from ddbench.engine import pick_device, resolve_precision
 
     given = str(cfg.precision)
-    evaluation = "fp32" if given == "auto" else resolve_precision(given, "cpu")
+    evaluation = "fp32" if given == "auto" else resolve_precision(given, "cpu")  # checks it
     if "synset" in cfg:  # ddbench evaluate: scores a given set
         return None, evaluation
     return resolve_precision(given, pick_device(cfg.device)), evaluation
