@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddbench import engine
 from ddbench import fyi as _fyi
-from ddbench.engine import Recipe, accuracy, autocast, train
+from ddbench.engine import autocast
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Task
 from ddbench.synset import SyntheticSet
@@ -249,14 +250,14 @@ class ImageDistillation(Method):
         """Mean accuracy (%) on the val split of ``eval_seeds`` models trained on the images for
         ``eval_epochs`` epochs (the set's protocol recipe otherwise). Never touches test."""
         augment = task.spec.dsa_strategy if self.protocol == "standard" else None
-        recipe = Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
+        recipe = engine.Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
         with torch.random.fork_rng(devices=[]):  # engine.train seeds the global RNG
-            trained = train(
+            trained = engine.train(
                 task.model_factory, self.eval_seeds, images.detach(), labels, recipe,
                 device=task.device,
             )  # fmt: skip
         val = task.val
-        accs = accuracy(
+        accs = engine.accuracy(
             trained.models, val.images, val.labels, transform=task.normalize,
             precision=task.precision,
         )  # fmt: skip

@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ddbench import data as ddata
+from ddbench import engine
 from ddbench.augment import DSA
-from ddbench.engine import Recipe, accuracy, is_main_process, pick_device, train
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
@@ -89,8 +89,8 @@ class Protocol:
         canon = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
-    def recipe(self, augment: str | None, lr: float | None = None) -> Recipe:
-        return Recipe(
+    def recipe(self, augment: str | None, lr: float | None = None) -> engine.Recipe:
+        return engine.Recipe(
             epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
             lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
@@ -165,7 +165,7 @@ def evaluate(
     meta = synset.meta
     dataset = meta.get("dataset")
     spec = ddata.get_spec(dataset)
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = engine.pick_device(device) if not isinstance(device, torch.device) else device
     if synset.soft_labels and protocol.labels == "hard":
         raise DDBenchError(
             f"this set carries soft labels; protocol {protocol.name!r} trains on hard labels. "
@@ -224,12 +224,12 @@ def evaluate(
     groups = [todo] if stacked else [[s] for s in todo]
     losses = []
     for group in (g for g in groups if g):
-        trained = train(
+        trained = engine.train(
             build, group, images, targets, recipe, device=device, lr=lr,
             weights=synset.weights, augment=dsa, parallel=stacked, teacher=teacher,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
         )  # fmt: skip
-        accs_g = accuracy(
+        accs_g = engine.accuracy(
             trained.models, test.images, test.labels, transform=transform, precision=precision
         )
         done.update(zip(group, accs_g))
@@ -329,7 +329,7 @@ def _save_partial(path: str | Path | None, key: str, done: dict[int, float]) -> 
 def write_result(result: dict, path: str | Path) -> Path:
     """Write ``result.json`` atomically (under ``torchrun`` on rank 0 only: every rank holds the
     same result)."""
-    if is_main_process():
+    if engine.is_main_process():
         text = json.dumps(result, indent=2, sort_keys=False, default=str)
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
     return Path(path)

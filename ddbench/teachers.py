@@ -25,9 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddbench import data
+from ddbench import data, engine
 from ddbench.cache import CachedConfig, cache_root, lock
-from ddbench.engine import Recipe, accuracy, pick_device, train
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
@@ -91,7 +90,7 @@ def get_teacher(
     progress: bool = True,
 ) -> tuple[nn.Module, dict]:
     """The cached teacher for ``(dataset, cfg)``; trained (or resumed) first if missing."""
-    device = pick_device(device) if isinstance(device, str) else device
+    device = engine.pick_device(device) if isinstance(device, str) else device
     path = teacher_path(dataset, cfg)
     if path.exists():
         try:
@@ -122,7 +121,7 @@ def train_teacher(
     path.parent.mkdir(parents=True, exist_ok=True)
     tr, val = data.load_split(dataset, "train"), data.load_split(dataset, "val")
     strategy = {"none": None, "dsa": spec.dsa_strategy}.get(cfg.augment, cfg.augment)
-    recipe = Recipe(
+    recipe = engine.Recipe(
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
         augment=strategy,
@@ -142,14 +141,14 @@ def train_teacher(
         state["seconds"] = before + time.perf_counter() - t0
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
-    result = train(
+    result = engine.train(
         lambda: _build(dataset, cfg), [cfg.seed], tr.normalize(tr.images), tr.labels, recipe,
         device=device, progress=f"teacher {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
         distributed=False,  # trained by the one process holding the cache lock (see cache.lock)
     )  # fmt: skip
     net = result.models[0]
-    val_acc = accuracy([net], val.images, val.labels, transform=tr.normalize)[0]
+    val_acc = engine.accuracy([net], val.images, val.labels, transform=tr.normalize)[0]
     meta = {
         "kind": "teacher",
         "schema": SCHEMA,
