@@ -21,9 +21,9 @@ training loop achieves (FLOPs of ConvNet-3 counted from the architecture; train 
 augmentation, norms and activations not counted).
 
 Allocators. Both implementations run in this one process, so they always share one allocator;
-importing ``ddbench`` applies its glibc ``mallopt`` settings to the whole process (that is the
-point: the comparison isolates the training loop, not the allocator). This script does NOT
-re-exec itself with tcmalloc as the ``ddbench`` CLI does; pick the allocator at launch::
+this script applies the CLI's glibc ``mallopt`` settings to the whole process (that is the point:
+the comparison isolates the training loop, not the allocator). This script does NOT re-exec
+itself with tcmalloc as the ``ddbench`` CLI does; pick the allocator at launch::
 
     # glibc with ddbench's mallopt (no mmap for large blocks, big trim threshold), both sides
     python bench/eval_speed.py --ipc 1 10 --epochs 1000 --seeds 0 1 2 --impl both \\
@@ -60,13 +60,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import ddbench  # noqa: F401  (applies the allocator settings to this process)
 from ddbench import _alloc
 from ddbench import data as ddata
 from ddbench.augment import DSA
 from ddbench.engine import Recipe, accuracy, should_compile, train
 from ddbench.models import create_model
 from ddbench.protocol import Protocol
+
+_alloc.configure()  # the CLI's glibc settings in this process (unless DDBENCH_ALLOCATOR=system)
 
 REPO = Path(__file__).resolve().parents[1]
 

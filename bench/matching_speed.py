@@ -57,7 +57,6 @@ from eval_speed import (  # noqa: E402  (the original DC helpers, written out on
     measure_peak,
 )
 
-import ddbench  # noqa: E402,F401  (applies the allocator settings to this process)
 from ddbench import _alloc  # noqa: E402
 from ddbench import data as ddata  # noqa: E402
 from ddbench.augment import DSA  # noqa: E402

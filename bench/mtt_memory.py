@@ -264,9 +264,10 @@ def planner(args: argparse.Namespace, images_u8: torch.Tensor, labels: torch.Ten
 def run_side(args: argparse.Namespace) -> None:
     from safetensors.torch import load_file, save_file
 
-    import ddbench  # noqa: F401  (the allocator settings of the chosen --allocator)
     from ddbench import _alloc
     from ddbench.protocol import peak_memory_bytes
+
+    _alloc.configure()  # the allocator settings of the chosen --allocator, as the CLI sets them
 
     t = load_file(args.inputs)
     dtype = torch.float64 if SIDES[args.side][1] == "fp64" else torch.float32

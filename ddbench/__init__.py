@@ -1,10 +1,6 @@
 """ddbench: a dataset-distillation benchmark with one pinned evaluation protocol."""
 
-from ddbench import _alloc
-
 __version__ = "0.1.0"
-
-_alloc.configure()
 
 
 def __getattr__(name: str):

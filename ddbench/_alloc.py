@@ -1,10 +1,12 @@
-"""Allocator behaviour at start-up.
+"""The memory allocator of the ``ddbench`` command.
 
 Tiny-batch training allocates and frees the same large buffers thousands of times. With
 glibc's defaults each large buffer is an ``mmap``/``munmap`` pair, so every step pays page
-faults (about a third of CPU time in the original DC evaluation loop). Turning glibc's mmap
-off for the heap and raising its trim threshold keeps freed memory in the heap for reuse. The CLI goes further: where
-Debian's tcmalloc is installed it re-executes itself with it preloaded (see ``ddbench.cli``).
+faults (about a third of CPU time in the original DC evaluation loop). :func:`configure` turns
+glibc's mmap off for the heap and raises its trim threshold, which keeps freed memory in the
+heap for reuse; where Debian's tcmalloc is installed the CLI instead restarts itself with it
+preloaded (``ddbench.cli``). Only the CLI calls :func:`configure`: importing ``ddbench``
+leaves the process's allocator as it is (a script that wants the same settings calls it).
 ``DDBENCH_ALLOCATOR=system`` turns both off.
 """
 
@@ -28,7 +30,8 @@ state = {"mallopt": False}
 
 
 def configure() -> None:
-    """Set glibc's mmap/trim thresholds once per process (no-op elsewhere)."""
+    """Set glibc's mmap/trim thresholds once for this process (a no-op off glibc, with
+    ``DDBENCH_ALLOCATOR=system`` or under a preloaded allocator)."""
     if state["mallopt"] or os.environ.get("DDBENCH_ALLOCATOR") == "system":
         return
     if not sys.platform.startswith("linux") or preloaded_allocator():

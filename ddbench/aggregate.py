@@ -22,6 +22,8 @@ from typing import Any
 
 from ddbench.errors import DDBenchError
 
+# protocol and synset import torch: imported where used, so `ddbench aggregate` starts fast.
+
 COLUMNS = ("method", "dataset", "ipc", "protocol", "hash", "model", "split")
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
+import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
 
@@ -23,8 +29,6 @@ def cache_root() -> Path:
 def lock(path: Path, what: str = "this entry"):
     """An exclusive lock on ``path`` across processes (advisory ``flock``); ``what`` names the
     guarded work in the log line of a process that has to wait."""
-    import fcntl
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         try:
@@ -49,8 +53,6 @@ class CachedConfig:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None):
-        from ddbench.errors import DDBenchError
-
         cfg = dict(cfg or {})
         extra = sorted(set(cfg) - set(cls.__dataclass_fields__))
         if extra:
@@ -58,10 +60,6 @@ class CachedConfig:
         return cls(**cfg)
 
     def key(self, dataset: str) -> str:
-        import hashlib
-        import json
-        from dataclasses import asdict
-
         fields = asdict(self)
         for name in self._HASHED_IF_SET:
             if fields[name] == self.__dataclass_fields__[name].default:

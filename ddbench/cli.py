@@ -28,7 +28,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ddbench import _alloc
 from ddbench.errors import DDBenchError
+
+# Each command imports the modules it needs (they import torch, hydra: seconds) when it runs, so
+# that `ddbench --help` and the plain commands start fast.
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
 OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "expert")
@@ -41,33 +45,48 @@ def _fail(msg: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
-def _maybe_reexec_with_tcmalloc() -> None:
+# Run by the restarted interpreter: the parent's sys.path, so that the parent's ddbench is the
+# one imported (``python -m`` would put the working directory, and any ``ddbench/`` in it, first).
+_RESTART_CODE = (
+    "import os, sys; sys.path[:] = os.environ.pop('_DDBENCH_SYSPATH').split(os.pathsep); "
+    "from ddbench.cli import main; main()"
+)
+
+
+def restart_command(preload: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that rerun this ``ddbench`` command with ``preload`` in
+    ``LD_PRELOAD``: the same interpreter, arguments and module search path as this process."""
+    env = dict(
+        os.environ,
+        LD_PRELOAD=(preload + " " + os.environ.get("LD_PRELOAD", "")).strip(),
+        _DDBENCH_REEXEC="1",
+        _DDBENCH_SYSPATH=os.pathsep.join(p or os.getcwd() for p in sys.path),
+    )
+    return [sys.executable, "-c", _RESTART_CODE, *sys.argv[1:]], env
+
+
+def _maybe_restart_with_tcmalloc() -> None:
     """Re-run this process with Debian's tcmalloc preloaded, where installed.
 
     Per-step allocations of small-batch training make glibc's malloc page-fault heavily;
     ``DDBENCH_ALLOCATOR=system`` keeps the default allocator.
     """
-    from ddbench import _alloc
-
     if os.environ.get("DDBENCH_ALLOCATOR") in ("system", "glibc") or _alloc.preloaded_allocator():
         return
     path = _alloc.tcmalloc_path()
     if path is None or os.environ.get("_DDBENCH_REEXEC"):
         return
-    env = dict(
-        os.environ,
-        LD_PRELOAD=(path + " " + os.environ.get("LD_PRELOAD", "")).strip(),
-        _DDBENCH_REEXEC="1",
-    )
+    argv, env = restart_command(path)
     try:
-        os.execve(sys.executable, [sys.executable, "-m", "ddbench.cli", *sys.argv[1:]], env)
+        os.execve(sys.executable, argv, env)
     except OSError:
         return
 
 
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # a real command line (not a call from Python): pick the allocator
-        _maybe_reexec_with_tcmalloc()
+        _maybe_restart_with_tcmalloc()
+        _alloc.configure()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-") and "=" not in a), None)
     if command in (None, "-h", "--help", "help") or (
@@ -158,8 +177,9 @@ def _run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
-    """A hash of the parts of the config that define a job's output."""
+def config_key(cfg: Any, keys: tuple[str, ...], **resolved: Any) -> str:
+    """A hash of the parts of the config that define a job's output; ``resolved`` values (the
+    precisions a job resolved, see :func:`_precisions`) stand in for the config's own."""
     from omegaconf import OmegaConf
 
     sub = {
@@ -167,6 +187,7 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
         for k in keys
         if k in cfg
     }
+    sub.update(resolved)
     ds = sub.get("dataset")
     if isinstance(ds, dict) and not ds.get("zca"):  # the keys of runs without ZCA stay as before
         ds.pop("zca", None)
@@ -176,6 +197,20 @@ def config_key(cfg: Any, keys: tuple[str, ...]) -> str:
     if sub.get("kernels") == "auto":  # and for the default kernels: kernels=off gets its own
         sub.pop("kernels")
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _precisions(cfg) -> tuple[str | None, str]:
+    """A job's (distillation, evaluation) precision. ``precision=auto`` distils in bf16 where
+    the device computes bf16 natively (``engine.resolve_precision``), else fp32, and evaluates
+    in fp32, so that a protocol's numbers do not change with the machine; ``fp32`` and ``bf16``
+    apply to both. ``ddbench evaluate`` distils nothing (None)."""
+    from ddbench.engine import pick_device, resolve_precision
+
+    given = str(cfg.precision)
+    evaluation = "fp32" if given == "auto" else resolve_precision(given, "cpu")  # checks it
+    if "synset" in cfg:  # ddbench evaluate: scores a given set
+        return None, evaluation
+    return resolve_precision(given, pick_device(cfg.device)), evaluation
 
 
 _DISTILL_KEYS = ("dataset", "method", "ipc", "seed", "model", "precision", "kernels")
@@ -238,7 +273,8 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     method.apply_recipe(name, int(cfg.ipc), explicit=_overridden("method"))
     log.info("method %s:\n%s", method.name, OmegaConf.to_yaml(method.config))
     cfg = OmegaConf.merge(cfg, {"method": method.config})  # the key covers the recipe applied
-    key = config_key(cfg, _DISTILL_KEYS)
+    precision = _precisions(cfg)[0]
+    key = config_key(cfg, _DISTILL_KEYS, precision=precision)
     out = run_dir / "synset.safetensors"
     if out.exists() and not cfg.force:
         try:
@@ -262,6 +298,7 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
 
     zca = {"zca": bool(cfg.dataset.get("zca", False))}
     zca["zca_eps"] = float(cfg.dataset.get("zca_eps", data.ZCA_EPS))
+    log.info("distilling in %s (precision=%s)", precision, cfg.precision)
     task = Task(
         train=data.load_split(name, "train", **zca),
         ipc=int(cfg.ipc),
@@ -272,7 +309,7 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
         augment=DSA(spec.dsa_strategy),
         logger=tracker,
         checkpointer=Checkpointer(run_dir, key, int(cfg.checkpoint_every)),
-        precision=cfg.precision,
+        precision=precision,
         val_loader=lambda: data.load_split(name, "val", **zca),
     )
     torch.manual_seed(int(cfg.seed))
@@ -301,7 +338,7 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     split = _eval_split(cfg)
     result = evaluate(
         s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
-        precision=cfg.precision, parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
+        precision=_precisions(cfg)[1], parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
         partial=run_dir / "result.partial.json", split=split,
     )  # fmt: skip
     result["config_key"] = _run_key(cfg)
@@ -332,9 +369,14 @@ def _eval_split(cfg) -> str:
 
 
 def _run_key(cfg) -> str:
-    """config_key of a run; a val evaluation gets its own key (test keys stay as they were)."""
+    """config_key of a run; a val evaluation gets its own key (test keys stay as they were), and
+    so does a run that distils in another precision than it evaluates in (``precision=auto``)."""
     keys = _RUN_KEYS if _eval_split(cfg) == "test" else (*_RUN_KEYS, "eval_split")
-    return config_key(cfg, keys)
+    distill, evaluation = _precisions(cfg)
+    resolved = {"precision": distill or evaluation}
+    if distill not in (None, evaluation):
+        resolved["eval_precision"] = evaluation
+    return config_key(cfg, keys, **resolved)
 
 
 def _done(cfg, run_dir: Path, synset_sha256: str | None = None) -> dict | None:
@@ -501,10 +543,9 @@ def cmd_export(args: list[str]) -> None:
 
 
 def cmd_teacher(args: list[str]) -> None:
-    from omegaconf import OmegaConf
-
-    from ddbench import teachers
+    from ddbench import data, teachers
     from ddbench.engine import pick_device
+    from ddbench.protocol import protocol_config
 
     p = argparse.ArgumentParser(
         prog="ddbench teacher", description="train (once, resumable) or list cached teachers"
@@ -527,13 +568,11 @@ def cmd_teacher(args: list[str]) -> None:
             print(f"  {t['dataset']:14s} {c['model']:10s} {c['epochs']:4d} ep  seed {c['seed']}  "
                   f"val {t['val_accuracy']:.2f}%  {t['train_seconds']:.0f}s  {t['path']}")  # fmt: skip
         return
-    from ddbench import data
-
     data.get_spec(a.dataset)
-    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{a.protocol}.yaml"
-    if not f.is_file():
+    protocol = protocol_config(a.protocol)
+    if protocol is None:
         raise DDBenchError(f"unknown protocol {a.protocol!r}")
-    node = OmegaConf.to_container(OmegaConf.load(str(f))).get("teacher")
+    node = protocol.get("teacher")
     if not node:
         raise DDBenchError(f"protocol {a.protocol!r} uses no teacher")
     node.update(

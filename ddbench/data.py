@@ -27,17 +27,15 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ddbench.augment import ZCA
 from ddbench.cache import lock
 from ddbench.errors import DDBenchError
-
-if TYPE_CHECKING:
-    from ddbench.augment import ZCA
 
 # ----------------------------------------------------------------------------- catalogue
 
@@ -648,10 +646,6 @@ def fit_zca(name: str, eps: float = ZCA_EPS, *, prepare_if_missing: bool = True)
     ``kornia.enhance.zca_mean`` (unbiased covariance, eigenvalues + ``eps``) on the normalised
     TRAIN split (val held out, as everything methods see) and cached beside the prepared data
     (``zca_eps<eps>.safetensors``, refitted when the prepared data changes)."""
-    from safetensors.torch import load_file
-
-    from ddbench.augment import ZCA
-
     eps = float(eps)
     if not (np.isfinite(eps) and eps > 0):
         raise DDBenchError(f"zca_eps must be a positive number, got {eps}")

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench import modifiers
+from ddbench import engine, modifiers
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
@@ -296,17 +296,15 @@ class ImageDistillation(Method):
     ) -> float:
         """Mean accuracy (%) on the val split of ``eval_seeds`` models trained on the images for
         ``eval_epochs`` epochs (the set's protocol recipe otherwise). Never touches test."""
-        from ddbench.engine import Recipe, accuracy, train
-
         augment = task.spec.dsa_strategy if self.protocol == "standard" else None
-        recipe = Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
+        recipe = engine.Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
         with torch.random.fork_rng(devices=[]):  # engine.train seeds the global RNG
-            trained = train(
+            trained = engine.train(
                 task.model_factory, self.eval_seeds, images.detach(), labels, recipe,
                 device=task.device,
             )  # fmt: skip
         val = task.val
-        accs = accuracy(
+        accs = engine.accuracy(
             trained.models, val.images, val.labels, transform=task.normalize,
             precision=task.precision,
         )  # fmt: skip

@@ -21,11 +21,13 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddbench.augment import DSA
 from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
@@ -93,6 +95,39 @@ def autocast(device: torch.device | str, precision: str):
             device_type=torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False
         )
     return contextlib.nullcontext()
+
+
+# CPU flags of native bf16 arithmetic (x86: AVX-512 BF16, AMX); elsewhere bf16 is emulated.
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU that supports it without emulation, or a
+    CPU with AVX-512 BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and bool(cpu_flags() & set(NATIVE_BF16_CPU_FLAGS))
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``bf16`` where ``device`` computes bf16 natively (:func:`native_bf16`), else
+    ``fp32``; ``fp32`` and ``bf16`` are returned as given."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise DDBenchError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    return precision
 
 
 def pick_device(device: str | None = "auto") -> torch.device:
@@ -532,8 +567,6 @@ def train(
     device = pick_device(device) if isinstance(device, str) else device
     rank, world = init_distributed() if distributed and world_info()[1] > 1 else (0, 1)
     if augment is None and recipe.augment:
-        from ddbench.augment import DSA
-
         augment = DSA(recipe.augment)
     x_all = images.to(device, torch.float32)
     y_all = targets.to(device)

@@ -39,10 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddbench import data, engine
 from ddbench.cache import CachedConfig, cache_root, lock
+from ddbench.engine import pick_device
 from ddbench.errors import DDBenchError
+from ddbench.models import create_model
+from ddbench.provenance import versions
+from ddbench.synset import atomic_write, read_header
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1
@@ -171,10 +178,7 @@ def expert_path(dataset: str, cfg: ExpertConfig, i: int) -> Path:
 
 def build_expert_model(dataset: str, cfg: ExpertConfig) -> nn.Module:
     """A fresh network of the experts' architecture (for ``FlatModel``)."""
-    from ddbench.data import get_spec
-    from ddbench.models import create_model
-
-    spec = get_spec(dataset)
+    spec = data.get_spec(dataset)
     return create_model(
         cfg.model, spec.channels, spec.num_classes, spec.im_size, **cfg.model_kwargs
     )
@@ -213,11 +217,6 @@ class FlatModel:
 
 def load_expert(path: str | Path) -> tuple[torch.Tensor, dict]:
     """``(trajectory [E+1, P], metadata)`` of one cached expert file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ddbench.synset import read_header
-
     path = Path(path)
     meta = read_header(path) if path.exists() else None
     if meta is None or meta.get("kind") != "expert":
@@ -240,8 +239,6 @@ def get_experts(
 ) -> list[torch.Tensor]:
     """The trajectories ``[E+1, P]`` (on CPU) of experts ``0..n-1`` for ``(dataset, cfg)``;
     the missing ones are trained (or resumed) first on ``device``, each once across processes."""
-    from ddbench.engine import pick_device
-
     if n < 1:
         raise DDBenchError(f"need at least one expert, got n={n}")
     device = pick_device(device) if isinstance(device, str) else device
@@ -282,8 +279,6 @@ def _cached(dataset: str, cfg: ExpertConfig, i: int) -> torch.Tensor | None:
 def _images(dataset: str, cfg: ExpertConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """The train split in the experts' image space: normalised and, with ``cfg.zca``, whitened
     by the dataset's cached ZCA (:func:`ddbench.data.fit_zca`), the one a ZCA task uses."""
-    from ddbench import data
-
     tr = data.load_split(dataset, "train", zca=cfg.zca, zca_eps=cfg.zca_eps)
     return tr.normalize(tr.images), tr.labels
 
@@ -293,12 +288,6 @@ def train_expert(
 ) -> torch.Tensor:
     """Train expert ``i`` with the engine, recording its flat parameters after every epoch and
     checkpointing them with the engine's state; store the trajectory in the cache."""
-    from safetensors.torch import save_file
-
-    from ddbench import data, engine
-    from ddbench.protocol import versions
-    from ddbench.synset import atomic_write
-
     spec = data.get_spec(dataset)
     path = expert_path(dataset, cfg, i)
     state_path = path.with_suffix(".train_state.pt")

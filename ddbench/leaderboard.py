@@ -27,7 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ddbench
 from ddbench.errors import DDBenchError
+
+# The ddbench modules that import torch (data, protocol, synset) are imported where they are
+# used, so that `ddbench leaderboard build` and `ddbench aggregate` start in well under a second
+# (importing torch takes seconds).
 
 DEFAULT_BOARD = "leaderboard"
 MiB = 1024 * 1024
@@ -313,14 +318,9 @@ def _check_accuracy_consistent(result: dict, places: float = 0.01) -> None:
 
 
 def _pinned_protocol(name: str):
-    import importlib.resources
+    from ddbench.protocol import Protocol, protocol_config
 
-    from omegaconf import OmegaConf
-
-    from ddbench.protocol import Protocol
-
-    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{name}.yaml"
-    return Protocol.from_config(OmegaConf.to_container(OmegaConf.load(str(f))))
+    return Protocol.from_config(protocol_config(name))
 
 
 def _safe(name: str) -> str:
@@ -338,7 +338,6 @@ def submit(
     limits: Limits | None = None,
 ) -> Path:  # fmt: skip
     """Validate and add a submission to ``board``; returns the entry's path."""
-    import ddbench
     from ddbench.synset import atomic_write
 
     board = Path(board)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ddbench.data import DatasetSpec, RealDataset
 from ddbench.errors import DDBenchError
+from ddbench.provenance import peak_memory_bytes
 from ddbench.synset import SyntheticSet, atomic_write
 
 log = logging.getLogger("ddbench")
@@ -415,8 +416,6 @@ def build_method(method_cfg: Mapping[str, Any]) -> Method:
 def run_distill(method: Method, task: Task) -> SyntheticSet:
     """Call ``method.distill`` and record its cost (wall time, peak memory, device, precision)
     in the set."""
-    from ddbench.protocol import peak_memory_bytes
-
     if task.ipc is not None and task.ipc < 1:
         raise DDBenchError(f"ipc must be >= 1, got {task.ipc}")
     method.apply_recipe(task.spec.name, task.ipc)

@@ -8,10 +8,8 @@ and std over the protocol's fixed seeds. Nothing is selected on the test split.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
-import platform
-import resource
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -19,8 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+from ddbench import data as ddata
+from ddbench import engine
+from ddbench.augment import DSA
 from ddbench.errors import DDBenchError
+from ddbench.models import create_model
+from ddbench.provenance import peak_memory_bytes, versions
+from ddbench.synset import atomic_write
+from ddbench.teachers import TeacherConfig, get_teacher
 
 # Keys that change what a protocol measures; hashed in this order.
 _HASHED = (
@@ -83,47 +89,14 @@ class Protocol:
         canon = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
-    def recipe(self, augment: str | None, lr: float | None = None):
-        from ddbench.engine import Recipe
-
-        return Recipe(
+    def recipe(self, augment: str | None, lr: float | None = None) -> engine.Recipe:
+        return engine.Recipe(
             epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
             lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
             augment=augment, loss=self.loss, temperature=self.temperature,
             hard_weight=self.hard_weight, mixup=self.mixup, cutmix=self.cutmix,
         )  # fmt: skip
-
-
-def peak_memory_bytes(device: torch.device | None = None) -> int:
-    """Peak resident memory of this process image (or of the CUDA allocator on a GPU):
-    ``VmHWM`` on Linux (``ru_maxrss`` survives ``exec``, so after the CLI's allocator re-exec or
-    in a benchmark's child it could report the parent's peak), else ``ru_maxrss``."""
-    if device is not None and device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def versions() -> dict[str, str]:
-    import numpy
-
-    import ddbench
-    from ddbench import _alloc
-
-    return {
-        "ddbench": ddbench.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "allocator": _alloc.describe(),
-    }
 
 
 def set_space_transform(synset_meta, train_split, zca=None):
@@ -141,9 +114,7 @@ def set_space_transform(synset_meta, train_split, zca=None):
     if not space.get("zca"):
         zca = None
     elif zca is None:
-        from ddbench.data import ZCA_EPS, fit_zca
-
-        zca = fit_zca(train_split.spec.name, float(space.get("zca_eps", ZCA_EPS)))
+        zca = ddata.fit_zca(train_split.spec.name, float(space.get("zca_eps", ddata.ZCA_EPS)))
     normalized = space.get("normalized", True)
     if zca is not None and not normalized:
         raise DDBenchError("a ZCA space is fitted on normalised images; this set says it is not")
@@ -189,17 +160,12 @@ def evaluate(
     ``partial``: a JSON file where each seed's accuracy is written as soon as it is known; an
     interrupted evaluation rerun with the same file, set, protocol and model skips those seeds.
     """
-    from ddbench import data as ddata
-    from ddbench.augment import DSA
-    from ddbench.engine import accuracy, pick_device, stacks, train
-    from ddbench.models import create_model
-
     if split not in ("test", "val"):
         raise DDBenchError(f"split must be test or val, not {split!r}")
     meta = synset.meta
     dataset = meta.get("dataset")
     spec = ddata.get_spec(dataset)
-    device = pick_device(device) if not isinstance(device, torch.device) else device
+    device = engine.pick_device(device) if not isinstance(device, torch.device) else device
     if synset.soft_labels and protocol.labels == "hard":
         raise DDBenchError(
             f"this set carries soft labels; protocol {protocol.name!r} trains on hard labels. "
@@ -234,8 +200,6 @@ def evaluate(
     kwargs = dict(model_kwargs or {})
     teacher, teacher_meta = None, None
     if protocol.labels == "teacher":
-        from ddbench.teachers import TeacherConfig, get_teacher
-
         if meta.get("space", {}).get("zca"):
             raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
         teacher, teacher_meta = get_teacher(
@@ -259,16 +223,16 @@ def evaluate(
     # the engine decides whether the seeds train stacked; one by one, each seed's score is saved
     # (``partial``) as soon as it is known
     with torch.random.fork_rng(devices=[]):  # a probe model; the seeds' models are unchanged
-        stacked = len(todo) > 1 and stacks(parallel, device, build())
+        stacked = len(todo) > 1 and engine.stacks(parallel, device, build())
     groups = [todo] if stacked else [[s] for s in todo]
     losses = []
     for group in (g for g in groups if g):
-        trained = train(
+        trained = engine.train(
             build, group, images, targets, recipe, device=device, lr=lr,
             weights=synset.weights, augment=dsa, parallel=parallel, teacher=teacher,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
         )  # fmt: skip
-        accs_g = accuracy(
+        accs_g = engine.accuracy(
             trained.models, test.images, test.labels, transform=transform, precision=precision
         )
         done.update(zip(group, accs_g))
@@ -368,24 +332,47 @@ def _save_partial(path: str | Path | None, key: str, done: dict[int, float]) -> 
 def write_result(result: dict, path: str | Path) -> Path:
     """Write ``result.json`` atomically (under ``torchrun`` on rank 0 only: every rank holds the
     same result)."""
-    from ddbench.engine import is_main_process
-    from ddbench.synset import atomic_write
-
-    if is_main_process():
+    if engine.is_main_process():
         text = json.dumps(result, indent=2, sort_keys=False, default=str)
         atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
     return Path(path)
 
 
-def pinned_protocol_hash(name: str) -> str | None:
-    """The hash of ``conf/protocol/<name>.yaml`` as shipped, or None if there is no such file."""
-    import importlib.resources
+def protocol_config(name: str) -> dict[str, Any] | None:
+    """``conf/protocol/<name>.yaml`` as shipped, composed as Hydra composes the ``protocol``
+    group: the protocols named in its ``defaults`` list first, in order, then its own keys
+    (``_self_``, last unless placed); None if there is no such protocol."""
+    node = _protocol_node(name, ())
+    return None if node is None else OmegaConf.to_container(node)
 
-    from omegaconf import OmegaConf
 
+def _protocol_node(name: str, seen: tuple[str, ...]):
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
     f = importlib.resources.files("ddbench.conf") / "protocol" / f"{name}.yaml"
     if not f.is_file():
         return None
-    return Protocol.from_config(OmegaConf.to_container(OmegaConf.load(str(f)))).hash
+    if name in seen:
+        raise DDBenchError(f"conf/protocol: {' -> '.join((*seen, name))} is a cycle")
+    own = OmegaConf.load(str(f))
+    defaults = list(own.pop("defaults", []))
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    merged = OmegaConf.create()
+    for entry in defaults:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, own)
+            continue
+        base = _protocol_node(entry, (*seen, name)) if isinstance(entry, str) else None
+        if base is None:
+            raise DDBenchError(
+                f"conf/protocol/{name}.yaml: defaults entry {entry!r} is not a protocol"
+            )
+        merged = OmegaConf.merge(merged, base)
+    return merged
+
+
+def pinned_protocol_hash(name: str) -> str | None:
+    """The hash of ``conf/protocol/<name>.yaml`` as shipped, or None if there is no such file."""
+    cfg = protocol_config(name)
+    return None if cfg is None else Protocol.from_config(cfg).hash

@@ -35,6 +35,9 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+import ddbench
+from ddbench.augment import ZCA
+from ddbench.data import CATALOGUE, ZCA_EPS, fit_zca, get_spec, read_image_folder
 from ddbench.errors import DDBenchError
 
 SCHEMA_VERSION = 1
@@ -114,8 +117,6 @@ class SyntheticSet(Dataset):
             return self.images.float()
         zca = self.zca
         if zca is None:
-            from ddbench.data import ZCA_EPS, fit_zca
-
             zca = fit_zca(self.meta.get("dataset"), float(space.get("zca_eps", ZCA_EPS)))
         return zca.inverse(self.images.float())
 
@@ -245,8 +246,6 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     """Validate and write ``synset`` to ``path`` atomically; returns the path."""
     from safetensors.torch import save_file
 
-    import ddbench
-
     _validate_tensors(synset.images, synset.labels, synset.meta, str(path))
     _check_zca(synset.images, synset.zca, synset.meta, str(path))
     tensors = synset.tensors()
@@ -354,8 +353,6 @@ def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
         raise DDBenchError(f"{path}: checksum mismatch, the tensors were changed after saving")
     labels = t.get("labels")
     if storage == "topk":
-        from ddbench.data import CATALOGUE
-
         spec = CATALOGUE.get(meta.get("dataset"))
         num_classes = int(meta.get("num_classes") or (spec.num_classes if spec else 0))
         labels = decode_topk(*(t[k] for k in TOPK_KEYS), num_classes, str(path))
@@ -367,8 +364,6 @@ def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
 
 def _load_zca(t: dict[str, torch.Tensor], meta: dict, where: str) -> Any:
     """The stored ZCA of a set file (None if it stores none); its inverse is computed here."""
-    from ddbench.augment import ZCA
-
     present = [k for k in ZCA_KEYS if k in t]
     if not present:
         return None
@@ -410,8 +405,6 @@ def _check_zca(images: torch.Tensor, zca: Any, meta: dict, where: str) -> None:
 
 def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, where: str) -> None:
     """The checks shared by save and load: finiteness, shapes, label range, per-class budget."""
-    from ddbench.data import CATALOGUE
-
     if images.dim() != 4:
         raise DDBenchError(f"{where}: images must be [N,C,H,W], got shape {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -478,8 +471,6 @@ def _torch_load(path: Path) -> Any:
 
 
 def _space(dataset: str, zca: bool) -> dict:
-    from ddbench.data import get_spec
-
     spec = get_spec(dataset)
     out = {"normalized": True, "mean": list(spec.mean), "std": list(spec.std), "zca": zca}
     if zca:  # MTT/FTD/DATM whiten with kornia's ZCAWhitening(eps=0.1) fitted on their train set
@@ -490,8 +481,6 @@ def _space(dataset: str, zca: bool) -> dict:
 def _imported(
     images, labels, dataset, origin, lr=None, zca=False, protocol="standard"
 ) -> SyntheticSet:
-    from ddbench.data import get_spec
-
     spec = get_spec(dataset)
     images = images.detach().float().cpu()
     labels = labels.detach().cpu()
@@ -579,8 +568,6 @@ def _safe_dirname(name: str) -> str:
 
 def import_image_folder(root: str | Path, dataset: str) -> SyntheticSet:
     """Class folders of PNG/JPEG images (folder order = the dataset's class order)."""
-    from ddbench.data import get_spec, read_image_folder
-
     spec = get_spec(dataset)
     root = Path(root)
     if not root.is_dir():

@@ -21,10 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddbench import data, engine
 from ddbench.cache import CachedConfig, cache_root, lock
 from ddbench.errors import DDBenchError
+from ddbench.models import create_model
+from ddbench.provenance import versions
+from ddbench.synset import atomic_write, read_header
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1
@@ -54,10 +60,7 @@ def teacher_path(dataset: str, cfg: TeacherConfig) -> Path:
 
 
 def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
-    from ddbench.data import get_spec
-    from ddbench.models import create_model
-
-    spec = get_spec(dataset)
+    spec = data.get_spec(dataset)
     return create_model(
         cfg.model, spec.channels, spec.num_classes, spec.im_size, **cfg.model_kwargs
     )
@@ -65,11 +68,6 @@ def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A cached teacher (in eval mode) and its metadata."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ddbench.synset import read_header
-
     path = Path(path)
     meta = read_header(path) if path.exists() else None
     if meta is None or meta.get("kind") != "teacher":
@@ -92,9 +90,7 @@ def get_teacher(
     progress: bool = True,
 ) -> tuple[nn.Module, dict]:
     """The cached teacher for ``(dataset, cfg)``; trained (or resumed) first if missing."""
-    from ddbench.engine import pick_device
-
-    device = pick_device(device) if isinstance(device, str) else device
+    device = engine.pick_device(device) if isinstance(device, str) else device
     path = teacher_path(dataset, cfg)
     if path.exists():
         try:
@@ -119,20 +115,13 @@ def train_teacher(
     dataset: str, cfg: TeacherConfig, *, device: torch.device, progress: bool = True
 ) -> tuple[nn.Module, dict]:
     """Train a teacher with the engine, checkpointing every epoch, and store it in the cache."""
-    from safetensors.torch import save_file
-
-    from ddbench import data
-    from ddbench.engine import Recipe, accuracy, train
-    from ddbench.protocol import versions
-    from ddbench.synset import atomic_write
-
     spec = data.get_spec(dataset)
     path = teacher_path(dataset, cfg)
     state_path = path.with_suffix(".train_state.pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     tr, val = data.load_split(dataset, "train"), data.load_split(dataset, "val")
     strategy = {"none": None, "dsa": spec.dsa_strategy}.get(cfg.augment, cfg.augment)
-    recipe = Recipe(
+    recipe = engine.Recipe(
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
         augment=strategy,
@@ -152,14 +141,14 @@ def train_teacher(
         state["seconds"] = before + time.perf_counter() - t0
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
-    result = train(
+    result = engine.train(
         lambda: _build(dataset, cfg), [cfg.seed], tr.normalize(tr.images), tr.labels, recipe,
         device=device, progress=f"teacher {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
         distributed=False,  # trained by the one process holding the cache lock (see cache.lock)
     )  # fmt: skip
     net = result.models[0]
-    val_acc = accuracy([net], val.images, val.labels, transform=tr.normalize)[0]
+    val_acc = engine.accuracy([net], val.images, val.labels, transform=tr.normalize)[0]
     meta = {
         "kind": "teacher",
         "schema": SCHEMA,
@@ -180,8 +169,6 @@ def train_teacher(
 
 def list_teachers() -> list[dict]:
     """Metadata of every cached teacher (with its ``path``)."""
-    from ddbench.synset import read_header
-
     out = []
     for f in sorted((cache_root() / "teachers").glob("*/*.safetensors")):
         try:

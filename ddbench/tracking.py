@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any
 
+from ddbench.errors import DDBenchError
+
 log = logging.getLogger("ddbench")
 
 
@@ -19,8 +21,6 @@ class Tracker:
     def __init__(self, kind: str = "console", project: str = "ddbench", group: str | None = None,
                  name: str | None = None, config: dict | None = None, directory: str | None = None):  # fmt: skip
         if kind not in ("console", "wandb"):
-            from ddbench.errors import DDBenchError
-
             raise DDBenchError(f"unknown logger {kind!r}; use console or wandb")
         self.kind = kind
         self.run = None

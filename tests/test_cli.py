@@ -29,7 +29,7 @@ def ddbench(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 def test_run_writes_set_result_and_log_then_skips_when_done(tmp_path):
     out = tmp_path / "r"
-    p = ddbench("run", *TINY, "ipc=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    p = ddbench("run", *TINY, "ipc=2", "precision=fp32", f"hydra.run.dir={out}", cwd=tmp_path)
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == "random" and result["dataset"] == "digits" and result["ipc"] == 2
     assert result["protocol"]["name"] == "quick" and result["protocol"]["comparable"] is False
@@ -37,7 +37,7 @@ def test_run_writes_set_result_and_log_then_skips_when_done(tmp_path):
     assert result["synset"]["sha256"] and (out / "synset.safetensors").exists()
     assert any(out.glob("*.log")) and (out / ".hydra" / "config.yaml").exists()
     assert "not comparable" in p.stdout
-    again = ddbench("run", *TINY, "ipc=2", f"hydra.run.dir={out}", cwd=tmp_path)
+    again = ddbench("run", *TINY, "ipc=2", "precision=fp32", f"hydra.run.dir={out}", cwd=tmp_path)
     assert "already done" in again.stdout
     from ddbench import synset
 

@@ -12,7 +12,7 @@ from ddbench.augment import DSA
 from ddbench.engine import Recipe, accuracy, lr_at, train
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
-from ddbench.protocol import Protocol, evaluate
+from ddbench.protocol import Protocol, evaluate, protocol_config
 
 
 def _build():
@@ -170,14 +170,9 @@ def test_protocol_hash_is_stable_and_tracks_the_recipe():
 
 def test_pinned_protocols_have_the_published_recipes():
     std, nodsa, llr = _standard(), None, None
-    from omegaconf import OmegaConf
 
-    nodsa = Protocol.from_config(
-        OmegaConf.to_container(OmegaConf.load(_conf("protocol/nodsa.yaml")))
-    )
-    llr = Protocol.from_config(
-        OmegaConf.to_container(OmegaConf.load(_conf("protocol/learned_lr.yaml")))
-    )
+    nodsa = Protocol.from_config(protocol_config("nodsa"))
+    llr = Protocol.from_config(protocol_config("learned_lr"))
     assert (std.epochs, std.lr, std.momentum, std.weight_decay, std.batch_size) == (
         1000,
         0.01,

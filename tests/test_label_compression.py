@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from ddbench import synset as synset_io
 from ddbench.errors import DDBenchError
 from ddbench.method import Checkpointer, Task
 from ddbench.methods.sre2l import SRe2L
-from ddbench.protocol import Protocol, evaluate
+from ddbench.protocol import Protocol, evaluate, protocol_config
 from ddbench.synset import decode_topk, encode_topk
 from ddbench.teachers import TeacherConfig, get_teacher
 
@@ -144,8 +143,7 @@ def test_sre2l_topk_set_loads_and_trains_on_its_stored_labels(digits_train, tmp_
     xb, yb = next(iter(DataLoader(loaded, batch_size=8)))  # a stock DataLoader serves it
     assert yb.shape == (8, K) and xb.shape == (8, 1, 8, 8)
     # evaluation on the stored labels (kd_set, shortened): storage and bytes in result.json
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / "protocol" / "kd_set.yaml"))
-    p = Protocol.from_config({**cfg, "epochs": 2, "seeds": [0]})
+    p = Protocol.from_config({**protocol_config("kd_set"), "epochs": 2, "seeds": [0]})
     r = evaluate(loaded, p, "convnet", {"net_width": 16}, device="cpu", progress=False)
     assert r["labels"]["kind"] == "soft" and r["labels"]["bytes"] == n * 8
     assert r["labels"]["storage"] == {"format": "topk", "k": 2, "dtype": "float16"}

@@ -28,7 +28,7 @@ from ddbench.methods.ftd import FTD, GSAMStep
 from ddbench.methods.mtt import MTT
 from ddbench.methods.selection import class_features
 from ddbench.methods.sre2l import class_consistent
-from ddbench.protocol import Protocol, evaluate
+from ddbench.protocol import Protocol, evaluate, protocol_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -374,8 +374,7 @@ def test_datm_soft_labels_are_stored_loaded_and_evaluated_under_learned_lr(
     back = ddbench.load(synset.save(s, tmp_path / "datm.safetensors"))
     assert back.meta["label_kind"] == "soft" and torch.equal(back.labels, s.labels)
     assert back.meta["protocol"] == "learned_lr"
-    llr = Protocol.from_config({**OmegaConf.to_container(OmegaConf.load(CONF / "protocol" / "learned_lr.yaml")),
-                                "epochs": 2, "seeds": [0]})  # fmt: skip
+    llr = Protocol.from_config({**protocol_config("learned_lr"), "epochs": 2, "seeds": [0]})
     r = evaluate(back, llr, "convnet", {"net_width": 16}, device="cpu", progress=False)
     assert r["labels"]["kind"] == "soft" and 0 <= r["accuracy"]["mean"] <= 100
 
