@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddbench import engine, modifiers
+from ddbench import engine, fyi, modifiers  # noqa: F401  (fyi registers its modifier)
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet

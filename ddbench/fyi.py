@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from ddbench.modifiers import Modifier
+from ddbench.modifiers import Modifier, register
 
 __all__ = ["FlipYourImages", "check_task", "flip_concat", "has_flip", "mirror_symmetry"]
 
@@ -56,6 +56,7 @@ def flip_concat(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.flip(-1)])
 
 
+@register
 class FlipYourImages(Modifier):
     """FYI's modifier: every synthetic batch together with its horizontal mirrors."""
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Modifier", "from_config"]
+__all__ = ["Modifier", "from_config", "register"]
 
 
 class Modifier:
@@ -46,10 +46,16 @@ class Modifier:
         """Refuse (or warn about) a task the modifier does not suit; called once per run."""
 
 
-def from_config(fyi: bool = False) -> Modifier:
-    """The modifier a method's config selects (``fyi``: flip your images)."""
-    if fyi:
-        from ddbench.fyi import FlipYourImages
+_REGISTRY: dict[str, type[Modifier]] = {}
 
-        return FlipYourImages()
-    return Modifier()
+
+def register(cls: type[Modifier]) -> type[Modifier]:
+    """Class decorator: make ``cls`` (by its ``name``) selectable by :func:`from_config`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def from_config(fyi: bool = False) -> Modifier:
+    """The modifier a method's config selects (``fyi``: flip your images, registered by
+    :mod:`ddbench.fyi`, which :mod:`ddbench.distill` imports)."""
+    return _REGISTRY["fyi"]() if fyi else Modifier()

@@ -4,6 +4,7 @@ never by a method file, on the real digits data."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,10 @@ def test_no_method_file_sets_a_precision_of_its_own():
 class _Probe(ImageDistillation):
     """Records, inside its step, whether autocast is on and what the shared helpers give."""
 
+    @dataclass
+    class Settings(ImageDistillation.Settings):
+        dsa: bool = True  # siamese DSA (the dataset's strategy)
+
     name = "probe"
 
     def step(self, task, images, labels, it):
@@ -47,7 +52,7 @@ def test_the_loop_runs_each_step_in_the_tasks_precision_and_keeps_the_data_side_
     shared helpers (real batch, siamese DSA with scale and rotate) give exactly what they give
     in fp32 outside any autocast."""
     for precision in ("fp32", "bf16"):
-        m = _Probe(iterations=1, batch_real=8)
+        m = _Probe(iterations=1)
         task = make_task(digits_train, 2)
         task.precision = precision
         m.distill(task)
@@ -55,7 +60,7 @@ def test_the_loop_runs_each_step_in_the_tasks_precision_and_keeps_the_data_side_
         want = torch.bfloat16 if precision == "bf16" else torch.float32
         assert m.seen["logits"] == want
         # replay the draws outside the loop, in plain fp32
-        replay = _Probe(iterations=1, batch_real=8)
+        replay = _Probe(iterations=1)
         task2 = make_task(digits_train, 2)
         images, _ = replay.init_images(task2)
         real, syn = replay.siamese(task2, replay.sample_real(task2, 0, 8), images[:2])

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import Killed, check_resume, counting, kill_training_after_epoch, make_task
-from omegaconf import OmegaConf
 
 import ddbench
 from ddbench import engine, experts, synset
