@@ -23,9 +23,9 @@ import torch
 
 from ddbench import data, synset
 from ddbench.augment import DSA
+from ddbench.coreset import select_top
 from ddbench.method import Task, build_method
 from ddbench.methods import packaged_config
-from ddbench.methods.selection import select_top
 from ddbench.models import create_model
 
 

@@ -25,7 +25,7 @@ python - "$out" <<'PY'
 """Re-store the distilled set's labels: same images, float32 -> each variant."""
 import copy, dataclasses, pathlib, sys
 from ddbench import synset
-from ddbench.methods.sre2l import stored_labels
+from ddbench.relabel import stored_labels
 
 out = pathlib.Path(sys.argv[1])
 src = synset.load(out / "distill" / "synset.safetensors")

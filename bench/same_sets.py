@@ -169,7 +169,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
         "random": {"_target_": t + "subset.Random", "name": "random"},
         "full": {"_target_": t + "subset.Full", "name": "full"},
         "herding": {
-            "_target_": t + "selection.Herding",
+            "_target_": t + "herding.Herding",
             "name": "herding",
             "features": "teacher",
             "teacher": teacher_node(w, ep),
@@ -177,7 +177,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             **sel,
         },
         "kcenter": {
-            "_target_": t + "selection.KCenter",
+            "_target_": t + "herding.KCenter",
             "name": "kcenter",
             "features": "trained",
             "feature_epochs": 1,
@@ -186,7 +186,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             **sel,
         },
         "forgetting": {
-            "_target_": t + "selection.Forgetting",
+            "_target_": t + "forgetting.Forgetting",
             "name": "forgetting",
             "epochs": ep,
             "keep": "hardest",
@@ -194,7 +194,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             **sel,
         },
         "el2n": {
-            "_target_": t + "selection.EL2N",
+            "_target_": t + "el2n.EL2N",
             "name": "el2n",
             "models": 2,
             "epochs": ep,
@@ -202,7 +202,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             **sel,
         },
         "grand": {
-            "_target_": t + "selection.GraNd",
+            "_target_": t + "el2n.GraNd",
             "name": "grand",
             "models": 2,
             "epochs": 1,

@@ -47,6 +47,7 @@ from ddbench import data, engine
 from ddbench.cache import CachedConfig, cache_root, lock
 from ddbench.engine import pick_device
 from ddbench.errors import DDBenchError
+from ddbench.method import Task
 from ddbench.models import create_model
 from ddbench.provenance import versions
 from ddbench.synset import atomic_write, read_header
@@ -213,6 +214,19 @@ class FlatModel:
         params = self.unflatten(flat)
         buffers = dict(self.module.named_buffers())
         return torch.func.functional_call(self.module, (params, buffers), (x,))
+
+
+def check_expert_space(name: str, cfg: ExpertConfig, task: Task) -> None:
+    """Experts must have been trained in the task's image space (ZCA or not, same eps)."""
+    zca = getattr(task.train, "zca", None)
+    if bool(cfg.zca) == (zca is not None) and (zca is None or float(zca.eps) == cfg.zca_eps):
+        return
+    have = f"ZCA eps {zca.eps:g}" if zca is not None else "no ZCA"
+    want = f"ZCA eps {cfg.zca_eps:g}" if cfg.zca else "no ZCA"
+    raise DDBenchError(
+        f"{name}: the task's images have {have} but the experts are trained with {want}: set "
+        f"method.experts.zca (and zca_eps) to match dataset.zca (and dataset.zca_eps)"
+    )
 
 
 def load_expert(path: str | Path) -> tuple[torch.Tensor, dict]:

@@ -7,7 +7,7 @@ import importlib
 import inspect
 
 MODULES = (
-    "subset", "selection", "gradient_matching", "dm", "datadam",
+    "subset", "herding", "forgetting", "el2n", "gradient_matching", "dm", "datadam",
     "mtt", "ftd", "datm", "ast", "sre2l", "cda", "cvdd",
 )  # fmt: skip
 

@@ -11,7 +11,7 @@ only these live here:
   initial images of each class are the real images a herding (or k-center) selection picks in
   the feature space (``embed``) of an expert (``representative_expert`` at
   ``representative_epoch``), starting at the one nearest the class centroid: for ``ipc=1``
-  exactly the image closest to the centroid (the helpers of :mod:`ddbench.methods.selection`);
+  exactly the image closest to the centroid (the helpers of :mod:`ddbench.coreset`);
 * **balanced inner-loop loss** (``balanced_loss``): in each student step, every class present in
   the batch contributes equally to the cross entropy (``mean_c mean_{i: y_i = c} CE_i``) instead
   of in proportion to its images in the (random) batch; equal to plain CE on a balanced batch;
@@ -27,20 +27,19 @@ only these live here:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ddbench.coreset import class_features, herding_select, kcenter_select, pick_per_class
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, register_step
 from ddbench.method import Task
 from ddbench.methods.mtt import MTT
-from ddbench.methods.selection import class_features, herding_select, kcenter_select
 
 log = logging.getLogger("ddbench")
 
@@ -83,16 +82,6 @@ class SmoothStep:
 register_step("smooth", SmoothStep, {"clip_grad": None, "grad_penalty": 0.0})
 
 
-class _StartOverride:
-    """A trajectory ``[E+1, P]`` whose row ``start`` reads as ``row`` (no copy of the rest)."""
-
-    def __init__(self, traj: torch.Tensor, start: int, row: torch.Tensor):
-        self.traj, self.start, self.row = traj, start, row
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.row if i == self.start else self.traj[i]
-
-
 def balanced_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Soft targets ``[B, K]`` whose cross entropy (mean over the batch) is the class-balanced
     one: row ``i`` is its label distribution times ``B / (n_present * n_{y_i})``, where ``y_i``
@@ -106,16 +95,7 @@ def balanced_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 class AST(MTT):
-    """MTT with AST's switches (see the module docstring).
-
-    Settings beyond :class:`MTT`'s:
-      representative_init    herding | kcenter | null (MTT's init)
-      representative_expert  index of the expert whose features select the initial images
-      representative_epoch   its epoch (negative: from the end)
-      balanced_loss          class-balanced cross entropy in the student steps
-      intermediate_weight    weight of the intermediate matching loss (0: off)
-      weight_perturb         alpha of the starting-parameter perturbation (0: off)
-    """
+    """MTT with AST's switches (see the module docstring)."""
 
     @dataclass
     class Settings(MTT.Settings):
@@ -124,9 +104,9 @@ class AST(MTT):
         representative_init: str | None = "herding"  # herding | kcenter | null (MTT's init)
         representative_expert: int = 0  # features of this expert ...
         representative_epoch: int = -1  # ... at this epoch (-1: the trained expert)
-        balanced_loss: bool = True  # --balance_loss
+        balanced_loss: bool = True  # --balance_loss: class-balanced CE in the student steps
         intermediate_weight: float = 1.0  # --agg_middle_loss; its weight is ddbench's (0: off)
-        weight_perturb: float = 0.5  # --weight_perturb alpha (0: off)
+        weight_perturb: float = 0.5  # --weight_perturb alpha of the start's perturbation (0: off)
         # MTT's recipe plus smoothing; clip_grad and grad_penalty are ddbench's values, not found
         # in AST's public code (docs/methods.md)
         experts: ExpertConfig = field(
@@ -159,6 +139,7 @@ class AST(MTT):
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
         self._trace: list[torch.Tensor] | None = None
+        self._theta0: torch.Tensor | None = None
         self._num_classes = 0
 
     # ------------------------------------------------------------------------------ init
@@ -175,14 +156,13 @@ class AST(MTT):
         flat = self.trajectories[self.representative_expert][self.representative_epoch]
         torch.nn.utils.vector_to_parameters(flat.to(task.device), net.parameters())
         pick, k, ipc = _SELECT[self.representative_init], task.num_classes, task.ipc
-        rows = []
         for c in range(k):
-            idx = task.train.indices_of(c)
-            if len(idx) < ipc:
-                raise DDBenchError(f"ast: class {c} has {len(idx)} real images, fewer than {ipc}")
-            chosen = pick(class_features(task, net, c, chunk=256), ipc).cpu()
-            rows.append(idx[chosen])
-        images = task.normalize(task.train.images[torch.cat(rows)].to(task.device))
+            if (n := len(task.train.indices_of(c))) < ipc:
+                raise DDBenchError(f"ast: class {c} has {n} real images, fewer than {ipc}")
+        rows = pick_per_class(
+            task, lambda c: class_features(task, net, c, chunk=256), lambda f: pick(f, ipc)
+        )
+        images = task.normalize(task.train.images[rows].to(task.device))
         labels = torch.arange(k, device=task.device).repeat_interleave(ipc)
         return images.to(torch.float32).contiguous(), labels
 
@@ -206,6 +186,13 @@ class AST(MTT):
             self._trace.append(w_next)
         return w_next
 
+    def start_params(self, task: Task, theta: torch.Tensor) -> torch.Tensor:
+        """The (perturbed, if enabled) start; kept for the intermediate terms' normaliser."""
+        if self.weight_perturb > 0:
+            theta = self.perturbed_start(task, theta)
+        self._theta0 = theta
+        return theta
+
     def perturbed_start(self, task: Task, theta: torch.Tensor) -> torch.Tensor:
         """AST's weight perturbation of flat parameters ``theta``, tensor by tensor."""
         assert self.student is not None
@@ -217,18 +204,6 @@ class AST(MTT):
             parts.append(p + self.weight_perturb * d * p)
         return torch.cat(parts)
 
-    @contextlib.contextmanager
-    def _start(self, task: Task, expert: int, start: int) -> Iterator[None]:
-        """Within: ``experts[expert][start]`` reads as its perturbed version (if enabled)."""
-        traj = self.trajectories[expert]
-        if self.weight_perturb > 0:
-            row = self.perturbed_start(task, traj[start].to(task.device))
-            self.trajectories[expert] = _StartOverride(traj, start, row)  # type: ignore[call-overload]
-        try:
-            yield
-        finally:
-            self.trajectories[expert] = traj
-
     def matching_loss(
         self,
         task: Task,
@@ -239,14 +214,12 @@ class AST(MTT):
         lr: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """MTT's loss from the (perturbed) start, plus the intermediate matching terms."""
-        with self._start(task, expert, start):
-            theta0 = self.trajectories[expert][start].to(task.device)
-            self._trace = [] if self.intermediate_weight > 0 and self.expert_epochs > 1 else None
-            try:
-                loss = super().matching_loss(task, images, labels, expert, start, lr)
-                trace = self._trace
-            finally:
-                self._trace = None  # recomputed steps (checkpoint_unroll) are not recorded
+        self._trace = [] if self.intermediate_weight > 0 and self.expert_epochs > 1 else None
+        try:
+            loss = super().matching_loss(task, images, labels, expert, start, lr)
+            trace, theta0 = self._trace, self._theta0
+        finally:
+            self._trace = None  # recomputed steps (checkpoint_unroll) are not recorded
         if not trace:
             return loss
         traj, terms = self.trajectories[expert], []

@@ -24,7 +24,8 @@ import torch
 
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
-from ddbench.methods.sre2l import DEFAULT_TEACHER, SRe2L
+from ddbench.methods.sre2l import SRe2L
+from ddbench.recover import DEFAULT_TEACHER
 from ddbench.synset import SyntheticSet
 from ddbench.teachers import TeacherConfig
 

@@ -15,7 +15,7 @@ DATM is MTT (:class:`ddbench.methods.mtt.MTT`) with the following, and only thes
   entropy to ``softmax(logits)``, which is what the set stores (``[N, K]`` probabilities,
   evaluated with soft cross entropy under the ``learned_lr`` protocol). A set's classes are its
   labels' argmax: a row whose learned argmax left its class gets its two top logits swapped
-  before saving (:func:`ddbench.methods.sre2l.class_consistent`; DATM does not do this);
+  before saving (:func:`ddbench.relabel.class_consistent`; DATM does not do this);
 * **correct-only initialisation** (``correct_init``): the initial real images of each class are
   drawn among those the label expert classifies correctly (DATM's
   ``samples_predicted_correctly``), so that the initial soft labels agree with the classes; a
@@ -36,31 +36,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ddbench.engine import predict_batches
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, FlatModel
 from ddbench.method import Task
 from ddbench.methods.ftd import GSAM_EXPERTS
 from ddbench.methods.mtt import MTT
-from ddbench.methods.sre2l import class_consistent
+from ddbench.relabel import class_consistent
 from ddbench.synset import SyntheticSet
 
 log = logging.getLogger("ddbench")
 
 
 class DATM(MTT):
-    """MTT with a growing start-epoch range and learned soft labels.
-
-    Settings beyond :class:`MTT`'s (its ``max_start_epoch`` is the initial upper bound):
-      min_start_epoch        start epochs are drawn from ``[min_start_epoch, upper)``
-      max_start_epoch_final  ``upper`` at the end of the expansion (null: no growth)
-      expansion_iterations   iterations over which ``upper`` grows (null: ``iterations``)
-      soft_labels            learn soft labels (false: MTT's hard labels)
-      lr_y, momentum_y       SGD of the label logits
-      label_expert           index of the expert whose outputs initialise the labels
-      label_epoch            its epoch (negative: from the end; -1 = the trained expert)
-      correct_init           initial real images among those the label expert gets right
-      threshold              skip the updates of an iteration whose loss exceeds it (null: never)
-    """
+    """MTT with a growing start-epoch range and learned soft labels (module docstring)."""
 
     name = "datm"
 
@@ -70,7 +59,7 @@ class DATM(MTT):
         lr_img: float = 100.0
         syn_steps: int = 80
         batch_syn: int | None = 100
-        min_start_epoch: int = 0
+        min_start_epoch: int = 0  # start epochs are drawn from [min_start_epoch, upper)
         max_start_epoch: int = 10  # current_max_start_epoch: the upper bound at iteration 0
         max_start_epoch_final: int | None = 20  # the bound after the expansion (null: fixed)
         expansion_iterations: int | None = 1000  # expansion_end_epoch (null: all iterations)
@@ -79,7 +68,7 @@ class DATM(MTT):
         momentum_y: float = 0.9
         label_expert: int = 0  # the expert whose logits initialise the labels ...
         label_epoch: int = -1  # ... at this epoch (Label_Model_Timestamp, -1: the trained expert)
-        correct_init: bool = True  # pix_init samples_predicted_correctly
+        correct_init: bool = True  # pix_init samples_predicted_correctly: real images it gets right
         threshold: float | None = 1.0  # skip an iteration whose loss exceeds it (null: never)
         # DATM trains its experts with FTD's buffer_FTD.py (GSAM)
         experts: ExpertConfig = field(default_factory=lambda: ExpertConfig(**GSAM_EXPERTS))
@@ -136,13 +125,8 @@ class DATM(MTT):
         )
         return min(grown, self.settings.final_start_epoch)
 
-    def sample_expert(self, task: Task) -> tuple[int, int]:
-        g = task.generator
-        e = int(torch.randint(0, len(self.trajectories), (1,), generator=g))
-        s = int(
-            torch.randint(self.min_start_epoch, self.upper_start_epoch(self._it), (1,), generator=g)
-        )
-        return e, s
+    def start_range(self) -> tuple[int, int]:
+        return self.min_start_epoch, self.upper_start_epoch(self._it)
 
     # ------------------------------------------------------------------------------ the labels
 
@@ -151,18 +135,20 @@ class DATM(MTT):
         net = FlatModel(task.model_factory().to(task.device).eval())
         return net, self.trajectories[self.label_expert][self.label_epoch].to(task.device)
 
-    @torch.no_grad()
     def _correct_real(self, task: Task, c: int, net: FlatModel, w: torch.Tensor) -> torch.Tensor:
         """``ipc`` real images of class ``c`` the label expert classifies correctly (random order
-        from the task's generator), topped up with others if the class has too few."""
+        from the task's generator), topped up with others if the class has too few; the
+        prediction stops at the first batch that completes ``ipc``."""
         idx = task.train.indices_of(c)
         idx = idx[torch.randperm(len(idx), generator=task.generator)]
-        right, wrong, chunk = [], [], 256
-        for b0 in range(0, len(idx), chunk):
-            rows = idx[b0 : b0 + chunk]
-            ok = net(w, task.normalize(task.train.images[rows].to(task.device))).argmax(1) == c
-            right.append(rows[ok.cpu()])
-            wrong.append(rows[~ok.cpu()])
+        right, wrong = [], []
+        for rows, logits in predict_batches(
+            [net.module], task.train.images, index=idx, transform=task.normalize,
+            batch_size=256, output=lambda m, x: net(w, x),
+        ):  # fmt: skip
+            ok = (logits[0].argmax(1) == c).cpu()
+            right.append(idx[rows][ok])
+            wrong.append(idx[rows][~ok])
             if sum(len(r) for r in right) >= task.ipc:
                 break
         right_t = torch.cat(right)[: task.ipc]

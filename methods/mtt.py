@@ -12,20 +12,15 @@ images (a fresh DSA draw per step) with a LEARNED lr, and compare the result wit
 Backpropagating through the whole unroll updates the images (SGD ``lr_img``, momentum 0.5) and
 the lr (SGD ``lr_lr``, momentum 0.5; kept >= ``lr_min``). The set stores the learned lr and is
 evaluated with the ``learned_lr`` protocol. ``checkpoint_unroll: true`` recomputes each unrolled
-step in the backward pass (``torch.utils.checkpoint``) instead of keeping all ``syn_steps``
-graphs: the same loss and gradients, memory of about one step, ~1.3-1.5x the time
-(``bench/mtt_memory.py`` measures both against the official unroll). Under ``precision=bf16``
-the student's convolutions and linear layers run in bf16 (the loop's autocast) while its flat
-weights, the updates and the parameter distance stay fp32.
-
-The experts must live in the task's image space: a ZCA task (``dataset.zca=true``) needs experts
-trained with ``experts.zca: true`` and the same ``zca_eps`` (both use the dataset's cached fit,
-:func:`ddbench.data.fit_zca`); a mismatch is refused before any expert is trained.
+step in the backward pass (``torch.utils.checkpoint``): the same loss and gradients, memory of
+about one step (docs/methods.md). Under ``precision=bf16`` the student's convolutions and linear
+layers run in bf16 (the loop's autocast) while its flat weights, the updates and the parameter
+distance stay fp32. The experts must live in the task's image space (ZCA or not, the same
+``zca_eps``): a mismatch is refused before any expert is trained.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,59 +31,31 @@ from torch.utils.checkpoint import checkpoint
 
 from ddbench.distill import ImageDistillation
 from ddbench.errors import DDBenchError
-from ddbench.experts import ExpertConfig, FlatModel, get_experts
+from ddbench.experts import ExpertConfig, FlatModel, check_expert_space, get_experts
 from ddbench.method import Task
 from ddbench.synset import SyntheticSet
 
-log = logging.getLogger("ddbench")
-
-
-def check_expert_space(name: str, cfg: ExpertConfig, task: Task) -> None:
-    """Experts must have been trained in the task's image space (ZCA or not, same eps)."""
-    zca = getattr(task.train, "zca", None)
-    if bool(cfg.zca) == (zca is not None) and (zca is None or float(zca.eps) == cfg.zca_eps):
-        return
-    have = f"ZCA eps {zca.eps:g}" if zca is not None else "no ZCA"
-    want = f"ZCA eps {cfg.zca_eps:g}" if cfg.zca else "no ZCA"
-    raise DDBenchError(
-        f"{name}: the task's images have {have} but the experts are trained with {want}: set "
-        f"method.experts.zca (and zca_eps) to match dataset.zca (and dataset.zca_eps)"
-    )
-
 
 class MTT(ImageDistillation):
-    """Trajectory matching with a learned student lr.
-
-    Settings beyond :class:`ImageDistillation`'s; the defaults are the
-    paper's CIFAR-10 IPC 10 values, and ``conf/recipes/mtt.yaml`` holds the published values of
-    the other settings:
-      experts          :class:`ddbench.experts.ExpertConfig` (model, epochs, lr, ...)
-      num_experts      how many cached experts to sample from (trained on a cache miss)
-      syn_steps        student SGD steps per iteration (N)
-      expert_epochs    target = expert ``expert_epochs`` epochs after the start (M)
-      max_start_epoch  start epochs are drawn from ``[0, max_start_epoch)`` (T+)
-      batch_syn        synthetic images per student step (null: all of them)
-      lr_teacher       initial value of the learned lr
-      lr_lr            SGD lr of the learned lr (momentum 0.5)
-      lr_min           the learned lr is clamped to >= this after every update (MTT does not clamp)
-      checkpoint_unroll  recompute each unrolled step in backward (memory-lean, same numbers)
+    """Trajectory matching with a learned student lr. The defaults are the paper's CIFAR-10
+    IPC 10 values; ``conf/recipes/mtt.yaml`` holds the published values of the other settings.
     """
 
     @dataclass
     class Settings(ImageDistillation.Settings):
         iterations: int = 5000  # MTT's --Iteration
         lr_img: float = 1000.0  # SGD lr of the pixels (momentum_img 0.5)
-        lr_lr: float = 1e-05
+        lr_lr: float = 1e-05  # SGD lr of the learned lr (momentum 0.5)
         lr_teacher: float = 0.01  # initial learned lr (= the experts' lr)
-        lr_min: float = 1e-06
+        lr_min: float = 1e-06  # the learned lr is clamped to >= this (MTT does not clamp)
         dsa: bool = True  # a DSA draw per student step
-        syn_steps: int = 30
-        expert_epochs: int = 2
-        max_start_epoch: int = 20
+        syn_steps: int = 30  # student SGD steps per iteration (N)
+        expert_epochs: int = 2  # target: the expert this many epochs after the start (M)
+        max_start_epoch: int = 20  # start epochs are drawn from [0, max_start_epoch) (T+)
         batch_syn: int | None = None  # null: all synthetic images per step (MTT's default)
         num_experts: int = 10  # MTT trains 100; experts are cached ($DDBENCH_CACHE/experts)
         experts: ExpertConfig = field(default_factory=ExpertConfig)  # buffer.py's recipe
-        checkpoint_unroll: bool = False
+        checkpoint_unroll: bool = False  # recompute each unrolled step in backward (less memory)
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -148,12 +115,20 @@ class MTT(ImageDistillation):
 
     # ------------------------------------------------------------------------------ the idea
 
+    def start_range(self) -> tuple[int, int]:
+        """The range ``[low, high)`` the start epochs are drawn from now."""
+        return 0, self.max_start_epoch
+
     def sample_expert(self, task: Task) -> tuple[int, int]:
         """``(expert index, start epoch)`` drawn from the task's generator."""
         g = task.generator
         e = int(torch.randint(0, len(self.trajectories), (1,), generator=g))
-        s = int(torch.randint(0, self.max_start_epoch, (1,), generator=g))
+        s = int(torch.randint(*self.start_range(), (1,), generator=g))
         return e, s
+
+    def start_params(self, task: Task, theta: torch.Tensor) -> torch.Tensor:
+        """The student's starting parameters from the expert's ``theta`` (AST perturbs them)."""
+        return theta
 
     def unroll_plan(self, task: Task, n: int) -> list[tuple[torch.Tensor, Any]]:
         """Per student step: the synthetic indices and a DSA draw (or None), all drawn up front
@@ -206,7 +181,7 @@ class MTT(ImageDistillation):
         and the lr (default: the learned one)."""
         lr = self.syn_lr if lr is None else lr
         traj = self.trajectories[expert]
-        theta0 = traj[start].to(task.device)
+        theta0 = self.start_params(task, traj[start].to(task.device))
         target = traj[start + self.expert_epochs].to(task.device)
         w = theta0.clone().requires_grad_(True)
         for idx, draw in self.unroll_plan(task, len(images)):

@@ -7,10 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddbench import coreset
+from ddbench.coreset import (
+    Selection,
+    draw_seeds,
+    herding_select,
+    kcenter_select,
+    select_top,
+    train_models,
+)
 from ddbench.errors import DDBenchError
 from ddbench.method import Checkpointer, Task, build_method
 from ddbench.methods import packaged_config
-from ddbench.methods import selection as sel
+from ddbench.methods.el2n import EL2N, GraNd
+from ddbench.methods.forgetting import Forgetting
+from ddbench.methods.herding import Herding, KCenter
 from ddbench.models import create_model
 
 CONF = Path(__file__).parents[1] / "conf" / "method"
@@ -44,14 +55,14 @@ def make_task(digits_train):
 
 # Small, fast configurations of every method (the digits train split has ~130 images a class).
 METHODS = {
-    "herding": lambda: sel.Herding(features="trained", feature_epochs=2, lr=0.1),
-    "kcenter": lambda: sel.KCenter(features="trained", feature_epochs=2, lr=0.1),
-    "kcenter_random_init": lambda: sel.KCenter(features="random", init="random"),
-    "kcenter_pixels": lambda: sel.KCenter(features="pixels", init="random"),
-    "forgetting": lambda: sel.Forgetting(epochs=3, lr=0.1),
-    "el2n": lambda: sel.EL2N(models=1, epochs=2, lr=0.1),
-    "grand": lambda: sel.GraNd(models=1, epochs=2, lr=0.1),
-    "grand_at_init": lambda: sel.GraNd(models=2, epochs=0),
+    "herding": lambda: Herding(features="trained", feature_epochs=2, lr=0.1),
+    "kcenter": lambda: KCenter(features="trained", feature_epochs=2, lr=0.1),
+    "kcenter_random_init": lambda: KCenter(features="random", init="random"),
+    "kcenter_pixels": lambda: KCenter(features="pixels", init="random"),
+    "forgetting": lambda: Forgetting(epochs=3, lr=0.1),
+    "el2n": lambda: EL2N(models=1, epochs=2, lr=0.1),
+    "grand": lambda: GraNd(models=1, epochs=2, lr=0.1),
+    "grand_at_init": lambda: GraNd(models=2, epochs=0),
 }
 
 
@@ -104,7 +115,7 @@ def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets(
     features, make_task, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path))
-    method = sel.Herding(features=features, feature_epochs=2, lr=0.1, teacher=TINY_TEACHER)
+    method = Herding(features=features, feature_epochs=2, lr=0.1, teacher=TINY_TEACHER)
     s = method.distill(make_task(seed=0))
     if features == "teacher":  # the embedding is the cached teacher's, trained once
         from ddbench.teachers import TeacherConfig, get_teacher
@@ -128,7 +139,7 @@ def _radius(f: torch.Tensor, rows: torch.Tensor) -> float:
 
 
 def test_kcenter_covering_radius_is_at_most_random_subsets(make_task):
-    method = sel.KCenter(features="trained", feature_epochs=2, lr=0.1)
+    method = KCenter(features="trained", feature_epochs=2, lr=0.1)
     s = method.distill(make_task(seed=0))
     feats = _class_feats(method, make_task)
     g = torch.Generator().manual_seed(123)
@@ -149,7 +160,7 @@ def test_chunked_herding_and_kcenter_match_a_naive_implementation():
         d = ((base + f) / (len(picked) + 1) - mean).norm(dim=1)
         d[picked] = float("inf")
         picked.append(int(d.argmin()))
-    assert sel.herding_select(f, k, chunk=7).tolist() == picked
+    assert herding_select(f, k, chunk=7).tolist() == picked
     # k-center, naive: the full distance matrix
     full = torch.cdist(f, f)
     picked = [int((f - f.mean(0)).norm(dim=1).argmin())]
@@ -157,20 +168,20 @@ def test_chunked_herding_and_kcenter_match_a_naive_implementation():
         d = full[:, picked].min(1).values
         d[picked] = -1
         picked.append(int(d.argmax()))
-    assert sel.kcenter_select(f, k, chunk=7).tolist() == picked
+    assert kcenter_select(f, k, chunk=7).tolist() == picked
 
 
 def test_kcenter_never_duplicates_identical_points():
     f = torch.zeros(6, 3)
     f[3:] = 1.0  # two distinct points, three copies each
-    rows = sel.kcenter_select(f, 5)
+    rows = kcenter_select(f, 5)
     assert len(rows.unique()) == 5
 
 
 def test_select_top_breaks_ties_with_the_task_generator(make_task):
     flat = torch.zeros(len(make_task().train))
-    a, b = sel.select_top(make_task(seed=0), flat), sel.select_top(make_task(seed=0), flat)
-    c = sel.select_top(make_task(seed=1), flat)
+    a, b = select_top(make_task(seed=0), flat), select_top(make_task(seed=0), flat)
+    c = select_top(make_task(seed=1), flat)
     assert torch.equal(a, b) and not torch.equal(a, c)
     first = torch.cat([make_task().train.indices_of(k)[:IPC] for k in range(10)])
     assert not torch.equal(a, first)  # not simply the first images of each class
@@ -191,13 +202,13 @@ def _assert_top_per_class(task, scores, idx, hardest=True):
 @pytest.mark.parametrize("keep", ["hardest", "easiest"])
 def test_forgetting_counts_events_and_selects_the_top_counts(keep, make_task):
     cfg = dict(epochs=4, lr=0.1, keep=keep, never_learned="hardest")
-    out = sel.Forgetting(**cfg).score(make_task(seed=0))
+    out = Forgetting(**cfg).score(make_task(seed=0))
     count, learned = out["count"], out["learned"]
     assert (count >= 0).all() and (count <= cfg["epochs"] // 2).all()
     assert int(count.sum()) > 0  # a few forgetting events do happen on this run
     assert not learned[count > 0].logical_not().any()  # forgotten => was learned
     assert torch.isinf(out["score"][~learned]).all()
-    s = sel.Forgetting(**cfg).distill(make_task(seed=0))
+    s = Forgetting(**cfg).distill(make_task(seed=0))
     _assert_top_per_class(
         make_task(), out["score"], torch.tensor(s.meta["indices"]), keep == "hardest"
     )
@@ -209,14 +220,14 @@ def test_forgetting_counts_match_an_independent_recount(make_task):
     events (correct -> wrong) recounted. A BatchNorm model also checks that the per-epoch
     evaluation leaves the model training as it would have without it."""
     epochs = 4
-    out = sel.Forgetting(epochs=epochs, lr=0.1).score(make_task(model="convnet_bn"))
+    out = Forgetting(epochs=epochs, lr=0.1).score(make_task(model="convnet_bn"))
     task = make_task(model="convnet_bn")
-    seed = sel.draw_seeds(task, 1)
+    seed = draw_seeds(task, 1)
     x, y = task.train.normalize(task.train.images), task.train.labels
     before = torch.zeros(len(y), dtype=torch.bool)
     count, learned = torch.zeros(len(y), dtype=torch.long), before.clone()
     for e in range(1, epochs + 1):
-        (model,) = sel.train_models(task, seed, e, lr=0.1, batch_size=256, desc="")
+        (model,) = train_models(task, seed, e, lr=0.1, batch_size=256, desc="")
         with torch.no_grad():
             now = model.eval()(x).argmax(1) == y
         count += before & ~now
@@ -229,12 +240,12 @@ def test_forgetting_counts_match_an_independent_recount(make_task):
 
 def test_forgetting_never_learned_count_ranks_by_plain_count(make_task):
     cfg = dict(epochs=2, lr=0.01, never_learned="count")
-    out = sel.Forgetting(**cfg).score(make_task(seed=0))
+    out = Forgetting(**cfg).score(make_task(seed=0))
     assert (~out["learned"]).any()  # two slow epochs leave some images never learned
     assert torch.equal(out["score"], out["count"].float())
 
 
-@pytest.mark.parametrize("cls", [sel.EL2N, sel.GraNd])
+@pytest.mark.parametrize("cls", [EL2N, GraNd])
 def test_scores_pick_the_misclassified_images_as_hardest(cls, make_task):
     cfg = dict(models=2, epochs=2, lr=0.1)
     out = cls(**cfg).score(make_task(seed=0))
@@ -252,11 +263,11 @@ def test_scores_pick_the_misclassified_images_as_hardest(cls, make_task):
 def test_el2n_and_grand_match_their_definitions(epochs, make_task):
     """EL2N = ||softmax - onehot||; GraNd = norm of the autograd gradient of the loss wrt the
     last linear layer (weight and bias), for one model."""
-    el2n = sel.EL2N(models=1, epochs=epochs).score(make_task())["score"]
-    grand = sel.GraNd(models=1, epochs=epochs).score(make_task())["score"]
+    el2n = EL2N(models=1, epochs=epochs).score(make_task())["score"]
+    grand = GraNd(models=1, epochs=epochs).score(make_task())["score"]
     task = make_task()
-    seeds = sel.draw_seeds(task, 1)
-    (model,) = sel.train_models(task, seeds, epochs, lr=0.01, batch_size=256, desc="")
+    seeds = draw_seeds(task, 1)
+    (model,) = train_models(task, seeds, epochs, lr=0.01, batch_size=256, desc="")
     x = task.train.normalize(task.train.images[:25])
     y = task.train.labels[:25]
     for i in range(len(x)):
@@ -271,14 +282,14 @@ def test_el2n_and_grand_match_their_definitions(epochs, make_task):
 
 
 def test_scores_are_saved_and_resumed_without_retraining(make_task, tmp_path, monkeypatch):
-    method = lambda: sel.EL2N(models=1, epochs=1)  # noqa: E731
+    method = lambda: EL2N(models=1, epochs=1)  # noqa: E731
     first = method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="k")))
     assert (tmp_path / "checkpoint.safetensors").exists()
 
     def no_training(*a, **k):
         raise AssertionError("resumed run retrained")
 
-    monkeypatch.setattr(sel, "train", no_training)
+    monkeypatch.setattr(coreset, "train", no_training)
     monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path / "empty"))  # only the checkpoint has them
     again = method().distill(make_task(checkpointer=Checkpointer(tmp_path, key="k")))
     assert again.meta["indices"] == first.meta["indices"]
@@ -290,12 +301,12 @@ def test_scores_are_saved_and_resumed_without_retraining(make_task, tmp_path, mo
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: sel.Herding(features="imagenet"), "features="),
-        (lambda: sel.KCenter(init="corner"), "init="),
-        (lambda: sel.EL2N(keep="middle"), "keep="),
-        (lambda: sel.GraNd(models=0), "models must be"),
-        (lambda: sel.Forgetting(never_learned="skip"), "never_learned="),
-        (lambda: sel.Forgetting(epochs=0), "epochs must be"),
+        (lambda: Herding(features="imagenet"), "features="),
+        (lambda: KCenter(init="corner"), "init="),
+        (lambda: EL2N(keep="middle"), "keep="),
+        (lambda: GraNd(models=0), "models must be"),
+        (lambda: Forgetting(never_learned="skip"), "never_learned="),
+        (lambda: Forgetting(epochs=0), "epochs must be"),
     ],
 )
 def test_bad_options_fail_clearly(build, message):
@@ -305,27 +316,27 @@ def test_bad_options_fail_clearly(build, message):
 
 def test_ipc_larger_than_a_class_fails_clearly(make_task):
     with pytest.raises(DDBenchError, match="cannot pick an image twice"):
-        sel.KCenter(features="random").distill(make_task(ipc=200))
+        KCenter(features="random").distill(make_task(ipc=200))
 
 
 @pytest.mark.parametrize("name", ["herding", "kcenter", "forgetting", "el2n", "grand"])
 def test_configs_build_their_method(name):
     cfg = packaged_config(name)
     method = build_method(cfg)
-    assert isinstance(method, sel._Selection) and method.name == cfg["name"] == name
+    assert isinstance(method, Selection) and method.name == cfg["name"] == name
     assert method.config == cfg
 
 
 def test_scores_are_computed_once_and_shared_across_ipc(make_task, monkeypatch):
-    small = sel.EL2N(models=1, epochs=2, lr=0.1).distill(make_task(seed=0, ipc=2))
+    small = EL2N(models=1, epochs=2, lr=0.1).distill(make_task(seed=0, ipc=2))
 
     def no_training(*a, **k):
         raise AssertionError("scores were recomputed")
 
-    monkeypatch.setattr(sel, "train", no_training)
-    large = sel.EL2N(models=1, epochs=2, lr=0.1).distill(make_task(seed=0, ipc=4))
+    monkeypatch.setattr(coreset, "train", no_training)
+    large = EL2N(models=1, epochs=2, lr=0.1).distill(make_task(seed=0, ipc=4))
     assert set(small.meta["indices"]) < set(large.meta["indices"])  # same scores, top-2 in top-4
-    easiest = sel.EL2N(models=1, epochs=2, lr=0.1, keep="easiest").distill(make_task(seed=0, ipc=2))
+    easiest = EL2N(models=1, epochs=2, lr=0.1, keep="easiest").distill(make_task(seed=0, ipc=2))
     assert not set(easiest.meta["indices"]) & set(small.meta["indices"])
     with pytest.raises(AssertionError, match="recomputed"):
-        sel.EL2N(models=1, epochs=3, lr=0.1).distill(make_task(seed=0, ipc=2))
+        EL2N(models=1, epochs=3, lr=0.1).distill(make_task(seed=0, ipc=2))

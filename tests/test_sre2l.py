@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,8 +18,10 @@ from ddbench.method import Checkpointer, Task, build_method
 from ddbench.methods import packaged_config
 from ddbench.methods.cda import CDA, cda_min_scale
 from ddbench.methods.cvdd import CVDD, voting_weights
-from ddbench.methods.sre2l import Member, SRe2L, class_consistent, random_resized_crop
+from ddbench.methods.sre2l import SRe2L
 from ddbench.protocol import Protocol, evaluate
+from ddbench.recover import Member, flips, pixel_range, random_resized_crop
+from ddbench.relabel import class_consistent
 from ddbench.teachers import TeacherConfig, get_teacher
 
 CONF = Path(__file__).parents[1] / "conf" / "method"
@@ -83,7 +84,7 @@ def test_recovery_from_noise_lowers_the_bn_statistics_loss(make_task):
     assert after < 0.6 * method.bn_statistics_loss(task, s0.images)  # the BN term did it, not CE
     # the recovered images are classified as their class and stay in the valid pixel range
     assert s.meta["relabel"]["agreement"] == 1.0 and s.meta["protocol"] == "kd"
-    lo, hi = method.pixel_range(task, torch.device("cpu"))
+    lo, hi = pixel_range(task.spec, torch.device("cpu"))
     assert float(s.images.min()) >= float(lo) - 1e-6 and float(s.images.max()) <= float(hi) + 1e-6
     assert float(s.images.min()) < float(lo) + 0.05  # some pixels were clipped: noise init
 
@@ -144,17 +145,16 @@ def test_crop_flip_and_jitter_ops():
     x = torch.randn(6, 1, 8, 8, requires_grad=True)
     same = random_resized_crop(x, 3, (1.0, 1.0), g, flip=False, ratio=(1.0, 1.0))
     assert torch.allclose(same, x, atol=1e-5)  # a whole-image crop is the identity
-    flips = [random_resized_crop(x, 6, (1.0, 1.0), g, True, (1.0, 1.0)) for _ in range(20)]
-    mirrored = [f for f in flips if not torch.allclose(f, x, atol=1e-5)]
+    draws = [random_resized_crop(x, 6, (1.0, 1.0), g, True, (1.0, 1.0)) for _ in range(20)]
+    mirrored = [f for f in draws if not torch.allclose(f, x, atol=1e-5)]
     assert mirrored and all(torch.allclose(f, x.flip(-1), atol=1e-5) for f in mirrored)
     crop = random_resized_crop(x, 3, (0.25, 0.5), g, flip=False)
     assert crop.shape == x.shape and not torch.allclose(crop[:3], x[:3])
     crop.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     # flip where the dataset's DSA strategy flips: not on digits, yes on CIFAR-10
-    m = SRe2L(**SMALL)
-    assert not m.flips(SimpleNamespace(spec=get_spec("digits")))
-    assert m.flips(SimpleNamespace(spec=get_spec("cifar10")))
+    assert SRe2L(**SMALL).flip == "auto"
+    assert not flips(get_spec("digits"), "auto") and flips(get_spec("cifar10"), "auto")
 
 
 def test_cda_schedule_goes_from_global_to_local():

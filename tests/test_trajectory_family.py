@@ -17,6 +17,7 @@ from conftest import Killed, check_resume, counting, kill_training_after_epoch, 
 
 import ddbench
 from ddbench import engine, experts, synset
+from ddbench.coreset import class_features
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, register_step
 from ddbench.method import Checkpointer, build_method
@@ -25,9 +26,8 @@ from ddbench.methods.ast import AST, SmoothStep, balanced_targets
 from ddbench.methods.datm import DATM
 from ddbench.methods.ftd import FTD, GSAMStep
 from ddbench.methods.mtt import MTT
-from ddbench.methods.selection import class_features
-from ddbench.methods.sre2l import class_consistent
 from ddbench.protocol import Protocol, evaluate, protocol_config
+from ddbench.relabel import class_consistent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
