@@ -134,7 +134,8 @@ class ImageDistillation(Method):
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimisers the method steps itself besides the images' (e.g. a learned lr's), by
-        name: the loop checkpoints and restores their state with the images'."""
+        name: the loop checkpoints and restores their state and the tensors they optimise with
+        the images'."""
         return {}
 
     # ------------------------------------------------------------------------------ helpers
@@ -317,8 +318,9 @@ class ImageDistillation(Method):
     # ------------------------------------------------------------------------------ resume
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Extra tensors a subclass wants checkpointed (e.g. a learned lr's value); optimiser
-        state is checkpointed by the loop (:meth:`optimizers`)."""
+        """Extra tensors a subclass wants checkpointed that no optimiser holds (e.g. an EMA of
+        the images); the optimisers of :meth:`optimizers`, their state and the tensors they
+        optimise are checkpointed by the loop."""
         return {}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -332,9 +334,18 @@ class ImageDistillation(Method):
             out["images_schedule"] = self._sched
         return out
 
+    def _learned(self) -> dict[str, torch.Tensor]:
+        """The tensors the optimisers of :meth:`optimizers` optimise, by checkpoint name."""
+        return {
+            f"learned.{name}.{i}": p
+            for name, opt in self.optimizers().items()
+            for i, p in enumerate(p for group in opt.param_groups for p in group["params"])
+        }
+
     def _checkpoint(self, task: Task, step: int, images: torch.Tensor, seconds: float) -> None:
         tensors = {"images": images.detach(), "rng": task.generator.get_state()}
         tensors.update({f"extra.{k}": v for k, v in self.state_tensors().items()})
+        tensors.update({k: p.detach() for k, p in self._learned().items()})
         optim = {
             name: optimizer_state(obj.state_dict(), f"optim.{name}", tensors)
             for name, obj in self._stateful().items()
@@ -364,6 +375,10 @@ class ImageDistillation(Method):
                 )
             else:
                 obj.load_state_dict(load_optimizer_state(saved_optim[name], tensors))
+        with torch.no_grad():
+            for key, p in self._learned().items():
+                if key in tensors:
+                    p.copy_(tensors[key].reshape(p.shape).to(p.device))
         self.load_state_tensors(
             {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
         )

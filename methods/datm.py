@@ -234,20 +234,6 @@ class DATM(MTT):
             meta["labels_made_class_consistent"] = changed
         return s
 
-    # ------------------------------------------------------------------------------ resume
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         extra = {} if self._y_opt is None else {"labels": self._y_opt}
         return {**super().optimizers(), **extra}
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        out = super().state_tensors()
-        if self.label_logits is not None:
-            out["label_logits"] = self.label_logits.detach()
-        return out
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().load_state_tensors(tensors)
-        if self.label_logits is not None and "label_logits" in tensors:
-            with torch.no_grad():
-                self.label_logits.copy_(tensors["label_logits"].to(self.label_logits.device))

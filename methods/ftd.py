@@ -141,13 +141,9 @@ class FTD(MTT):
         return s
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        out = super().state_tensors()
-        if self.ema is not None:
-            out["ema_images"] = self.ema.detach()
-        return out
+        return {} if self.ema is None else {"ema_images": self.ema.detach()}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().load_state_tensors(tensors)
         if "ema_images" in tensors:
             assert self.syn_lr is not None
             self.ema = tensors["ema_images"].to(self.syn_lr.device, torch.float32).clone()

@@ -208,18 +208,6 @@ class MTT(ImageDistillation):
             )
         return value
 
-    # ------------------------------------------------------------------------------ resume
-
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         assert self._lr_opt is not None
         return {"lr": self._lr_opt}
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        assert self.syn_lr is not None
-        return {"syn_lr": self.syn_lr.detach().reshape(1)}
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        assert self.syn_lr is not None
-        if "syn_lr" in tensors:
-            with torch.no_grad():
-                self.syn_lr.copy_(tensors["syn_lr"].reshape(()).to(self.syn_lr.device))

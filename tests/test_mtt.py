@@ -223,10 +223,12 @@ def test_a_killed_mtt_run_resumes_images_and_learned_lr(digits_train, tmp_path):
     task = make_task(digits_train, 2, directory=tmp_path / "lr", key="k", every=2)
     s = a.distill(task)
     _, tensors, state = task.checkpointer.load()
-    assert set(a.state_tensors()) == {"syn_lr"} and set(state["optim"]) == {"images", "lr"}
+    assert not a.state_tensors() and set(state["optim"]) == {"images", "lr"}
+    assert set(a._learned()) == {"learned.lr.0"}  # the lr, checkpointed as its optimiser's tensor
     b = MTT(**MTT_CFG)
     b.prepare(make_task(digits_train, 2))
-    b.load_state_tensors({"syn_lr": tensors["extra.syn_lr"]})
+    with torch.no_grad():
+        b.syn_lr.copy_(tensors["learned.lr.0"])
     b._lr_opt.load_state_dict(load_optimizer_state(state["optim"]["lr"], tensors))
     assert torch.equal(b.syn_lr.reshape(1), s.lr.to(b.syn_lr))
     momentum = a._lr_opt.state[a.syn_lr]["momentum_buffer"]

@@ -301,7 +301,7 @@ def test_a_killed_ftd_run_resumes_with_its_ema(digits_train, cached_experts, tmp
     check_resume(FTD, CFGS[FTD], digits_train, tmp_path)  # compares the saved EMA images
     m = FTD(**CFGS[FTD])
     m.distill(make_task(digits_train, 2))
-    assert set(m.state_tensors()) == {"syn_lr", "ema_images"}  # the momentum: optimizer state
+    assert set(m.state_tensors()) == {"ema_images"}  # the lr and its momentum: the loop's
 
 
 # ---------------------------------------------------------------------------- DATM
@@ -395,7 +395,7 @@ def test_a_killed_datm_run_resumes_images_lr_and_labels(digits_train, cached_exp
     with pytest.raises(Killed):
         killed.distill(make_task(digits_train, 2, directory=tmp_path, key="a", every=2))
     _, tensors, state = Checkpointer(tmp_path, "a").load()
-    assert "extra.label_logits" in tensors and set(state["optim"]) == {"images", "lr", "labels"}
+    assert "learned.labels.0" in tensors and set(state["optim"]) == {"images", "lr", "labels"}
     assert "optim.labels.state.0.momentum_buffer" in tensors  # the labels' optimiser state
     resumed = counted(**CFGS[DATM])
     s = resumed.distill(make_task(digits_train, 2, directory=tmp_path, key="a", every=2))
