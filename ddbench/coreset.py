@@ -6,8 +6,8 @@ twice, and is deterministic for a fixed task seed. What a selection method gets 
 
 - :class:`Selection`: ``distill`` (check the budget, call ``select``, check the picks, wrap the
   real images in a set), the settings of the networks it trains (``lr``, ``batch_size``,
-  ``chunk``) and a per-run cache of its expensive stage (``_cached``, through
-  ``task.checkpointer``, so a restarted run with the same config does not redo it);
+  ``chunk``) and a per-run cache of its expensive stage (``_cached``, ``_trained_model``,
+  through ``task.checkpointer``, so a restarted run with the same config does not redo it);
 - :class:`ScoreSelection`: score every train image, keep the top of each class
   (:func:`select_top`), with the scores cached across runs under ``$DDBENCH_CACHE/scores``;
 - scoring/feature models built from ``task.model_factory`` and trained with the one engine
@@ -334,6 +334,20 @@ class Selection(Method):
         return train_models(
             task, seeds, epochs, lr=self.lr, batch_size=self.batch_size, desc=desc, **kw
         )
+
+    def _trained_model(self, task: Task, seed: int, epochs: int, stage: str) -> nn.Module:
+        """One network (seed ``seed``) trained ``epochs`` epochs, in eval mode; its weights are
+        saved as ``stage`` through the task's checkpointer, so a restarted run loads them."""
+
+        def compute():
+            (m,) = self._train(task, [seed], epochs, desc=f"{self.name} {stage}")
+            return {k: v.detach() for k, v in m.state_dict().items()}
+
+        state = self._cached(task, stage, compute)
+        torch.manual_seed(seed)
+        model = task.model_factory().to(task.device)
+        model.load_state_dict(state)
+        return model.eval()
 
 
 class ScoreSelection(Selection):

@@ -1,29 +1,21 @@
 """Difficulty-Aligned Trajectory Matching (DATM; Guo et al., ICLR 2024, "Towards Lossless Dataset
 Distillation via Difficulty-Aligned Trajectory Matching").
 
-DATM is MTT (:class:`ddbench.methods.mtt.MTT`) with the following, and only these live here:
+DATM is MTT (:class:`ddbench.methods.mtt.MTT`) with four changes, and only these live here
+(docs/methods.md gives the paper's values and the deviations from the official code):
 
-* **difficulty-aligned matching range**: start epochs are drawn from
-  ``[min_start_epoch, upper)``, where ``upper`` grows linearly from ``max_start_epoch`` to
-  ``max_start_epoch_final`` over the first ``expansion_iterations`` iterations (default: all of
-  them): early (easy) parts of the trajectories first, later (harder) ones as the set improves.
-  Small sets match early epochs, large ones late epochs (the per-IPC ranges of the paper's
-  configs, ``conf/method/datm.yaml``);
+* a **difficulty-aligned matching range**: start epochs are drawn from
+  ``[min_start_epoch, upper)``, ``upper`` growing linearly from ``max_start_epoch`` to
+  ``max_start_epoch_final`` over ``expansion_iterations``: the early (easy) parts of the
+  trajectories first, later (harder) ones as the set improves;
 * **learned soft labels**: per image a logit vector, initialised with the outputs of an expert
-  (``label_expert``, at epoch ``label_epoch``) on the initial images and optimised with the
-  images (SGD ``lr_y``, momentum ``momentum_y``); the student's inner loss is the soft cross
-  entropy to ``softmax(logits)``, which is what the set stores (``[N, K]`` probabilities,
-  evaluated with soft cross entropy under the ``learned_lr`` protocol). A set's classes are its
-  labels' argmax: a row whose learned argmax left its class gets its two top logits swapped
-  before saving (:func:`ddbench.relabel.class_consistent`; DATM does not do this);
+  (``label_expert`` at ``label_epoch``) on the initial images and optimised with the images;
+  the student's inner loss is the soft cross entropy to ``softmax(logits)``, which the set
+  stores, made class-consistent first (:func:`ddbench.relabel.class_consistent`);
 * **correct-only initialisation** (``correct_init``): the initial real images of each class are
-  drawn among those the label expert classifies correctly (DATM's
-  ``samples_predicted_correctly``), so that the initial soft labels agree with the classes; a
-  class with too few falls back to other images and says so in the log;
-* **loss threshold** (``threshold``): an iteration whose matching loss exceeds it updates
-  nothing (DATM's code; null: always update).
-
-Longer expert trajectories (late start epochs for large IPC) are just ``experts.epochs``.
+  drawn among those the label expert classifies correctly (topped up if too few);
+* a **loss threshold** (``threshold``): an iteration whose matching loss exceeds it updates
+  nothing.
 """
 
 from __future__ import annotations

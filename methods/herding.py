@@ -70,16 +70,7 @@ class _FeatureSelection(Selection):
         epochs = self.feature_epochs if self.features == "trained" else 0
         if epochs == 0:
             return self._train(task, [seed], 0, desc="")[0]
-
-        def compute():
-            (m,) = self._train(task, [seed], epochs, desc=f"{self.name} features")
-            return {k: v.detach() for k, v in m.state_dict().items()}
-
-        state = self._cached(task, "features", compute)
-        torch.manual_seed(seed)
-        model = task.model_factory().to(task.device)
-        model.load_state_dict(state)
-        return model.eval()
+        return self._trained_model(task, seed, epochs, "features")
 
     def features_of(self, task: Task, model: nn.Module | None, c: int) -> torch.Tensor:
         """The (optionally L2-normalised) features of class ``c``, ``[n_c, F]``."""
