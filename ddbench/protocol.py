@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -240,6 +241,13 @@ def evaluate(
         _save_partial(partial, key, done)
     accs = [done[s] for s in protocol.seeds]
     eval_seconds = time.perf_counter() - t0
+    declared = meta.get("protocol")
+    cross = declared is not None and declared != protocol.name
+    if cross:  # a legitimate study, never a silent one
+        logging.getLogger("ddbench").warning(
+            "this set declares protocol %r and is scored under %r: a cross-protocol score, "
+            "not the set's own (result.json says so)", declared, protocol.name,
+        )  # fmt: skip
     acc = torch.tensor(accs)
     nbytes = synset.nbytes()
     result = {
@@ -253,6 +261,7 @@ def evaluate(
             "name": protocol.name,
             "hash": protocol.hash,
             "comparable": protocol.comparable,
+            **({"set_declares": declared, "cross_protocol": True} if cross else {}),
         },
         "accuracy": {
             "mean": float(acc.mean()),
