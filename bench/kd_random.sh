@@ -9,7 +9,7 @@ shift || true
 ddbench teacher train fashion_mnist          # once; a cache hit afterwards
 for ipc in 10 50; do
   for protocol in kd kd_hard; do
-    ddbench run method=random dataset=fashion_mnist ipc=$ipc protocol=$protocol progress=false \
+    ddbench run method=random dataset=fashion_mnist ipc=$ipc protocol=$protocol precision=fp32 progress=false \
       hydra.run.dir="$out/ipc$ipc/$protocol" "$@"
   done
 done

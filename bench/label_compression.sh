@@ -19,7 +19,7 @@ read -r -a distill_args <<<"${DISTILL_ARGS:-method.iterations=200}"
 variants=(fp32 fp16 top5 top2 top1)
 
 ddbench distill method=sre2l dataset=fashion_mnist ipc=10 method.label_dtype=float32 \
-  progress=false hydra.run.dir="$out/distill" "${distill_args[@]}"
+  precision=fp32 progress=false hydra.run.dir="$out/distill" "${distill_args[@]}"
 
 python - "$out" <<'PY'
 """Re-store the distilled set's labels: same images, float32 -> each variant."""
@@ -45,7 +45,7 @@ for name, dtype, k in [("fp32", "float32", None), ("fp16", "float16", None),
 PY
 
 for v in "${variants[@]}"; do
-  ddbench evaluate synset="$out/sets/$v.safetensors" protocol=kd_set progress=false \
+  ddbench evaluate synset="$out/sets/$v.safetensors" protocol=kd_set precision=fp32 progress=false \
     hydra.run.dir="$out/eval/$v" "$@"
 done
 

@@ -17,7 +17,7 @@ shift || true
 run() {
   local dir=$1
   shift
-  ddbench run protocol=quick 'protocol.seeds=[0,1]' progress=false hydra.run.dir="$out/$dir" "$@"
+  ddbench run protocol=quick 'protocol.seeds=[0,1]' precision=fp32 progress=false hydra.run.dir="$out/$dir" "$@"
 }
 for ds in fashion_mnist mnist; do
   for ipc in 1 10; do run $ds/random/ipc$ipc method=random dataset=$ds ipc=$ipc "$@"; done

@@ -7,7 +7,7 @@ set -euo pipefail
 out=${1:-bench/results/random}
 for ds in fashion_mnist mnist; do
   for ipc in 10 1; do
-    ddbench run method=random dataset=$ds ipc=$ipc protocol=standard progress=false \
+    ddbench run method=random dataset=$ds ipc=$ipc protocol=standard precision=fp32 progress=false \
       hydra.run.dir="$out/$ds/ipc$ipc"
   done
 done

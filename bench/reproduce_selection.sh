@@ -23,7 +23,7 @@ run() {
   shift 2
   local extra=()
   if [[ $ipc == 10 && -n $seeds10 ]]; then extra+=("protocol.seeds=$seeds10"); fi
-  ddbench run dataset="${dir%%/*}" ipc="$ipc" protocol=standard progress=false \
+  ddbench run dataset="${dir%%/*}" ipc="$ipc" protocol=standard precision=fp32 progress=false \
     hydra.run.dir="$out/$dir/ipc$ipc" "${extra[@]}" "$@"
 }
 for ds in fashion_mnist mnist; do

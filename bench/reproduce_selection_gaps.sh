@@ -15,12 +15,12 @@ nodsa=$root/selection_nodsa/fashion_mnist
 run() {
   local dir=$1
   shift
-  ddbench run progress=false hydra.run.dir="$dir" "$@"
+  ddbench run precision=fp32 progress=false hydra.run.dir="$dir" "$@"
 }
 score() {
   local dir=$1 set=$2
   shift 2
-  ddbench evaluate synset="$set" progress=false hydra.run.dir="$dir" "$@"
+  ddbench evaluate synset="$set" precision=fp32 progress=false hydra.run.dir="$dir" "$@"
 }
 # 1. feature spaces
 run "$diag/mnist/herding_normalized/ipc1" dataset=mnist ipc=1 method=herding method.normalize=true protocol=standard

@@ -18,7 +18,7 @@ out=${1:-bench/results/sre2l/fashion_mnist}
 ds=${2:-fashion_mnist}
 shift 2 || shift $# || true
 common=(dataset="$ds" ipc=10 protocol=kd 'protocol.seeds=[0,1,2]' method.iterations=200
-  progress=false)
+  precision=fp32 progress=false)
 for m in sre2l cda; do
   ddbench run method=$m "${common[@]}" hydra.run.dir="$out/$m/ipc10" "$@"
 done

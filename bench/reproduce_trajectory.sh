@@ -27,7 +27,7 @@ shift 2 || shift $# || true
 only=" ${ONLY:-mtt ftd datm ast} "
 ipc=${IPC:-1}
 lr_lr=$([[ $ipc == 1 ]] && echo 1e-7 || echo 1e-5)
-common=(ipc="$ipc" protocol=learned_lr progress=false method.num_experts=1 method.expert_epochs=2
+common=(ipc="$ipc" protocol=learned_lr precision=fp32 progress=false method.num_experts=1 method.expert_epochs=2
   method.iterations=200 method.syn_steps=20 method.experts.epochs=4 method.lr_lr="$lr_lr")
 run() {
   local dir=$1

@@ -30,12 +30,14 @@ from torch import Tensor
 from ddbench.errors import DDBenchError
 
 __all__ = [
+    "DCAugment",
     "DEFAULT_STRATEGY",
     "OPS",
     "DSA",
     "DSADraw",
     "ZCA",
     "default_strategy",
+    "make_augment",
     "parse_strategy",
 ]
 
@@ -496,3 +498,94 @@ class ZCA:
             raise DDBenchError(f"ZCA state dict lacks {missing}")
         eps = float(d["eps"]) if "eps" in d else 0.1
         return cls(d["mean"], d["transform"], d["transform_inv"], eps)
+
+
+# ----------------------------------------------------------------------------- DC's own augmentation
+
+DC_AUG_OPS = ("crop", "scale", "rotate", "noise")
+
+
+class DCAugment:
+    """The augmentation of DC's own evaluation (``augment`` and ``get_daparam`` of the
+    DatasetCondensation code, utils.py 365-445 at 53f63a6), not DSA: for each image, one op drawn
+    uniformly from the strategy (``crop_scale_rotate`` for MNIST, ``crop_noise`` for BatchNorm
+    models), with DC's constants (``crop`` 4, ``scale`` 0.2, ``rotate`` 45, ``noise`` 0.001):
+
+    * ``crop``: pad by ``crop`` pixels with each channel's batch mean, take the window at a random
+      offset in ``[0, 2 crop)`` on each axis (a shift of ``-crop .. crop - 1``);
+    * ``scale``: resize (nearest) to ``int(u H) x int(v H)`` with ``u, v ~ U(1 - s, 1 + s)``, centre
+      it on a zero canvas and take the centre ``H x W``;
+    * ``rotate``: rotate by an integer angle in ``[-rotate, rotate)`` degrees (cubic spline,
+      ``scipy.ndimage.rotate`` with the canvas enlarged, filled with the mean of the channel
+      means), take the centre;
+    * ``noise``: add ``noise`` x N(0, 1).
+
+    The images are handled one by one on the CPU (rotation goes through scipy), as DC's code does;
+    draws come from the given ``torch.Generator``, never the global RNG or the clock.
+    """
+
+    def __init__(
+        self, strategy: str, crop: int = 4, scale: float = 0.2, rotate: int = 45,
+        noise: float = 0.001,
+    ):  # fmt: skip
+        ops = tuple(op for op in strategy.split("_") if op)
+        unknown = sorted(set(ops) - set(DC_AUG_OPS))
+        if not ops or unknown:
+            raise DDBenchError(
+                f"DC augmentation strategy {strategy!r}: unknown op(s) {unknown}; ops are "
+                f"{'_'.join(DC_AUG_OPS)}"
+            )
+        self.strategy, self.ops = strategy, ops
+        self.crop, self.scale, self.rotate, self.noise = int(crop), float(scale), int(rotate), noise
+
+    def __repr__(self) -> str:
+        return f"DCAugment({self.strategy!r})"
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_images(x)
+        device, out = x.device, x.detach().float().cpu().clone()
+        n, c, h, w = out.shape
+        means = out.mean(dim=(0, 2, 3))  # DC: per channel, over the whole batch, before any op
+        for i in range(n):
+            op = self.ops[int(torch.randint(len(self.ops), (1,), generator=generator))]
+            out[i] = getattr(self, f"_{op}")(out[i], means, h, w, generator)
+        return out.to(device, x.dtype)
+
+    def _crop(self, img: Tensor, means: Tensor, h: int, w: int, g) -> Tensor:
+        k = self.crop
+        canvas = means.view(-1, 1, 1).expand(-1, h + 2 * k, w + 2 * k).clone()
+        canvas[:, k : k + h, k : k + w] = img
+        r, col = (int(v) for v in torch.randint(2 * k, (2,), generator=g))
+        return canvas[:, r : r + h, col : col + w]
+
+    def _scale(self, img: Tensor, means: Tensor, h: int, w: int, g) -> Tensor:
+        u = 1 - self.scale + 2 * self.scale * torch.rand(2, generator=g, dtype=torch.float64)
+        sh, sw = int(float(u[0]) * h), int(float(u[1]) * h)  # DC scales both sides by H
+        small = F.interpolate(img[None], size=[sh, sw])[0]  # nearest, as F.interpolate's default
+        m = max(sh, sw, h, w)
+        canvas = img.new_zeros(img.shape[0], m, m)
+        r, col = (m - sh) // 2, (m - sw) // 2
+        canvas[:, r : r + sh, col : col + sw] = small
+        r, col = (m - h) // 2, (m - w) // 2
+        return canvas[:, r : r + h, col : col + w]
+
+    def _rotate(self, img: Tensor, means: Tensor, h: int, w: int, g) -> Tensor:
+        from scipy.ndimage import rotate  # scikit-learn's dependency; only this op needs it
+
+        angle = int(torch.randint(-self.rotate, self.rotate, (1,), generator=g))
+        big = rotate(img.numpy(), angle=angle, axes=(-2, -1), cval=float(means.mean()))
+        r, col = (big.shape[-2] - h) // 2, (big.shape[-1] - w) // 2
+        return torch.from_numpy(big[:, r : r + h, col : col + w].copy()).float()
+
+    def _noise(self, img: Tensor, means: Tensor, h: int, w: int, g) -> Tensor:
+        return img + self.noise * torch.randn(img.shape, generator=g)
+
+
+def make_augment(strategy: str | None) -> DSA | DCAugment | None:
+    """The batch augmentation a protocol names: ``dc:<ops>`` for DC's own (:class:`DCAugment`),
+    else a DSA strategy; None for none."""
+    if not strategy or strategy == "none":
+        return None
+    if strategy.startswith("dc:"):
+        return DCAugment(strategy[3:])
+    return DSA(strategy)

@@ -349,6 +349,8 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     note = "" if protocol.comparable else "  [protocol not comparable with papers]"
     if split != "test":
         note += "  [VAL split: a tuning score, not a test result]"
+    if result["protocol"].get("cross_protocol"):
+        note += f"  [cross-protocol: the set declares {result['protocol']['set_declares']}]"
     print(f"{'VAL ' if split != 'test' else ''}{result['method']} {result['dataset']} ipc={result['ipc']} {protocol.name}/{result['model']}: "
           f"{acc['mean']:.2f} +- {acc['std']:.2f} %{note}  -> {run_dir / 'result.json'}")  # fmt: skip
     return result

@@ -169,9 +169,9 @@ class ImageDistillation(Method):
         """A newly initialised ``task.model_factory()`` in train mode, seeded from the task's
         generator (the global RNG is left untouched). ``frozen``: no parameter needs grad.
         ``channels_last``: weights (hence activations) in NHWC where that pays, i.e. in fp32 on
-        CPU only: there ~20-30 % faster forward passes (PyTorch's NCHW avg_pool2d is slow), but
-        a slower double backward (DC), and under bf16 autocast ~1.7x SLOWER (NHWC bf16 group
-        norm); bench/matching_speed.py measures both."""
+        CPU only: faster forward passes there (PyTorch's NCHW avg_pool2d is slow), but a slower
+        double backward (DC) and, under bf16 autocast, slower NHWC group norm;
+        ``bench/matching_speed.py`` measures both."""
         channels_last = channels_last and task.device.type == "cpu" and task.precision == "fp32"
         seed = self.next_seed(task)
         with torch.random.fork_rng(devices=[]):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 
 from ddbench import data as ddata
 from ddbench import engine
-from ddbench.augment import DSA
+from ddbench.augment import make_augment
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
@@ -35,7 +36,7 @@ _HASHED = (
 )  # fmt: skip
 # Keys added later: hashed only when they differ from their default, so that the hashes of
 # protocols that do not use them stay what they were.
-_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher")
+_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher", "per_dataset")
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Protocol:
     mixup: float = 0.0  # Beta alpha (0 = off)
     cutmix: float = 0.0  # Beta alpha (0 = off)
     teacher: dict[str, Any] | None = None  # labels=teacher: a ddbench.teachers.TeacherConfig
+    # fields that differ for some datasets, e.g. DC's own recipe: {mnist: {epochs: 1000, ...}}
+    per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     comparable: bool = True  # False for smoke-test recipes whose numbers mean nothing
     description: str = ""
@@ -78,12 +81,27 @@ class Protocol:
             raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set or teacher")
         if p.labels == "teacher" and p.loss != "kd":
             raise DDBenchError(f"protocol {p.name!r}: labels=teacher needs loss=kd")
+        for ds, fields in p.per_dataset.items():
+            bad = sorted(set(fields) - known - {"name", "per_dataset", "seeds"}) or sorted(
+                set(fields) & {"name", "per_dataset", "seeds"}
+            )
+            if bad:
+                raise DDBenchError(f"protocol {p.name!r}: per_dataset.{ds} cannot set {bad}")
         return p
+
+    def for_dataset(self, dataset: str | None) -> Protocol:
+        """The recipe this protocol pins for ``dataset`` (its ``per_dataset`` entry applied).
+        Results carry the protocol's own name and hash, which cover every entry."""
+        fields = self.per_dataset.get(dataset or "", {})
+        return replace(self, **fields) if fields else self
 
     @property
     def hash(self) -> str:
         d = asdict(self)
-        defaults = {f.name: f.default for f in self.__dataclass_fields__.values()}
+        defaults = {
+            f.name: f.default if f.default_factory is MISSING else f.default_factory()
+            for f in self.__dataclass_fields__.values()
+        }
         keyed = {k: d[k] for k in _HASHED}
         keyed.update({k: d[k] for k in _HASHED_IF_SET if d[k] != defaults[k]})
         canon = json.dumps(keyed, sort_keys=True, separators=(",", ":"))
@@ -184,13 +202,14 @@ def evaluate(
                 f"protocol {protocol.name!r} uses the set's learned lr, but the set stores none"
             )
         lr = float(synset.lr.reshape(-1)[0])
+    pinned = protocol.for_dataset(dataset)  # the hash stays the protocol's
     strategy = None
-    if protocol.augment and protocol.augment != "none":
-        strategy = spec.dsa_strategy if protocol.augment == "dsa" else protocol.augment
-    recipe = protocol.recipe(strategy, lr)
+    if pinned.augment and pinned.augment != "none":
+        strategy = spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
+    recipe = pinned.recipe(strategy, lr)
     recipe.precision = precision
     recipe.channels_last = bool(channels_last)
-    dsa = DSA(strategy) if strategy else None
+    dsa = make_augment(strategy)
     images = synset.images
     if not meta.get("space", {}).get("normalized", True):
         images = (images - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(
@@ -240,6 +259,13 @@ def evaluate(
         _save_partial(partial, key, done)
     accs = [done[s] for s in protocol.seeds]
     eval_seconds = time.perf_counter() - t0
+    declared = meta.get("protocol")
+    cross = declared is not None and declared != protocol.name
+    if cross:  # a legitimate study, never a silent one
+        logging.getLogger("ddbench").warning(
+            "this set declares protocol %r and is scored under %r: a cross-protocol score, "
+            "not the set's own (result.json says so)", declared, protocol.name,
+        )  # fmt: skip
     acc = torch.tensor(accs)
     nbytes = synset.nbytes()
     result = {
@@ -253,6 +279,7 @@ def evaluate(
             "name": protocol.name,
             "hash": protocol.hash,
             "comparable": protocol.comparable,
+            **({"set_declares": declared, "cross_protocol": True} if cross else {}),
         },
         "accuracy": {
             "mean": float(acc.mean()),

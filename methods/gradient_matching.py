@@ -76,7 +76,9 @@ class DC(ImageDistillation):
                 )
 
     name = "dc"
-    protocol = "nodsa"  # DC's own evaluation: no augmentation, 300 epochs
+    protocol = (
+        "dc"  # DC's own evaluation per dataset (conf/protocol/dc.yaml: MNIST with its augmentation)
+    )
     recipes = "dc"
 
     def loops(self, ipc: int) -> tuple[int, int]:

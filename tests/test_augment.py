@@ -300,3 +300,73 @@ def test_zca_matches_kornia_and_state_dict_roundtrip():
     assert torch.equal(zca2(x), zca(x)) and torch.equal(zca2.inverse(x), zca.inverse(x))
     with pytest.raises(DDBenchError):
         zca(torch.zeros(2, 3, 4, 4))
+
+
+# ------------------------------------------------------------------ DC's own augmentation
+
+
+def _digits_batch(n=6):
+    from ddbench.data import load_split
+
+    d = load_split("digits", "train")
+    return d.normalize(d.images[:n])
+
+
+def test_dc_crop_is_a_shift_within_the_pad_filled_with_the_batch_mean():
+    from ddbench.augment import DCAugment
+
+    x = _digits_batch()
+    y = DCAugment("crop")(x, torch.Generator().manual_seed(0))
+    mean = float(x.mean())
+    k, (h, w) = 4, x.shape[-2:]
+    for i in range(len(x)):
+        padded = torch.full((1, h + 2 * k, w + 2 * k), mean)
+        padded[:, k : k + h, k : k + w] = x[i]
+        windows = [padded[:, r : r + h, c : c + w] for r in range(2 * k) for c in range(2 * k)]
+        assert any(torch.equal(y[i], win) for win in windows), i
+    assert not torch.equal(y, x)
+
+
+def test_dc_scale_and_rotate_follow_their_definitions():
+    from scipy.ndimage import rotate
+
+    from ddbench.augment import DCAugment
+
+    x = _digits_batch(4)
+    assert torch.equal(DCAugment("scale", scale=0.0)(x, torch.Generator()), x)  # factor 1
+    g, aug = torch.Generator().manual_seed(3), DCAugment("rotate", rotate=30)
+    y = aug(x, g)
+    g.manual_seed(3)
+    for i in range(len(x)):
+        torch.randint(1, (1,), generator=g)  # the op draw (one op here)
+        angle = int(torch.randint(-30, 30, (1,), generator=g))
+        big = rotate(x[i].numpy(), angle=angle, axes=(-2, -1), cval=float(x.mean()))
+        r, c = (big.shape[-2] - 8) // 2, (big.shape[-1] - 8) // 2
+        torch.testing.assert_close(y[i], torch.from_numpy(big[:, r : r + 8, c : c + 8]).float())
+
+
+def test_dc_augment_is_seeded_and_picks_one_op_per_image_and_refuses_unknown_ops():
+    from ddbench.augment import DCAugment, make_augment
+
+    x = _digits_batch(8)
+    aug = DCAugment("crop_scale_rotate")
+    a = aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, aug(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, aug(x, torch.Generator().manual_seed(2)))
+    assert a.shape == x.shape and torch.isfinite(a).all()
+    with pytest.raises(DDBenchError, match="flip"):
+        DCAugment("crop_flip")
+    assert isinstance(make_augment("dc:crop_noise"), DCAugment)
+    assert make_augment("none") is None and make_augment("flip").strategy == "flip"
+
+
+def test_the_dc_protocol_is_dcs_own_recipe_per_dataset():
+    from ddbench.protocol import Protocol, protocol_config
+
+    dc = Protocol.from_config(protocol_config("dc"))
+    mnist, fmnist = dc.for_dataset("mnist"), dc.for_dataset("fashion_mnist")
+    assert (mnist.epochs, mnist.augment) == (1000, "dc:crop_scale_rotate")
+    assert (fmnist.epochs, fmnist.augment) == (300, "none") and fmnist is dc
+    assert dc.hash != Protocol.from_config(protocol_config("nodsa")).hash
+    with pytest.raises(DDBenchError, match="seeds"):
+        Protocol.from_config({**protocol_config("dc"), "per_dataset": {"mnist": {"seeds": [0]}}})

@@ -221,6 +221,44 @@ def test_evaluate_reports_final_epoch_accuracy_of_each_seed(digits):
     }
 
 
+def test_a_set_scored_under_another_protocol_than_it_declares_says_so(digits, caplog):
+    """Cross-protocol scoring is allowed, never silent: a warning and result.json say so."""
+    s = _digits_set(digits)
+    s.meta["protocol"] = "nodsa"
+    p = _standard(epochs=1, seeds=[0], augment="none")
+    with caplog.at_level("WARNING", logger="ddbench"):
+        r = evaluate(s, p, "convnet", {"net_width": 16}, device="cpu", progress=False)
+    assert r["protocol"]["set_declares"] == "nodsa" and r["protocol"]["cross_protocol"] is True
+    assert "declares protocol 'nodsa' and is scored under 'standard'" in caplog.text
+    s.meta["protocol"] = "standard"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ddbench"):
+        own = evaluate(s, p, "convnet", {"net_width": 16}, device="cpu", progress=False)
+    assert "cross_protocol" not in own["protocol"] and "cross-protocol" not in caplog.text
+
+
+def test_a_per_dataset_recipe_trains_with_dcs_augmentation(digits, monkeypatch):
+    """A protocol's per-dataset entry is what evaluation trains with (here DC's augmentation on
+    digits); the result carries the protocol's own hash."""
+    from ddbench import augment
+
+    calls = []
+    real_call = augment.DCAugment.__call__
+
+    def counted(self, x, generator=None):
+        calls.append(len(x))
+        return real_call(self, x, generator)
+
+    monkeypatch.setattr(augment.DCAugment, "__call__", counted)
+    p = _standard(epochs=5, seeds=[0], augment="none")
+    p = dataclasses.replace(
+        p, per_dataset={"digits": {"epochs": 1, "augment": "dc:crop_scale_rotate"}}
+    )
+    s = _digits_set(digits)
+    r = evaluate(s, p, "convnet", {"net_width": 16}, device="cpu", progress=False)
+    assert calls == [len(s)] and r["protocol"]["hash"] == p.hash  # 1 epoch: one batch of the set
+
+
 def test_evaluate_refuses_mismatched_labels_and_missing_lr(digits):
     with pytest.raises(DDBenchError, match="soft labels"):
         evaluate(_digits_set(digits, soft=True), _standard(epochs=1), device="cpu", progress=False)

@@ -26,6 +26,7 @@ PINNED = {
     "kd": "d9e350a566970d67",
     "kd_hard": "0e3424918f5abc68",
     "kd_set": "bc2aa7c5f872eba5",
+    "dc": "244a6cdc33514c20",
 }
 
 

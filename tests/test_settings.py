@@ -141,3 +141,24 @@ def test_cli_applies_and_records_the_recipe(tmp_path):
         (out / "distill.log").read_text() if (out / "distill.log").exists() else ""
     )
     assert torch.isfinite(s.images).all()
+
+
+def test_the_command_line_gets_the_papers_ipc1_settings_for_cifar10(tmp_path, monkeypatch):
+    """`ddbench distill method=mtt dataset=cifar10 ipc=1` prints MTT's published CIFAR-10 IPC 1
+    settings before it needs the data (CIFAR-10 is not on this machine: the run then stops with
+    the data error, having made nothing)."""
+    from cli_runner import run_cli
+
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path / "no-data"))
+    r = run_cli(
+        "distill", "method=mtt", "dataset=cifar10", "ipc=1", "method.lr_lr=2e-7",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    out = r.stdout + r.stderr
+    ipc1 = load_recipes("mtt")["cifar10"][1]
+    assert "published recipe for cifar10/ipc1" in out
+    for key in ("syn_steps", "expert_epochs", "max_start_epoch", "lr_img"):
+        assert f"\n{key}: {ipc1[key]}\n" in out, key
+    assert "\nlr_lr: 2.0e-07\n" in out and "kept as set: {'lr_lr'" in out  # the command line wins
+    assert r.returncode != 0 and "CIFAR-10 not found" in out and "Traceback" not in out
+    assert not (tmp_path / "run" / "synset.safetensors").exists()

@@ -1,8 +1,8 @@
 """A 1-channel (grayscale) stem convolution with a faster bf16 weight gradient on CPU
 (:class:`GrayConv2d`).
 
-oneDNN's bf16 weight-gradient kernel for a single input channel is slow: 2-5x the same product
-written as one GEMM, ``grad[O, N*L] @ im2col(x)[N*L, k*k]``, which is what the backward computes
+oneDNN's bf16 weight-gradient kernel for a single input channel is slower than the same product
+written as one GEMM (``bench/eval_speed.py`` measures the effect), ``grad[O, N*L] @ im2col(x)[N*L, k*k]``, which is what the backward computes
 here (same bf16 inputs, fp32 accumulation; as close to the fp32 gradient as oneDNN's). The
 forward and the input gradient are the stock kernels. The backward is built from
 differentiable ops, so DC's double backward and MTT's unroll go through it.

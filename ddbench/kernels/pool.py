@@ -1,7 +1,7 @@
 """2x2 average pooling with a faster bf16 path on CPU (:class:`AvgPool2x2`).
 
-PyTorch's NCHW bf16 CPU kernels for this pooling are slow: 10-20x a copy of the tensor
-(``bench/pool_kernels.py``). For a large contiguous bf16 CPU tensor with even height and width,
+PyTorch's NCHW bf16 CPU kernels for this pooling are slow, many times a copy of the tensor
+(``bench/pool_kernels.py`` times them). For a large contiguous bf16 CPU tensor with even height and width,
 the forward and the backward here run Inductor-compiled kernels that read and write the bf16
 bits as int32 words (two horizontal neighbours per word; :func:`_pool_bits`,
 :func:`_upsample_bits`), bit for bit the stock results. Each is the other's adjoint, so the path
