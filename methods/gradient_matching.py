@@ -76,9 +76,7 @@ class DC(ImageDistillation):
                 )
 
     name = "dc"
-    protocol = (
-        "dc"  # DC's own evaluation per dataset (conf/protocol/dc.yaml: MNIST with its augmentation)
-    )
+    protocol = "dc"  # DC's own evaluation per dataset (conf/protocol/dc.yaml)
     recipes = "dc"
 
     def loops(self, ipc: int) -> tuple[int, int]:
