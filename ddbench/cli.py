@@ -260,7 +260,7 @@ def _tracker(cfg, run_dir: Path):
 def _distill(cfg, run_dir: Path, tracker) -> Any:
     """Make (or reuse, when it exists for this exact config) the run's synthetic set."""
     import torch
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     from ddbench import data, synset
     from ddbench.augment import DSA
@@ -272,7 +272,8 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     method = build_method(OmegaConf.to_container(cfg.method, resolve=True))
     method.apply_recipe(name, int(cfg.ipc), explicit=_overridden("method"))
     log.info("method %s:\n%s", method.name, OmegaConf.to_yaml(method.config))
-    cfg = OmegaConf.merge(cfg, {"method": method.config})  # the key covers the recipe applied
+    with open_dict(cfg):  # the key covers the final settings (a plug-in's defaults, a recipe)
+        cfg.method = method.config
     precision = _precisions(cfg)[0]
     key = config_key(cfg, _DISTILL_KEYS, precision=precision)
     out = run_dir / "synset.safetensors"

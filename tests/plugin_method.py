@@ -15,13 +15,14 @@ class MeanShifted(Method):
     @dataclass
     class Settings(Settings):
         brightness: float = 0.0  # added to every pixel of the class means
+        per_class: int = 8  # real images averaged per class
 
     name = "mean_shifted"
 
     def distill(self, task: Task):
         images, labels = [], []
         for c in range(task.num_classes):
-            x = task.real_images(c, n=8)
+            x = task.real_images(c, n=self.per_class)
             images.append(x.mean(0, keepdim=True).repeat(task.ipc, 1, 1, 1) + self.brightness)
             labels.append(torch.full((task.ipc,), c))
         return task.make_set(torch.cat(images), torch.cat(labels), method=self)
