@@ -8,18 +8,26 @@ machinery (training engine, models, DSA) is requested from the core, never copie
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 
+from ddbench import engine
 from ddbench.data import DatasetSpec, RealDataset
 from ddbench.errors import DDBenchError
 from ddbench.provenance import peak_memory_bytes
@@ -52,8 +60,6 @@ class Checkpointer:
     ) -> None:
         if self.path is None:
             return
-        from safetensors.torch import save_file
-
         meta = {"step": str(step), "key": self.key, "state": json.dumps(state or {})}
         t = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         atomic_write(self.path, lambda tmp: save_file(t, tmp, metadata=meta))
@@ -62,8 +68,6 @@ class Checkpointer:
         """``(step, tensors, state)`` of the last checkpoint of this config, or None."""
         if self.path is None or not self.path.exists():
             return None
-        from safetensors import safe_open
-
         try:
             with safe_open(str(self.path), "pt") as f:
                 meta = f.metadata() or {}
@@ -121,9 +125,7 @@ class Task:
         ``precision='bf16'`` (matmul- and convolution-type ops in bf16, the rest as it is), else
         a no-op. The image loop runs each step in it (:meth:`ddbench.distill.ImageDistillation`);
         code outside that loop (scoring, relabelling) enters it around its network calls."""
-        from ddbench.engine import autocast
-
-        return autocast(self.device, self.precision)
+        return engine.autocast(self.device, self.precision)
 
     def full_precision(self) -> contextlib.AbstractContextManager:
         """A context in which autocast is off, also inside :meth:`autocast`: the data side of a
@@ -144,8 +146,6 @@ class Task:
         return self.normalize(self.train.images[idx].to(self.device))
 
     def progress(self, it: Iterable, total: int | None = None, desc: str = "") -> Iterable:
-        from tqdm import tqdm
-
         return tqdm(it, total=total, desc=desc, disable=None, leave=False)
 
     def make_set(
@@ -201,7 +201,7 @@ class Method:
     overrides, typed and validated (an unknown key or a value of the wrong type is an error);
     every setting is readable as an attribute (``self.lr_img``). ``recipes`` names the table of
     published settings per (dataset, IPC) in ``conf/recipes/<recipes>.yaml``
-    (:meth:`for_setting`, :func:`build_method`).
+    (:meth:`apply_recipe`, :meth:`for_setting`).
     """
 
     name: str = "method"
@@ -257,9 +257,6 @@ def make_settings(cls: type[Method], overrides: Mapping[str, Any]) -> Any:
     the dataclass; a bad key or value is a :class:`DDBenchError`. A nested settings dataclass
     (``experts``, ``teacher``) is merged key by key; a plain dict setting (``model_kwargs``,
     ``step_kwargs``) given in ``overrides`` replaces the default one whole."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         node = OmegaConf.structured(cls.Settings)
         _clear_replaced_dicts(node, overrides)
@@ -278,10 +275,6 @@ def make_settings(cls: type[Method], overrides: Mapping[str, Any]) -> Any:
 def _clear_replaced_dicts(node: Any, overrides: Mapping[str, Any]) -> None:
     """Empty the plain-dict entries of ``node`` that ``overrides`` sets, so that the merge puts
     the given dict in place of the default instead of adding its keys to it."""
-    from dataclasses import is_dataclass
-
-    from omegaconf import OmegaConf
-
     for key, value in overrides.items():
         if not isinstance(value, Mapping) or key not in node:
             continue
@@ -302,10 +295,6 @@ def settings_defaults(cls: type[Method]) -> dict[str, Any]:
 def load_recipes(name: str) -> dict[str, Any]:
     """The recipe table ``conf/recipes/<name>.yaml``: ``{dataset or "*": {ipc: {setting: value,
     ..., "source": "where the values come from"}}}``; ``{}`` if there is none."""
-    import importlib.resources
-
-    import yaml
-
     path = importlib.resources.files("ddbench.conf") / "recipes" / f"{name}.yaml"
     if not path.is_file():
         return {}
