@@ -131,21 +131,27 @@ class GraNd(_EarlyTrainingScore):
         score = torch.zeros(n, device=task.device)
         correct = torch.zeros(n, device=task.device)
         for model in models:
-            model.eval()
-            params = {k: v.detach() for k, v in model.named_parameters()}
-            buffers = {k: v.detach() for k, v in model.named_buffers()}
-
-            def loss(p, x, y):
-                logits = functional_call(model, (p, buffers), (x[None],))
-                return nn.functional.cross_entropy(logits, y[None]), logits.detach()
-
-            per_sample = vmap(grad(loss, has_aux=True), in_dims=(None, 0, 0))
+            per_sample = _per_sample_gradients(model.eval())
             chunks = range(0, n, self.chunk)
             for b0 in task.progress(chunks, total=math.ceil(n / self.chunk), desc="grand scores"):
                 rows = slice(b0, b0 + self.chunk)
                 x = task.normalize(task.train.images[rows]).to(task.device, torch.float32)
-                grads, logits = per_sample(params, x, labels[rows])
+                grads, logits = per_sample(x, labels[rows])
                 sq = sum(g.flatten(1).pow(2).sum(1) for g in grads.values())
                 score[rows] += sq.sqrt() / len(models)
                 correct[rows] += (logits[:, 0].argmax(-1) == labels[rows]).float() / len(models)
         return {"score": score, "correct": correct}
+
+
+def _per_sample_gradients(model: nn.Module):
+    """``f(x [B,...], y [B]) -> ({name: gradient [B,...]}, logits [B,1,C])``: the gradient of
+    each image's cross-entropy loss wrt every parameter of ``model`` (as it is, float32)."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss(p, x, y):
+        logits = functional_call(model, (p, buffers), (x[None],))
+        return nn.functional.cross_entropy(logits, y[None]), logits.detach()
+
+    per_sample = vmap(grad(loss, has_aux=True), in_dims=(None, 0, 0))
+    return lambda x, y: per_sample(params, x, y)
