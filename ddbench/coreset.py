@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ddbench.augment import default_strategy, parse_strategy
+from ddbench.augment import parse_strategy
 from ddbench.cache import cache_root
 from ddbench.engine import Recipe, build_models, predict_batches, train
 from ddbench.errors import DDBenchError
@@ -122,7 +122,7 @@ def train_models(
     SGD (momentum 0.9, weight decay 5e-4) at ``lr``; ``schedule``: ``constant`` or ``step``
     (the lr times 0.2 at 30, 60 and 80 % of ``epochs``: Toneva et al.'s and Paul et al.'s
     60/120/160 of 200 epochs, see docs/methods.md), or ``cosine``; ``augment``: a DSA strategy,
-    ``auto`` (the dataset's default, :func:`ddbench.augment.default_strategy`) or ``none``.
+    ``auto`` (the dataset's, ``task.spec.dsa_strategy``) or ``none``.
     ``on_epoch``/``on_batch``: the engine's hooks (the models then train one at a time, in
     place). ``epochs=0`` returns the models at initialisation.
     """
@@ -157,10 +157,10 @@ def train_models(
 
 def augment_strategy(task: Task, augment: str) -> str | None:
     """The DSA strategy of a scoring recipe: ``none`` -> None, ``auto`` -> the dataset's
-    default (:func:`ddbench.augment.default_strategy`), else the strategy string itself."""
+    (``task.spec.dsa_strategy``), else the strategy string itself."""
     if augment == "none":
         return None
-    return default_strategy(task.spec.name) if augment == "auto" else augment
+    return task.spec.dsa_strategy if augment == "auto" else augment
 
 
 @torch.no_grad()

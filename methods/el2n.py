@@ -42,7 +42,7 @@ class _EarlyTrainingScore(ScoreSelection):
     class Settings(ScoreSelection.Settings):
         models: int = 10  # networks averaged (Paul et al.: 10 independent runs)
         epochs: int = 20  # epochs of (early) training of each; 0: at initialisation
-        augment: str = "auto"  # DSA strategy | auto (the dataset's default strategy) | none
+        augment: str = "auto"  # DSA strategy | auto (the dataset's strategy) | none
 
         def __post_init__(self) -> None:
             super().__post_init__()

@@ -61,7 +61,7 @@ class Forgetting(ScoreSelection):
         epochs: int = 200
         # step: lr x0.2 at 30/60/80 % of the epochs (run_cifar.py:495-496) | constant | cosine
         schedule: str = "step"
-        # DSA strategy | auto (the dataset's default strategy) | none
+        # DSA strategy | auto (the dataset's strategy) | none
         augment: str = "auto"
         # count: never-learned images rank by their 0 events (DeepCore) | hardest: as forgotten
         # infinitely often, picked first (Toneva); count is closer to the DC paper

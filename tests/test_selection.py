@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ddbench import coreset, engine
-from ddbench.augment import DSA, default_strategy
+from ddbench.augment import DSA
 from ddbench.coreset import (
     Selection,
     draw_seeds,
@@ -304,7 +304,7 @@ def test_forgetting_per_presentation_matches_a_reference_loop(make_task):
     model = task.model_factory().train()
     opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4, fused=True)
     g = torch.Generator().manual_seed(seed + 7919)
-    dsa = DSA(default_strategy("digits"))
+    dsa = DSA(task.spec.dsa_strategy)
     before = torch.zeros(n, dtype=torch.bool)
     count, learned = torch.zeros(n, dtype=torch.long), before.clone()
     for ep in range(epochs):
@@ -383,7 +383,7 @@ def test_el2n_with_augmentation_differs_from_without(make_task):
     plain = EL2N(**cfg, augment="none").score(make_task())["score"]
     assert aug.shape == plain.shape and not torch.allclose(aug, plain, atol=1e-3)
     # a named strategy is the same as auto when auto resolves to it
-    named = EL2N(**cfg, augment=default_strategy("digits")).score(make_task())["score"]
+    named = EL2N(**cfg, augment=make_task().spec.dsa_strategy).score(make_task())["score"]
     assert torch.equal(named, aug)
 
 
