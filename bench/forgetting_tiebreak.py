@@ -52,11 +52,17 @@ def main(argv: list[str] | None = None) -> None:
         device=torch.device("cpu"),
         augment=DSA(spec.dsa_strategy),
     )
-    # the method as `ddbench run method=forgetting method.epochs=E` builds it: the same config,
-    # hence the same cache key as that run's scores
+    # the method as bench/reproduce_selection.sh's `ddbench run method=forgetting ...` builds it
+    # (the per-epoch count): the same config, hence the same cache key as that run's scores
     node = packaged_config(
         "forgetting",
-        [f"method.epochs={args.epochs}", f"method.never_learned={args.never_learned}"],
+        [
+            "method.count=epoch",
+            "method.schedule=constant",
+            "method.augment=none",
+            f"method.epochs={args.epochs}",
+            f"method.never_learned={args.never_learned}",
+        ],
     )
     method = build_method(node)
     scores = method.score(task)["score"].cpu()  # seed 0's scoring run (cached)

@@ -47,8 +47,10 @@ numbers depend on no default of the method's class or YAML. Each node pins (besi
 * herding: ``features`` (teacher), ``teacher`` (every TeacherConfig field), ``normalize``,
   ``lr``, ``batch_size``, ``chunk``; kcenter: ``features`` (trained), ``feature_epochs``,
   ``init``, ``normalize``, ``lr``, ``batch_size``, ``chunk``;
-* forgetting: ``epochs``, ``keep``, ``never_learned``, ``lr``, ``batch_size``, ``chunk``;
-  el2n, grand: ``models``, ``epochs``, ``keep``, ``lr``, ``batch_size``, ``chunk``;
+* forgetting: ``count`` (epoch), ``epochs``, ``schedule`` (constant), ``augment`` (none),
+  ``keep``, ``never_learned``, ``lr``, ``batch_size``, ``chunk``; el2n, grand: ``models``,
+  ``epochs``, ``augment`` (none), ``keep``, ``lr``, ``batch_size``, ``chunk``, and grand's
+  ``gradient`` (last_layer): the cheaper variants, which the reference pins;
 * dc, dsa: ``iterations``, ``lr_img``, ``momentum_img``, ``init``, ``batch_real``, ``dsa``,
   ``lr_net``, ``batch_train``, ``outer_loop``, ``inner_loop``, ``distance``;
 * dm: ``iterations``, ``lr_img``, ``momentum_img``, ``init``, ``batch_real``, ``dsa``;
@@ -188,7 +190,10 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
         "forgetting": {
             "_target_": t + "forgetting.Forgetting",
             "name": "forgetting",
+            "count": "epoch",
             "epochs": ep,
+            "schedule": "constant",
+            "augment": "none",
             "keep": "hardest",
             "never_learned": "count",
             **sel,
@@ -198,6 +203,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             "name": "el2n",
             "models": 2,
             "epochs": ep,
+            "augment": "none",
             "keep": "hardest",
             **sel,
         },
@@ -206,6 +212,8 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             "name": "grand",
             "models": 2,
             "epochs": 1,
+            "augment": "none",
+            "gradient": "last_layer",
             "keep": "hardest",
             **sel,
         },

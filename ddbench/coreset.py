@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ddbench.augment import parse_strategy
 from ddbench.cache import cache_root
 from ddbench.engine import Recipe, build_models, predict_batches, train
 from ddbench.errors import DDBenchError
@@ -42,6 +43,8 @@ from ddbench.synset import SyntheticSet, atomic_write
 __all__ = [
     "ScoreSelection",
     "Selection",
+    "augment_strategy",
+    "check_augment",
     "check_budget",
     "check_choice",
     "check_positive",
@@ -73,6 +76,14 @@ def check_positive(method: str, option: str, value: object, minimum: int = 1) ->
         raise DDBenchError(f"{method}: {option} must be an int >= {minimum}, got {value!r}")
 
 
+def check_augment(method: str, value: object) -> None:
+    """A one-line error unless ``value`` is ``none``, ``auto`` or a valid DSA strategy."""
+    if not isinstance(value, str):
+        raise DDBenchError(f"{method}: augment must be none, auto or a DSA strategy, got {value!r}")
+    if value not in ("none", "auto"):
+        parse_strategy(value)
+
+
 def check_budget(task: Task) -> None:
     """Every class must have at least ``ipc`` train images (selection never duplicates)."""
     for c in range(task.num_classes):
@@ -102,12 +113,18 @@ def train_models(
     desc: str,
     build: Callable[[], nn.Module] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    augment: str = "none",
+    schedule: str = "constant",
 ) -> list[nn.Module]:
     """Train one ``task.model_factory()`` per seed on the whole train split with the engine.
 
-    Plain SGD (momentum 0.9, weight decay 5e-4) at a constant lr, no augmentation: scoring
-    models are snapshots of *early* training, so no lr decay is wanted. ``epochs=0`` returns
-    the models at initialisation.
+    SGD (momentum 0.9, weight decay 5e-4) at ``lr``; ``schedule``: ``constant`` or ``step``
+    (the lr times 0.2 at 30, 60 and 80 % of ``epochs``: Toneva et al.'s and Paul et al.'s
+    60/120/160 of 200 epochs, see docs/methods.md), or ``cosine``; ``augment``: a DSA strategy,
+    ``auto`` (the dataset's, ``task.spec.dsa_strategy``) or ``none``.
+    ``on_epoch``/``on_batch``: the engine's hooks (the models then train one at a time, in
+    place). ``epochs=0`` returns the models at initialisation.
     """
     build = build or task.model_factory
     if epochs == 0:
@@ -116,10 +133,14 @@ def train_models(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
-        schedule="constant",
+        schedule=schedule,
+        milestones=(0.3, 0.6, 0.8),
+        gamma=0.2,
+        augment=augment_strategy(task, augment),
         precision=task.precision,
     )
     images = task.normalize(task.train.images)
+    hooked = on_epoch is not None or on_batch is not None
     return train(
         build,
         seeds,
@@ -127,10 +148,19 @@ def train_models(
         task.train.labels,
         recipe,
         device=task.device,
-        parallel=False if on_epoch is not None else "auto",  # on_epoch needs in-place models
+        parallel=False if hooked else "auto",  # the hooks need in-place models
         progress=desc,
         on_epoch=on_epoch,
+        on_batch=on_batch,
     ).models
+
+
+def augment_strategy(task: Task, augment: str) -> str | None:
+    """The DSA strategy of a scoring recipe: ``none`` -> None, ``auto`` -> the dataset's
+    (``task.spec.dsa_strategy``), else the strategy string itself."""
+    if augment == "none":
+        return None
+    return task.spec.dsa_strategy if augment == "auto" else augment
 
 
 @torch.no_grad()

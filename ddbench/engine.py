@@ -463,11 +463,14 @@ def sgd_step(
 
 def _batch_loss(
     forward: Callable, xb, tb, recipe: Recipe, wb, mixed, soft, device: torch.device,
-    denom: int | None = None,
+    denom: int | None = None, first: list | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """The loss of one (augmented, mixed) batch at the models' current parameters."""
+    """The loss of one (augmented, mixed) batch at the models' current parameters
+    (``first``: a list that keeps the detached logits of the first call)."""
     with autocast(device, recipe.precision):
         logits = forward(xb)
+    if first is not None and not first:
+        first.append(logits.detach().float())
     return _loss(logits, tb, recipe, wb, mixed, soft, denom)
 
 
@@ -515,6 +518,7 @@ def train(
     steps: int | None = None,
     batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     | None = None,
+    on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> TrainResult:
     """Train one fresh model per seed on ``(images, targets)`` with ``recipe``, or continue
     training given ``models``.
@@ -559,6 +563,12 @@ def train(
     last one cut short. ``batch_transform(x, y) -> (x, y)`` rewrites each model's batch before
     the augmentation (FYI: the batch and its mirrors, :mod:`ddbench.fyi`); not with ``weights``
     or under torchrun.
+
+    ``on_batch(rows, logits)`` is called after every step with the rows of ``images`` in the
+    batch (``[K,B]``, this rank's share under torchrun) and the models' logits on it from the
+    step's first forward, before the update (``[K,B,C]``, detached, float32: the augmented,
+    mixed images, in train mode), e.g. to count forgetting events per presentation
+    (:mod:`ddbench.methods.forgetting`); not with ``batch_transform``.
     """
     import time
 
@@ -590,6 +600,8 @@ def train(
         raise DDBenchError(f"{len(generators)} generators for {len(seeds)} models")
     if batch_transform is not None and (weights is not None or world > 1):
         raise DDBenchError("batch_transform cannot be combined with weights or torchrun")
+    if batch_transform is not None and on_batch is not None:
+        raise DDBenchError("on_batch sees rows of images, which a batch_transform rewrites")
     base_lr = float(recipe.lr if lr is None else lr)
     if optimizers is None and (not math.isfinite(base_lr) or base_lr <= 0):
         raise DDBenchError(f"learning rate must be positive and finite, got {base_lr}")
@@ -705,13 +717,16 @@ def train(
                     with torch.no_grad(), autocast(device, recipe.precision):
                         soft = torch.stack([teacher(xb[k]) for k in range(K)]).float()
                 wb = None if w_all is None else w_all[idx]
+                first: list | None = [] if on_batch is not None else None
                 closure = functools.partial(
-                    _batch_loss, forward, xb, tb, recipe, wb, mixed, soft, device
+                    _batch_loss, forward, xb, tb, recipe, wb, mixed, soft, device, first=first
                 )
                 if world > 1:
                     share = functools.partial(closure, denom=B) if idx.shape[1] else None
                     closure = functools.partial(_rank_loss, share, stack.params, device)
                 loss = (step_fn or sgd_step)(closure, stack.params, opt)
+                if first:
+                    on_batch(idx, first[0])
                 total += loss.detach() * B
                 seen += B
             if world > 1:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddbench import coreset
+from ddbench import coreset, engine
+from ddbench.augment import DSA
 from ddbench.coreset import (
     Selection,
     draw_seeds,
@@ -199,9 +200,10 @@ def _assert_top_per_class(task, scores, idx, hardest=True):
             assert inside.max() <= outside.min(), (c, inside, outside.min())
 
 
-@pytest.mark.parametrize("keep", ["hardest", "easiest"])
-def test_forgetting_counts_events_and_selects_the_top_counts(keep, make_task):
-    cfg = dict(epochs=4, lr=0.1, keep=keep, never_learned="hardest")
+@pytest.mark.parametrize("keep, count", [("hardest", "batch"), ("easiest", "epoch")])
+def test_forgetting_counts_events_and_selects_the_top_counts(keep, count, make_task):
+    # one presentation (or evaluation) of each image per epoch: at most epochs // 2 events
+    cfg = dict(epochs=4, lr=0.1, keep=keep, count=count, never_learned="hardest")
     out = Forgetting(**cfg).score(make_task(seed=0))
     count, learned = out["count"], out["learned"]
     assert (count >= 0).all() and (count <= cfg["epochs"] // 2).all()
@@ -218,9 +220,11 @@ def test_forgetting_counts_match_an_independent_recount(make_task):
     """Training e epochs at a constant lr is a prefix of training E epochs (same seed), so
     the correctness after each epoch can be recomputed with separate runs and the forgetting
     events (correct -> wrong) recounted. A BatchNorm model also checks that the per-epoch
-    evaluation leaves the model training as it would have without it."""
+    evaluation leaves the model training as it would have without it. ``count: epoch`` with a
+    constant lr and no augmentation is the cheaper variant, which ``bench/same_sets.py`` pins."""
     epochs = 4
-    out = Forgetting(epochs=epochs, lr=0.1).score(make_task(model="convnet_bn"))
+    cheap = dict(count="epoch", schedule="constant", augment="none")
+    out = Forgetting(epochs=epochs, lr=0.1, **cheap).score(make_task(model="convnet_bn"))
     task = make_task(model="convnet_bn")
     seed = draw_seeds(task, 1)
     x, y = task.train.normalize(task.train.images), task.train.labels
@@ -260,11 +264,13 @@ def test_scores_pick_the_misclassified_images_as_hardest(cls, make_task):
 
 
 @pytest.mark.parametrize("epochs", [0, 2])
-def test_el2n_and_grand_match_their_definitions(epochs, make_task):
-    """EL2N = ||softmax - onehot||; GraNd = norm of the autograd gradient of the loss wrt the
-    last linear layer (weight and bias), for one model."""
-    el2n = EL2N(models=1, epochs=epochs).score(make_task())["score"]
-    grand = GraNd(models=1, epochs=epochs).score(make_task())["score"]
+def test_el2n_and_grand_last_layer_match_their_definitions(epochs, make_task):
+    """EL2N = ||softmax - onehot||; GraNd's ``gradient: last_layer`` = norm of the autograd
+    gradient of the loss wrt the last linear layer (weight and bias), for one model trained
+    without augmentation (the cheaper variants, which ``bench/same_sets.py`` pins)."""
+    el2n = EL2N(models=1, epochs=epochs, augment="none").score(make_task())["score"]
+    grand = GraNd(models=1, epochs=epochs, augment="none", gradient="last_layer")
+    grand = grand.score(make_task())["score"]
     task = make_task()
     seeds = draw_seeds(task, 1)
     (model,) = train_models(task, seeds, epochs, lr=0.01, batch_size=256, desc="")
@@ -279,6 +285,113 @@ def test_el2n_and_grand_match_their_definitions(epochs, make_task):
         assert torch.allclose(grand[i], expected, rtol=1e-4), (i, grand[i], expected)
         err = logits.softmax(1)[0] - torch.nn.functional.one_hot(y[i], 10)
         assert torch.allclose(el2n[i], err.norm(), rtol=1e-4)
+
+
+def test_forgetting_per_presentation_matches_a_reference_loop(make_task):
+    """``count: batch`` counts, at every mini-batch presentation, the images right at their
+    previous presentation and wrong at this one, from the training forward pass before the
+    update (augmented, train mode). A plain loop replays the engine's batches (its order and
+    DSA draws come from a generator seeded with the model seed + 7919), its SGD and step
+    schedule (lr x0.2 at 30/60/80 % of the epochs), and recounts the events."""
+    epochs, lr, bs = 5, 0.1, 64
+    cfg = dict(count="batch", epochs=epochs, lr=lr, batch_size=bs, augment="auto")
+    out = Forgetting(**cfg, schedule="step").score(make_task(seed=3))
+    task = make_task(seed=3)
+    (seed,) = draw_seeds(task, 1)
+    x, y = task.train.normalize(task.train.images), task.train.labels
+    n = len(y)
+    torch.manual_seed(seed)
+    model = task.model_factory().train()
+    opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4, fused=True)
+    g = torch.Generator().manual_seed(seed + 7919)
+    dsa = DSA(task.spec.dsa_strategy)
+    before = torch.zeros(n, dtype=torch.bool)
+    count, learned = torch.zeros(n, dtype=torch.long), before.clone()
+    for ep in range(epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.2 ** sum(ep >= int(epochs * m) for m in (0.3, 0.6, 0.8))
+        order = torch.randperm(n, generator=g)
+        for b0 in range(0, n, bs):
+            idx = order[b0 : b0 + bs]
+            logits = model(dsa(x[idx], g))
+            now = logits.argmax(1) == y[idx]
+            count[idx] += before[idx] & ~now
+            learned[idx] |= now
+            before[idx] = now
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(logits, y[idx]).backward()
+            opt.step()
+    assert int(count.max()) >= 2  # images forgotten more than once
+    assert torch.equal(out["count"], count)
+    assert torch.equal(out["learned"], learned) and torch.equal(out["correct"], before)
+    # the cheaper per-epoch count of the same recipe is a different ranking
+    epoch_count = Forgetting(**{**cfg, "count": "epoch"}, schedule="step").score(make_task(seed=3))
+    assert not torch.equal(epoch_count["count"], count)
+
+
+def test_engine_on_batch_sees_every_row_once_per_epoch_with_its_logits(make_task):
+    task = make_task()
+    x, y = task.train.normalize(task.train.images), task.train.labels
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    recipe = engine.Recipe(epochs=2, batch_size=100, lr=0.05)
+    engine.train(
+        task.model_factory, [0], x, y, recipe, device="cpu",
+        on_batch=lambda rows, logits: seen.append((rows.clone(), logits)),
+    )  # fmt: skip
+    per_epoch = -(-len(y) // 100)
+    assert len(seen) == 2 * per_epoch
+    for e in range(2):
+        rows = torch.cat([r[0] for r, _ in seen[e * per_epoch : (e + 1) * per_epoch]])
+        assert torch.equal(rows.sort().values, torch.arange(len(y)))
+    # the logits are the model's on the batch before that step's update
+    torch.manual_seed(0)
+    model = task.model_factory().train()
+    rows, logits = seen[0]
+    assert logits.shape == (1, len(rows[0]), 10) and not logits.requires_grad
+    assert torch.allclose(logits[0], model(x[rows[0]]), atol=1e-5)
+    with pytest.raises(DDBenchError, match="on_batch"):
+        engine.train(
+            task.model_factory, [0], x, y, recipe, device="cpu",
+            on_batch=lambda r, lg: None, batch_transform=lambda a, b: (a, b),
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["convnet", "convnet_bn"])
+def test_grand_full_is_the_per_sample_gradient_norm_at_init(model, make_task):
+    """GraNd's default: the norm of the gradient of each image's loss wrt every parameter, in
+    eval mode, averaged over the networks at initialisation, as ``torch.autograd.grad``
+    computes it one image at a time; it bounds the last-layer norm (a part of it) from above."""
+    out = GraNd(models=2).score(make_task(model=model))
+    last = GraNd(models=2, gradient="last_layer").score(make_task(model=model))["score"]
+    task = make_task(model=model)
+    x, y = task.train.normalize(task.train.images[:6]), task.train.labels[:6]
+    expected = torch.zeros(6)
+    for seed in draw_seeds(task, 2):
+        torch.manual_seed(seed)
+        net = task.model_factory().eval()
+        for i in range(6):
+            loss = torch.nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1])
+            grads = torch.autograd.grad(loss, list(net.parameters()))
+            expected[i] += torch.cat([g.flatten() for g in grads]).norm() / 2
+    assert torch.allclose(out["score"][:6], expected, rtol=1e-4), (out["score"][:6], expected)
+    assert (out["score"] >= last * (1 - 1e-5)).all() and (out["score"] > last * 1.01).any()
+
+
+def test_el2n_with_augmentation_differs_from_without(make_task):
+    cfg = dict(models=1, epochs=2, lr=0.1)
+    aug = EL2N(**cfg).score(make_task())["score"]  # default augment: auto (DSA)
+    plain = EL2N(**cfg, augment="none").score(make_task())["score"]
+    assert aug.shape == plain.shape and not torch.allclose(aug, plain, atol=1e-3)
+    # a named strategy is the same as auto when auto resolves to it
+    named = EL2N(**cfg, augment=make_task().spec.dsa_strategy).score(make_task())["score"]
+    assert torch.equal(named, aug)
+
+
+def test_defaults_are_the_papers_definitions():
+    f, e, g = Forgetting(), EL2N(), GraNd()
+    assert (f.count, f.epochs, f.schedule, f.augment) == ("batch", 200, "step", "auto")
+    assert (e.models, e.epochs, e.augment) == (10, 20, "auto")
+    assert (g.models, g.epochs, g.gradient) == (10, 0, "full")
 
 
 def test_scores_are_saved_and_resumed_without_retraining(make_task, tmp_path, monkeypatch):
@@ -307,6 +420,10 @@ def test_scores_are_saved_and_resumed_without_retraining(make_task, tmp_path, mo
         (lambda: GraNd(models=0), "models must be"),
         (lambda: Forgetting(never_learned="skip"), "never_learned="),
         (lambda: Forgetting(epochs=0), "epochs must be"),
+        (lambda: Forgetting(count="sample"), "count="),
+        (lambda: Forgetting(schedule="linear"), "schedule="),
+        (lambda: EL2N(augment="blur"), "unknown DSA op"),
+        (lambda: GraNd(gradient="first_layer"), "gradient="),
     ],
 )
 def test_bad_options_fail_clearly(build, message):
