@@ -1,0 +1,165 @@
+"""Parity runs: the authors' DC/DSA/DM code and ddbench at the same budget on the same data.
+
+For each distillation seed: run the authors' script (patched by official_dc_setup.sh) with
+``--seed S``, import its ``res_*.pt`` with ``ddbench import dc``, run ``ddbench distill`` with
+the same settings and ``seed=S``, then score both sets with ``ddbench evaluate`` under one
+protocol and write ``OUT/<method>_<dataset>_ipc<K>.json``. Every step is skipped when its
+output exists, so an interrupted run resumes.
+
+Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
+  METHOD dm | dc | dsa; DATASET mnist | fashion_mnist; SEEDS comma-separated (0,1)
+Environment: PARITY_PROTOCOL (default: dm, dsa -> standard; dc -> nodsa),
+PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
+model in the authors' run (its accuracy is recorded as theirs-scored-by-them).
+"""
+
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = os.environ.get("DDBENCH_PY", sys.executable)
+DDBENCH = [PY, "-m", "ddbench.cli"]
+OFFICIAL_NAME = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+# ddbench's DSA strategy per dataset (ddbench/data.py catalogue): no flip for MNIST; the
+# authors' argparse default has flip, so the authors' side is given ddbench's strategy.
+DSA_STRATEGY = {
+    "mnist": "color_crop_cutout_scale_rotate",
+    "fashion_mnist": "color_crop_cutout_flip_scale_rotate",
+}
+
+
+def official_command(method: str, dataset: str, ipc: int, iters: int, seed: int, save: Path):
+    """The authors' command: their argparse defaults, --init real where the readme uses it."""
+    common = [
+        "--dataset", OFFICIAL_NAME[dataset], "--model", "ConvNet", "--ipc", str(ipc),
+        "--num_exp", "1", "--num_eval", "1", "--eval_mode", "S", "--Iteration", str(iters),
+        "--seed", str(seed), "--save_path", str(save),
+        "--parity_eval", "1" if os.environ.get("PARITY_OFFICIAL_EVAL") == "1" else "0",
+    ]  # fmt: skip
+    if method == "dm":  # readme: main_DM.py ... --init real --lr_img 1 (its defaults)
+        return ["main_DM.py", *common, "--init", "real", "--lr_img", "1",
+                "--dsa_strategy", DSA_STRATEGY[dataset]]  # fmt: skip
+    if method == "dsa":  # readme: main.py ... --init real --method DSA --dsa_strategy ...
+        return ["main.py", *common, "--method", "DSA", "--init", "real",
+                "--dsa_strategy", DSA_STRATEGY[dataset]]  # fmt: skip
+    return ["main.py", *common, "--method", "DC"]  # DC: init noise, no DSA (their defaults)
+
+
+def run(cmd: list[str], cwd: Path, log: Path) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def evaluate(synset: Path, protocol: str, seeds: str, out: Path, log: Path, timings: dict):
+    result = out / "result.json"
+    if not result.exists():
+        cmd = [*DDBENCH, "evaluate", f"synset={synset}", f"protocol={protocol}",
+               f"protocol.seeds=[{seeds}]", "precision=fp32", "device=cpu", "progress=true",
+               f"hydra.run.dir={out}"]  # fmt: skip
+        timings[str(out)] = run(cmd, ROOT, log)
+    return json.loads(result.read_text())
+
+
+def main() -> None:
+    method, off, out, dataset, ipc, iters, seeds = sys.argv[1:8]
+    off, out, ipc, iters = Path(off).resolve(), Path(out).resolve(), int(ipc), int(iters)
+    seeds = [int(s) for s in seeds.split(",")]
+    protocol = os.environ.get("PARITY_PROTOCOL", "nodsa" if method == "dc" else "standard")
+    eval_seeds = os.environ.get("PARITY_EVAL_SEEDS", "0,1,2")
+    work = out / "work" / f"{method}_{dataset}_ipc{ipc}_it{iters}"
+    work.mkdir(parents=True, exist_ok=True)
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(off), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or (off / "COMMIT").read_text().strip()
+    )
+    timings: dict[str, float] = {}
+    rows, commands = [], {}
+    for seed in seeds:
+        d = work / f"seed{seed}"
+        d.mkdir(exist_ok=True)
+        # the authors' side
+        res = d / "official" / f"res_{method.upper()}_{OFFICIAL_NAME[dataset]}_ConvNet_{ipc}ipc.pt"
+        cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
+        commands[f"official_seed{seed}"] = shlex.join(cmd)
+        if not res.exists():
+            timings[f"official_seed{seed}"] = run(cmd, off, d / "official.log")
+        theirs = d / "official.safetensors"
+        if not theirs.exists():
+            subprocess.run([*DDBENCH, "import", "dc", str(res), "--dataset", dataset,
+                            "--out", str(theirs)], check=True, cwd=ROOT)  # fmt: skip
+        own_eval = torch.load(res, weights_only=False)["accs_all_exps"].get("ConvNet", [])
+        # ddbench's side
+        ours_dir = d / "ddbench"
+        cmd = [*DDBENCH, "distill", f"method={method}", f"dataset={dataset}", f"ipc={ipc}",
+               f"method.iterations={iters}", f"seed={seed}", "precision=fp32", "device=cpu",
+               "progress=false", f"hydra.run.dir={ours_dir}"]  # fmt: skip
+        commands[f"ddbench_seed{seed}"] = shlex.join(cmd)
+        ours = ours_dir / "synset.safetensors"
+        if not ours.exists():
+            timings[f"ddbench_seed{seed}"] = run(cmd, ROOT, d / "ddbench.log")
+        ev = {}
+        for side, path in (("official", theirs), ("ddbench", ours)):
+            r = evaluate(path, protocol, eval_seeds, d / f"eval_{side}", d / f"eval_{side}.log",
+                         timings)  # fmt: skip
+            ev[side] = r["accuracy"]
+        rows.append({"seed": seed, "official": ev["official"], "ddbench": ev["ddbench"],
+                     "official_own_evaluate_synset": [100 * a for a in own_eval]})  # fmt: skip
+    commands["evaluate"] = shlex.join([*DDBENCH[2:], "evaluate", "synset=SET", f"protocol={protocol}",
+                                       f"protocol.seeds=[{eval_seeds}]", "precision=fp32"])  # fmt: skip
+
+    def pooled(side):
+        return [p["accuracy"] for r in rows for p in r[side]["per_seed"]]
+
+    summary = {}
+    for side in ("official", "ddbench"):
+        a = torch.tensor(pooled(side), dtype=torch.float64)
+        summary[side] = {
+            "mean": a.mean().item(),
+            "std": a.std(unbiased=False).item() if len(a) > 1 else 0.0,
+            "n": len(a),
+            "per_distillation_seed_mean": [r[side]["mean"] for r in rows],
+        }
+    # standard error of the difference of the two means, over all (set, model) scores
+    se = math.sqrt(sum(
+        (torch.tensor(pooled(s), dtype=torch.float64).std().item() ** 2) / len(pooled(s))
+        for s in ("official", "ddbench")
+    )) if all(len(pooled(s)) > 1 for s in ("official", "ddbench")) else 0.0  # fmt: skip
+    diff = summary["ddbench"]["mean"] - summary["official"]["mean"]
+    bound = max(1.0, 2 * se)
+    result = {
+        "method": method, "dataset": dataset, "ipc": ipc, "iterations": iters,
+        "distillation_seeds": seeds, "protocol": protocol, "eval_seeds": eval_seeds,
+        "official": summary["official"], "ddbench": summary["ddbench"],
+        "difference_ddbench_minus_official": diff, "bound": bound, "standard_error": se,
+        "within_bound": abs(diff) <= bound, "per_seed": rows,
+        "official_repo": "VICO-UoE/DatasetCondensation", "official_commit": commit,
+        "official_edits": "bench/parity/official_dc_setup.sh (E1-E5)",
+        "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), OMP_NUM_THREADS=1",
+        "torch": torch.__version__, "commands": commands, "seconds": timings,
+    }  # fmt: skip
+    path = out / f"{method}_{dataset}_ipc{ipc}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{path}: official {summary['official']['mean']:.2f} +- {summary['official']['std']:.2f}"
+          f", ddbench {summary['ddbench']['mean']:.2f} +- {summary['ddbench']['std']:.2f}, "
+          f"diff {diff:+.2f} (bound {bound:.2f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

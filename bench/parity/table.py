@@ -1,0 +1,30 @@
+"""Print the parity table (markdown) from the JSON files that parity.py writes.
+
+Usage: python bench/parity/table.py bench/results/parity/*.json
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> None:
+    print(
+        "| method | dataset | IPC | iterations | distillation seeds | protocol (models) "
+        "| authors' set | ddbench's set | difference | bound | within | result file |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for p in sys.argv[1:]:
+        r = json.loads(Path(p).read_text())
+        o, d = r["official"], r["ddbench"]
+        print(
+            f"| {r['method'].upper()} | {r['dataset']} | {r['ipc']} | {r['iterations']} "
+            f"| {','.join(map(str, r['distillation_seeds']))} | {r['protocol']} "
+            f"({r['eval_seeds']}) | {o['mean']:.2f} ± {o['std']:.2f} "
+            f"| {d['mean']:.2f} ± {d['std']:.2f} | {r['difference_ddbench_minus_official']:+.2f} "
+            f"| {r['bound']:.2f} | {'yes' if r['within_bound'] else 'no'} | `{p}` |"
+        )
+
+
+if __name__ == "__main__":
+    main()
