@@ -12,5 +12,5 @@ OFF=${1:?usage: dm.sh OFFICIAL_CHECKOUT OUT [DATASET] [IPC] [ITERATIONS] [SEEDS]
 OUT=${2:?usage: dm.sh OFFICIAL_CHECKOUT OUT [DATASET] [IPC] [ITERATIONS] [SEEDS]}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 bash "$HERE/bench/parity/official_dc_setup.sh" "$OFF"
-exec "${DDBENCH_PY:-$HERE/.venv/bin/python}" "$HERE/bench/parity/parity.py" dm "$OFF" "$OUT" \
+exec "${DDBENCH_PY:-python3}" "$HERE/bench/parity/parity.py" dm "$OFF" "$OUT" \
   "${3:-fashion_mnist}" "${4:-1}" "${5:-20}" "${6:-0,1}"

@@ -23,11 +23,11 @@
 #      values; the installed torch refuses the self-overlapping copy when the batch has one
 #      image, i.e. IPC 1).
 # The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
-# written by ddbench's python (DDBENCH_PY, default .venv/bin/python of this checkout).
+# written by ddbench's python (DDBENCH_PY, default python3).
 set -euo pipefail
 OFF=${1:?usage: official_dc_setup.sh OFFICIAL_CHECKOUT}
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-PY=${DDBENCH_PY:-$HERE/.venv/bin/python}
+PY=${DDBENCH_PY:-python3}
 python3 - "$OFF" <<'PYEOF'
 import sys
 from pathlib import Path
