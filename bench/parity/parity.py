@@ -8,7 +8,7 @@ output exists, so an interrupted run resumes.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
   METHOD dm | dc | dsa; DATASET mnist | fashion_mnist; SEEDS comma-separated (0,1)
-Environment: PARITY_PROTOCOL (default: dm, dsa -> standard; dc -> nodsa),
+Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa -> standard; dc -> dc),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them).
 """
@@ -78,7 +78,7 @@ def main() -> None:
     method, off, out, dataset, ipc, iters, seeds = sys.argv[1:8]
     off, out, ipc, iters = Path(off).resolve(), Path(out).resolve(), int(ipc), int(iters)
     seeds = [int(s) for s in seeds.split(",")]
-    protocol = os.environ.get("PARITY_PROTOCOL", "nodsa" if method == "dc" else "standard")
+    protocol = os.environ.get("PARITY_PROTOCOL", "dc" if method == "dc" else "standard")
     eval_seeds = os.environ.get("PARITY_EVAL_SEEDS", "0,1,2")
     work = out / "work" / f"{method}_{dataset}_ipc{ipc}_it{iters}"
     work.mkdir(parents=True, exist_ok=True)
