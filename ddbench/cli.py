@@ -522,9 +522,15 @@ def cmd_import(args: list[str]) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--zca", action="store_true", help="(mtt) the images are ZCA-whitened")
     p.add_argument("--experiment", type=int, default=0, help="(dc) which experiment of res_*.pt")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help="(dc) the protocol the set declares; default from the file name: res_DC_* -> dc, "
+        "res_DSA_* / res_DM_* -> standard",
+    )
     a = p.parse_args(args)
     if a.format == "dc":
-        s = synset.import_dc(a.path, a.dataset, a.experiment)
+        s = synset.import_dc(a.path, a.dataset, a.experiment, protocol=a.protocol)
     elif a.format == "mtt":
         s = synset.import_mtt(a.path, a.dataset, zca=a.zca)
     else:

@@ -502,8 +502,25 @@ def _imported(
     )
 
 
-def import_dc(path: str | Path, dataset: str, experiment: int = 0) -> SyntheticSet:
-    """A DC/DSA/DM ``res_*.pt``: ``{'data': [[images, labels], ...], 'accs_all_exps': ...}``."""
+# The protocol a DC/DSA/DM set declares, by the method in its file name
+# (``res_<METHOD>_<Dataset>_<model>_<n>ipc.pt``): the one ddbench's own method of that name declares.
+_DC_PROTOCOLS = {"DC": "dc", "DSA": "standard", "DM": "standard"}
+
+
+def dc_protocol(path: str | Path) -> str:
+    """The protocol of a ``res_<METHOD>_*.pt`` file: DC's own recipe (``dc``) for DC sets, the
+    ``standard`` DSA recipe for DSA and DM sets (as ddbench's methods declare); ``standard`` when the
+    name does not say (renamed files)."""
+    name = Path(path).name
+    method = name[4:].split("_")[0] if name.startswith("res_") else ""
+    return _DC_PROTOCOLS.get(method, "standard")
+
+
+def import_dc(
+    path: str | Path, dataset: str, experiment: int = 0, protocol: str | None = None
+) -> SyntheticSet:
+    """A DC/DSA/DM ``res_*.pt``: ``{'data': [[images, labels], ...], 'accs_all_exps': ...}``.
+    ``protocol``: the one the set declares; by default read from the file name (:func:`dc_protocol`)."""
     obj = _torch_load(Path(path))
     try:
         images, labels = obj["data"][experiment][:2]
@@ -511,7 +528,12 @@ def import_dc(path: str | Path, dataset: str, experiment: int = 0) -> SyntheticS
         raise DDBenchError(
             f"{path} is not a DC/DSA/DM result file (expected data[{experiment}] = [images, labels])"
         ) from e
-    return _imported(images, labels, dataset, "dc")
+    if protocol is not None:
+        from ddbench.protocol import protocol_config
+
+        if protocol_config(protocol) is None:
+            raise DDBenchError(f"unknown protocol {protocol!r} (see conf/protocol/)")
+    return _imported(images, labels, dataset, "dc", protocol=protocol or dc_protocol(path))
 
 
 def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> SyntheticSet:

@@ -364,7 +364,7 @@ def test_import_dc(make_set, tmp_path: Path) -> None:
     assert torch.equal(imp.images, s.images) and torch.equal(imp.labels, s.labels)
     assert imp.meta["dataset"] == "digits" and imp.meta["ipc"] == 2
     assert imp.meta["method"]["name"] == "imported:dc"
-    assert imp.meta["protocol"] == "standard" and imp.lr is None
+    assert imp.meta["protocol"] == "dc" and imp.lr is None  # DC's own recipe, from the name
     spec = get_spec("digits")
     assert imp.meta["space"] == {
         "normalized": True,
@@ -377,6 +377,27 @@ def test_import_dc(make_set, tmp_path: Path) -> None:
 
     with pytest.raises(DDBenchError, match=r"not a DC/DSA/DM result file"):
         synset.import_dc(res, "digits", experiment=1)
+
+
+@pytest.mark.parametrize(
+    "name, protocol",
+    [
+        ("res_DC_MNIST_ConvNet_2ipc.pt", "dc"),
+        ("res_DSA_MNIST_ConvNet_2ipc.pt", "standard"),
+        ("res_DM_MNIST_ConvNet_2ipc.pt", "standard"),
+        ("renamed.pt", "standard"),
+    ],
+)
+def test_import_dc_declares_the_protocol_of_its_method(
+    make_set, tmp_path: Path, name: str, protocol: str
+) -> None:
+    s = make_set(ipc=1)
+    res = tmp_path / name
+    torch.save({"data": [[s.images, s.labels]], "accs_all_exps": {}}, res)
+    assert synset.import_dc(res, "digits").meta["protocol"] == protocol
+    assert synset.import_dc(res, "digits", protocol="nodsa").meta["protocol"] == "nodsa"
+    with pytest.raises(DDBenchError, match=r"unknown protocol 'nope'"):
+        synset.import_dc(res, "digits", protocol="nope")
 
 
 def test_import_mtt_with_learned_lr(make_set, tmp_path: Path) -> None:
