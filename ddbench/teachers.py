@@ -10,7 +10,7 @@ there.
 
 Convergence is judged on val only (:func:`not_converged`): a teacher whose best val accuracy
 still rose by more than ``tol`` points over its last epochs is reported (a warning when it is
-trained or loaded, a column of ``ddbench teacher list``) as not converged.
+trained or loaded, a line of ``ddbench teacher list``) as not converged.
 
     ddbench teacher train fashion_mnist [--epochs 5 --model convnet --seed 0]
     ddbench teacher list
@@ -214,18 +214,23 @@ def not_converged(
 
 def convergence(meta: dict, tol: float = CONVERGED_TOL, last: float = CONVERGED_LAST) -> str:
     """``converged``, ``not converged: <why>``, or ``unknown`` (a teacher stored without its val
-    history) for a teacher's metadata."""
-    history = meta.get("val_history")
+    history, or with one that misses epochs) for a teacher's metadata."""
+    history, epochs = meta.get("val_history"), meta.get("config", {}).get("epochs")
     if history is None:
         return "unknown (no val history stored)"
+    if len(history) != epochs:
+        return f"unknown (val history covers {len(history)} of {epochs} epochs)"
     why = not_converged(history, tol, last)
     return "converged" if why is None else f"not converged: {why}"
 
 
 def _warn_if_not_converged(meta: dict) -> None:
-    why = not_converged(meta["val_history"]) if "val_history" in meta else None
-    if why is not None:
-        log.warning("teacher not converged on val: %s (%s)", why, meta["dataset"])
+    verdict = convergence(meta)
+    if verdict.startswith("not converged: "):
+        log.warning(
+            "teacher not converged on val: %s (%s)", verdict.removeprefix("not converged: "),
+            meta["dataset"],
+        )  # fmt: skip
 
 
 def list_teachers() -> list[dict]:

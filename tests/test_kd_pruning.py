@@ -75,6 +75,8 @@ def test_the_convergence_check_fires_on_a_still_improving_teacher_only(cache, ca
     assert out.count("val: not converged: best val accuracy rose") == 1
     assert out.count("val: converged") == 1
     assert teachers.convergence({"val_accuracy": 90.0}).startswith("unknown")
+    cut = {**m1, "val_history": m1["val_history"][2:]}  # resumed from a checkpoint without one
+    assert teachers.convergence(cut) == "unknown (val history covers 6 of 8 epochs)"
 
 
 def test_not_converged_judges_the_last_epochs_against_the_earlier_ones():
