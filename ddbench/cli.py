@@ -9,7 +9,7 @@
     ddbench show     x.safetensors [--out grid.png]
     ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
-    ddbench teacher  train DATASET [--protocol kd] [--epochs N --model M --seed S] | list
+    ddbench teacher  train DATASET [--protocol kd|kd_pruning] [--epochs N --model M --seed S] | list
     ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
     ddbench aggregate DIR... [--out table.md] [--csv table.csv]
     ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
@@ -575,7 +575,8 @@ def cmd_teacher(args: list[str]) -> None:
         for t in teachers.list_teachers():
             c = t["config"]
             print(f"  {t['dataset']:14s} {c['model']:10s} {c['epochs']:4d} ep  seed {c['seed']}  "
-                  f"val {t['val_accuracy']:.2f}%  {t['train_seconds']:.0f}s  {t['path']}")  # fmt: skip
+                  f"aug {c['augment']}  val {t['val_accuracy']:.2f}%  {t['train_seconds']:.0f}s  "
+                  f"{t['path']}\n    val: {teachers.convergence(t)}")  # fmt: skip
         return
     data.get_spec(a.dataset)
     protocol = protocol_config(a.protocol)
@@ -591,6 +592,7 @@ def cmd_teacher(args: list[str]) -> None:
     _, meta = teachers.get_teacher(a.dataset, cfg, device=pick_device(a.device))
     print(f"teacher {a.dataset}/{cfg.model}: val {meta['val_accuracy']:.2f}%  "
           f"-> {teachers.teacher_path(a.dataset, cfg)}")  # fmt: skip
+    print(f"  val: {teachers.convergence(meta)}")
 
 
 def expert_config(

@@ -3,9 +3,14 @@
 A teacher is trained with the core engine on the train split (the val split is held out and
 used to check it; the test split is never touched) and stored as
 ``$DDBENCH_CACHE/teachers/<dataset>/<model>-<key>.safetensors``: the weights plus JSON
-metadata (its config, val accuracy, training time, versions). ``key`` hashes everything that
-changes the weights, so a cache hit is exact and costs no training. Training checkpoints every
-epoch next to the file (``.train_state.pt``); a killed training resumes from there.
+metadata (its config, val accuracy after every epoch, training time, versions). ``key`` hashes
+everything that changes the weights, so a cache hit is exact and costs no training. Training
+checkpoints every epoch next to the file (``.train_state.pt``); a killed training resumes from
+there.
+
+Convergence is judged on val only (:func:`not_converged`): a teacher whose best val accuracy
+still rose by more than ``tol`` points over its last epochs is reported (a warning when it is
+trained or loaded, a line of ``ddbench teacher list``) as not converged.
 
     ddbench teacher train fashion_mnist [--epochs 5 --model convnet --seed 0]
     ddbench teacher list
@@ -34,6 +39,10 @@ from ddbench.synset import atomic_write, read_header
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1
+# not_converged's defaults: the last fifth of the epochs may raise the best val accuracy by at
+# most this many points
+CONVERGED_TOL = 0.5
+CONVERGED_LAST = 0.2
 
 
 @dataclass
@@ -97,6 +106,7 @@ def get_teacher(
             net, meta = load_teacher(path, device)
             if meta.get("key") == cfg.key(dataset):
                 log.info("teacher cache hit: %s (val %.2f%%)", path, meta["val_accuracy"])
+                _warn_if_not_converged(meta)
                 return net, meta
         except DDBenchError as e:
             log.warning("retraining teacher: %s", e)
@@ -136,8 +146,17 @@ def train_teacher(
 
     t0 = time.perf_counter()
     before = float((resume or {}).get("seconds", 0.0))
+    # val accuracy (%) after each epoch, kept in the checkpoint so that a resumed run has it all
+    history = [float(a) for a in (resume or {}).get("val_history", [])]
+    probe: list[nn.Module] = []  # a network that loads each epoch's weights to score them
 
     def save_state(state: dict) -> None:
+        if not probe:
+            with torch.random.fork_rng(devices=[]):  # its init draws leave the training's alone
+                probe.append(_build(dataset, cfg).to(device).eval())
+        probe[0].load_state_dict(state["models"][0])
+        history.append(engine.accuracy(probe, val.images, val.labels, transform=tr.normalize)[0])
+        state["val_history"] = list(history)
         state["seconds"] = before + time.perf_counter() - t0
         atomic_write(state_path, lambda tmp: torch.save(state, tmp))
 
@@ -156,6 +175,7 @@ def train_teacher(
         "key": cfg.key(dataset),
         "config": asdict(cfg),
         "val_accuracy": val_acc,
+        "val_history": history,
         "train_seconds": before + time.perf_counter() - t0,
         "final_train_loss": result.losses[-1] if result.losses else None,
         "versions": versions(),
@@ -164,7 +184,53 @@ def train_teacher(
     atomic_write(path, lambda tmp: save_file(weights, tmp, metadata={"ddbench": json.dumps(meta)}))
     state_path.unlink(missing_ok=True)
     log.info("teacher %s: val accuracy %.2f%% -> %s", dataset, val_acc, path)
+    _warn_if_not_converged(meta)
     return net.eval(), meta
+
+
+def not_converged(
+    history: list[float], tol: float = CONVERGED_TOL, last: float = CONVERGED_LAST
+) -> str | None:
+    """Why a teacher with val accuracies ``history`` (%, one per epoch) is not converged, or None.
+
+    Not converged: the best val accuracy of its last ``last`` fraction of epochs (at least one)
+    exceeds the best of the epochs before them by more than ``tol`` points, or it has fewer than
+    two epochs to compare.
+    """
+    if tol < 0 or not 0 < last < 1:
+        raise DDBenchError(f"convergence check needs tol >= 0 and 0 < last < 1, got {tol}, {last}")
+    n = len(history)
+    if n < 2:
+        return f"{n} epoch(s) of val accuracy, too few to judge"
+    k = min(n - 1, max(1, round(n * last)))
+    gain = max(history[-k:]) - max(history[:-k])
+    if gain > tol:
+        return (
+            f"best val accuracy rose {gain:.2f} points in the last {k} of {n} epochs "
+            f"(> {tol}); train it longer"
+        )
+    return None
+
+
+def convergence(meta: dict, tol: float = CONVERGED_TOL, last: float = CONVERGED_LAST) -> str:
+    """``converged``, ``not converged: <why>``, or ``unknown`` (a teacher stored without its val
+    history, or with one that misses epochs) for a teacher's metadata."""
+    history, epochs = meta.get("val_history"), meta.get("config", {}).get("epochs")
+    if history is None:
+        return "unknown (no val history stored)"
+    if len(history) != epochs:
+        return f"unknown (val history covers {len(history)} of {epochs} epochs)"
+    why = not_converged(history, tol, last)
+    return "converged" if why is None else f"not converged: {why}"
+
+
+def _warn_if_not_converged(meta: dict) -> None:
+    verdict = convergence(meta)
+    if verdict.startswith("not converged: "):
+        log.warning(
+            "teacher not converged on val: %s (%s)", verdict.removeprefix("not converged: "),
+            meta["dataset"],
+        )  # fmt: skip
 
 
 def list_teachers() -> list[dict]:
