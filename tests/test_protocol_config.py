@@ -27,6 +27,7 @@ PINNED = {
     "kd_hard": "0e3424918f5abc68",
     "kd_set": "bc2aa7c5f872eba5",
     "dc": "244a6cdc33514c20",
+    "datadam": "985c04bdf0812a6e",
 }
 
 
