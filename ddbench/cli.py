@@ -7,7 +7,7 @@
     ddbench -m run   method=random ipc=1,10 dataset=mnist,fashion_mnist
     ddbench data     list | prepare NAME [--download] [--force]
     ddbench show     x.safetensors [--out grid.png]
-    ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
+    ddbench import   dc|mtt|datadam|imagefolder PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
     ddbench teacher  train DATASET [--protocol kd|kd_pruning] [--epochs N --model M --seed S] | list
     ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
@@ -337,8 +337,9 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
         protocol.comparable = False
     s.meta["_path"] = str(path)
     split = _eval_split(cfg)
+    model, model_kwargs = _eval_model(cfg, protocol)
     result = evaluate(
-        s, protocol, cfg.model.name, dict(cfg.model.get("kwargs") or {}), device=cfg.device,
+        s, protocol, model, model_kwargs, device=cfg.device,
         precision=_precisions(cfg)[1], parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
         partial=run_dir / "result.partial.json", split=split,
     )  # fmt: skip
@@ -355,6 +356,21 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     print(f"{'VAL ' if split != 'test' else ''}{result['method']} {result['dataset']} ipc={result['ipc']} {protocol.name}/{result['model']}: "
           f"{acc['mean']:.2f} +- {acc['std']:.2f} %{note}  -> {run_dir / 'result.json'}")  # fmt: skip
     return result
+
+
+def _eval_model(cfg, protocol) -> tuple[str | None, dict]:
+    """The model an evaluation trains: the command line's ``model=...`` when named, else the
+    protocol's own (``model:``; None lets :func:`ddbench.protocol.evaluate` take it), else the
+    config's default."""
+    from hydra.core.hydra_config import HydraConfig
+
+    named = any(
+        t.lstrip("+~").split("=", 1)[0].split(".")[0] == "model"
+        for t in HydraConfig.get().overrides.task
+    )
+    if protocol.model is not None and not named:
+        return None, {}
+    return cfg.model.name, dict(cfg.model.get("kwargs") or {})
 
 
 def _pinned_protocol_hash(name: str) -> str | None:
@@ -516,8 +532,8 @@ def cmd_import(args: list[str]) -> None:
     from ddbench import synset
 
     p = argparse.ArgumentParser(prog="ddbench import", description="convert a published set format")
-    p.add_argument("format", choices=["dc", "mtt", "imagefolder"])
-    p.add_argument("path", help="res_*.pt (dc), images_best.pt (mtt) or a folder (imagefolder)")
+    p.add_argument("format", choices=["dc", "mtt", "datadam", "imagefolder"])
+    p.add_argument("path", help="res_*.pt (dc, datadam), images_best.pt (mtt) or a folder")
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--zca", action="store_true", help="(mtt) the images are ZCA-whitened")
@@ -528,13 +544,16 @@ def cmd_import(args: list[str]) -> None:
         help="(dc) the protocol the set declares; default from the file name: res_DC_* -> dc, "
         "res_DSA_* / res_DM_* -> standard",
     )
+    p.add_argument("--entry", type=int, default=-1,
+                   help="(datadam) which saved set of res_DataDAM_*.pt (-1: the last)")  # fmt: skip
     a = p.parse_args(args)
-    if a.format == "dc":
-        s = synset.import_dc(a.path, a.dataset, a.experiment, protocol=a.protocol)
-    elif a.format == "mtt":
-        s = synset.import_mtt(a.path, a.dataset, zca=a.zca)
-    else:
-        s = synset.import_image_folder(a.path, a.dataset)
+    readers = {
+        "dc": lambda: synset.import_dc(a.path, a.dataset, a.experiment, protocol=a.protocol),
+        "datadam": lambda: synset.import_datadam(a.path, a.dataset, a.entry),
+        "mtt": lambda: synset.import_mtt(a.path, a.dataset, zca=a.zca),
+        "imagefolder": lambda: synset.import_image_folder(a.path, a.dataset),
+    }
+    s = readers[a.format]()
     synset.save(s, a.out)
     print(f"wrote {a.out} ({len(s)} images, ipc {s.ipc}, expects protocol {s.meta['protocol']})")
 

@@ -296,8 +296,12 @@ class ImageDistillation(Method):
         self, task: Task, images: torch.Tensor, labels: torch.Tensor, step: int | None = None
     ) -> float:
         """Mean accuracy (%) on the val split of ``eval_seeds`` models trained on the images for
-        ``eval_epochs`` epochs (the set's protocol recipe otherwise). Never touches test."""
-        augment = task.spec.dsa_strategy if self.protocol == "standard" else None
+        ``eval_epochs`` epochs with the augmentation of the protocol the method declares (for
+        the task's dataset), the rest of the engine's default recipe. Never touches test."""
+        from ddbench.protocol import Protocol, protocol_config
+
+        pinned = Protocol.from_config(protocol_config(self.protocol)).for_dataset(task.spec.name)
+        augment = task.spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
         recipe = engine.Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
         with torch.random.fork_rng(devices=[]):  # engine.train seeds the global RNG
             trained = engine.train(

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddbench.augment import DSA
+from ddbench.augment import make_augment
 from ddbench.errors import DDBenchError
 
 log = logging.getLogger("ddbench")
@@ -48,7 +48,7 @@ class Recipe:
     schedule: str = "step"  # step | cosine | constant
     milestones: tuple[float, ...] = (0.5,)  # fractions of the epochs where lr *= gamma (step)
     gamma: float = 0.1
-    augment: str | None = None  # a DSA strategy string, or None
+    augment: str | None = None  # a DSA strategy string, "dc:<ops>" (DC's own), or None
     loss: str = "ce"  # ce (hard or soft targets) | kd (temperature-scaled KL to soft targets)
     temperature: float = 1.0
     hard_weight: float = 0.0  # kd: loss = (1 - w) * T^2 * KL + w * CE(hard labels)
@@ -525,7 +525,7 @@ def train(
 
     ``targets`` are class indices ``[N]`` or soft targets ``[N,K]``; ``lr`` overrides the
     recipe's (a learned lr); ``augment(x, generator)`` is the batch augmentation (default:
-    DSA with ``recipe.augment``);
+    the augmentation ``recipe.augment`` names, :func:`ddbench.augment.make_augment`);
     ``parallel`` trains the models together (``True``/``False``; ``auto``: as :func:`stacks`
     decides, on CUDA unless they use BatchNorm); ``compile`` uses
     ``torch.compile`` for the forward
@@ -577,7 +577,7 @@ def train(
     device = pick_device(device) if isinstance(device, str) else device
     rank, world = init_distributed() if distributed and world_info()[1] > 1 else (0, 1)
     if augment is None and recipe.augment:
-        augment = DSA(recipe.augment)
+        augment = make_augment(recipe.augment)
     x_all = images.to(device, torch.float32)
     y_all = targets.to(device)
     w_all = None if weights is None else weights.to(device, torch.float32)

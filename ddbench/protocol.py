@@ -36,7 +36,7 @@ _HASHED = (
 )  # fmt: skip
 # Keys added later: hashed only when they differ from their default, so that the hashes of
 # protocols that do not use them stay what they were.
-_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher", "per_dataset")
+_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model")
 
 
 @dataclass
@@ -64,6 +64,9 @@ class Protocol:
     teacher: dict[str, Any] | None = None  # labels=teacher: a ddbench.teachers.TeacherConfig
     # fields that differ for some datasets, e.g. DC's own recipe: {mnist: {epochs: 1000, ...}}
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the architecture this recipe trains when the command line names none (a conf/model name,
+    # e.g. DataDAM's own evaluation: convnet_bn); None: the command line's model (convnet)
+    model: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     comparable: bool = True  # False for smoke-test recipes whose numbers mean nothing
     description: str = ""
@@ -153,7 +156,7 @@ def set_space_transform(synset_meta, train_split, zca=None):
 def evaluate(
     synset,
     protocol: Protocol,
-    model: str = "convnet",
+    model: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     *,
     device: str | torch.device = "auto",
@@ -171,6 +174,8 @@ def evaluate(
     every process then tests the (identical) final models on the whole split, and only rank 0
     writes files (``partial``, :func:`write_result`). ``precision`` (bf16 autocast) and
     ``channels_last`` change how, not what, the models compute: they are not in the hash.
+
+    ``model`` None: the protocol's own ``model`` (convnet when it names none).
 
     ``split="val"`` scores on the val split (carved from train) instead, for tuning; the result
     says so (``"split": "val"``) and must never be reported as a test score.
@@ -216,6 +221,7 @@ def evaluate(
             1, -1, 1, 1
         )
     targets = synset.labels if protocol.labels == "set" else synset.hard_labels
+    model = model or protocol.model or "convnet"
     kwargs = dict(model_kwargs or {})
     teacher, teacher_meta = None, None
     if protocol.labels == "teacher":

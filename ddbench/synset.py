@@ -536,6 +536,57 @@ def import_dc(
     return _imported(images, labels, dataset, "dc", protocol=protocol or dc_protocol(path))
 
 
+# The mean/std of DataDAM's utils.py get_dataset (DataDistillation/DataDAM @0f6ea09, lines
+# 56-87), the space its saved images are in; its get_dataset has no other dataset of ddbench's.
+_DATADAM_NORM = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def import_datadam(path: str | Path, dataset: str, entry: int = -1) -> SyntheticSet:
+    """A set DataDAM's code saved: ``res_DataDAM_*.pt`` of ``main_DataDAM.py``
+    (``{'data': [[images, labels], ...], 'accs_all_exps': ...}``, one pair appended at each of
+    its evaluations, so the last, ``entry=-1``, is the final set), or a released
+    ``syn_data_*.pt`` (``{'data': [images, labels]}``, read by their ``distill_test_model.py``).
+    The images are in the space of their ``get_dataset`` (``(x - mean) / std``), mapped into
+    ddbench's normalisation where the constants differ. The set declares protocol ``datadam``."""
+    path = Path(path)
+    obj = _torch_load(path)
+    data = obj.get("data") if isinstance(obj, dict) else None
+    try:
+        if isinstance(data, (list, tuple)) and data and isinstance(data[0], torch.Tensor):
+            images, labels = data[:2] if len(data) == 2 else (None, None)
+        else:
+            images, labels = data[entry][:2]
+    except (KeyError, IndexError, TypeError, ValueError):
+        images = labels = None
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise DDBenchError(
+            f"{path} is not a DataDAM set file (expected data = [[images, labels], ...] with "
+            f"entry {entry}, or data = [images, labels])"
+        )
+    spec = get_spec(dataset)
+    if images.dim() != 4 or tuple(images.shape[1:]) != spec.shape:
+        raise DDBenchError(
+            f"{path}: images of shape {tuple(images.shape)}, but {dataset} images are {spec.shape}"
+        )
+    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != len(images):
+        raise DDBenchError(
+            f"{path}: expected {len(images)} integer labels, got shape {tuple(labels.shape)} "
+            f"{labels.dtype}"
+        )
+    mean, std = _DATADAM_NORM.get(dataset, (spec.mean, spec.std))
+    if (tuple(mean), tuple(std)) != (tuple(spec.mean), tuple(spec.std)):
+
+        def col(v):
+            return torch.tensor(v).view(1, -1, 1, 1)
+
+        images = (images.float() * col(std) + col(mean) - col(spec.mean)) / col(spec.std)
+    return _imported(images, labels.long(), dataset, "datadam", protocol="datadam")
+
+
 def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> SyntheticSet:
     """MTT/FTD/DATM ``images_best.pt`` with ``labels_best.pt`` (and ``lr_best.pt``) beside it."""
     images_path = Path(images_path)
@@ -610,8 +661,9 @@ _DC_DATASETS = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist", "SVHN": "svhn
 
 
 def import_any(path: str | Path, dataset: str | None = None, zca: bool = False) -> SyntheticSet:
-    """Read a published set file: DC/DSA/DM ``res_<method>_<Dataset>_<model>_<n>ipc.pt`` (the
-    dataset is read from the name when not given) or MTT/FTD/DATM ``images_*.pt``."""
+    """Read a published set file: DC/DSA/DM ``res_<method>_<Dataset>_<model>_<n>ipc.pt`` or
+    DataDAM's ``res_DataDAM_...`` (the dataset is read from the name when not given) or
+    MTT/FTD/DATM ``images_*.pt``."""
     path = Path(path)
     name = path.name
     if name.startswith("res_") and name.endswith(".pt"):
@@ -619,6 +671,8 @@ def import_any(path: str | Path, dataset: str | None = None, zca: bool = False) 
         guess = _DC_DATASETS.get(parts[1]) if len(parts) > 1 else None
         if not (dataset or guess):
             raise DDBenchError(f"cannot tell the dataset of {name}; pass dataset=NAME")
+        if parts[0] == "DataDAM":  # one set per evaluation: the last is the final one
+            return import_datadam(path, dataset or guess)
         return import_dc(path, dataset or guess)
     if name.startswith("images_") and name.endswith(".pt"):
         if not dataset:

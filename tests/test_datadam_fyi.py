@@ -94,7 +94,7 @@ def test_datadam_loss_is_sam_plus_weighted_dm_mmd(digits_train):
 def test_datadam_lowers_its_matching_loss_and_makes_a_valid_set(digits_train, tmp_path):
     method = DataDAM(iterations=12, **DAM)
     back = check_lowers_loss(method, digits_train, 2, tmp_path)
-    assert back.meta["protocol"] == "standard"
+    assert back.meta["protocol"] == "datadam"
     assert back.meta["method"]["config"]["power"] == method.power
 
 

@@ -143,6 +143,32 @@ def test_eval_every_reports_val_accuracy(digits_train, split_cache):
     assert len(acc) == 1 and 0 <= acc[0] <= 100
 
 
+@pytest.mark.parametrize(
+    "method, protocol, dataset_strategy",
+    [(DM, "standard", True), (DC, "dc", False), (DC, "nodsa", False)],
+)
+def test_in_loop_evaluation_augments_as_the_declared_protocol(
+    digits_train, split_cache, monkeypatch, method, protocol, dataset_strategy
+):
+    """The val check trains with the augmentation of the protocol the method declares (DSA
+    under standard; none under dc/nodsa on digits), not with a rule of its own."""
+    import ddbench.distill as distill
+
+    seen = []
+    real_train = distill.engine.train
+
+    def spy(factory, seeds, images, labels, recipe, **kw):
+        seen.append(recipe.augment)
+        return real_train(factory, seeds, images, labels, recipe, **kw)
+
+    monkeypatch.setattr(distill.engine, "train", spy)
+    task = make_task(digits_train, 1, val=lambda: split_cache("digits", "val"))
+    m = method(iterations=0, eval_epochs=1, **FAST)
+    m.protocol = protocol
+    m.evaluate(task, *m.init_images(task))
+    assert seen == [task.spec.dsa_strategy if dataset_strategy else "none"]
+
+
 # ------------------------------------------------------------------------------ resume
 
 

@@ -28,6 +28,7 @@ PINNED = {
     "kd_set": "bc2aa7c5f872eba5",
     "dc": "244a6cdc33514c20",
     "kd_pruning": "1f602bfd886555e7",
+    "datadam": "985c04bdf0812a6e",
 }
 
 

@@ -6,11 +6,17 @@ the same settings and ``seed=S``, then score both sets with ``ddbench evaluate``
 protocol and write ``OUT/<method>_<dataset>_ipc<K>.json``. Every step is skipped when its
 output exists, so an interrupted run resumes.
 
+Methods whose authors' code is another repository (DataDAM) take their command, result file,
+importer and default protocol from ``OTHER_OFFICIAL``.
+
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa; DATASET mnist | fashion_mnist; SEEDS comma-separated (0,1)
-Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa -> standard; dc -> dc),
+  METHOD dm | dc | dsa | datadam; DATASET mnist | fashion_mnist; SEEDS comma-separated (0,1)
+Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa -> standard; dc -> dc;
+datadam -> datadam),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
-model in the authors' run (its accuracy is recorded as theirs-scored-by-them).
+model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
+PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
+marked not comparable).
 """
 
 import json
@@ -54,6 +60,37 @@ def official_command(method: str, dataset: str, ipc: int, iters: int, seed: int,
     return ["main.py", *common, "--method", "DC"]  # DC: init noise, no DSA (their defaults)
 
 
+def datadam_command(dataset: str, ipc: int, iters: int, seed: int, save: Path) -> list[str]:
+    """DataDAM's main_DataDAM.py with its argparse defaults written out (lr_img 1, batch_real 64,
+    task_balance 0.01, init real; its ConvNet is get_network's BatchNorm one), ddbench's DSA
+    strategy for the dataset, and the setup's --seed / --parity_eval (official_datadam_setup.sh)."""
+    return [
+        "main_DataDAM.py", "--dataset", OFFICIAL_NAME[dataset], "--model", "ConvNet",
+        "--ipc", str(ipc), "--eval_mode", "S", "--num_exp", "1", "--num_eval", "1",
+        "--Iteration", str(iters), "--seed", str(seed), "--save_path", str(save),
+        "--data_path", "data", "--init", "real", "--lr_img", "1", "--batch_real", "64",
+        "--task_balance", "0.01", "--dsa_strategy", DSA_STRATEGY[dataset],
+        "--parity_eval", "1" if os.environ.get("PARITY_OFFICIAL_EVAL") == "1" else "0",
+    ]  # fmt: skip
+
+
+# Methods whose authors' code is not DatasetCondensation: per method, the authors' command, the
+# file it writes, the `ddbench import` format that reads it, the protocol its sets declare, the
+# settings given to ddbench's side to match the released code, the repository and its edits.
+OTHER_OFFICIAL = {
+    "datadam": {
+        "command": datadam_command,
+        "res": "res_DataDAM_{name}_ConvNet_{ipc}ipc_.pt",
+        "import": "datadam",
+        "protocol": "datadam",
+        # the released main_DataDAM.py calls get_attention(exp=1) (line 303): p = 1 on both sides
+        "ddbench_args": ["method.power=1"],
+        "repo": "DataDistillation/DataDAM",
+        "edits": "bench/parity/official_datadam_setup.sh (D1-D7)",
+    },
+}
+
+
 def run(cmd: list[str], cwd: Path, log: Path) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     t0 = time.perf_counter()
@@ -64,12 +101,15 @@ def run(cmd: list[str], cwd: Path, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+EVAL_EPOCHS = [f"protocol.epochs={e}"] if (e := os.environ.get("PARITY_EVAL_EPOCHS")) else []
+
+
 def evaluate(synset: Path, protocol: str, seeds: str, out: Path, log: Path, timings: dict):
     result = out / "result.json"
     if not result.exists():
         cmd = [*DDBENCH, "evaluate", f"synset={synset}", f"protocol={protocol}",
                f"protocol.seeds=[{seeds}]", "precision=fp32", "device=cpu", "progress=true",
-               f"hydra.run.dir={out}"]  # fmt: skip
+               f"hydra.run.dir={out}", *EVAL_EPOCHS]  # fmt: skip
         timings[str(out)] = run(cmd, ROOT, log)
     return json.loads(result.read_text())
 
@@ -78,7 +118,9 @@ def main() -> None:
     method, off, out, dataset, ipc, iters, seeds = sys.argv[1:8]
     off, out, ipc, iters = Path(off).resolve(), Path(out).resolve(), int(ipc), int(iters)
     seeds = [int(s) for s in seeds.split(",")]
-    protocol = os.environ.get("PARITY_PROTOCOL", "dc" if method == "dc" else "standard")
+    other = OTHER_OFFICIAL.get(method)
+    declared = other["protocol"] if other else "dc" if method == "dc" else "standard"
+    protocol = os.environ.get("PARITY_PROTOCOL", declared)
     eval_seeds = os.environ.get("PARITY_EVAL_SEEDS", "0,1,2")
     work = out / "work" / f"{method}_{dataset}_ipc{ipc}_it{iters}"
     work.mkdir(parents=True, exist_ok=True)
@@ -96,19 +138,24 @@ def main() -> None:
         # the authors' side
         res = d / "official" / f"res_{method.upper()}_{OFFICIAL_NAME[dataset]}_ConvNet_{ipc}ipc.pt"
         cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
+        if other:
+            res = d / "official" / other["res"].format(name=OFFICIAL_NAME[dataset], ipc=ipc)
+            cmd = [PY, *other["command"](dataset, ipc, iters, seed, d / "official")]
         commands[f"official_seed{seed}"] = shlex.join(cmd)
         if not res.exists():
             timings[f"official_seed{seed}"] = run(cmd, off, d / "official.log")
         theirs = d / "official.safetensors"
         if not theirs.exists():
-            subprocess.run([*DDBENCH, "import", "dc", str(res), "--dataset", dataset,
+            fmt = other["import"] if other else "dc"
+            subprocess.run([*DDBENCH, "import", fmt, str(res), "--dataset", dataset,
                             "--out", str(theirs)], check=True, cwd=ROOT)  # fmt: skip
         own_eval = torch.load(res, weights_only=False)["accs_all_exps"].get("ConvNet", [])
         # ddbench's side
         ours_dir = d / "ddbench"
         cmd = [*DDBENCH, "distill", f"method={method}", f"dataset={dataset}", f"ipc={ipc}",
                f"method.iterations={iters}", f"seed={seed}", "precision=fp32", "device=cpu",
-               "progress=false", f"hydra.run.dir={ours_dir}"]  # fmt: skip
+               "progress=false", f"hydra.run.dir={ours_dir}",
+               *(other["ddbench_args"] if other else [])]  # fmt: skip
         commands[f"ddbench_seed{seed}"] = shlex.join(cmd)
         ours = ours_dir / "synset.safetensors"
         if not ours.exists():
@@ -121,7 +168,8 @@ def main() -> None:
         rows.append({"seed": seed, "official": ev["official"], "ddbench": ev["ddbench"],
                      "official_own_evaluate_synset": [100 * a for a in own_eval]})  # fmt: skip
     commands["evaluate"] = shlex.join([*DDBENCH[2:], "evaluate", "synset=SET", f"protocol={protocol}",
-                                       f"protocol.seeds=[{eval_seeds}]", "precision=fp32"])  # fmt: skip
+                                       f"protocol.seeds=[{eval_seeds}]", "precision=fp32",
+                                       *EVAL_EPOCHS])  # fmt: skip
 
     def pooled(side):
         return [p["accuracy"] for r in rows for p in r[side]["per_seed"]]
@@ -148,8 +196,9 @@ def main() -> None:
         "official": summary["official"], "ddbench": summary["ddbench"],
         "difference_ddbench_minus_official": diff, "bound": bound, "standard_error": se,
         "within_bound": abs(diff) <= bound, "per_seed": rows,
-        "official_repo": "VICO-UoE/DatasetCondensation", "official_commit": commit,
-        "official_edits": "bench/parity/official_dc_setup.sh (E1-E5)",
+        "official_repo": other["repo"] if other else "VICO-UoE/DatasetCondensation",
+        "official_commit": commit,
+        "official_edits": other["edits"] if other else "bench/parity/official_dc_setup.sh (E1-E5)",
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), OMP_NUM_THREADS=1",
         "torch": torch.__version__, "commands": commands, "seconds": timings,
