@@ -7,7 +7,7 @@
     ddbench -m run   method=random ipc=1,10 dataset=mnist,fashion_mnist
     ddbench data     list | prepare NAME [--download] [--force]
     ddbench show     x.safetensors [--out grid.png]
-    ddbench import   dc|mtt|imagefolder PATH --dataset NAME --out x.safetensors
+    ddbench import   dc|mtt|imagefolder|indices PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
     ddbench teacher  train DATASET [--protocol kd] [--epochs N --model M --seed S] | list
     ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
@@ -516,14 +516,26 @@ def cmd_import(args: list[str]) -> None:
     from ddbench import synset
 
     p = argparse.ArgumentParser(prog="ddbench import", description="convert a published set format")
-    p.add_argument("format", choices=["dc", "mtt", "imagefolder"])
-    p.add_argument("path", help="res_*.pt (dc), images_best.pt (mtt) or a folder (imagefolder)")
+    p.add_argument("format", choices=["dc", "mtt", "imagefolder", "indices"])
+    p.add_argument(
+        "path",
+        help="res_*.pt (dc), images_best.pt (mtt), a folder (imagefolder) or a .npy/.pt/.json "
+        "list of train-split indices (indices: DeepCore's subset['indices'])",
+    )
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--zca", action="store_true", help="(mtt) the images are ZCA-whitened")
     p.add_argument("--experiment", type=int, default=0, help="(dc) which experiment of res_*.pt")
+    p.add_argument(
+        "--split-size", type=int, default=None,
+        help="(indices) size of the train set the indices index; must be ddbench's train split's",
+    )  # fmt: skip
     a = p.parse_args(args)
-    if a.format == "dc":
+    if a.format == "indices":
+        from ddbench.coreset import import_indices
+
+        s = import_indices(a.path, a.dataset, split_size=a.split_size)
+    elif a.format == "dc":
         s = synset.import_dc(a.path, a.dataset, a.experiment)
     elif a.format == "mtt":
         s = synset.import_mtt(a.path, a.dataset, zca=a.zca)
