@@ -299,6 +299,7 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
     }
 
     for ipc in a.ipcs:
+
         def task(model=cfg["model"], ipc=ipc):
             return make_task(train, ipc, a.seed, model)
 
