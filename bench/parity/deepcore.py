@@ -318,7 +318,7 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
 
         # herding: argmin (Welling) vs DeepCore's argmax
         t = task()
-        ours, theirs, flipped = [], [], []
+        ours, theirs, flipped, gap = [], [], [], {"ddbench": 0.0, "theirs": 0.0}
         shim = types.SimpleNamespace(metric=euclid, args=types.SimpleNamespace(print_freq=10**9))
         flip = types.SimpleNamespace(metric=lambda x, y: -euclid(x, y), args=shim.args)  # S5
         for c in range(k):
@@ -326,10 +326,16 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
             ours += idx[herding.pick(t, feats[c])].tolist()
             theirs += dcm.Herding.herding(shim, feats[c], ipc, index=idx.numpy()).tolist()
             flipped += dcm.Herding.herding(flip, feats[c], ipc, index=idx.numpy()).tolist()
+            pos = {int(j): r for r, j in enumerate(idx.tolist())}
+            mu = feats[c].mean(0)
+            for side, picks in (("ddbench", ours), ("theirs", theirs)):
+                rows_c = [pos[j] for j in picks if j in pos]
+                gap[side] += float((feats[c][rows_c].mean(0) - mu).norm() / mu.norm()) / k
         record("herding", ours, theirs,
                cause="DeepCore's herding takes the argmax of ||(t+1) mu - sum_selected - x|| "
-                     "(herding.py:84), ddbench the argmin (Welling 2009)",
-               check={"deepcore_with_argmin_identical_to_ddbench": same(ours, flipped)})  # fmt: skip
+                     "(herding.py:82), ddbench the argmin (Welling 2009)",
+               check={"deepcore_with_argmin_identical_to_ddbench": same(ours, flipped)},
+               picks_mean_to_class_mean_relative_distance=gap)  # fmt: skip
 
         # k-center: ddbench's first center is the image nearest the class mean, DeepCore's a
         # random one (np.random.seed(seed); randint)
@@ -354,12 +360,14 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
                                            "selection"})  # fmt: skip
         if errors:
             first = []
-            for c in range(k):  # their first center (kcentergreedy.py:35-39), as they draw it
+            for c in range(k):  # their first center (kcentergreedy.py:34-38), as they draw it
                 np.random.seed(a.seed)
                 first.append(int(train.indices_of(c)[np.random.randint(0, len(feats[c]))]))
             record("kcenter", ours, first,
-                         deepcore_error=f"k_center_greedy(budget={ipc}) fails: {errors[0]}; "
-                                        "the DeepCore side is its random first center",
+                         deepcore_error=f"k_center_greedy(budget={ipc}) fails: {errors[0]} "
+                                        "(kcentergreedy.py:48-52: its distance matrix has "
+                                        "budget - 1 = 0 rows); the DeepCore side is its random "
+                                        "first center",
                          cause="first center: ddbench the image nearest the class mean, DeepCore "
                                "a random one (np.random.seed(seed), the same seed per class)",
                          check=check)  # fmt: skip
@@ -380,7 +388,7 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
         record("forgetting", ours, theirs,
                cause="ties (images with the same count) are broken by ddbench with a seeded "
                      "random permutation, by DeepCore by numpy's argsort order reversed "
-                     "(forgetting.py:71-76)",
+                     "(forgetting.py:71-78)",
                check=tie_check(ours_counts, train, ipc, ours, theirs),
                deepcore_on_its_own_counts_identical_to_on_ddbench_counts=same(theirs,
                                                                               theirs_own))  # fmt: skip
@@ -404,7 +412,7 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
                        "theirs": len(last & set(theirs_own)), "ddbench": len(last & set(ours))},
                    "cause": "DeepCore's score is the gradient of the batch-mean loss: divided by "
                             "the batch size, and by the smaller size of the last batch, whose "
-                            "images score higher (grand.py:38-48)"})  # fmt: skip
+                            "images score higher (grand.py:41-48)"})  # fmt: skip
 
         # GraNd, ddbench's default (full gradient at init) vs DeepCore's definition
         ours = gf.select(task()).tolist()
