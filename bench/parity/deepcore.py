@@ -305,7 +305,7 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
 
         def record(method, ours, theirs, ipc=ipc, **extra):
             code = "data_diet" if method.startswith("el2n") else "DeepCore"
-            row = {"dataset": name, "ipc": ipc, "method": method, "theirs": code,
+            row = {"dataset": name, "ipc": ipc, "method": method, "authors_code": code,
                    **overlap(ours, theirs), "identical": same(ours, theirs), **extra}  # fmt: skip
             stem = f"{name}_ipc{ipc}_{method}"
             for side, idx in (("ddbench", ours), ("theirs", theirs)):
