@@ -458,7 +458,12 @@ def load_indices(path: str | Path) -> torch.Tensor:
         except ValueError as e:
             raise DDBenchError(f"{path}: not a plain .npy array ({str(e).splitlines()[0]})") from e
     elif suffix == ".pt":
-        obj = _torch_load(path)  # weights_only: no pickled objects
+        try:
+            obj = _torch_load(path)  # weights_only: no pickled objects
+        except DDBenchError as e:  # e.g. DeepCore's select() result holds numpy arrays
+            raise DDBenchError(
+                f"{e}; save the indices with np.save or as a tensor (torch.as_tensor)"
+            ) from e
     elif suffix == ".json":
         try:
             obj = json.loads(path.read_text())

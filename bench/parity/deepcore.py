@@ -213,7 +213,7 @@ def compare_dataset(name: str, a, dcm, euclid, recorder, data_diet, out: Path) -
     fmodel = herding.feature_model(feat_task)
     feats = [herding.features_of(feat_task, fmodel, c).detach() for c in range(k)]
 
-    # --- scores, computed once by ddbench (the first select() of each method fills the cache)
+    # --- scores, computed once by ddbench (score() fills the cache that select() reads later)
     forgetting = Forgetting(**cfg["forgetting"])
     dc_forget = dcm.Forgetting(dst, deepcore_args(k, batch), 0.5, a.seed, epochs=0, balance=True)
     dc_forget.before_run()  # their counters: forgetting_events, last_acc (zeros)
