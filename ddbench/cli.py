@@ -7,7 +7,7 @@
     ddbench -m run   method=random ipc=1,10 dataset=mnist,fashion_mnist
     ddbench data     list | prepare NAME [--download] [--force]
     ddbench show     x.safetensors [--out grid.png]
-    ddbench import   dc|mtt|datadam|imagefolder PATH --dataset NAME --out x.safetensors
+    ddbench import   dc|mtt|datadam|imagefolder|indices PATH --dataset NAME --out x.safetensors
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
     ddbench teacher  train DATASET [--protocol kd|kd_pruning] [--epochs N --model M --seed S] | list
     ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
@@ -530,10 +530,15 @@ def cmd_show(args: list[str]) -> None:
 
 def cmd_import(args: list[str]) -> None:
     from ddbench import synset
+    from ddbench.coreset import import_indices
 
     p = argparse.ArgumentParser(prog="ddbench import", description="convert a published set format")
-    p.add_argument("format", choices=["dc", "mtt", "datadam", "imagefolder"])
-    p.add_argument("path", help="res_*.pt (dc, datadam), images_best.pt (mtt) or a folder")
+    p.add_argument("format", choices=["dc", "mtt", "datadam", "imagefolder", "indices"])
+    p.add_argument(
+        "path",
+        help="res_*.pt (dc, datadam), images_best.pt (mtt), a folder (imagefolder) or a "
+        ".npy/.pt/.json list of train-split indices (indices: DeepCore's subset['indices'])",
+    )
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--zca", action="store_true", help="(mtt) the images are ZCA-whitened")
@@ -546,12 +551,17 @@ def cmd_import(args: list[str]) -> None:
     )
     p.add_argument("--entry", type=int, default=-1,
                    help="(datadam) which saved set of res_DataDAM_*.pt (-1: the last)")  # fmt: skip
+    p.add_argument(
+        "--split-size", type=int, default=None,
+        help="(indices) size of the train set the indices index; must be ddbench's train split's",
+    )  # fmt: skip
     a = p.parse_args(args)
     readers = {
         "dc": lambda: synset.import_dc(a.path, a.dataset, a.experiment, protocol=a.protocol),
         "datadam": lambda: synset.import_datadam(a.path, a.dataset, a.entry),
         "mtt": lambda: synset.import_mtt(a.path, a.dataset, zca=a.zca),
         "imagefolder": lambda: synset.import_image_folder(a.path, a.dataset),
+        "indices": lambda: import_indices(a.path, a.dataset, split_size=a.split_size),
     }
     s = readers[a.format]()
     synset.save(s, a.out)

@@ -17,7 +17,10 @@ twice, and is deterministic for a fixed task seed. What a selection method gets 
   embeddings and/or logits of train images, chunk by chunk, so that nothing of size ``N x N``
   (or all ``N`` embeddings at once) is ever held; :func:`class_features` for one class;
 - per-class selection in a feature space: :func:`herding_select`, :func:`kcenter_select`
-  (O(n) memory beyond the features) and :func:`pick_per_class`.
+  (O(n) memory beyond the features) and :func:`pick_per_class`;
+- :func:`import_indices`: a list of train-split indices chosen by another code base (DeepCore's
+  ``subset["indices"]``, data_diet's pruned index set) as a set of the real images
+  (``ddbench import indices``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,10 +39,11 @@ from torch import nn
 
 from ddbench.augment import parse_strategy
 from ddbench.cache import cache_root
+from ddbench.data import load_split
 from ddbench.engine import Recipe, build_models, predict_batches, train
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
-from ddbench.synset import SyntheticSet, atomic_write
+from ddbench.synset import SyntheticSet, _imported, _torch_load, atomic_write
 
 __all__ = [
     "ScoreSelection",
@@ -51,7 +56,9 @@ __all__ = [
     "class_features",
     "draw_seeds",
     "herding_select",
+    "import_indices",
     "kcenter_select",
+    "load_indices",
     "model_outputs",
     "pick_per_class",
     "select_top",
@@ -430,3 +437,104 @@ class ScoreSelection(Selection):
         cpu = {k: v.detach().cpu().contiguous() for k, v in out.items()}
         atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata={"ident": json.dumps(ident)}))
         return out
+
+
+# ------------------------------------------------------------------------------ imported picks
+
+
+def load_indices(path: str | Path) -> torch.Tensor:
+    """The int64 index list of ``path``: ``.npy`` (an integer array, no pickle), ``.pt`` (a tensor,
+    a list, or a dict with ``"indices"`` as DeepCore's ``select()`` returns; read with
+    ``weights_only``) or ``.json`` (a list, or an object with ``"indices"``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DDBenchError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        import numpy as np
+
+        try:
+            obj = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise DDBenchError(f"{path}: not a plain .npy array ({str(e).splitlines()[0]})") from e
+    elif suffix == ".pt":
+        try:
+            obj = _torch_load(path)  # weights_only: no pickled objects
+        except DDBenchError as e:  # e.g. DeepCore's select() result holds numpy arrays
+            raise DDBenchError(
+                f"{e}; save the indices with np.save or as a tensor (torch.as_tensor)"
+            ) from e
+    elif suffix == ".json":
+        try:
+            obj = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DDBenchError(f"{path}: not JSON ({e})") from e
+    else:
+        raise DDBenchError(f"{path}: expected a .npy, .pt or .json file of indices")
+    if isinstance(obj, dict):
+        if "indices" not in obj:
+            raise DDBenchError(f"{path}: a mapping without an 'indices' entry")
+        obj = obj["indices"]
+    return _as_index_tensor(obj, path)
+
+
+def _as_index_tensor(obj: object, path: Path) -> torch.Tensor:
+    """``obj`` as a 1-D int64 tensor; a one-line error unless it is a flat list of integers."""
+    if isinstance(obj, list):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in obj):
+            bad = next(v for v in obj if not isinstance(v, int) or isinstance(v, bool))
+            raise DDBenchError(f"{path}: indices must be integers, found {bad!r}")
+        t = torch.tensor(obj, dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(obj)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise DDBenchError(f"{path}: indices must be a flat list of integers") from e
+        if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+            raise DDBenchError(f"{path}: indices must be integers, got dtype {t.dtype}")
+    if t.dim() != 1:
+        raise DDBenchError(f"{path}: indices must be a flat list, got shape {list(t.shape)}")
+    if len(t) == 0:
+        raise DDBenchError(f"{path}: no indices")
+    return t.long()
+
+
+def import_indices(
+    path: str | Path, dataset: str, *, split_size: int | None = None
+) -> SyntheticSet:
+    """The real train images (and hard labels) at the train-split indices in ``path``.
+
+    The indices must refer to ddbench's ``train`` split of ``dataset`` (the 10 % ``val``
+    carve-out excluded, as bench/parity/export_data.py exports it): ``split_size``, when given,
+    is the size of the train set the indices were chosen from and must equal that split's. Each
+    index must be in range and appear once. The set records the indices (``meta["indices"]``),
+    the file (``meta["method"]["config"]["source"]``) and its images per class.
+    """
+    idx = load_indices(path)
+    train = load_split(dataset, "train")
+    n = len(train)
+    if split_size is not None and split_size != n:
+        raise DDBenchError(
+            f"the indices refer to a train set of {split_size} images; ddbench's {dataset} "
+            f"train split has {n} (the val carve-out excluded): select on that split "
+            "(bench/parity/export_data.py)"
+        )
+    lo, hi = int(idx.min()), int(idx.max())
+    if lo < 0 or hi >= n:
+        raise DDBenchError(
+            f"{path}: index {lo if lo < 0 else hi} is out of range for the {n} images of "
+            f"{dataset}'s train split"
+        )
+    uniq, counts = torch.unique(idx, return_counts=True)
+    if len(uniq) != len(idx):
+        dup = uniq[counts > 1]
+        raise DDBenchError(
+            f"{path}: {len(dup)} indices appear more than once (first: {int(dup[0])}); "
+            "a selection picks an image once"
+        )
+    labels = train.labels[idx].clone()
+    s = _imported(train.normalize(train.images[idx]), labels, dataset, "indices")
+    s.meta["method"]["config"] = {"source": Path(path).name}
+    s.meta["indices"] = idx.tolist()
+    s.meta["per_class"] = torch.bincount(labels, minlength=train.num_classes).tolist()
+    return s

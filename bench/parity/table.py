@@ -16,6 +16,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for p in sys.argv[1:]:
         r = json.loads(Path(p).read_text())
+        if "official" not in r:  # not a parity.py result (deepcore_*.json: index overlaps)
+            continue
         o, d = r["official"], r["ddbench"]
         print(
             f"| {r['method'].upper()} | {r['dataset']} | {r['ipc']} | {r['iterations']} "
