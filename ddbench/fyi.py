@@ -18,12 +18,13 @@ meets a network (:mod:`ddbench.modifiers`):
 
 * matching: the synthetic images of a class are ``[S_c; flip(S_c)]`` (twice as many rows, the
   gradient of both halves reaching ``S_c``) before the siamese DSA draw they share with the real
-  batch; the real batch is untouched;
+  batch; the real batch gets no mirrors (only the DSA below);
 * DC/DSA inner training of the network on the synthetic set: every batch is doubled the same way
   (batch size unchanged, as the authors' final code);
 * trajectory matching (MTT and its family): every unrolled student step trains on its batch of
   synthetic images together with their mirrors (DSA parameters drawn for both halves);
-* the DSA of those two places (:class:`FlipFirstDSA`, as the DiffAugment of the authors' code):
+* the DSA of the matching and of the DC/DSA inner training (:class:`FlipFirstDSA`, as the
+  DiffAugment of the authors' code; the trajectory students keep the plain DSA):
   when the strategy has ``flip`` and other ops, a random horizontal flip (probability 0.5) is
   always applied, then ONE op drawn from the other ops (plain DSA draws one op of all, flip
   included); siamese pairs share the flip and the op;
