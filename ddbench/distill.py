@@ -189,12 +189,14 @@ class ImageDistillation(Method):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Siamese DSA of a (real, synthetic) pair with a seed from the task's generator;
         the pair unchanged when ``dsa`` is off or the task has no augmentation. The synthetic
-        batch is first the :attr:`modifier`'s (``fyi``: ``[syn; flip(syn)]``, twice the rows)."""
+        batch is first the :attr:`modifier`'s (``fyi``: ``[syn; flip(syn)]``, twice the rows),
+        and the augmentation the modifier's (``fyi``: a siamese flip, then one other op)."""
         syn, _ = self.modifier.apply(syn)
         if not self.dsa or task.augment is None:
             return real, syn
         with task.full_precision():
-            return task.augment.pair(real, syn, self.next_seed(task))
+            augment = self.modifier.augmentation(task.augment)
+            return augment.pair(real, syn, self.next_seed(task))
 
     def real_batches(self, task: Task, n: int) -> list[torch.Tensor]:
         """One batch of ``n`` real images per class."""

@@ -18,11 +18,16 @@ meets a network (:mod:`ddbench.modifiers`):
 
 * matching: the synthetic images of a class are ``[S_c; flip(S_c)]`` (twice as many rows, the
   gradient of both halves reaching ``S_c``) before the siamese DSA draw they share with the real
-  batch; the real batch is untouched;
+  batch; the real batch gets no mirrors (only the DSA below);
 * DC/DSA inner training of the network on the synthetic set: every batch is doubled the same way
   (batch size unchanged, as the authors' final code);
 * trajectory matching (MTT and its family): every unrolled student step trains on its batch of
   synthetic images together with their mirrors (DSA parameters drawn for both halves);
+* the DSA of the matching and of the DC/DSA inner training (:class:`FlipFirstDSA`, as the
+  DiffAugment of the authors' code; the trajectory students keep the plain DSA):
+  when the strategy has ``flip`` and other ops, a random horizontal flip (probability 0.5) is
+  always applied, then ONE op drawn from the other ops (plain DSA draws one op of all, flip
+  included); siamese pairs share the flip and the op;
 * nothing else: evaluation trains on the set as saved (``ipc`` images per class; the protocol's
   own augmentation decides about flips), and the set records ``fyi`` in its metadata.
 
@@ -44,9 +49,18 @@ from typing import Any
 
 import torch
 
+from ddbench.augment import DSA, DSADraw
+from ddbench.errors import DDBenchError
 from ddbench.modifiers import Modifier, register
 
-__all__ = ["FlipYourImages", "check_task", "flip_concat", "has_flip", "mirror_symmetry"]
+__all__ = [
+    "FlipFirstDSA",
+    "FlipYourImages",
+    "check_task",
+    "flip_concat",
+    "has_flip",
+    "mirror_symmetry",
+]
 
 log = logging.getLogger("ddbench")
 
@@ -72,6 +86,60 @@ class FlipYourImages(Modifier):
 
     def check(self, task: Any, method: str) -> None:
         check_task(task, method)
+
+    def augmentation(self, augment: Any) -> Any:
+        """:class:`FlipFirstDSA` of a DSA whose strategy has ``flip`` and other ops; any other
+        augmentation (none, flip alone, no flip, DC's) unchanged."""
+        if isinstance(augment, DSA) and "flip" in augment.ops and len(set(augment.ops)) > 1:
+            return FlipFirstDSA(augment.strategy)
+        return augment
+
+
+class FlipFirstDSA:
+    """The DSA of FYI's code (its ``DiffAugment``, mode 'S'): a random horizontal flip with
+    probability 0.5 always, then one op drawn from the strategy's other ops, each with the
+    parameters of :class:`ddbench.augment.DSA`.
+
+    ``fda(x, generator)`` flips each image on its own draw (as the inner training's non-siamese
+    call); :meth:`pair` gives the real and the synthetic batch one flip draw and one op.
+    """
+
+    def __init__(self, strategy: str):
+        self.strategy = strategy
+        dsa = DSA(strategy)
+        if "flip" not in dsa.ops or len(set(dsa.ops)) < 2:
+            raise DDBenchError(
+                f"FlipFirstDSA needs a strategy with 'flip' and another op, got {strategy!r}"
+            )
+        self.ops = dsa.ops
+        self.flip = DSA("flip")
+        self.rest = DSA("_".join(o for o in dsa.ops if o != "flip"))
+
+    def __repr__(self) -> str:
+        return f"FlipFirstDSA({self.strategy!r})"
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample flips, then one op (of the others) for the batch, from ``generator``."""
+        return self.rest(self.flip(x, generator), generator)
+
+    def siamese(self, seed: int, height: int, width: int) -> tuple[DSADraw, DSADraw]:
+        """The shared flip draw and the shared draw of one other op, from a CPU generator
+        seeded with ``seed`` (in this order)."""
+        g = torch.Generator().manual_seed(int(seed))
+        flip = self.flip.draw(1, height, width, g, shared=True)
+        return flip, self.rest.draw(1, height, width, g, shared=True)
+
+    def pair(
+        self, x_real: torch.Tensor, x_syn: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Siamese: the same flip decision and the same op and parameters for both batches."""
+        if x_real.shape[1:] != x_syn.shape[1:]:
+            raise DDBenchError(
+                f"siamese DSA needs images of one shape, got {tuple(x_real.shape[1:])} "
+                f"and {tuple(x_syn.shape[1:])}"
+            )
+        flip, rest = self.siamese(seed, x_real.shape[-2], x_real.shape[-1])
+        return rest(flip(x_real)), rest(flip(x_syn))
 
 
 def has_flip(task: Any) -> bool:

@@ -7,6 +7,7 @@ method file holds no modifier code:
 * the synthetic side of a siamese pair (:meth:`ddbench.distill.ImageDistillation.siamese`: DC,
   DSA, DM, DataDAM match on the modified images; the real batch is untouched);
 * each batch of the inner training on the synthetic set (DC/DSA's network updates);
+* the augmentation of these two (:meth:`Modifier.augmentation`: FYI's DSA flips first);
 * each student step of trajectory matching (MTT and its family: :meth:`MTT.unroll_plan` draws DSA
   parameters for :meth:`Modifier.rows` images, the student trains on :meth:`Modifier.apply`).
 
@@ -44,6 +45,11 @@ class Modifier:
 
     def check(self, task: Any, method: str) -> None:
         """Refuse (or warn about) a task the modifier does not suit; called once per run."""
+
+    def augmentation(self, augment: Any) -> Any:
+        """The augmentation to use on the modified batches in place of the task's ``augment``
+        (the siamese pair and DC/DSA's inner training); the identity keeps ``augment``."""
+        return augment
 
 
 _REGISTRY: dict[str, type[Modifier]] = {}

@@ -106,7 +106,8 @@ class DC(ImageDistillation):
             with task.full_precision():
                 train(
                     None, None, images.detach(), labels, inner_recipe, device=task.device,
-                    augment=task.augment if self.dsa else None, compile=False,
+                    augment=self.modifier.augmentation(task.augment) if self.dsa else None,
+                    compile=False,
                     distributed=False, models=[net], optimizers=[opt_net],
                     generators=[task.generator], batch_transform=self.modifier.apply,
                 )  # fmt: skip

@@ -146,13 +146,15 @@ def _pairs_with_mirrors(images: torch.Tensor, ipc: int) -> torch.Tensor:
 )
 def test_fyi_matches_the_images_together_with_their_mirrors(cls, kw, digits_train):
     """FYI's A_c = S_c u flip(S_c): the FYI loss of S is the plain loss of the set with mirrors
-    (same draws), and S gets the gradient of both halves."""
+    (same draws: the plain method is given FYI's DSA too), and S gets the gradient of both
+    halves."""
     x = make_task(digits_train, 1).real_images(n=10).requires_grad_(True)
     x2 = _pairs_with_mirrors(x.detach(), 1).requires_grad_(True)
     out = []
     for fyi, images, ipc in ((True, x, 1), (False, x2, 2)):
         method = cls(batch_real=16, fyi=fyi, **kw)
         task = make_task(digits_train, ipc, seed=7, strategy=FLIP)
+        task.augment = FlipYourImages().augmentation(task.augment)  # FYI's DSA on both sides
         loss = method.matching_loss(task, method.fresh_net(task), images)
         (grad,) = torch.autograd.grad(loss, images)
         out.append((loss.detach(), grad))

@@ -22,6 +22,18 @@
 #   E6 utils.py DiffAugment's siamese lines ``x[:] = x[0]`` -> ``x[:] = x[0].clone()`` (the same
 #      values; the installed torch refuses the self-overlapping copy when the batch has one
 #      image, i.e. IPC 1).
+# FYI's fork (cvlab-yonsei/FYI, folder DC_DSA_DM: the same files, recognised by BatchAug in
+# utils.py) gets E1, E2, E3 and E5 as above; its own code differs where:
+#   E4 is not applied: the fork evaluates at the last iteration only (their `it == args.Iteration`);
+#      parity.py passes --num_eval 0 (no evaluation) or 1 (PARITY_OFFICIAL_EVAL=1) instead.
+#   E6 is not needed: the fork already has x[0].clone().
+#   E7 main.py, main_DM.py: the fork leaves the iteration loop with `break` right after its last
+#      evaluation, before the line that saves res_*.pt, so the set is never saved; the same
+#      save (data_save, torch.save of res_<METHOD>_<DATASET>_<MODEL>_<K>ipc.pt) is run just before
+#      that break. The set saved is the one their evaluation trains on (Iteration updates).
+#   E8 wandb.py next to their scripts: an offline stand-in for the wandb calls (init keeps the
+#      parsed arguments as wandb.config._items, from which their scripts rebuild args; log,
+#      Image, Table and finish do nothing), so no account or network is needed.
 # The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
 # written by ddbench's python (DDBENCH_PY, default python3).
 set -euo pipefail
@@ -33,6 +45,7 @@ import sys
 from pathlib import Path
 
 off = Path(sys.argv[1])
+fork = "def BatchAug(" in (off / "utils.py").read_text()  # FYI's fork of the code (E7, E8)
 
 
 def edit(path, old, new, marker):
@@ -75,13 +88,14 @@ for f in ("main.py", "main_DM.py"):
         "        np.random.seed(args.seed)\n",
         "ddbench-parity E2",
     )
-    edit(
-        f,
-        "    print('eval_it_pool: ', eval_it_pool)\n",
-        "    if args.parity_eval >= 0:  # ddbench-parity E4\n"
-        "        eval_it_pool = [args.Iteration] if args.parity_eval == 1 else []\n"
-        "    print('eval_it_pool: ', eval_it_pool)\n",
-        "ddbench-parity E4",
+    if not fork:  # FYI's fork evaluates at the last iteration only (no eval_it_pool)
+        edit(
+            f,
+            "    print('eval_it_pool: ', eval_it_pool)\n",
+            "    if args.parity_eval >= 0:  # ddbench-parity E4\n"
+            "        eval_it_pool = [args.Iteration] if args.parity_eval == 1 else []\n"
+            "    print('eval_it_pool: ', eval_it_pool)\n",
+            "ddbench-parity E4",
     )
     # E3
     edit(
@@ -109,9 +123,40 @@ p = off / "utils.py"
 s = p.read_text()
 if "ddbench-parity E6" not in s:
     s, n = re.subn(r"^( +)(\w+)\[:\] = (\w+)\[0\]\n", lambda m: f"{m[1]}{m[2]}[:] = {m[3]}[0].clone()  # ddbench-parity E6\n" if m[2] == m[3] else m[0], s, flags=re.M)
-    if n == 0:
+    if n == 0 and not fork:
         sys.exit(f"{p}: the text to patch is missing: x[:] = x[0]")
     p.write_text(s)
+if fork:
+    # E7
+    for f in ("main.py", "main_DM.py"):
+        edit(
+            f,
+            "                wandb.log({\"Synthetic_Images\": wandb.Image(make_grid(image_syn_vis, nrow=10))}, step=exp)\n"
+            "                break\n",
+            "                wandb.log({\"Synthetic_Images\": wandb.Image(make_grid(image_syn_vis, nrow=10))}, step=exp)\n"
+            "                data_save.append([copy.deepcopy(image_syn.detach().cpu()), copy.deepcopy(label_syn.detach().cpu())])  # ddbench-parity E7\n"
+            "                torch.save({'data': data_save, 'accs_all_exps': accs_all_exps, }, os.path.join(args.save_path, 'res_%s_%s_%s_%dipc.pt'%(args.method, args.dataset, args.model, args.ipc)))\n"
+            "                break\n",
+            "ddbench-parity E7",
+        )
+    # E8
+    stub = off / "wandb.py"
+    if not stub.exists():
+        stub.write_text(
+            '"""ddbench-parity E8: offline stand-in for the wandb calls of main.py and main_DM.py."""\n'
+            "import sys\n\n\n"
+            "class _Config:\n    def __init__(self, items):\n        self._items = items\n\n\n"
+            "class _Run:\n    name = None\n\n\n"
+            "config, run = _Config({}), _Run()\n\n\n"
+            "def init(**kwargs):\n"
+            "    args = kwargs.get('config')\n"
+            "    sys.modules[__name__].config = _Config(dict(vars(args)) if args is not None else {})\n"
+            "    return run\n\n\n"
+            "def log(*args, **kwargs):\n    pass\n\n\n"
+            "def finish(*args, **kwargs):\n    pass\n\n\n"
+            "class Image:\n    def __init__(self, *args, **kwargs):\n        pass\n\n\n"
+            "Table = Image\n"
+        )
 print(f"patched {off}")
 PYEOF
 mkdir -p "$OFF/data"

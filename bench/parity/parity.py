@@ -11,8 +11,11 @@ importer and default protocol from ``OTHER_OFFICIAL``.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
   METHOD dm | dc | dsa | datadam; DATASET mnist | fashion_mnist; SEEDS comma-separated (0,1)
-Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa -> standard; dc -> dc;
-datadam -> datadam),
+  METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
+  DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
+  method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
+Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
+standard; dc -> dc; datadam -> datadam),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
@@ -24,6 +27,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +95,24 @@ OTHER_OFFICIAL = {
 }
 
 
+# FYI (cvlab-yonsei/FYI): its DC_DSA_DM/ is a fork of the code above with FYI always on.
+FYI_BASE = {"fyi_dm": "dm", "fyi_dsa": "dsa"}
+
+
+def fyi_official_command(method: str, dataset: str, ipc: int, iters: int, seed: int, run: str):
+    """FYI's fork: the base method's command (their scripts/dm.sh and dsa.sh give the same flags
+    as the readme: --init real, --lr_img 1 for DM, the DSA strategy), adapted to the fork's
+    arguments: it saves to ./logs/RUN_NAME (no --save_path), needs --data_path and --run_tags,
+    and evaluates at the last iteration only, --num_eval models (0: none; no --parity_eval)."""
+    cmd = official_command(FYI_BASE[method], dataset, ipc, iters, seed, Path("."))
+    for flag in ("--save_path", "--parity_eval", "--num_eval"):
+        i = cmd.index(flag)
+        del cmd[i : i + 2]
+    n_eval = "1" if os.environ.get("PARITY_OFFICIAL_EVAL") == "1" else "0"
+    return [*cmd, "--num_eval", n_eval, "--data_path", "data", "--run_name", run,
+            "--run_tags", "ddbench_parity"]  # fmt: skip
+
+
 def run(cmd: list[str], cwd: Path, log: Path) -> float:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     t0 = time.perf_counter()
@@ -122,6 +144,7 @@ def main() -> None:
     declared = other["protocol"] if other else "dc" if method == "dc" else "standard"
     protocol = os.environ.get("PARITY_PROTOCOL", declared)
     eval_seeds = os.environ.get("PARITY_EVAL_SEEDS", "0,1,2")
+    base = FYI_BASE.get(method, method)  # the method FYI modifies (fyi_dm -> dm)
     work = out / "work" / f"{method}_{dataset}_ipc{ipc}_it{iters}"
     work.mkdir(parents=True, exist_ok=True)
     commit = (
@@ -136,14 +159,23 @@ def main() -> None:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
         # the authors' side
-        res = d / "official" / f"res_{method.upper()}_{OFFICIAL_NAME[dataset]}_ConvNet_{ipc}ipc.pt"
-        cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
+        res = d / "official" / f"res_{base.upper()}_{OFFICIAL_NAME[dataset]}_ConvNet_{ipc}ipc.pt"
         if other:
             res = d / "official" / other["res"].format(name=OFFICIAL_NAME[dataset], ipc=ipc)
             cmd = [PY, *other["command"](dataset, ipc, iters, seed, d / "official")]
+        elif method in FYI_BASE:  # the fork saves to DC_DSA_DM/logs/<run name>; copied to res
+            run_name = f"ddbench_parity/{work.name}_seed{seed}"
+            cmd = [PY, *fyi_official_command(method, dataset, ipc, iters, seed, run_name)]
+            saved = off / "DC_DSA_DM" / "logs" / run_name / res.name
+        else:
+            cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
         commands[f"official_seed{seed}"] = shlex.join(cmd)
         if not res.exists():
-            timings[f"official_seed{seed}"] = run(cmd, off, d / "official.log")
+            cwd = off / "DC_DSA_DM" if method in FYI_BASE else off
+            timings[f"official_seed{seed}"] = run(cmd, cwd, d / "official.log")
+            if method in FYI_BASE:
+                res.parent.mkdir(exist_ok=True)
+                shutil.copyfile(saved, res)
         theirs = d / "official.safetensors"
         if not theirs.exists():
             fmt = other["import"] if other else "dc"
@@ -152,10 +184,12 @@ def main() -> None:
         own_eval = torch.load(res, weights_only=False)["accs_all_exps"].get("ConvNet", [])
         # ddbench's side
         ours_dir = d / "ddbench"
-        cmd = [*DDBENCH, "distill", f"method={method}", f"dataset={dataset}", f"ipc={ipc}",
+        cmd = [*DDBENCH, "distill", f"method={base}", f"dataset={dataset}", f"ipc={ipc}",
                f"method.iterations={iters}", f"seed={seed}", "precision=fp32", "device=cpu",
                "progress=false", f"hydra.run.dir={ours_dir}",
                *(other["ddbench_args"] if other else [])]  # fmt: skip
+        if method in FYI_BASE:
+            cmd.insert(5, "method.fyi=true")
         commands[f"ddbench_seed{seed}"] = shlex.join(cmd)
         ours = ours_dir / "synset.safetensors"
         if not ours.exists():
@@ -198,7 +232,10 @@ def main() -> None:
         "within_bound": abs(diff) <= bound, "per_seed": rows,
         "official_repo": other["repo"] if other else "VICO-UoE/DatasetCondensation",
         "official_commit": commit,
-        "official_edits": other["edits"] if other else "bench/parity/official_dc_setup.sh (E1-E5)",
+        "official_edits": other["edits"] if other else "bench/parity/official_dc_setup.sh (E1-E6)",
+        **({"official_repo": "cvlab-yonsei/FYI (DC_DSA_DM)",
+            "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7, E8)"}
+           if method in FYI_BASE else {}),
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), OMP_NUM_THREADS=1",
         "torch": torch.__version__, "commands": commands, "seconds": timings,
