@@ -456,11 +456,26 @@ def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, wh
 # ----------------------------------------------------------------------------- importers
 
 
+def _numpy_scalars() -> list:
+    """What a numpy scalar unpickles with (DC's ``res_*.pt`` keeps its evaluation accuracies as
+    numpy floats): the scalar constructor and the dtypes, which rebuild numbers from bytes and
+    run no code; every other Python object stays refused."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+    kinds = ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8", "bool")
+    return [scalar, np.dtype, *{type(np.dtype(k)) for k in kinds}]
+
+
 def _torch_load(path: Path) -> Any:
     if not path.exists():
         raise DDBenchError(f"{path}: no such file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalars()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
         why = lines[0] if lines else str(e).splitlines()[0] if str(e) else type(e).__name__

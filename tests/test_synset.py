@@ -379,6 +379,21 @@ def test_import_dc(make_set, tmp_path: Path) -> None:
         synset.import_dc(res, "digits", experiment=1)
 
 
+def test_import_dc_reads_the_authors_numpy_accuracies(make_set, tmp_path: Path) -> None:
+    """The authors' res_*.pt keeps evaluate_synset's accuracies as numpy floats: they load; a
+    pickled object of any other class is still refused."""
+    import numpy as np
+
+    s = make_set(ipc=1)
+    res = tmp_path / "res_DC_MNIST_ConvNet_1ipc.pt"
+    accs = {"ConvNet": [np.float64(0.6868), np.float32(0.5)]}
+    torch.save({"data": [[s.images, s.labels]], "accs_all_exps": accs}, res)
+    assert torch.equal(synset.import_dc(res, "digits").images, s.images)
+    torch.save({"data": [[s.images, s.labels]], "accs_all_exps": {"x": Path("p")}}, res)
+    with pytest.raises(DDBenchError, match="holds Python objects besides tensors"):
+        synset.import_dc(res, "digits")
+
+
 @pytest.mark.parametrize(
     "name, protocol",
     [
