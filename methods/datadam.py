@@ -55,6 +55,11 @@ class DataDAM(ImageDistillation):
         power: float = 4.0  # the paper's p (HP table); the released code runs exp=1 (line 303)
         mmd_weight: float = 0.01  # lambda of L_SAM + lambda * L_MMD (--task_balance 0.01)
         loss_scale: float = 100.0  # the code multiplies both terms by 100
+        # false: one forward per class (the paper's instance-norm network gives the same values
+        # either way); true: one forward of all classes' real images and one of all synthetic
+        # images, as the released code (main_DataDAM.py 286-306): with a BatchNorm network
+        # (model=convnet_bn, the code's get_network) the batch statistics then span every class
+        batched: bool = False
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -86,14 +91,33 @@ class DataDAM(ImageDistillation):
                 f"{self.name} needs a model with feature_maps(x) (per-block activations), such "
                 f"as the ConvNet family; {type(net).__name__} has none"
             )
-        loss = images.new_zeros(())
-        for c in range(task.num_classes):
-            real, syn = self.siamese(
+        pairs = [  # the same draws, in the same order, in both modes
+            self.siamese(
                 task, self.sample_real(task, c, self.batch_real), images[self.class_slice(task, c)]
             )
+            for c in range(task.num_classes)
+        ]
+        if self.batched:
+            reals, syns = zip(*pairs)
             with torch.no_grad():
-                maps_real, emb_real = net.feature_maps(real)
-            maps_syn, emb_syn = net.feature_maps(syn)
+                maps_real, emb_real = net.feature_maps(torch.cat(reals))
+            maps_syn, emb_syn = net.feature_maps(torch.cat(syns))
+            n_real, n_syn = [len(r) for r in reals], [len(s) for s in syns]
+            per_class = [
+                (
+                    [m.split(n_real)[c] for m in maps_real], emb_real.split(n_real)[c],
+                    [m.split(n_syn)[c] for m in maps_syn], emb_syn.split(n_syn)[c],
+                )
+                for c in range(task.num_classes)
+            ]  # fmt: skip
+        else:
+            per_class = []
+            for real, syn in pairs:
+                with torch.no_grad():
+                    maps_real, emb_real = net.feature_maps(real)
+                per_class.append((maps_real, emb_real, *net.feature_maps(syn)))
+        loss = images.new_zeros(())
+        for maps_real, emb_real, maps_syn, emb_syn in per_class:
             for f_real, f_syn in zip(maps_real[:-1], maps_syn[:-1]):  # the last layer: MMD
                 a_real = attention(f_real, self.power).mean(0)
                 loss = loss + ((a_real - attention(f_syn, self.power).mean(0)) ** 2).sum()

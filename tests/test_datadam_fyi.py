@@ -91,6 +91,34 @@ def test_datadam_loss_is_sam_plus_weighted_dm_mmd(digits_train):
     assert full == pytest.approx(100 * (sam + 0.01 * mmd), rel=1e-5)
 
 
+@pytest.mark.parametrize("norm, same", [("instancenorm", True), ("batchnorm", False)])
+def test_datadam_batched_is_the_per_class_loss_unless_batchnorm_spans_classes(
+    digits_train, norm, same
+):
+    """One forward of all classes (the released code's) gives the per-class loss and image
+    gradient with a per-image-normalised network; with BatchNorm the batch statistics span
+    every class, so the loss differs (that is what the released code computes)."""
+    images0 = make_task(digits_train, 2).real_images(n=20)
+
+    def run(batched):
+        task = make_task(digits_train, 2, seed=5)
+        task.model_factory = lambda: create_model(
+            "convnet", 1, 10, (8, 8), net_width=16, net_norm=norm
+        )
+        images = images0.clone().requires_grad_(True)
+        m = DataDAM(batch_real=16, batched=batched)
+        loss = m.matching_loss(task, m.fresh_net(task, frozen=True), images)
+        loss.backward()
+        return float(loss), images.grad
+
+    (l0, g0), (l1, g1) = run(False), run(True)
+    if same:
+        assert l1 == pytest.approx(l0, rel=1e-5)
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
+    else:
+        assert abs(l1 - l0) > 1e-3 * abs(l0)
+
+
 def test_datadam_lowers_its_matching_loss_and_makes_a_valid_set(digits_train, tmp_path):
     method = DataDAM(iterations=12, **DAM)
     back = check_lowers_loss(method, digits_train, 2, tmp_path)

@@ -87,12 +87,18 @@ OTHER_OFFICIAL = {
         "res": "res_DataDAM_{name}_ConvNet_{ipc}ipc_.pt",
         "import": "datadam",
         "protocol": "datadam",
-        # the released main_DataDAM.py calls get_attention(exp=1) (line 303): p = 1 on both sides
-        "ddbench_args": ["method.power=1"],
+        # the released main_DataDAM.py: get_attention(exp=1) (line 303), p = 1; get_network's
+        # BatchNorm ConvNet (utils.py 282) fed all classes in one forward (286-306)
+        "ddbench_args": ["method.power=1", "model=convnet_bn", "method.batched=true"],
         "repo": "DataDistillation/DataDAM",
         "edits": "bench/parity/official_datadam_setup.sh (D1-D7)",
     },
 }
+# ddbench's DataDAM with the paper's instance-norm network (HP table; ddbench's default), p = 1,
+# against the same released code: the effect of the network's normalisation
+OTHER_OFFICIAL["datadam_paper_net"] = dict(
+    OTHER_OFFICIAL["datadam"], method="datadam", ddbench_args=["method.power=1"]
+)
 
 
 # FYI (cvlab-yonsei/FYI): its DC_DSA_DM/ is a fork of the code above with FYI always on.
@@ -144,7 +150,8 @@ def main() -> None:
     declared = other["protocol"] if other else "dc" if method == "dc" else "standard"
     protocol = os.environ.get("PARITY_PROTOCOL", declared)
     eval_seeds = os.environ.get("PARITY_EVAL_SEEDS", "0,1,2")
-    base = FYI_BASE.get(method, method)  # the method FYI modifies (fyi_dm -> dm)
+    # ddbench's method: the one FYI modifies (fyi_dm -> dm), or the table's
+    base = FYI_BASE.get(method, other.get("method", method) if other else method)
     work = out / "work" / f"{method}_{dataset}_ipc{ipc}_it{iters}"
     work.mkdir(parents=True, exist_ok=True)
     commit = (
