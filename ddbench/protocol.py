@@ -26,8 +26,9 @@ from ddbench.augment import make_augment
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
+from ddbench.recover import Committee, StudentCrop, batch_statistics, flips
 from ddbench.synset import atomic_write
-from ddbench.teachers import TeacherConfig, get_teacher
+from ddbench.teachers import TeacherConfig, get_teacher, load_teacher, teacher_path
 
 # Keys that change what a protocol measures; hashed in this order.
 _HASHED = (
@@ -36,7 +37,9 @@ _HASHED = (
 )  # fmt: skip
 # Keys added later: hashed only when they differ from their default, so that the hashes of
 # protocols that do not use them stay what they were.
-_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model")
+_HASHED_IF_SET = (
+    "hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model", "teacher_from_set",
+)  # fmt: skip
 
 
 @dataclass
@@ -53,7 +56,9 @@ class Protocol:
     schedule: str = "step"
     milestones: list[float] = field(default_factory=lambda: [0.5])
     gamma: float = 0.1
-    augment: str = "dsa"  # dsa (the dataset's default strategy) | none | an explicit strategy
+    # dsa (the dataset's default strategy) | none | an explicit DSA strategy | rrc: the student's
+    # RandomResizedCrop (scale 0.08-1) + horizontal flip where the dataset's strategy flips
+    augment: str = "dsa"
     labels: str = "hard"  # hard | set (the set's own labels, soft ones included) | teacher
     lr_from_set: bool = False
     loss: str = "ce"  # ce | kd (KL to soft targets at ``temperature``)
@@ -62,6 +67,9 @@ class Protocol:
     mixup: float = 0.0  # Beta alpha (0 = off)
     cutmix: float = 0.0  # Beta alpha (0 = off)
     teacher: dict[str, Any] | None = None  # labels=teacher: a ddbench.teachers.TeacherConfig
+    # labels=teacher: the teacher(s) the set was recovered and relabelled with, as its metadata
+    # names them (SRe2L, CDA, CV-DD); sets that name none get ``teacher``
+    teacher_from_set: bool = False
     # fields that differ for some datasets, e.g. DC's own recipe: {mnist: {epochs: 1000, ...}}
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the architecture this recipe trains when the command line names none (a conf/model name,
@@ -84,6 +92,8 @@ class Protocol:
             raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set or teacher")
         if p.labels == "teacher" and p.loss != "kd":
             raise DDBenchError(f"protocol {p.name!r}: labels=teacher needs loss=kd")
+        if p.teacher_from_set and p.labels != "teacher":
+            raise DDBenchError(f"protocol {p.name!r}: teacher_from_set needs labels=teacher")
         for ds, fields in p.per_dataset.items():
             bad = sorted(set(fields) - known - {"name", "per_dataset", "seeds"}) or sorted(
                 set(fields) & {"name", "per_dataset", "seeds"}
@@ -209,12 +219,15 @@ def evaluate(
         lr = float(synset.lr.reshape(-1)[0])
     pinned = protocol.for_dataset(dataset)  # the hash stays the protocol's
     strategy = None
-    if pinned.augment and pinned.augment != "none":
-        strategy = spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
+    if pinned.augment == "rrc":  # not a DSA strategy: the engine gets the callable below
+        dsa = StudentCrop((0.08, 1.0), flip=flips(spec))
+    else:
+        if pinned.augment and pinned.augment != "none":
+            strategy = spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
+        dsa = make_augment(strategy)
     recipe = pinned.recipe(strategy, lr)
     recipe.precision = precision
     recipe.channels_last = bool(channels_last)
-    dsa = make_augment(strategy)
     images = synset.images
     if not meta.get("space", {}).get("normalized", True):
         images = (images - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(
@@ -227,9 +240,7 @@ def evaluate(
     if protocol.labels == "teacher":
         if meta.get("space", {}).get("zca"):
             raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
-        teacher, teacher_meta = get_teacher(
-            dataset, TeacherConfig.from_config(protocol.teacher), device=device, progress=progress
-        )
+        teacher, teacher_meta = load_protocol_teacher(synset, protocol, device, progress)
 
     def build():
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
@@ -319,6 +330,64 @@ def evaluate(
     return result
 
 
+def _cached_teacher(dataset: str, entry: Mapping[str, Any], device, progress: bool):
+    """The cached teacher a set's metadata names (``{"key", "model"[, "config"]}``): loaded from
+    the cache by model and key, or trained from its ``config`` where the set stores one."""
+    if "config" in entry:
+        cfg = TeacherConfig.from_config(entry["config"])
+        if cfg.key(dataset) != entry.get("key"):
+            raise DDBenchError(f"the set's teacher config does not give its key {entry.get('key')}")
+        return get_teacher(dataset, cfg, device=device, progress=progress)
+    path = teacher_path(dataset, TeacherConfig(model=entry["model"])).with_name(
+        f"{entry['model']}-{entry['key']}.safetensors"
+    )
+    if not path.exists():
+        raise DDBenchError(
+            f"the set was recovered with teacher {entry['model']}-{entry['key']}, which is not in "
+            "the teacher cache and the set stores no config to train it"
+        )
+    return load_teacher(path, device)
+
+
+def load_protocol_teacher(synset, protocol: Protocol, device, progress: bool = True):
+    """The online teacher of a ``labels: teacher`` protocol and its description for result.json.
+
+    With ``teacher_from_set``, a set whose ``relabel`` metadata names a teacher (SRe2L, CDA) is
+    labelled by that cached teacher, and one that names a committee (CV-DD) by the committee's
+    weighted logits, its members normalising with the batch's statistics where the set's
+    relabel did (``bn: batch``). Any other set, and every set without ``teacher_from_set``, is
+    labelled by the protocol's ``teacher``."""
+    meta = synset.meta
+    dataset = meta.get("dataset")
+    relabel = meta.get("relabel") or {}
+    if protocol.teacher_from_set and "teacher" in relabel:
+        net, tmeta = _cached_teacher(dataset, relabel["teacher"], device, progress)
+        return net, {**_describe(tmeta), "source": "set"}
+    if protocol.teacher_from_set and "committee" in relabel:
+        nets, described = [], []
+        batch = relabel.get("bn") == "batch"
+        for entry in relabel["committee"]:
+            net, tmeta = _cached_teacher(dataset, entry, device, progress)
+            nets.append(batch_statistics(net) if batch else net)
+            described.append({**_describe(tmeta), "weight": float(entry["weight"])})
+        weights = [d["weight"] for d in described]
+        desc = {"source": "set", "committee": described, "bn": "batch" if batch else "running"}
+        return Committee(nets, weights), desc
+    if protocol.teacher is None:
+        raise DDBenchError(f"protocol {protocol.name!r} has labels=teacher but no teacher")
+    cfg = TeacherConfig.from_config(protocol.teacher)
+    net, tmeta = get_teacher(dataset, cfg, device=device, progress=progress)
+    return net, {**_describe(tmeta), "source": "protocol"}
+
+
+def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "key": teacher_meta["key"],
+        "model": teacher_meta["config"]["model"],
+        "val_accuracy": teacher_meta["val_accuracy"],
+    }
+
+
 def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int) -> dict:
     """What the students were trained on: the set's hard or soft labels, or a teacher online."""
     if protocol.labels == "teacher":
@@ -329,11 +398,7 @@ def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: 
             "loss": protocol.loss,
             "temperature": protocol.temperature,
             "hard_weight": protocol.hard_weight,
-            "teacher": {
-                "key": teacher_meta["key"],
-                "model": teacher_meta["config"]["model"],
-                "val_accuracy": teacher_meta["val_accuracy"],
-            },
+            "teacher": teacher_meta,
         }
     kind = "soft" if synset.soft_labels and protocol.labels == "set" else "hard"
     out = {"kind": kind, "bytes": nbytes, "loss": protocol.loss}

@@ -14,7 +14,11 @@ CV-DD; INFER, NRR-DD, PCA and HeLlO build on the same pieces) gets from here:
   differentiable: :func:`random_resized_crop` (+ flip) and :func:`jitter`; :func:`flips` says
   whether a dataset's augmentation flips;
 - :func:`by_slot` (one batch per image slot, one image per class) and :func:`pixel_range` (the
-  valid pixel range in the normalised space, for clipping).
+  valid pixel range in the normalised space, for clipping);
+- what the ``sre2l`` protocol needs to score a set as these papers do: :class:`StudentCrop`
+  (the student's RandomResizedCrop + flip, one draw per image), :func:`batch_statistics` (a
+  copy of a network whose BatchNorm layers normalise with the batch's statistics) and
+  :class:`Committee` (members' logits weighted and summed: CV-DD's relabel).
 
 Relabelling the recovered images (class-consistent soft labels, compact storage) is in
 :mod:`ddbench.relabel`.
@@ -22,7 +26,10 @@ Relabelling the recovered images (class-consistent soft labels, compact storage)
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,8 +44,8 @@ from ddbench.method import Task
 from ddbench.teachers import get_teacher
 
 __all__ = [
-    "BNStatHook", "DEFAULT_TEACHER", "Member", "by_slot", "flips", "jitter", "load_members",
-    "pixel_range", "random_resized_crop",
+    "BNStatHook", "Committee", "DEFAULT_TEACHER", "Member", "StudentCrop", "batch_statistics",
+    "by_slot", "flips", "jitter", "load_members", "pixel_range", "random_resized_crop",
 ]  # fmt: skip
 
 DEFAULT_TEACHER: dict[str, Any] = {
@@ -209,3 +216,56 @@ def pixel_range(spec: DatasetSpec, device: torch.device) -> tuple[torch.Tensor, 
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     return (0 - mean) / std, (1 - mean) / std
+
+
+class StudentCrop:
+    """The student's augmentation in SRe2L's evaluation (VILA-Lab/SRe2L
+    ``SRe2L/validate/train_KD.py`` 94-95): ``RandomResizedCrop(scale=scale)`` and, where
+    ``flip``, ``RandomHorizontalFlip``, drawn per image (a data loader's per-sample transform)
+    from the engine's generator; called as ``augment(x, generator)`` by
+    :func:`ddbench.engine.train`."""
+
+    def __init__(self, scale: Sequence[float] = (0.08, 1.0), flip: bool = True):
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise DDBenchError(f"crop scale must satisfy 0 < low <= high <= 1, got {list(scale)}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.flip = bool(flip)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_resized_crop(x, 1, self.scale, generator, self.flip)
+
+
+def batch_statistics(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` (hooks dropped) whose BatchNorm layers normalise every batch with its
+    own statistics, in eval mode too, and keep no running statistics: the relabel of CV-DD,
+    which runs its committee in train mode (``relabel/relabel.py`` 282-285: ``--eval-mode F``,
+    "Applying BSSL")."""
+    hooks = {m: m._forward_hooks for m in net.modules()}  # a BNStatHook holds tensors of a graph
+    try:
+        for m in hooks:
+            m._forward_hooks = OrderedDict()
+        out = copy.deepcopy(net)
+    finally:
+        for m, h in hooks.items():
+            m._forward_hooks = h
+    for m in out.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return out.eval().requires_grad_(False)
+
+
+class Committee(nn.Module):
+    """Teachers whose logits are summed with fixed weights, ``sum_i w_i f_i(x)`` (CV-DD's
+    relabel, ``relabel/relabel.py`` 297-325); a committee of one with weight 1 is that teacher."""
+
+    def __init__(self, nets: Sequence[nn.Module], weights: Sequence[float]):
+        super().__init__()
+        if len(nets) != len(weights) or not nets:
+            raise DDBenchError(f"a committee needs one weight per member: {len(nets)} members, "
+                               f"{len(weights)} weights")  # fmt: skip
+        self.members = nn.ModuleList(nets)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(w * m(x).float() for w, m in zip(self.weights, self.members))

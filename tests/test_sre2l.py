@@ -83,7 +83,7 @@ def test_recovery_from_noise_lowers_the_bn_statistics_loss(make_task):
     assert after < 0.6 * before, (before, after)
     assert after < 0.6 * method.bn_statistics_loss(task, s0.images)  # the BN term did it, not CE
     # the recovered images are classified as their class and stay in the valid pixel range
-    assert s.meta["relabel"]["agreement"] == 1.0 and s.meta["protocol"] == "kd"
+    assert s.meta["relabel"]["agreement"] == 1.0 and s.meta["protocol"] == "sre2l"
     lo, hi = pixel_range(task.spec, torch.device("cpu"))
     assert float(s.images.min()) >= float(lo) - 1e-6 and float(s.images.max()) <= float(hi) + 1e-6
     assert float(s.images.min()) < float(lo) + 0.05  # some pixels were clipped: noise init
@@ -125,7 +125,7 @@ def test_images_the_teacher_misclassifies_keep_their_class(make_task, tmp_path):
         logits = _teacher(TEACHER_A)(loaded.images).half()
     changed = (logits != loaded.labels).any(1)
     assert s.meta["relabel"]["adjusted"] == int(changed.sum()) > 0
-    assert s.meta["relabel"]["agreement"] == 1 - int(changed.sum()) / len(classes)
+    assert s.meta["relabel"]["agreement"] == pytest.approx(1 - int(changed.sum()) / len(classes))
     assert torch.equal(loaded.labels.sort(1).values, logits.sort(1).values)  # a permutation
     assert int(((logits != loaded.labels).sum(1))[changed].max()) == 2  # of two entries
     with pytest.raises(DDBenchError, match="argmax differs"):
@@ -181,7 +181,8 @@ def test_the_crop_scale_schedule_drives_the_recovery(name, make_task, monkeypatc
 
     monkeypatch.setattr(sre2l_mod, "random_resized_crop", spy)
     its = 12
-    kw = dict(iterations=its, init="real", teacher=TEACHER_A, jitter=1, crop_scale=[0.3, 0.9])
+    kw = dict(iterations=its, init="real", teacher=TEACHER_A, jitter=1, crop_scale=[0.3, 0.9],
+              crop=True)  # fmt: skip
     if name == "cda":
         CDA(milestone=0.5, **kw).distill(make_task())
         expected = [(cda_min_scale(i, its, 0.3, 0.9, 0.5), 0.9) for i in range(its)]
@@ -209,17 +210,39 @@ def test_cvdd_votes_with_prior_weights_and_combines_the_members_labels(make_task
     assert calls == {keys[0]: its, keys[1]: its}  # every member votes at every step
     accs = [get_teacher("digits", TeacherConfig(**c), train=False)[1]["val_accuracy"]
             for c in (TEACHER_A, TEACHER_B)]  # fmt: skip
-    w = torch.softmax(torch.tensor(accs, dtype=torch.float64) / 5.0, 0)
+    # the relabel weighs ALL members by softmax(prior / 10) (the recovery's temperature is 5)
+    w = torch.softmax(torch.tensor(accs, dtype=torch.float64) / 10.0, 0)
     assert accs[0] != accs[1] and not torch.allclose(w, torch.full((2,), 0.5, dtype=w.dtype))
     committee = s.meta["relabel"]["committee"]
-    assert [c["key"] for c in committee] == keys
+    assert [c["key"] for c in committee] == keys and s.meta["relabel"]["bn"] == "batch"
     assert torch.allclose(torch.tensor([c["weight"] for c in committee], dtype=w.dtype), w)
+    # each member normalises every recovery batch (the j-th image of each class) with the
+    # batch's own statistics: train-mode BatchNorm on that batch
+    batches = [torch.arange(10) * IPC + j for j in range(IPC)]
+    combined = torch.zeros(len(s.images), 10)
     with torch.no_grad():
-        combined = sum(
+        for wi, c in zip(w.tolist(), (TEACHER_A, TEACHER_B)):
+            net = _teacher(c).train()
+            for rows in batches:
+                combined[rows] += wi * net(s.images[rows])
+        running = sum(
             wi * _teacher(c)(s.images) for wi, c in zip(w.tolist(), (TEACHER_A, TEACHER_B))
         )
     assert s.labels.dtype == torch.float16
     assert torch.allclose(s.labels.float(), combined, atol=1e-2, rtol=1e-3)
+    assert not torch.allclose(s.labels.float(), running, atol=1e-2, rtol=1e-3)
+    # relabel_bn: running normalises with the members' running statistics (eval mode)
+    r = CVDD(
+        committee=[TEACHER_A, TEACHER_B],
+        members_per_step=None,
+        iterations=its,
+        init="real",
+        crop_scale=[0.5, 1.0],
+        jitter=1,
+        relabel_bn="running",
+    ).distill(make_task())
+    assert torch.equal(r.images, s.images) and r.meta["relabel"]["bn"] == "running"
+    assert torch.allclose(r.labels.float(), running, atol=1e-2, rtol=1e-3)
 
 
 def test_cvdd_loss_is_the_weighted_sum_of_the_members_sre2l_losses(make_task):
@@ -285,7 +308,7 @@ def test_configs_build_their_method(name):
     cfg = packaged_config(name)
     method = build_method(cfg)
     assert isinstance(method, SRe2L) and method.name == cfg["name"] == name
-    assert method.protocol == "kd"
+    assert method.protocol == "sre2l"
     assert method.config == cfg
     if name == "cvdd":  # members given in short: the default teacher recipe fills the rest
         short = [{"model": "convnet_bn", "seed": 0}, {"model": "convnet_bn", "seed": 9}]
