@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import ddbench.methods.sre2l as sre2l_mod
+from ddbench import engine
 from ddbench import synset as synset_io
 from ddbench.data import get_spec
 from ddbench.errors import DDBenchError
@@ -19,8 +20,15 @@ from ddbench.methods import packaged_config
 from ddbench.methods.cda import CDA, cda_min_scale
 from ddbench.methods.cvdd import CVDD, voting_weights
 from ddbench.methods.sre2l import SRe2L
-from ddbench.protocol import Protocol, evaluate
-from ddbench.recover import Member, flips, pixel_range, random_resized_crop
+from ddbench.protocol import Protocol, evaluate, protocol_config
+from ddbench.recover import (
+    DEFAULT_TEACHER,
+    Member,
+    StudentCrop,
+    flips,
+    pixel_range,
+    random_resized_crop,
+)
 from ddbench.relabel import class_consistent
 from ddbench.teachers import TeacherConfig, get_teacher
 
@@ -361,3 +369,108 @@ def test_bn_hook_matches_a_direct_computation():
         assert math.isclose(float(bn[g]), expect, rel_tol=1e-5)
         ce_g = F.cross_entropy(out[g * 10 : (g + 1) * 10], y[g * 10 : (g + 1) * 10])
         assert math.isclose(float(ce[g]), float(ce_g), rel_tol=1e-5)
+
+
+# ------------------------------------------------------------------ the `sre2l` protocol
+
+
+def _papers_protocol(**kw) -> Protocol:
+    """The shipped `sre2l` protocol cut to a few epochs and one seed, with TEACHER_B as the
+    teacher of sets that name none."""
+    cfg = {**protocol_config("sre2l"), "epochs": 2, "seeds": [0], "teacher": TEACHER_B, **kw}
+    return Protocol.from_config(cfg)
+
+
+def _online_teacher(monkeypatch) -> list:
+    """Records the teacher and augmentation that evaluate hands to the engine."""
+    seen: list = []
+    real = engine.train
+
+    def spy(*a, teacher=None, augment=None, **k):
+        seen.append((teacher, augment))
+        return real(*a, teacher=teacher, augment=augment, **k)
+
+    monkeypatch.setattr(engine, "train", spy)
+    return seen
+
+
+def test_the_sre2l_protocol_relabels_with_the_recovery_teacher(make_task, make_set, monkeypatch):
+    p = _papers_protocol()
+    assert p.temperature == 20.0 and p.augment == "rrc" and p.cutmix == 1.0
+    assert p.teacher_from_set and protocol_config("sre2l")["teacher"] == DEFAULT_TEACHER
+    seen = _online_teacher(monkeypatch)
+    kw = dict(model_kwargs={"net_width": 8}, device="cpu", progress=False)
+    s = SRe2L(iterations=3, init="real", **SMALL).distill(make_task())
+    r = evaluate(s, p, "convnet", **kw)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    teacher, augment = seen[-1]
+    with torch.no_grad():
+        assert torch.equal(teacher(x), _teacher(TEACHER_A)(x))  # the set's, not the protocol's
+    assert r["labels"]["teacher"]["source"] == "set"
+    assert r["labels"]["teacher"]["key"] == TeacherConfig(**TEACHER_A).key("digits")
+    assert r["labels"]["temperature"] == 20.0
+    # digits do not flip (their DSA strategy has no flip): the student's crops do not either
+    assert isinstance(augment, StudentCrop) and not augment.flip and augment.scale == (0.08, 1.0)
+    # a set recovered before sets stored their teacher's config: found in the cache by key
+    del s.meta["relabel"]["teacher"]["config"]
+    assert (
+        evaluate(s, p, "convnet", **kw)["labels"]["teacher"]["key"] == r["labels"]["teacher"]["key"]
+    )
+    # a random subset names no recovery teacher: the protocol's teacher labels it
+    r2 = evaluate(make_set(ipc=2), p, "convnet", **kw)
+    with torch.no_grad():
+        assert torch.equal(seen[-1][0](x), _teacher(TEACHER_B)(x))
+    assert r2["labels"]["teacher"]["source"] == "protocol"
+    assert r2["labels"]["teacher"]["key"] == TeacherConfig(**TEACHER_B).key("digits")
+    # without teacher_from_set every set gets the protocol's teacher
+    r3 = evaluate(s, _papers_protocol(teacher_from_set=False), "convnet", **kw)
+    assert r3["labels"]["teacher"]["source"] == "protocol"
+    assert _papers_protocol().hash != _papers_protocol(teacher_from_set=False).hash
+    with pytest.raises(DDBenchError, match="teacher_from_set needs labels=teacher"):
+        Protocol.from_config({**protocol_config("kd_set"), "teacher_from_set": True})
+
+
+def test_the_sre2l_protocol_relabels_a_cvdd_set_with_its_committee(make_task, monkeypatch):
+    seen = _online_teacher(monkeypatch)
+    s = CVDD(committee=[TEACHER_A, TEACHER_B], members_per_step=None, iterations=3,
+             init="real", crop_scale=[0.5, 1.0], jitter=1).distill(make_task())  # fmt: skip
+    r = evaluate(s, _papers_protocol(), "convnet", {"net_width": 8}, device="cpu", progress=False)
+    w = [c["weight"] for c in s.meta["relabel"]["committee"]]
+    assert [c["weight"] for c in r["labels"]["teacher"]["committee"]] == w
+    assert r["labels"]["teacher"]["bn"] == "batch"
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():  # the members in train-mode BatchNorm: the batch's own statistics
+        expect = sum(wi * _teacher(c).train()(x) for wi, c in zip(w, (TEACHER_A, TEACHER_B)))
+        assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
+    bns = [m for m in seen[-1][0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(b.running_mean is None and not b.track_running_stats for b in bns)
+
+
+def test_student_crop_draws_one_crop_per_image():
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(6, 1, 1, 1)
+    out = StudentCrop((0.08, 1.0), flip=False)(x, torch.Generator().manual_seed(0))
+    again = StudentCrop((0.08, 1.0), flip=False)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(out, again)
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 6  # a crop of its own each
+    # a whole-image "crop" with flips mirrors some images and leaves the others as they are
+    flipped = StudentCrop((1.0, 1.0), flip=True)(x, torch.Generator().manual_seed(0))
+    mirrored = [torch.allclose(f, x[0].flip(-1), atol=1e-4) for f in flipped]
+    kept = [torch.allclose(f, x[0], atol=1e-4) for f in flipped]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    with pytest.raises(DDBenchError, match="crop scale"):
+        StudentCrop((0.0, 1.0))
+
+
+def test_sre2l_crops_only_images_larger_than_32_pixels(make_task, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sre2l_mod, "random_resized_crop", lambda x, *a, **k: calls.append(1) or x)
+    task = make_task()
+    x = torch.zeros(10, 1, 8, 8)
+    SRe2L(**SMALL).augment_batch(task, x, 0)  # 8 px digits: the CIFAR script's roll only
+    assert calls == []
+    SRe2L(crop=True, **SMALL).augment_batch(task, x, 0)
+    CVDD(crop_scale=[0.5, 1.0]).augment_batch(task, x, 0)  # CV-DD and CDA crop at any size
+    CDA(**SMALL).augment_batch(task, x, 0)
+    assert calls == [1, 1, 1]
+    with pytest.raises(DDBenchError, match="crop must be"):
+        SRe2L(crop="sometimes")
