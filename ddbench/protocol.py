@@ -11,6 +11,7 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, replace
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf
 from ddbench import data as ddata
 from ddbench import engine
 from ddbench.augment import make_augment
+from ddbench.crop_labels import CropReplay, make_crop_labels
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
@@ -39,6 +41,7 @@ _HASHED = (
 # protocols that do not use them stay what they were.
 _HASHED_IF_SET = (
     "hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model", "teacher_from_set",
+    "crop_label_epochs", "crop_label_dtype", "crop_label_seed",
 )  # fmt: skip
 
 
@@ -59,7 +62,10 @@ class Protocol:
     # dsa (the dataset's default strategy) | none | an explicit DSA strategy | rrc: the student's
     # RandomResizedCrop (scale 0.08-1) + horizontal flip where the dataset's strategy flips
     augment: str = "dsa"
-    labels: str = "hard"  # hard | set (the set's own labels, soft ones included) | teacher
+    # hard | set (the set's own labels, soft ones included) | teacher (online, every batch) |
+    # crops: FKD's stored per-crop labels, made from the teacher once and replayed
+    # (ddbench.crop_labels); needs augment: rrc
+    labels: str = "hard"
     lr_from_set: bool = False
     loss: str = "ce"  # ce | kd (KL to soft targets at ``temperature``)
     temperature: float = 1.0
@@ -70,6 +76,11 @@ class Protocol:
     # labels=teacher: the teacher(s) the set was recovered and relabelled with, as its metadata
     # names them (SRe2L, CDA, CV-DD); sets that name none get ``teacher``
     teacher_from_set: bool = False
+    # labels=crops: epochs of stored crops (0: one per training epoch), their logits' dtype and
+    # the relabel's seed (FKD's --fkd-seed 42: every student replays the same crops)
+    crop_label_epochs: int = 0
+    crop_label_dtype: str = "float16"
+    crop_label_seed: int = 42
     # fields that differ for some datasets, e.g. DC's own recipe: {mnist: {epochs: 1000, ...}}
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the architecture this recipe trains when the command line names none (a conf/model name,
@@ -88,12 +99,22 @@ class Protocol:
         p = cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()})
         if not p.seeds:
             raise DDBenchError(f"protocol {p.name!r} has no seeds")
-        if p.labels not in ("hard", "set", "teacher"):
-            raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set or teacher")
-        if p.labels == "teacher" and p.loss != "kd":
-            raise DDBenchError(f"protocol {p.name!r}: labels=teacher needs loss=kd")
-        if p.teacher_from_set and p.labels != "teacher":
+        if p.labels not in ("hard", "set", "teacher", "crops"):
+            raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set, teacher or crops")
+        if p.labels in ("teacher", "crops") and p.loss != "kd":
+            raise DDBenchError(f"protocol {p.name!r}: labels={p.labels} needs loss=kd")
+        if p.teacher_from_set and p.labels not in ("teacher", "crops"):
             raise DDBenchError(f"protocol {p.name!r}: teacher_from_set needs labels=teacher")
+        if p.labels == "crops" and (p.augment != "rrc" or p.mixup > 0):
+            raise DDBenchError(
+                f"protocol {p.name!r}: labels=crops stores RandomResizedCrop crops (augment: rrc) "
+                "with cutmix only (mixup: 0)"
+            )
+        if p.crop_label_epochs < 0 or p.crop_label_dtype not in ("float16", "float32"):
+            raise DDBenchError(
+                f"protocol {p.name!r}: crop_label_epochs must be >= 0 and crop_label_dtype "
+                "float16 or float32"
+            )
         for ds, fields in p.per_dataset.items():
             bad = sorted(set(fields) - known - {"name", "per_dataset", "seeds"}) or sorted(
                 set(fields) & {"name", "per_dataset", "seeds"}
@@ -237,10 +258,25 @@ def evaluate(
     model = model or protocol.model or "convnet"
     kwargs = dict(model_kwargs or {})
     teacher, teacher_meta = None, None
-    if protocol.labels == "teacher":
+    if protocol.labels in ("teacher", "crops"):
         if meta.get("space", {}).get("zca"):
             raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
         teacher, teacher_meta = load_protocol_teacher(synset, protocol, device, progress)
+    crop_labels = None
+    if protocol.labels == "crops":  # FKD: the relabel pass once, then every seed replays it
+        if synset.weights is not None:
+            raise DDBenchError("labels=crops replays stored crops; this set has sample weights")
+        crop_labels = make_crop_labels(
+            images, teacher, epochs=pinned.crop_label_epochs or pinned.epochs,
+            scale=dsa.scale, flip=dsa.flip, cutmix=pinned.cutmix, seed=pinned.crop_label_seed,
+            batch_size=pinned.batch_size, dtype=pinned.crop_label_dtype, device=device,
+        )  # fmt: skip
+        recipe.mixup = recipe.cutmix = 0.0  # the stored crops are mixed already
+        dsa, targets = None, torch.arange(len(images))
+        teacher_meta = {
+            **teacher_meta, "crop_label_epochs": crop_labels.epochs,
+            "crop_label_dtype": pinned.crop_label_dtype, "crop_label_seed": pinned.crop_label_seed,
+        }  # fmt: skip
 
     def build():
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
@@ -263,9 +299,16 @@ def evaluate(
     groups = [todo] if stacked else [[s] for s in todo]
     losses = []
     for group in (g for g in groups if g):
+        replay = None
+        if crop_labels is not None:
+            batches = math.ceil(len(images) / min(recipe.batch_size, len(images)))
+            replay = CropReplay(crop_labels, images, synset.hard_labels, models=len(group),
+                                batches=batches)  # fmt: skip
+            teacher = replay
         trained = engine.train(
             build, group, images, targets, recipe, device=device, lr=lr,
             weights=synset.weights, augment=dsa, parallel=parallel, teacher=teacher,
+            batch_transform=None if replay is None else replay.transform,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
         )  # fmt: skip
         accs_g = engine.accuracy(
@@ -285,6 +328,9 @@ def evaluate(
         )  # fmt: skip
     acc = torch.tensor(accs)
     nbytes = synset.nbytes()
+    if crop_labels is not None:  # what a set storing its per-crop labels holds besides
+        teacher_meta["crop_label_bytes"] = crop_labels.nbytes(max(spec.im_size))
+        nbytes["labels"] += teacher_meta["crop_label_bytes"]
     result = {
         "method": meta.get("method", {}).get("name"),
         "dataset": dataset,
@@ -350,7 +396,8 @@ def _cached_teacher(dataset: str, entry: Mapping[str, Any], device, progress: bo
 
 
 def load_protocol_teacher(synset, protocol: Protocol, device, progress: bool = True):
-    """The online teacher of a ``labels: teacher`` protocol and its description for result.json.
+    """The teacher of a ``labels: teacher`` (online) or ``labels: crops`` (FKD's relabel)
+    protocol and its description for result.json.
 
     With ``teacher_from_set``, a set whose ``relabel`` metadata names a teacher (SRe2L, CDA) is
     labelled by that cached teacher, and one that names a committee (CV-DD) by the committee's
@@ -390,10 +437,10 @@ def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int) -> dict:
     """What the students were trained on: the set's hard or soft labels, or a teacher online."""
-    if protocol.labels == "teacher":
+    if protocol.labels in ("teacher", "crops"):
         assert teacher_meta is not None
         return {
-            "kind": "teacher",
+            "kind": protocol.labels,
             "bytes": nbytes,
             "loss": protocol.loss,
             "temperature": protocol.temperature,

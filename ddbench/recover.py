@@ -44,8 +44,9 @@ from ddbench.method import Task
 from ddbench.teachers import get_teacher
 
 __all__ = [
-    "BNStatHook", "Committee", "DEFAULT_TEACHER", "Member", "StudentCrop", "batch_statistics",
-    "by_slot", "flips", "jitter", "load_members", "pixel_range", "random_resized_crop",
+    "BNStatHook", "Committee", "DEFAULT_TEACHER", "Member", "StudentCrop", "apply_crops",
+    "batch_statistics", "by_slot", "draw_crops", "flips", "jitter", "load_members",
+    "pixel_range", "random_resized_crop",
 ]  # fmt: skip
 
 DEFAULT_TEACHER: dict[str, Any] = {
@@ -154,14 +155,28 @@ def random_resized_crop(
 ) -> torch.Tensor:
     """``torchvision.transforms.RandomResizedCrop`` (+ ``RandomHorizontalFlip``) applied to a
     batch tensor, once per group of ``group_size`` consecutive samples (torchvision draws one
-    crop and one flip per batch tensor). The crop box is drawn as torchvision does (area fraction
-    in ``scale``, log-uniform aspect ratio in ``ratio``, 10 tries, integer box); when all tries
-    fail the whole image is used (torchvision's fallback for square images). The box is resized
-    back to the image size bilinearly (``grid_sample``), so the op is differentiable."""
+    crop and one flip per batch tensor): :func:`draw_crops`, then :func:`apply_crops`."""
     n, _, h, w = x.shape
-    groups = n // group_size
-    thetas = []
-    for _ in range(groups):
+    crops = draw_crops(n // group_size, h, w, scale, generator, flip, ratio)
+    return apply_crops(x, crops, group_size)
+
+
+def draw_crops(
+    n: int,
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    flip: bool = True,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """``n`` crop boxes of an ``h x w`` image drawn as torchvision's ``RandomResizedCrop`` draws
+    them (area fraction in ``scale``, log-uniform aspect ratio in ``ratio``, 10 tries, integer
+    box; the whole image when all tries fail, torchvision's fallback for square images), each
+    with a horizontal flip drawn with probability 1/2 where ``flip``: int64 ``[n, 5]`` rows
+    ``(top, left, height, width, mirrored)``."""
+    out = []
+    for _ in range(n):
         box = (0, 0, h, w)
         tries = torch.rand(10, 4, generator=generator, dtype=torch.float64)
         for s_u, r_u, i_u, j_u in tries.tolist():
@@ -172,8 +187,18 @@ def random_resized_crop(
                 box = (min(int(i_u * (h - ch + 1)), h - ch), min(int(j_u * (w - cw + 1)), w - cw))
                 box = (*box, ch, cw)
                 break
-        i, j, ch, cw = box
         mirrored = flip and bool(torch.rand(1, generator=generator) < 0.5)
+        out.append([*box, int(mirrored)])
+    return torch.tensor(out, dtype=torch.int64).view(n, 5)
+
+
+def apply_crops(x: torch.Tensor, crops: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    """The boxes ``crops`` (:func:`draw_crops`, one per group of ``group_size`` consecutive
+    samples) cut from ``x``, mirrored where marked, and resized back to the image size
+    bilinearly (``grid_sample``), so the op is differentiable."""
+    _, _, h, w = x.shape
+    thetas = []
+    for i, j, ch, cw, mirrored in crops.tolist():
         sx = (-1.0 if mirrored else 1.0) * cw / w
         tx, ty = (j + cw / 2) * 2 / w - 1, (i + ch / 2) * 2 / h - 1
         thetas.append([[sx, 0.0, tx], [0.0, ch / h, ty]])
