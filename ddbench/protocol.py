@@ -273,10 +273,6 @@ def evaluate(
         )  # fmt: skip
         recipe.mixup = recipe.cutmix = 0.0  # the stored crops are mixed already
         dsa, targets = None, torch.arange(len(images))
-        teacher_meta = {
-            **teacher_meta, "crop_label_epochs": crop_labels.epochs,
-            "crop_label_dtype": pinned.crop_label_dtype, "crop_label_seed": pinned.crop_label_seed,
-        }  # fmt: skip
 
     def build():
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
@@ -328,9 +324,15 @@ def evaluate(
         )  # fmt: skip
     acc = torch.tensor(accs)
     nbytes = synset.nbytes()
+    crops = None
     if crop_labels is not None:  # what a set storing its per-crop labels holds besides
-        teacher_meta["crop_label_bytes"] = crop_labels.nbytes(max(spec.im_size))
-        nbytes["labels"] += teacher_meta["crop_label_bytes"]
+        crops = {
+            "crop_label_bytes": crop_labels.nbytes(max(spec.im_size)),
+            "crop_label_epochs": crop_labels.epochs,
+            "crop_label_dtype": pinned.crop_label_dtype,
+            "crop_label_seed": pinned.crop_label_seed,
+        }
+        nbytes["labels"] += crops["crop_label_bytes"]
     result = {
         "method": meta.get("method", {}).get("name"),
         "dataset": dataset,
@@ -351,7 +353,7 @@ def evaluate(
                 {"seed": int(s), "accuracy": float(a)} for s, a in zip(protocol.seeds, accs)
             ],
         },
-        "labels": _labels_used(synset, protocol, teacher_meta, nbytes["labels"]),
+        "labels": _labels_used(synset, protocol, teacher_meta, nbytes["labels"], crops),
         "cost": {
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
             "eval_seconds": eval_seconds,
@@ -435,8 +437,12 @@ def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int) -> dict:
-    """What the students were trained on: the set's hard or soft labels, or a teacher online."""
+def _labels_used(
+    synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int, crops: dict | None = None
+) -> dict:
+    """What the students were trained on: the set's hard or soft labels, a teacher online, or
+    a teacher's stored per-crop labels (``crops``: their bytes, epochs, dtype and seed;
+    ``nbytes`` includes their bytes)."""
     if protocol.labels in ("teacher", "crops"):
         assert teacher_meta is not None
         return {
@@ -446,6 +452,7 @@ def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: 
             "temperature": protocol.temperature,
             "hard_weight": protocol.hard_weight,
             "teacher": teacher_meta,
+            **(crops or {}),
         }
     kind = "soft" if synset.soft_labels and protocol.labels == "set" else "hard"
     out = {"kind": kind, "bytes": nbytes, "loss": protocol.loss}

@@ -97,7 +97,7 @@ def test_the_fkd_protocol_scores_on_replayed_crops_and_counts_their_bytes(make_s
     n = len(s.images)
     crop_bytes = 3 * n * (4 + 1 + 1 + 2 + 4) + 3 * n * 10 * 2
     assert r["labels"]["kind"] == "crops" and r["labels"]["teacher"]["source"] == "protocol"
-    assert r["labels"]["teacher"]["crop_label_bytes"] == crop_bytes
+    assert r["labels"]["crop_label_bytes"] == crop_bytes and r["labels"]["crop_label_epochs"] == 3
     assert r["cost"]["label_bytes"] == s.nbytes()["labels"] + crop_bytes == r["labels"]["bytes"]
     assert r["cost"]["synset_bytes"] == s.nbytes()["images"] + r["cost"]["label_bytes"]
     assert len(r["accuracy"]["per_seed"]) == 2 and r["accuracy"]["mean"] > 10
