@@ -262,6 +262,7 @@ def evaluate(
         if meta.get("space", {}).get("zca"):
             raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
         teacher, teacher_meta = load_protocol_teacher(synset, protocol, device, progress)
+    t0 = time.perf_counter()  # eval_seconds: FKD's relabel pass and the students
     crop_labels = None
     if protocol.labels == "crops":  # FKD: the relabel pass once, then every seed replays it
         if synset.weights is not None:
@@ -277,7 +278,6 @@ def evaluate(
     def build():
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
 
-    t0 = time.perf_counter()
     train_split = ddata.load_split(dataset, "train")
     test = ddata.load_split(dataset, split)
     transform = set_space_transform(synset, train_split)
