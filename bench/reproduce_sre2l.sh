@@ -5,9 +5,10 @@
 # Default protocol `sre2l`, the papers' evaluation (docs/methods.md, "Evaluating as the papers
 # do"): the teacher a set was recovered with labels every crop online at T = 20 (RandomResizedCrop
 # + flip where the dataset flips, cutmix). SRe2L and CDA sets and the random subset are labelled
-# by the same cached network, SRe2L's recovery teacher (ConvNet-BN, 5 epochs); the CV-DD set by
-# its committee. Recovery runs the published iteration counts (conf/recipes: SRe2L 1000, CV-DD
-# 4000; CDA SRe2L's 1000) unless SRE2L_ITERATIONS sets one for all three. CV-DD runs a 2-member
+# by the same cached network, SRe2L's recovery teacher (ConvNet-BN, 5 epochs); the CV-DD set and
+# a second random run (random_cvdd_committee) by CV-DD's committee. Recovery runs the published
+# iteration counts (conf/recipes: SRe2L 1000, CV-DD 4000; CDA SRe2L's 1000) unless
+# SRE2L_ITERATIONS sets one for all three. CV-DD runs a 2-member
 # committee (that teacher + a width-64 ConvNet-BN, seed 2) instead of the default 3. None of the
 # three papers reports (Fashion-)MNIST.
 #
@@ -36,8 +37,11 @@ for m in sre2l cda; do
   ddbench run method=$m "${common[@]}" ${its[@]+"${its[@]}"} \
     hydra.run.dir="$sub/$m/ipc$ipc" "$@"
 done
+members='[{model: convnet_bn, seed: 0},{model: convnet_bn, model_kwargs: {net_width: 64}, seed: 2}]'
 ddbench run method=cvdd "${common[@]}" ${its[@]+"${its[@]}"} \
-  hydra.run.dir="$sub/cvdd_2members/ipc$ipc" \
-  'method.committee=[{model: convnet_bn, seed: 0},{model: convnet_bn, model_kwargs: {net_width: 64}, seed: 2}]' \
-  "$@"
+  hydra.run.dir="$sub/cvdd_2members/ipc$ipc" "method.committee=$members" "$@"
+if [ "$protocol" != kd ]; then  # the random subset labelled by CV-DD's committee, as its set is
+  ddbench run method=random "${common[@]}" hydra.run.dir="$sub/random_cvdd_committee/ipc$ipc" \
+    "++protocol.teacher={committee: $members, temperature: 10, bn: batch}" "$@"
+fi
 python bench/summarize.py "$sub"

@@ -424,9 +424,43 @@ def load_protocol_teacher(synset, protocol: Protocol, device, progress: bool = T
         return Committee(nets, weights), desc
     if protocol.teacher is None:
         raise DDBenchError(f"protocol {protocol.name!r} has labels=teacher but no teacher")
+    if "committee" in protocol.teacher:
+        return _protocol_committee(dataset, dict(protocol.teacher), device, progress)
     cfg = TeacherConfig.from_config(protocol.teacher)
     net, tmeta = get_teacher(dataset, cfg, device=device, progress=progress)
     return net, {**_describe(tmeta), "source": "protocol"}
+
+
+def _protocol_committee(dataset: str, node: dict[str, Any], device, progress: bool):
+    """A protocol's committee teacher: ``{committee: [member, ...], temperature: T, bn: batch |
+    running, <TeacherConfig keys>}``. Each member is a TeacherConfig node whose missing keys come
+    from the node's own TeacherConfig keys; its weight is its ``weight``, else
+    ``softmax(val_accuracy / T)`` over the members (CV-DD's relabel with its default priors)."""
+    members = list(node.pop("committee") or [])
+    temperature = float(node.pop("temperature", 10.0))
+    bn = node.pop("bn", "batch")
+    if not members or bn not in ("batch", "running") or not temperature > 0:
+        raise DDBenchError(
+            "a committee teacher needs members, bn: batch or running and a positive temperature"
+        )
+    nets, described, given = [], [], []
+    for member in members:
+        member = {**node, **dict(member)}
+        given.append(member.pop("weight", None))
+        net, tmeta = get_teacher(
+            dataset, TeacherConfig.from_config(member), device=device, progress=progress
+        )
+        nets.append(batch_statistics(net) if bn == "batch" else net)
+        described.append(_describe(tmeta))
+    if all(w is None for w in given):
+        acc = torch.tensor([d["val_accuracy"] for d in described], dtype=torch.float64)
+        given = torch.softmax(acc / temperature, 0).tolist()
+    elif any(w is None for w in given):
+        raise DDBenchError("a committee teacher gives a weight to every member or to none")
+    for d, w in zip(described, given):
+        d["weight"] = float(w)
+    desc = {"source": "protocol", "committee": described, "bn": bn}
+    return Committee(nets, [d["weight"] for d in described]), desc
 
 
 def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:

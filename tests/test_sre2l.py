@@ -430,7 +430,9 @@ def test_the_sre2l_protocol_relabels_with_the_recovery_teacher(make_task, make_s
         Protocol.from_config({**protocol_config("kd_set"), "teacher_from_set": True})
 
 
-def test_the_sre2l_protocol_relabels_a_cvdd_set_with_its_committee(make_task, monkeypatch):
+def test_the_sre2l_protocol_relabels_a_cvdd_set_with_its_committee(
+    make_task, make_set, monkeypatch
+):
     seen = _online_teacher(monkeypatch)
     s = CVDD(committee=[TEACHER_A, TEACHER_B], members_per_step=None, iterations=3,
              init="real", crop_scale=[0.5, 1.0], jitter=1).distill(make_task())  # fmt: skip
@@ -444,6 +446,24 @@ def test_the_sre2l_protocol_relabels_a_cvdd_set_with_its_committee(make_task, mo
         assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
     bns = [m for m in seen[-1][0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(b.running_mean is None and not b.track_running_stats for b in bns)
+    # a random subset is scored by the same committee when the protocol names it
+    committee = {"committee": [TEACHER_A, TEACHER_B], "temperature": 10.0, "bn": "batch"}
+    r2 = evaluate(make_set(ipc=2), _papers_protocol(teacher=committee), "convnet",
+                  {"net_width": 8}, device="cpu", progress=False)  # fmt: skip
+    assert r2["labels"]["teacher"]["source"] == "protocol"
+    assert [c["weight"] for c in r2["labels"]["teacher"]["committee"]] == pytest.approx(w)
+    with torch.no_grad():
+        assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
+    # explicit weights; missing member keys come from the node's own TeacherConfig keys
+    given = {"committee": [{"weight": 0.25}, {**TEACHER_B, "weight": 0.75}], **TEACHER_A}
+    evaluate(make_set(ipc=2), _papers_protocol(teacher=given), "convnet", {"net_width": 8},
+             device="cpu", progress=False)  # fmt: skip
+    with torch.no_grad():
+        expect = 0.25 * _teacher(TEACHER_A).train()(x) + 0.75 * _teacher(TEACHER_B).train()(x)
+        assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
+    with pytest.raises(DDBenchError, match="every member or to none"):
+        bad = {"committee": [{**TEACHER_A, "weight": 1.0}, TEACHER_B]}
+        evaluate(make_set(ipc=2), _papers_protocol(teacher=bad), "convnet", device="cpu")
 
 
 def test_student_crop_draws_one_crop_per_image():
