@@ -282,6 +282,8 @@ def check_submission(
     if most > result["ipc"]:
         raise DDBenchError(f"a class has {most} images, over the ipc budget of {result['ipc']}")
     nbytes = s.nbytes()
+    # labels=crops: the stored per-crop labels count with the set's own (ddbench.crop_labels)
+    nbytes["labels"] += int(result["labels"].get("crop_label_bytes", 0))
     want = {
         "labels.bytes": nbytes["labels"],
         "cost.label_bytes": nbytes["labels"],
@@ -293,9 +295,9 @@ def check_submission(
         if result[a][b] != value:
             raise DDBenchError(f"'{key}' is {result[a][b]}, but the set's labels/images take "
                                f"{value} bytes")  # fmt: skip
-    if result["labels"]["kind"] not in ("hard", "soft", "teacher"):
+    if result["labels"]["kind"] not in ("hard", "soft", "teacher", "crops"):
         raise DDBenchError(
-            f"'labels.kind' must be hard, soft or teacher, not {result['labels']['kind']!r}"
+            f"'labels.kind' must be hard, soft, teacher or crops, not {result['labels']['kind']!r}"
         )
     if result["labels"]["kind"] == "soft" and not s.soft_labels:
         raise DDBenchError("'labels.kind' is soft, but the set has hard labels")

@@ -11,6 +11,7 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, replace
@@ -23,11 +24,13 @@ from omegaconf import OmegaConf
 from ddbench import data as ddata
 from ddbench import engine
 from ddbench.augment import make_augment
+from ddbench.crop_labels import CropReplay, make_crop_labels
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
+from ddbench.recover import Committee, StudentCrop, batch_statistics, flips
 from ddbench.synset import atomic_write
-from ddbench.teachers import TeacherConfig, get_teacher
+from ddbench.teachers import TeacherConfig, get_teacher, load_teacher, teacher_path
 
 # Keys that change what a protocol measures; hashed in this order.
 _HASHED = (
@@ -36,7 +39,10 @@ _HASHED = (
 )  # fmt: skip
 # Keys added later: hashed only when they differ from their default, so that the hashes of
 # protocols that do not use them stay what they were.
-_HASHED_IF_SET = ("hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model")
+_HASHED_IF_SET = (
+    "hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model", "teacher_from_set",
+    "crop_label_epochs", "crop_label_dtype", "crop_label_seed",
+)  # fmt: skip
 
 
 @dataclass
@@ -53,8 +59,13 @@ class Protocol:
     schedule: str = "step"
     milestones: list[float] = field(default_factory=lambda: [0.5])
     gamma: float = 0.1
-    augment: str = "dsa"  # dsa (the dataset's default strategy) | none | an explicit strategy
-    labels: str = "hard"  # hard | set (the set's own labels, soft ones included) | teacher
+    # dsa (the dataset's default strategy) | none | an explicit DSA strategy | rrc: the student's
+    # RandomResizedCrop (scale 0.08-1) + horizontal flip where the dataset's strategy flips
+    augment: str = "dsa"
+    # hard | set (the set's own labels, soft ones included) | teacher (online, every batch) |
+    # crops: FKD's stored per-crop labels, made from the teacher once and replayed
+    # (ddbench.crop_labels); needs augment: rrc
+    labels: str = "hard"
     lr_from_set: bool = False
     loss: str = "ce"  # ce | kd (KL to soft targets at ``temperature``)
     temperature: float = 1.0
@@ -62,6 +73,14 @@ class Protocol:
     mixup: float = 0.0  # Beta alpha (0 = off)
     cutmix: float = 0.0  # Beta alpha (0 = off)
     teacher: dict[str, Any] | None = None  # labels=teacher: a ddbench.teachers.TeacherConfig
+    # labels=teacher: the teacher(s) the set was recovered and relabelled with, as its metadata
+    # names them (SRe2L, CDA, CV-DD); sets that name none get ``teacher``
+    teacher_from_set: bool = False
+    # labels=crops: epochs of stored crops (0: one per training epoch), their logits' dtype and
+    # the relabel's seed (FKD's --fkd-seed 42: every student replays the same crops)
+    crop_label_epochs: int = 0
+    crop_label_dtype: str = "float16"
+    crop_label_seed: int = 42
     # fields that differ for some datasets, e.g. DC's own recipe: {mnist: {epochs: 1000, ...}}
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the architecture this recipe trains when the command line names none (a conf/model name,
@@ -80,10 +99,22 @@ class Protocol:
         p = cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()})
         if not p.seeds:
             raise DDBenchError(f"protocol {p.name!r} has no seeds")
-        if p.labels not in ("hard", "set", "teacher"):
-            raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set or teacher")
-        if p.labels == "teacher" and p.loss != "kd":
-            raise DDBenchError(f"protocol {p.name!r}: labels=teacher needs loss=kd")
+        if p.labels not in ("hard", "set", "teacher", "crops"):
+            raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set, teacher or crops")
+        if p.labels in ("teacher", "crops") and p.loss != "kd":
+            raise DDBenchError(f"protocol {p.name!r}: labels={p.labels} needs loss=kd")
+        if p.teacher_from_set and p.labels not in ("teacher", "crops"):
+            raise DDBenchError(f"protocol {p.name!r}: teacher_from_set needs labels=teacher")
+        if p.labels == "crops" and (p.augment != "rrc" or p.mixup > 0):
+            raise DDBenchError(
+                f"protocol {p.name!r}: labels=crops stores RandomResizedCrop crops (augment: rrc) "
+                "with cutmix only (mixup: 0)"
+            )
+        if p.crop_label_epochs < 0 or p.crop_label_dtype not in ("float16", "float32"):
+            raise DDBenchError(
+                f"protocol {p.name!r}: crop_label_epochs must be >= 0 and crop_label_dtype "
+                "float16 or float32"
+            )
         for ds, fields in p.per_dataset.items():
             bad = sorted(set(fields) - known - {"name", "per_dataset", "seeds"}) or sorted(
                 set(fields) & {"name", "per_dataset", "seeds"}
@@ -209,12 +240,15 @@ def evaluate(
         lr = float(synset.lr.reshape(-1)[0])
     pinned = protocol.for_dataset(dataset)  # the hash stays the protocol's
     strategy = None
-    if pinned.augment and pinned.augment != "none":
-        strategy = spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
+    if pinned.augment == "rrc":  # not a DSA strategy: the engine gets the callable below
+        dsa = StudentCrop((0.08, 1.0), flip=flips(spec))
+    else:
+        if pinned.augment and pinned.augment != "none":
+            strategy = spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
+        dsa = make_augment(strategy)
     recipe = pinned.recipe(strategy, lr)
     recipe.precision = precision
     recipe.channels_last = bool(channels_last)
-    dsa = make_augment(strategy)
     images = synset.images
     if not meta.get("space", {}).get("normalized", True):
         images = (images - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(
@@ -224,17 +258,26 @@ def evaluate(
     model = model or protocol.model or "convnet"
     kwargs = dict(model_kwargs or {})
     teacher, teacher_meta = None, None
-    if protocol.labels == "teacher":
+    if protocol.labels in ("teacher", "crops"):
         if meta.get("space", {}).get("zca"):
             raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
-        teacher, teacher_meta = get_teacher(
-            dataset, TeacherConfig.from_config(protocol.teacher), device=device, progress=progress
-        )
+        teacher, teacher_meta = load_protocol_teacher(synset, protocol, device, progress)
+    t0 = time.perf_counter()  # eval_seconds: FKD's relabel pass and the students
+    crop_labels = None
+    if protocol.labels == "crops":  # FKD: the relabel pass once, then every seed replays it
+        if synset.weights is not None:
+            raise DDBenchError("labels=crops replays stored crops; this set has sample weights")
+        crop_labels = make_crop_labels(
+            images, teacher, epochs=pinned.crop_label_epochs or pinned.epochs,
+            scale=dsa.scale, flip=dsa.flip, cutmix=pinned.cutmix, seed=pinned.crop_label_seed,
+            batch_size=pinned.batch_size, dtype=pinned.crop_label_dtype, device=device,
+        )  # fmt: skip
+        recipe.mixup = recipe.cutmix = 0.0  # the stored crops are mixed already
+        dsa, targets = None, torch.arange(len(images))
 
     def build():
         return create_model(model, spec.channels, spec.num_classes, spec.im_size, **kwargs)
 
-    t0 = time.perf_counter()
     train_split = ddata.load_split(dataset, "train")
     test = ddata.load_split(dataset, split)
     transform = set_space_transform(synset, train_split)
@@ -252,9 +295,16 @@ def evaluate(
     groups = [todo] if stacked else [[s] for s in todo]
     losses = []
     for group in (g for g in groups if g):
+        replay = None
+        if crop_labels is not None:
+            batches = math.ceil(len(images) / min(recipe.batch_size, len(images)))
+            replay = CropReplay(crop_labels, images, synset.hard_labels, models=len(group),
+                                batches=batches)  # fmt: skip
+            teacher = replay
         trained = engine.train(
             build, group, images, targets, recipe, device=device, lr=lr,
             weights=synset.weights, augment=dsa, parallel=parallel, teacher=teacher,
+            batch_transform=None if replay is None else replay.transform,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
         )  # fmt: skip
         accs_g = engine.accuracy(
@@ -274,6 +324,15 @@ def evaluate(
         )  # fmt: skip
     acc = torch.tensor(accs)
     nbytes = synset.nbytes()
+    crops = None
+    if crop_labels is not None:  # what a set storing its per-crop labels holds besides
+        crops = {
+            "crop_label_bytes": crop_labels.nbytes(max(spec.im_size)),
+            "crop_label_epochs": crop_labels.epochs,
+            "crop_label_dtype": pinned.crop_label_dtype,
+            "crop_label_seed": pinned.crop_label_seed,
+        }
+        nbytes["labels"] += crops["crop_label_bytes"]
     result = {
         "method": meta.get("method", {}).get("name"),
         "dataset": dataset,
@@ -294,7 +353,7 @@ def evaluate(
                 {"seed": int(s), "accuracy": float(a)} for s, a in zip(protocol.seeds, accs)
             ],
         },
-        "labels": _labels_used(synset, protocol, teacher_meta, nbytes["labels"]),
+        "labels": _labels_used(synset, protocol, teacher_meta, nbytes["labels"], crops),
         "cost": {
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
             "eval_seconds": eval_seconds,
@@ -319,21 +378,115 @@ def evaluate(
     return result
 
 
-def _labels_used(synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int) -> dict:
-    """What the students were trained on: the set's hard or soft labels, or a teacher online."""
-    if protocol.labels == "teacher":
+def _cached_teacher(dataset: str, entry: Mapping[str, Any], device, progress: bool):
+    """The cached teacher a set's metadata names (``{"key", "model"[, "config"]}``): loaded from
+    the cache by model and key, or trained from its ``config`` where the set stores one."""
+    if "config" in entry:
+        cfg = TeacherConfig.from_config(entry["config"])
+        if cfg.key(dataset) != entry.get("key"):
+            raise DDBenchError(f"the set's teacher config does not give its key {entry.get('key')}")
+        return get_teacher(dataset, cfg, device=device, progress=progress)
+    path = teacher_path(dataset, TeacherConfig(model=entry["model"])).with_name(
+        f"{entry['model']}-{entry['key']}.safetensors"
+    )
+    if not path.exists():
+        raise DDBenchError(
+            f"the set was recovered with teacher {entry['model']}-{entry['key']}, which is not in "
+            "the teacher cache and the set stores no config to train it"
+        )
+    return load_teacher(path, device)
+
+
+def load_protocol_teacher(synset, protocol: Protocol, device, progress: bool = True):
+    """The teacher of a ``labels: teacher`` (online) or ``labels: crops`` (FKD's relabel)
+    protocol and its description for result.json.
+
+    With ``teacher_from_set``, a set whose ``relabel`` metadata names a teacher (SRe2L, CDA) is
+    labelled by that cached teacher, and one that names a committee (CV-DD) by the committee's
+    weighted logits, its members normalising with the batch's statistics where the set's
+    relabel did (``bn: batch``). Any other set, and every set without ``teacher_from_set``, is
+    labelled by the protocol's ``teacher``."""
+    meta = synset.meta
+    dataset = meta.get("dataset")
+    relabel = meta.get("relabel") or {}
+    if protocol.teacher_from_set and "teacher" in relabel:
+        net, tmeta = _cached_teacher(dataset, relabel["teacher"], device, progress)
+        return net, {**_describe(tmeta), "source": "set"}
+    if protocol.teacher_from_set and "committee" in relabel:
+        nets, described = [], []
+        batch = relabel.get("bn") == "batch"
+        for entry in relabel["committee"]:
+            net, tmeta = _cached_teacher(dataset, entry, device, progress)
+            nets.append(batch_statistics(net) if batch else net)
+            described.append({**_describe(tmeta), "weight": float(entry["weight"])})
+        weights = [d["weight"] for d in described]
+        desc = {"source": "set", "committee": described, "bn": "batch" if batch else "running"}
+        return Committee(nets, weights), desc
+    if protocol.teacher is None:
+        raise DDBenchError(f"protocol {protocol.name!r} has labels=teacher but no teacher")
+    if "committee" in protocol.teacher:
+        return _protocol_committee(dataset, dict(protocol.teacher), device, progress)
+    cfg = TeacherConfig.from_config(protocol.teacher)
+    net, tmeta = get_teacher(dataset, cfg, device=device, progress=progress)
+    return net, {**_describe(tmeta), "source": "protocol"}
+
+
+def _protocol_committee(dataset: str, node: dict[str, Any], device, progress: bool):
+    """A protocol's committee teacher: ``{committee: [member, ...], temperature: T, bn: batch |
+    running, <TeacherConfig keys>}``. Each member is a TeacherConfig node whose missing keys come
+    from the node's own TeacherConfig keys; its weight is its ``weight``, else
+    ``softmax(val_accuracy / T)`` over the members (CV-DD's relabel with its default priors)."""
+    members = list(node.pop("committee") or [])
+    temperature = float(node.pop("temperature", 10.0))
+    bn = node.pop("bn", "batch")
+    if not members or bn not in ("batch", "running") or not temperature > 0:
+        raise DDBenchError(
+            "a committee teacher needs members, bn: batch or running and a positive temperature"
+        )
+    nets, described, given = [], [], []
+    for member in members:
+        member = {**node, **dict(member)}
+        given.append(member.pop("weight", None))
+        net, tmeta = get_teacher(
+            dataset, TeacherConfig.from_config(member), device=device, progress=progress
+        )
+        nets.append(batch_statistics(net) if bn == "batch" else net)
+        described.append(_describe(tmeta))
+    if all(w is None for w in given):
+        acc = torch.tensor([d["val_accuracy"] for d in described], dtype=torch.float64)
+        given = torch.softmax(acc / temperature, 0).tolist()
+    elif any(w is None for w in given):
+        raise DDBenchError("a committee teacher gives a weight to every member or to none")
+    for d, w in zip(described, given):
+        d["weight"] = float(w)
+    desc = {"source": "protocol", "committee": described, "bn": bn}
+    return Committee(nets, [d["weight"] for d in described]), desc
+
+
+def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "key": teacher_meta["key"],
+        "model": teacher_meta["config"]["model"],
+        "val_accuracy": teacher_meta["val_accuracy"],
+    }
+
+
+def _labels_used(
+    synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int, crops: dict | None = None
+) -> dict:
+    """What the students were trained on: the set's hard or soft labels, a teacher online, or
+    a teacher's stored per-crop labels (``crops``: their bytes, epochs, dtype and seed;
+    ``nbytes`` includes their bytes)."""
+    if protocol.labels in ("teacher", "crops"):
         assert teacher_meta is not None
         return {
-            "kind": "teacher",
+            "kind": protocol.labels,
             "bytes": nbytes,
             "loss": protocol.loss,
             "temperature": protocol.temperature,
             "hard_weight": protocol.hard_weight,
-            "teacher": {
-                "key": teacher_meta["key"],
-                "model": teacher_meta["config"]["model"],
-                "val_accuracy": teacher_meta["val_accuracy"],
-            },
+            "teacher": teacher_meta,
+            **(crops or {}),
         }
     kind = "soft" if synset.soft_labels and protocol.labels == "set" else "hard"
     out = {"kind": kind, "bytes": nbytes, "loss": protocol.loss}

@@ -14,7 +14,11 @@ CV-DD; INFER, NRR-DD, PCA and HeLlO build on the same pieces) gets from here:
   differentiable: :func:`random_resized_crop` (+ flip) and :func:`jitter`; :func:`flips` says
   whether a dataset's augmentation flips;
 - :func:`by_slot` (one batch per image slot, one image per class) and :func:`pixel_range` (the
-  valid pixel range in the normalised space, for clipping).
+  valid pixel range in the normalised space, for clipping);
+- what the ``sre2l`` protocol needs to score a set as these papers do: :class:`StudentCrop`
+  (the student's RandomResizedCrop + flip, one draw per image), :func:`batch_statistics` (a
+  copy of a network whose BatchNorm layers normalise with the batch's statistics) and
+  :class:`Committee` (members' logits weighted and summed: CV-DD's relabel).
 
 Relabelling the recovered images (class-consistent soft labels, compact storage) is in
 :mod:`ddbench.relabel`.
@@ -22,7 +26,10 @@ Relabelling the recovered images (class-consistent soft labels, compact storage)
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,7 +44,8 @@ from ddbench.method import Task
 from ddbench.teachers import get_teacher
 
 __all__ = [
-    "BNStatHook", "DEFAULT_TEACHER", "Member", "by_slot", "flips", "jitter", "load_members",
+    "BNStatHook", "Committee", "DEFAULT_TEACHER", "Member", "StudentCrop", "apply_crops",
+    "batch_statistics", "by_slot", "draw_crops", "flips", "jitter", "load_members",
     "pixel_range", "random_resized_crop",
 ]  # fmt: skip
 
@@ -147,14 +155,28 @@ def random_resized_crop(
 ) -> torch.Tensor:
     """``torchvision.transforms.RandomResizedCrop`` (+ ``RandomHorizontalFlip``) applied to a
     batch tensor, once per group of ``group_size`` consecutive samples (torchvision draws one
-    crop and one flip per batch tensor). The crop box is drawn as torchvision does (area fraction
-    in ``scale``, log-uniform aspect ratio in ``ratio``, 10 tries, integer box); when all tries
-    fail the whole image is used (torchvision's fallback for square images). The box is resized
-    back to the image size bilinearly (``grid_sample``), so the op is differentiable."""
+    crop and one flip per batch tensor): :func:`draw_crops`, then :func:`apply_crops`."""
     n, _, h, w = x.shape
-    groups = n // group_size
-    thetas = []
-    for _ in range(groups):
+    crops = draw_crops(n // group_size, h, w, scale, generator, flip, ratio)
+    return apply_crops(x, crops, group_size)
+
+
+def draw_crops(
+    n: int,
+    h: int,
+    w: int,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    flip: bool = True,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """``n`` crop boxes of an ``h x w`` image drawn as torchvision's ``RandomResizedCrop`` draws
+    them (area fraction in ``scale``, log-uniform aspect ratio in ``ratio``, 10 tries, integer
+    box; the whole image when all tries fail, torchvision's fallback for square images), each
+    with a horizontal flip drawn with probability 1/2 where ``flip``: int64 ``[n, 5]`` rows
+    ``(top, left, height, width, mirrored)``."""
+    out = []
+    for _ in range(n):
         box = (0, 0, h, w)
         tries = torch.rand(10, 4, generator=generator, dtype=torch.float64)
         for s_u, r_u, i_u, j_u in tries.tolist():
@@ -165,8 +187,18 @@ def random_resized_crop(
                 box = (min(int(i_u * (h - ch + 1)), h - ch), min(int(j_u * (w - cw + 1)), w - cw))
                 box = (*box, ch, cw)
                 break
-        i, j, ch, cw = box
         mirrored = flip and bool(torch.rand(1, generator=generator) < 0.5)
+        out.append([*box, int(mirrored)])
+    return torch.tensor(out, dtype=torch.int64).view(n, 5)
+
+
+def apply_crops(x: torch.Tensor, crops: torch.Tensor, group_size: int = 1) -> torch.Tensor:
+    """The boxes ``crops`` (:func:`draw_crops`, one per group of ``group_size`` consecutive
+    samples) cut from ``x``, mirrored where marked, and resized back to the image size
+    bilinearly (``grid_sample``), so the op is differentiable."""
+    _, _, h, w = x.shape
+    thetas = []
+    for i, j, ch, cw, mirrored in crops.tolist():
         sx = (-1.0 if mirrored else 1.0) * cw / w
         tx, ty = (j + cw / 2) * 2 / w - 1, (i + ch / 2) * 2 / h - 1
         thetas.append([[sx, 0.0, tx], [0.0, ch / h, ty]])
@@ -209,3 +241,56 @@ def pixel_range(spec: DatasetSpec, device: torch.device) -> tuple[torch.Tensor, 
     mean = torch.tensor(spec.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(1, -1, 1, 1)
     return (0 - mean) / std, (1 - mean) / std
+
+
+class StudentCrop:
+    """The student's augmentation in SRe2L's evaluation (VILA-Lab/SRe2L
+    ``SRe2L/validate/train_KD.py`` 94-95): ``RandomResizedCrop(scale=scale)`` and, where
+    ``flip``, ``RandomHorizontalFlip``, drawn per image (a data loader's per-sample transform)
+    from the engine's generator; called as ``augment(x, generator)`` by
+    :func:`ddbench.engine.train`."""
+
+    def __init__(self, scale: Sequence[float] = (0.08, 1.0), flip: bool = True):
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise DDBenchError(f"crop scale must satisfy 0 < low <= high <= 1, got {list(scale)}")
+        self.scale = (float(scale[0]), float(scale[1]))
+        self.flip = bool(flip)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return random_resized_crop(x, 1, self.scale, generator, self.flip)
+
+
+def batch_statistics(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` (hooks dropped) whose BatchNorm layers normalise every batch with its
+    own statistics, in eval mode too, and keep no running statistics: the relabel of CV-DD,
+    which runs its committee in train mode (``relabel/relabel.py`` 282-285: ``--eval-mode F``,
+    "Applying BSSL")."""
+    hooks = {m: m._forward_hooks for m in net.modules()}  # a BNStatHook holds tensors of a graph
+    try:
+        for m in hooks:
+            m._forward_hooks = OrderedDict()
+        out = copy.deepcopy(net)
+    finally:
+        for m, h in hooks.items():
+            m._forward_hooks = h
+    for m in out.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
+    return out.eval().requires_grad_(False)
+
+
+class Committee(nn.Module):
+    """Teachers whose logits are summed with fixed weights, ``sum_i w_i f_i(x)`` (CV-DD's
+    relabel, ``relabel/relabel.py`` 297-325); a committee of one with weight 1 is that teacher."""
+
+    def __init__(self, nets: Sequence[nn.Module], weights: Sequence[float]):
+        super().__init__()
+        if len(nets) != len(weights) or not nets:
+            raise DDBenchError(f"a committee needs one weight per member: {len(nets)} members, "
+                               f"{len(weights)} weights")  # fmt: skip
+        self.members = nn.ModuleList(nets)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(w * m(x).float() for w, m in zip(self.weights, self.members))

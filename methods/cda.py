@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from ddbench.errors import DDBenchError
 from ddbench.methods.sre2l import SRe2L
@@ -52,6 +53,7 @@ class CDA(SRe2L):
 
     @dataclass
     class Settings(SRe2L.Settings):
+        crop: Any = True  # the curriculum is on the crop: CDA crops at every image size
         curriculum: str = "cosine"  # cosine | linear | step (the bound stays until the milestone)
         milestone: float = 1.0  # fraction of the iterations over which the lower bound moves
 
@@ -63,6 +65,7 @@ class CDA(SRe2L):
                 raise DDBenchError(f"milestone must be in [0, 1], got {self.milestone}")
 
     name = "cda"
+    recipes = None  # the authors publish CDA's settings for Tiny-ImageNet and ImageNet only
 
     def crop_scale_at(self, it: int) -> tuple[float, float]:
         low, high = self.crop_scale

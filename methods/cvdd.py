@@ -7,12 +7,26 @@ prior-performance-weighted sum::
     loss = sum_i w_i (CE(f_i(A(x)), y) + r_bn * BN_i(A(x))),   w = softmax(p / T)
 
 ``p_i`` is member ``i``'s prior performance (by default its cached val accuracy in %; the
-official code uses the accuracy of the set each model distils alone), ``T`` the
-``weight_temperature`` (5 in the official code, ``recover/recover.py`` ``--weight-temperature``),
-and the softmax runs over the members voting on that batch. ``members_per_step``: the number of
-members that vote on each batch, drawn at random per batch (the paper's default committee of
-N=2 out of a pool of 5); null lets all members vote. The soft labels are the committee's
-weighted logits ``sum_i w_i f_i(x)`` with the weights over the whole committee.
+official code takes each model's number from ``--model-weight``), ``T`` the
+``weight_temperature`` (5 in the official code, ``recover/recover.py`` 233
+``--weight-temperature``), and the softmax runs over the members voting on that batch.
+``members_per_step``: the number of members that vote on each batch, drawn at random per batch
+(the paper's default committee of N=2 out of a pool of 5, ``--selected-size 2`` in
+``recover/scripts/cifar10_experiments/recover_voter_ipc10.sh``); null lets all members vote.
+
+The soft labels are the logits of the whole committee, ``sum_i v_i f_i(x)`` with
+``v = softmax(p / relabel_temperature)`` over all members (``relabel/relabel.py`` 299-305: the
+temperature is 10 there, not the recovery's 5), each member normalising with the statistics of
+the batch (``relabel_bn: batch``; the official relabel runs its models in train mode,
+``relabel/relabel.py`` 282-285). Here the batches are the recovery batches, one image per
+class; the official relabel's are its FKD batches of augmented crops (16 images on CIFAR-10,
+forwarded in halves of 8). The set records the committee (each member's config and ``v_i``),
+so the ``sre2l`` protocol labels every augmented crop with the same committee online.
+
+Initialisation: the official CIFAR-10 script starts from patches (``--initialisation-method
+Patches --patch-diff medium``) read from pre-made files that the authors distribute separately
+(``recover/utils_recover.py`` 205-239); the code that selects them is not in their repository.
+ddbench starts from random real images of each class (``init: real``), the nearest it can state.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import torch
 from ddbench.errors import DDBenchError
 from ddbench.method import Task
 from ddbench.methods.sre2l import SRe2L
-from ddbench.recover import DEFAULT_TEACHER
+from ddbench.recover import DEFAULT_TEACHER, batch_statistics, by_slot
 from ddbench.synset import SyntheticSet
 from ddbench.teachers import TeacherConfig
 
@@ -58,6 +72,7 @@ class CVDD(SRe2L):
     @dataclass
     class Settings(SRe2L.Settings):
         init: str = "real"  # nearest to the paper's real-patch initialisation | noise
+        crop: Any = True  # recover_voter_*.sh --apply-data-augmentation: crop + flip at 32 px
         teacher: Any = None  # not used: the committee teaches
         committee: list[dict[str, Any]] = field(
             default_factory=lambda: [dict(c) for c in DEFAULT_COMMITTEE]
@@ -66,6 +81,8 @@ class CVDD(SRe2L):
         priors: list[float] | None = None  # one number (%) per member; null: cached val acc.
         weight_temperature: float = 5.0  # T (the official default)
         members_per_step: int | None = 2  # voters per recovery batch (the paper's N=2); null: all
+        relabel_temperature: float = 10.0  # v = softmax(prior / this) (relabel/relabel.py 303)
+        relabel_bn: str = "batch"  # batch: members use the batch's statistics | running
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -83,11 +100,18 @@ class CVDD(SRe2L):
                 raise DDBenchError(
                     f"weight_temperature must be positive, got {self.weight_temperature}"
                 )
+            if not self.relabel_temperature > 0:
+                raise DDBenchError(
+                    f"relabel_temperature must be positive, got {self.relabel_temperature}"
+                )
+            if self.relabel_bn not in ("batch", "running"):
+                raise DDBenchError(f"relabel_bn must be batch or running, got {self.relabel_bn!r}")
             n = self.members_per_step
             if n is not None and not 1 <= n <= m:
                 raise DDBenchError(f"members_per_step must be in [1, {m}], got {n}")
 
     name = "cvdd"
+    recipes = "cvdd"
 
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
@@ -103,9 +127,14 @@ class CVDD(SRe2L):
         return [float(m.meta["val_accuracy"]) for m in self.members]
 
     def weights(self, members: list[int]) -> torch.Tensor:
-        """The voting weights of ``members`` (softmax over them only)."""
+        """The voting weights of ``members`` in recovery (softmax over them only)."""
         p = self.member_priors()
         return voting_weights([p[i] for i in members], self.weight_temperature, self.voting)
+
+    def relabel_weights(self) -> list[float]:
+        """The weights of all members in the relabel: ``softmax(prior / relabel_temperature)``
+        (``equal``: ``1 / m``)."""
+        return voting_weights(self.member_priors(), self.relabel_temperature, self.voting).tolist()
 
     def recovery_loss(
         self, task: Task, x: torch.Tensor, y: torch.Tensor, group_size: int
@@ -138,17 +167,30 @@ class CVDD(SRe2L):
         return loss, parts
 
     def relabel(self, task: Task, images: torch.Tensor) -> torch.Tensor:
-        w = self.weights(list(range(len(self.members)))).tolist()
-        return sum(wi * m.logits(images) for wi, m in zip(w, self.members))
+        """The committee's weighted logits (module docstring); with ``relabel_bn: batch`` each
+        recovery batch (one image per class) is normalised with its own statistics."""
+        w = self.relabel_weights()
+        if self.relabel_bn == "running":
+            return sum(wi * m.logits(images) for wi, m in zip(w, self.members))
+        x = by_slot(images, task.ipc)  # batch j: the j-th image of every class
+        out = torch.zeros(len(x), task.num_classes, device=x.device)
+        with torch.no_grad():
+            for wi, m in zip(w, self.members):
+                net = batch_statistics(m.net)
+                for b0 in range(0, len(x), task.num_classes):
+                    out[b0 : b0 + task.num_classes] += wi * net(x[b0 : b0 + task.num_classes])
+        # back to class order: by_slot with ipc and the number of classes swapped inverts it
+        return by_slot(out, task.num_classes)
 
     def relabel_meta(self) -> dict[str, Any]:
-        w = self.weights(list(range(len(self.members)))).tolist()
+        w = self.relabel_weights()
         return {
             "committee": [
                 {
                     "key": m.meta["key"],
                     "model": m.meta["config"]["model"],
                     "val_accuracy": m.meta["val_accuracy"],
+                    "config": m.meta["config"],
                     "prior": p,
                     "weight": wi,
                 }  # fmt: skip
@@ -156,6 +198,8 @@ class CVDD(SRe2L):
             ],
             "voting": self.voting,
             "weight_temperature": self.weight_temperature,
+            "relabel_temperature": self.relabel_temperature,
+            "bn": self.relabel_bn,
         }
 
     def draw_voters(self, task: Task) -> list[list[int]]:

@@ -10,9 +10,12 @@
       loss = CE(teacher(A(x)), y) + r_bn * sum_l m_l (||mu_l(A(x)) - running_mean_l||_2
                                                       + ||var_l(A(x)) - running_var_l||_2)
 
-  ``A`` is a random resized crop, a horizontal flip (only where the dataset's DSA strategy
-  flips) and a random roll ("jitter"); ``m_l`` is ``first_bn_multiplier`` for the first
-  BatchNorm layer and 1 for the others. As in SRe2L, the images are recovered in batches of one
+  ``A`` is a random resized crop and a horizontal flip (only where the dataset's DSA strategy
+  flips), then a random roll ("jitter"); ``m_l`` is ``first_bn_multiplier`` for the first
+  BatchNorm layer and 1 for the others. ``crop: auto`` crops and flips only images larger than
+  32 pixels, as the authors' code: their CIFAR recovery (``SRe2L/*small_dataset/
+  recover_cifar.py`` 78-81, 32 px) only rolls, their Tiny-ImageNet (``recover_tiny.py`` 50,
+  64 px) and ImageNet (``recover/data_synthesis.py`` 56-57) recoveries crop (0.08-1) and flip. As in SRe2L, the images are recovered in batches of one
   image per class (the ``j``-th image of every class forms batch ``j``): BatchNorm statistics
   are taken per batch, and each batch draws its own crop, flip and roll. All batches run through
   the teacher in one forward (the teacher normalises with its running statistics, so a sample's
@@ -20,11 +23,13 @@
   element-wise, so this equals optimising the batches one after another. Images stay in the
   normalised space and are clipped to the valid pixel range after every step.
 * **Relabel**: the teacher's logits on each final image (one label per image, not per
-  augmented view) are the set's soft labels, stored as ``float16`` ``[N, K]`` (``label_dtype``)
+  augmented view; the set's metadata names the teacher, its config included, so that the
+  ``sre2l`` protocol relabels every augmented crop online with it) are the set's soft labels, stored as ``float16`` ``[N, K]`` (``label_dtype``)
   or top-k (``label_topk: k``) (:mod:`ddbench.relabel`); ``ddbench.load`` gives back dense
   ``[N, K]`` logits. A set's classes are its labels' argmax: where the teacher's argmax is not
-  the image's class, the two logits swap (``mismatch: swap``). The set expects the ``kd``
-  protocol (teacher online); ``kd_set`` trains on the stored labels.
+  the image's class, the two logits swap (``mismatch: swap``). The set expects the ``sre2l``
+  protocol (the recovery teacher online on every crop, as the papers evaluate); ``kd`` scores it
+  with the protocol's own teacher, ``kd_set`` trains on the stored labels.
 
 The teacher machinery (BatchNorm-statistics hooks, the crop/flip/jitter augmentations) is in
 :mod:`ddbench.recover`. CDA (curriculum on the crop scale, ``methods/cda.py``) and CV-DD (a
@@ -72,6 +77,8 @@ class SRe2L(ImageDistillation):
         img_schedule: str = "cosine"  # ... with its lr cosine-annealed to 0
         r_bn: float = 0.01  # weight of the BN-statistics loss next to CE
         first_bn_multiplier: float = 10.0  # extra weight of the first BatchNorm layer
+        # true | false | auto: crop (and flip) only images larger than 32 px (module docstring)
+        crop: Any = "auto"
         crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop
         flip: Any = "auto"  # true | false | auto: flip where the dataset's DSA strategy flips
         jitter: int = 4  # random roll of up to N pixels per batch (the paper's 4 at 32x32)
@@ -95,12 +102,15 @@ class SRe2L(ImageDistillation):
                 )
             if self.flip not in (True, False, "auto"):
                 raise DDBenchError(f"flip must be true, false or auto, got {self.flip!r}")
+            if self.crop not in (True, False, "auto"):
+                raise DDBenchError(f"crop must be true, false or auto, got {self.crop!r}")
             if self.jitter < 0:
                 raise DDBenchError(f"jitter must be >= 0, got {self.jitter}")
             check_label_settings(self.label_dtype, self.label_topk, self.mismatch)
 
     name = "sre2l"
-    protocol = "kd"
+    protocol = "sre2l"
+    recipes = "sre2l"
 
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
@@ -133,18 +143,24 @@ class SRe2L(ImageDistillation):
     def relabel_meta(self) -> dict[str, Any]:
         m = self.members[0].meta
         return {"teacher": {"key": m["key"], "model": m["config"]["model"],
-                            "val_accuracy": m["val_accuracy"]}}  # fmt: skip
+                            "val_accuracy": m["val_accuracy"], "config": m["config"]}}  # fmt: skip
 
     # ------------------------------------------------------------------ recover
 
     def load_members(self, task: Task) -> None:
         self.members = load_members(task, self.teacher_configs())
 
+    def crops(self, task: Task) -> bool:
+        """Whether recovery crops and flips (``crop``; ``auto``: images larger than 32 px)."""
+        return task.spec.im_size[-1] > 32 if self.crop == "auto" else bool(self.crop)
+
     def augment_batch(self, task: Task, x: torch.Tensor, it: int) -> torch.Tensor:
-        """Crop + flip, then jitter, one draw per batch, all from ``task.generator``."""
+        """Crop + flip (where :meth:`crops`), then jitter, one draw per batch, all from
+        ``task.generator``."""
         k = task.num_classes
-        flip = flips(task.spec, self.flip)
-        x = random_resized_crop(x, k, self.crop_scale_at(it), task.generator, flip)
+        if self.crops(task):
+            flip = flips(task.spec, self.flip)
+            x = random_resized_crop(x, k, self.crop_scale_at(it), task.generator, flip)
         return jitter(x, k, self.jitter, task.generator)
 
     def bn_statistics_loss(self, task: Task, images: torch.Tensor) -> float:

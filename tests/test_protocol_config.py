@@ -29,6 +29,8 @@ PINNED = {
     "dc": "244a6cdc33514c20",
     "kd_pruning": "1f602bfd886555e7",
     "datadam": "985c04bdf0812a6e",
+    "sre2l": "89f695873dbb1582",
+    "sre2l_fkd": "842d106f7a1fc616",
 }
 
 

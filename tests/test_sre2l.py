@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import ddbench.methods.sre2l as sre2l_mod
+from ddbench import engine
 from ddbench import synset as synset_io
 from ddbench.data import get_spec
 from ddbench.errors import DDBenchError
@@ -19,8 +20,15 @@ from ddbench.methods import packaged_config
 from ddbench.methods.cda import CDA, cda_min_scale
 from ddbench.methods.cvdd import CVDD, voting_weights
 from ddbench.methods.sre2l import SRe2L
-from ddbench.protocol import Protocol, evaluate
-from ddbench.recover import Member, flips, pixel_range, random_resized_crop
+from ddbench.protocol import Protocol, evaluate, protocol_config
+from ddbench.recover import (
+    DEFAULT_TEACHER,
+    Member,
+    StudentCrop,
+    flips,
+    pixel_range,
+    random_resized_crop,
+)
 from ddbench.relabel import class_consistent
 from ddbench.teachers import TeacherConfig, get_teacher
 
@@ -83,7 +91,7 @@ def test_recovery_from_noise_lowers_the_bn_statistics_loss(make_task):
     assert after < 0.6 * before, (before, after)
     assert after < 0.6 * method.bn_statistics_loss(task, s0.images)  # the BN term did it, not CE
     # the recovered images are classified as their class and stay in the valid pixel range
-    assert s.meta["relabel"]["agreement"] == 1.0 and s.meta["protocol"] == "kd"
+    assert s.meta["relabel"]["agreement"] == 1.0 and s.meta["protocol"] == "sre2l"
     lo, hi = pixel_range(task.spec, torch.device("cpu"))
     assert float(s.images.min()) >= float(lo) - 1e-6 and float(s.images.max()) <= float(hi) + 1e-6
     assert float(s.images.min()) < float(lo) + 0.05  # some pixels were clipped: noise init
@@ -125,7 +133,7 @@ def test_images_the_teacher_misclassifies_keep_their_class(make_task, tmp_path):
         logits = _teacher(TEACHER_A)(loaded.images).half()
     changed = (logits != loaded.labels).any(1)
     assert s.meta["relabel"]["adjusted"] == int(changed.sum()) > 0
-    assert s.meta["relabel"]["agreement"] == 1 - int(changed.sum()) / len(classes)
+    assert s.meta["relabel"]["agreement"] == pytest.approx(1 - int(changed.sum()) / len(classes))
     assert torch.equal(loaded.labels.sort(1).values, logits.sort(1).values)  # a permutation
     assert int(((logits != loaded.labels).sum(1))[changed].max()) == 2  # of two entries
     with pytest.raises(DDBenchError, match="argmax differs"):
@@ -181,7 +189,8 @@ def test_the_crop_scale_schedule_drives_the_recovery(name, make_task, monkeypatc
 
     monkeypatch.setattr(sre2l_mod, "random_resized_crop", spy)
     its = 12
-    kw = dict(iterations=its, init="real", teacher=TEACHER_A, jitter=1, crop_scale=[0.3, 0.9])
+    kw = dict(iterations=its, init="real", teacher=TEACHER_A, jitter=1, crop_scale=[0.3, 0.9],
+              crop=True)  # fmt: skip
     if name == "cda":
         CDA(milestone=0.5, **kw).distill(make_task())
         expected = [(cda_min_scale(i, its, 0.3, 0.9, 0.5), 0.9) for i in range(its)]
@@ -209,17 +218,39 @@ def test_cvdd_votes_with_prior_weights_and_combines_the_members_labels(make_task
     assert calls == {keys[0]: its, keys[1]: its}  # every member votes at every step
     accs = [get_teacher("digits", TeacherConfig(**c), train=False)[1]["val_accuracy"]
             for c in (TEACHER_A, TEACHER_B)]  # fmt: skip
-    w = torch.softmax(torch.tensor(accs, dtype=torch.float64) / 5.0, 0)
+    # the relabel weighs ALL members by softmax(prior / 10) (the recovery's temperature is 5)
+    w = torch.softmax(torch.tensor(accs, dtype=torch.float64) / 10.0, 0)
     assert accs[0] != accs[1] and not torch.allclose(w, torch.full((2,), 0.5, dtype=w.dtype))
     committee = s.meta["relabel"]["committee"]
-    assert [c["key"] for c in committee] == keys
+    assert [c["key"] for c in committee] == keys and s.meta["relabel"]["bn"] == "batch"
     assert torch.allclose(torch.tensor([c["weight"] for c in committee], dtype=w.dtype), w)
+    # each member normalises every recovery batch (the j-th image of each class) with the
+    # batch's own statistics: train-mode BatchNorm on that batch
+    batches = [torch.arange(10) * IPC + j for j in range(IPC)]
+    combined = torch.zeros(len(s.images), 10)
     with torch.no_grad():
-        combined = sum(
+        for wi, c in zip(w.tolist(), (TEACHER_A, TEACHER_B)):
+            net = _teacher(c).train()
+            for rows in batches:
+                combined[rows] += wi * net(s.images[rows])
+        running = sum(
             wi * _teacher(c)(s.images) for wi, c in zip(w.tolist(), (TEACHER_A, TEACHER_B))
         )
     assert s.labels.dtype == torch.float16
     assert torch.allclose(s.labels.float(), combined, atol=1e-2, rtol=1e-3)
+    assert not torch.allclose(s.labels.float(), running, atol=1e-2, rtol=1e-3)
+    # relabel_bn: running normalises with the members' running statistics (eval mode)
+    r = CVDD(
+        committee=[TEACHER_A, TEACHER_B],
+        members_per_step=None,
+        iterations=its,
+        init="real",
+        crop_scale=[0.5, 1.0],
+        jitter=1,
+        relabel_bn="running",
+    ).distill(make_task())
+    assert torch.equal(r.images, s.images) and r.meta["relabel"]["bn"] == "running"
+    assert torch.allclose(r.labels.float(), running, atol=1e-2, rtol=1e-3)
 
 
 def test_cvdd_loss_is_the_weighted_sum_of_the_members_sre2l_losses(make_task):
@@ -285,7 +316,7 @@ def test_configs_build_their_method(name):
     cfg = packaged_config(name)
     method = build_method(cfg)
     assert isinstance(method, SRe2L) and method.name == cfg["name"] == name
-    assert method.protocol == "kd"
+    assert method.protocol == "sre2l"
     assert method.config == cfg
     if name == "cvdd":  # members given in short: the default teacher recipe fills the rest
         short = [{"model": "convnet_bn", "seed": 0}, {"model": "convnet_bn", "seed": 9}]
@@ -338,3 +369,128 @@ def test_bn_hook_matches_a_direct_computation():
         assert math.isclose(float(bn[g]), expect, rel_tol=1e-5)
         ce_g = F.cross_entropy(out[g * 10 : (g + 1) * 10], y[g * 10 : (g + 1) * 10])
         assert math.isclose(float(ce[g]), float(ce_g), rel_tol=1e-5)
+
+
+# ------------------------------------------------------------------ the `sre2l` protocol
+
+
+def _papers_protocol(**kw) -> Protocol:
+    """The shipped `sre2l` protocol cut to a few epochs and one seed, with TEACHER_B as the
+    teacher of sets that name none."""
+    cfg = {**protocol_config("sre2l"), "epochs": 2, "seeds": [0], "teacher": TEACHER_B, **kw}
+    return Protocol.from_config(cfg)
+
+
+def _online_teacher(monkeypatch) -> list:
+    """Records the teacher and augmentation that evaluate hands to the engine."""
+    seen: list = []
+    real = engine.train
+
+    def spy(*a, teacher=None, augment=None, **k):
+        seen.append((teacher, augment))
+        return real(*a, teacher=teacher, augment=augment, **k)
+
+    monkeypatch.setattr(engine, "train", spy)
+    return seen
+
+
+def test_the_sre2l_protocol_relabels_with_the_recovery_teacher(make_task, make_set, monkeypatch):
+    p = _papers_protocol()
+    assert p.temperature == 20.0 and p.augment == "rrc" and p.cutmix == 1.0
+    assert p.teacher_from_set and protocol_config("sre2l")["teacher"] == DEFAULT_TEACHER
+    seen = _online_teacher(monkeypatch)
+    kw = dict(model_kwargs={"net_width": 8}, device="cpu", progress=False)
+    s = SRe2L(iterations=3, init="real", **SMALL).distill(make_task())
+    r = evaluate(s, p, "convnet", **kw)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    teacher, augment = seen[-1]
+    with torch.no_grad():
+        assert torch.equal(teacher(x), _teacher(TEACHER_A)(x))  # the set's, not the protocol's
+    assert r["labels"]["teacher"]["source"] == "set"
+    assert r["labels"]["teacher"]["key"] == TeacherConfig(**TEACHER_A).key("digits")
+    assert r["labels"]["temperature"] == 20.0
+    # digits do not flip (their DSA strategy has no flip): the student's crops do not either
+    assert isinstance(augment, StudentCrop) and not augment.flip and augment.scale == (0.08, 1.0)
+    # a set recovered before sets stored their teacher's config: found in the cache by key
+    del s.meta["relabel"]["teacher"]["config"]
+    assert (
+        evaluate(s, p, "convnet", **kw)["labels"]["teacher"]["key"] == r["labels"]["teacher"]["key"]
+    )
+    # a random subset names no recovery teacher: the protocol's teacher labels it
+    r2 = evaluate(make_set(ipc=2), p, "convnet", **kw)
+    with torch.no_grad():
+        assert torch.equal(seen[-1][0](x), _teacher(TEACHER_B)(x))
+    assert r2["labels"]["teacher"]["source"] == "protocol"
+    assert r2["labels"]["teacher"]["key"] == TeacherConfig(**TEACHER_B).key("digits")
+    # without teacher_from_set every set gets the protocol's teacher
+    r3 = evaluate(s, _papers_protocol(teacher_from_set=False), "convnet", **kw)
+    assert r3["labels"]["teacher"]["source"] == "protocol"
+    assert _papers_protocol().hash != _papers_protocol(teacher_from_set=False).hash
+    with pytest.raises(DDBenchError, match="teacher_from_set needs labels=teacher"):
+        Protocol.from_config({**protocol_config("kd_set"), "teacher_from_set": True})
+
+
+def test_the_sre2l_protocol_relabels_a_cvdd_set_with_its_committee(
+    make_task, make_set, monkeypatch
+):
+    seen = _online_teacher(monkeypatch)
+    s = CVDD(committee=[TEACHER_A, TEACHER_B], members_per_step=None, iterations=3,
+             init="real", crop_scale=[0.5, 1.0], jitter=1).distill(make_task())  # fmt: skip
+    r = evaluate(s, _papers_protocol(), "convnet", {"net_width": 8}, device="cpu", progress=False)
+    w = [c["weight"] for c in s.meta["relabel"]["committee"]]
+    assert [c["weight"] for c in r["labels"]["teacher"]["committee"]] == w
+    assert r["labels"]["teacher"]["bn"] == "batch"
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():  # the members in train-mode BatchNorm: the batch's own statistics
+        expect = sum(wi * _teacher(c).train()(x) for wi, c in zip(w, (TEACHER_A, TEACHER_B)))
+        assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
+    bns = [m for m in seen[-1][0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(b.running_mean is None and not b.track_running_stats for b in bns)
+    # a random subset is scored by the same committee when the protocol names it
+    committee = {"committee": [TEACHER_A, TEACHER_B], "temperature": 10.0, "bn": "batch"}
+    r2 = evaluate(make_set(ipc=2), _papers_protocol(teacher=committee), "convnet",
+                  {"net_width": 8}, device="cpu", progress=False)  # fmt: skip
+    assert r2["labels"]["teacher"]["source"] == "protocol"
+    assert [c["weight"] for c in r2["labels"]["teacher"]["committee"]] == pytest.approx(w)
+    with torch.no_grad():
+        assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
+    # explicit weights; missing member keys come from the node's own TeacherConfig keys
+    given = {"committee": [{"weight": 0.25}, {**TEACHER_B, "weight": 0.75}], **TEACHER_A}
+    evaluate(make_set(ipc=2), _papers_protocol(teacher=given), "convnet", {"net_width": 8},
+             device="cpu", progress=False)  # fmt: skip
+    with torch.no_grad():
+        expect = 0.25 * _teacher(TEACHER_A).train()(x) + 0.75 * _teacher(TEACHER_B).train()(x)
+        assert torch.allclose(seen[-1][0](x), expect, atol=1e-5)
+    with pytest.raises(DDBenchError, match="every member or to none"):
+        bad = {"committee": [{**TEACHER_A, "weight": 1.0}, TEACHER_B]}
+        evaluate(make_set(ipc=2), _papers_protocol(teacher=bad), "convnet", device="cpu")
+
+
+def test_student_crop_draws_one_crop_per_image():
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(6, 1, 1, 1)
+    out = StudentCrop((0.08, 1.0), flip=False)(x, torch.Generator().manual_seed(0))
+    again = StudentCrop((0.08, 1.0), flip=False)(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(out, again)
+    assert len({tuple(o.flatten().tolist()) for o in out}) == 6  # a crop of its own each
+    # a whole-image "crop" with flips mirrors some images and leaves the others as they are
+    flipped = StudentCrop((1.0, 1.0), flip=True)(x, torch.Generator().manual_seed(0))
+    mirrored = [torch.allclose(f, x[0].flip(-1), atol=1e-4) for f in flipped]
+    kept = [torch.allclose(f, x[0], atol=1e-4) for f in flipped]
+    assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept)
+    with pytest.raises(DDBenchError, match="crop scale"):
+        StudentCrop((0.0, 1.0))
+
+
+def test_sre2l_crops_only_images_larger_than_32_pixels(make_task, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sre2l_mod, "random_resized_crop", lambda x, *a, **k: calls.append(1) or x)
+    task = make_task()
+    x = torch.zeros(10, 1, 8, 8)
+    SRe2L(**SMALL).augment_batch(task, x, 0)  # 8 px digits: the CIFAR script's roll only
+    assert calls == []
+    SRe2L(crop=True, **SMALL).augment_batch(task, x, 0)
+    CVDD(crop_scale=[0.5, 1.0]).augment_batch(task, x, 0)  # CV-DD and CDA crop at any size
+    CDA(**SMALL).augment_batch(task, x, 0)
+    assert calls == [1, 1, 1]
+    with pytest.raises(DDBenchError, match="crop must be"):
+        SRe2L(crop="sometimes")
