@@ -29,6 +29,7 @@ PINNED = {
     "dc": "244a6cdc33514c20",
     "kd_pruning": "1f602bfd886555e7",
     "datadam": "985c04bdf0812a6e",
+    "datm": "63816930dd425b94",
 }
 
 
