@@ -535,6 +535,9 @@ def import_buffers(
                 ),
             )
             written.append(path)
+        for stale in expert_dir(dataset, out).glob("expert_*.safetensors"):
+            if stale not in written:  # a larger earlier import under the same source
+                stale.unlink()
     log.info("imported %d expert trajectories of %s as source %s -> %s",
              len(written), dataset, source, expert_dir(dataset, out))  # fmt: skip
     return out, written

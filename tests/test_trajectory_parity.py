@@ -83,6 +83,8 @@ def test_export_writes_their_format_and_import_gives_back_the_same_trajectories(
     first = experts.get_experts("digits", cfg2, 1, "cpu", train=False, progress=False)[0]
     assert torch.equal(first, tiny_experts[1])  # the order of the files given
     assert experts.import_buffers("digits", TINY, [tmp_path / "buf"])[0] == cfg
+    experts.import_buffers("digits", named, [files[0]])  # the same name, fewer experts
+    assert len(list(experts.expert_dir("digits", cfg2).glob("expert_*.safetensors"))) == 1
     with pytest.raises(DDBenchError, match="not in the cache.*never trained here"):
         experts.get_experts("digits", cfg, 3, "cpu", progress=False)
     with pytest.raises(DDBenchError, match="already holds"):

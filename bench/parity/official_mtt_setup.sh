@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a checkout of MTT's code (GeorgeCazenavette/mtt-distillation) for the parity runs of
-# trajectory matching (trajectory.sh). Usage: bench/parity/official_mtt_setup.sh OFFICIAL_CHECKOUT
+# trajectory matching (trajectory.sh, expert_parity.sh).
+# Usage: bench/parity/official_mtt_setup.sh OFFICIAL_CHECKOUT
 #
 # The same local edits for every run, applied idempotently (each marked "ddbench-parity M<n>" in
 # their code); nothing else in their code is changed:
@@ -21,6 +22,8 @@
 #   M6 wandb.py next to distill.py: an offline stand-in for the wandb calls (init keeps the
 #      parsed arguments as wandb.config._items, from which distill.py rebuilds args; log,
 #      Image, Histogram and finish do nothing; run.name is "parity"), so no account or network.
+#   M7 buffer.py (their expert training, expert_parity.sh): --seed S as M2 (torch, numpy; the
+#      network seed of M3 then comes from numpy).
 # The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
 # written by ddbench's python (DDBENCH_PY, default python3).
 set -euo pipefail
@@ -109,6 +112,18 @@ edit(
     "                image_save = image_syn.cuda()\n",
     "                image_save = image_syn.to(args.device)  # ddbench-parity M5\n",
     "ddbench-parity M5",
+)
+# M7
+edit(
+    "buffer.py",
+    "    args = parser.parse_args()\n",
+    "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
+    "    args = parser.parse_args()\n"
+    "    if args.seed >= 0:  # ddbench-parity M7\n"
+    "        import numpy as np\n"
+    "        torch.manual_seed(args.seed)\n"
+    "        np.random.seed(args.seed)\n",
+    "ddbench-parity M7",
 )
 # M6
 stub = off / "wandb.py"
