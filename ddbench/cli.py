@@ -198,6 +198,10 @@ def config_key(cfg: Any, keys: tuple[str, ...], **resolved: Any) -> str:
         sub.pop("precision")
     if sub.get("kernels") == "auto":  # and for the default kernels: kernels=off gets its own
         sub.pop("kernels")
+    method = sub.get("method")
+    experts = method.get("experts") if isinstance(method, dict) else None
+    if isinstance(experts, dict) and experts.get("source") == "":  # likewise for ddbench's own
+        experts.pop("source")  # experts: runs on imported ones get their own key
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

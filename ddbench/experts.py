@@ -83,7 +83,7 @@ class ExpertConfig(CachedConfig):
     step: str = "plain"  # the training step: plain (the engine's), or a registered variant
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # the variant's settings
     # "": trained by ddbench; a name: imported trajectories (`ddbench expert import`), never
-    # trained here; the other fields describe the recipe they were trained with
+    # trained here (the other fields as given at the import; the network's are checked)
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -492,9 +492,9 @@ def import_buffers(
     ``cfg`` with ``epochs`` taken from the files and ``source`` (default: ``buffers-`` and the
     first 12 hex digits of the files' hashes) naming them, so that a run with
     ``method.experts.source=<source> method.experts.epochs=<E>`` matches against exactly these
-    trajectories. ``cfg``'s other fields describe the network (checked: count, order and shape
-    of the parameters) and the recipe the trajectories were trained with. Returns the config
-    and the files written."""
+    trajectories. ``cfg``'s network is checked against the files (count, order and shape of
+    the parameters); its recipe fields are recorded as given (the files do not hold the
+    recipe). Returns the config and the files written."""
     files = buffer_files(paths)
     flat = FlatModel(build_expert_model(dataset, cfg))
     hashes = [_sha256(f) for f in files]

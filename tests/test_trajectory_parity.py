@@ -296,3 +296,18 @@ def test_expert_keys_hash_the_source_only_when_set():
     assert plain.key("mnist") == hashlib.sha256(canon.encode()).hexdigest()[:16]
     a, b = (dataclasses.replace(plain, source=n) for n in ("a", "b"))
     assert len({plain.key("mnist"), a.key("mnist"), b.key("mnist")}) == 3
+
+
+def test_run_keys_change_only_for_runs_on_imported_experts():
+    from omegaconf import OmegaConf
+
+    from ddbench import cli
+
+    node = packaged_config("mtt", ["model.kwargs.net_width=8"])
+    base = {"dataset": {"name": "mnist"}, "method": node, "ipc": 1, "seed": 0}
+    own = cli.config_key(OmegaConf.create(base), cli._DISTILL_KEYS)
+    without = {**base, "method": {**node, "experts": {
+        k: v for k, v in node["experts"].items() if k != "source"}}}  # fmt: skip
+    assert own == cli.config_key(OmegaConf.create(without), cli._DISTILL_KEYS)
+    imported = {**base, "method": {**node, "experts": {**node["experts"], "source": "a"}}}
+    assert own != cli.config_key(OmegaConf.create(imported), cli._DISTILL_KEYS)
