@@ -42,7 +42,9 @@ class GSAMStep:
     BatchNorm's running statistics follow the first pass only: the engine hands the network to
     the step (``takes_model``) and the buffers of its BatchNorm layers are restored after the
     pass at the perturbed weights, as FTD's GSAM sets their momentum to 0 for that pass
-    (``buffer/gsam/gsam.py`` 167-168 and 185-186, ``buffer/gsam/util.py`` 5-18)."""
+    (``buffer/gsam/gsam.py`` 167-168 and 185-186, ``buffer/gsam/util.py`` 5-18); the batch
+    count is restored too (their momentum-0 pass still increments it; only BatchNorm layers
+    with ``momentum=None`` read it)."""
 
     takes_model = True  # ddbench.engine.train passes model=
 
