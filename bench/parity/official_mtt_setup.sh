@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepare a checkout of MTT's code (GeorgeCazenavette/mtt-distillation) for the parity runs of
-# trajectory matching (trajectory.sh, expert_parity.sh).
+# Prepare a checkout of MTT's code (GeorgeCazenavette/mtt-distillation) or of FTD's fork of it
+# (AngusDujw/FTD-distillation) for the parity runs of trajectory matching (trajectory.sh,
+# expert_parity.sh).
 # Usage: bench/parity/official_mtt_setup.sh OFFICIAL_CHECKOUT
 #
 # The same local edits for every run, applied idempotently (each marked "ddbench-parity M<n>" in
@@ -24,6 +25,11 @@
 #      Image, Histogram and finish do nothing; run.name is "parity"), so no account or network.
 #   M7 buffer.py (their expert training, expert_parity.sh): --seed S as M2 (torch, numpy; the
 #      network seed of M3 then comes from numpy).
+# FTD's fork (AngusDujw/FTD-distillation, recognised by distill/distill_FTD.py) gets the same
+# edits in its files: M1 and M3 in utils/utils_baseline.py, M2, M4 and M5 in
+# distill/distill_FTD.py (M4 saves its image EMA, ema.module[0], as images_<N>.pt: FTD's set;
+# M5 also edits the EMA's ema_image_syn.cuda()), M6 as distill/wandb.py (their script runs in
+# distill/); M7 is not applied (its experts come from buffer/buffer_FTD.py, not run here).
 # The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
 # written by ddbench's python (DDBENCH_PY, default python3).
 set -euo pipefail
@@ -35,6 +41,10 @@ import sys
 from pathlib import Path
 
 off = Path(sys.argv[1])
+# FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
+ftd = (off / "distill" / "distill_FTD.py").exists()
+UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
+DISTILL = "distill/distill_FTD.py" if ftd else "distill.py"
 
 
 def edit(path, old, new, marker):
@@ -49,7 +59,7 @@ def edit(path, old, new, marker):
 
 # M1
 edit(
-    "utils.py",
+    UTILS,
     "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None):\n",
     "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None):\n"
     "    # ddbench-parity M1: ddbench's splits of MNIST/FashionMNIST, normalised, from a local file\n"
@@ -67,7 +77,7 @@ edit(
 )
 # M2 + M4 (arguments)
 edit(
-    "distill.py",
+    DISTILL,
     "    args = parser.parse_args()\n",
     "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
     "    parser.add_argument('--parity_eval', type=int, default=-1, help='ddbench-parity: -1 their eval_it_pool, 0 none, 1 last iteration')\n"
@@ -81,55 +91,58 @@ edit(
 )
 # M3
 edit(
-    "utils.py",
+    UTILS,
     "    torch.random.manual_seed(int(time.time() * 1000) % 100000)\n",
     "    torch.random.manual_seed(int(np.random.randint(100000)))  # ddbench-parity M3\n",
     "ddbench-parity M3",
 )
-# M4 (the evaluation pool, the save and stop)
+# M4 (the evaluation pool, the save and stop; FTD's set is its image EMA)
 edit(
-    "distill.py",
+    DISTILL,
     "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n",
     "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
     "    if args.parity_eval >= 0:  # ddbench-parity M4\n"
     "        eval_it_pool = [args.Iteration] if args.parity_eval == 1 else []\n",
     "ddbench-parity M4",
 )
+final = "ema.module[0]" if ftd else "image_syn"
 edit(
-    "distill.py",
+    DISTILL,
     "        wandb.log({\"Synthetic_LR\": syn_lr.detach().cpu()}, step=it)\n",
     "        if args.parity_eval >= 0 and it == args.Iteration:  # ddbench-parity M4 save\n"
     "            os.makedirs(args.parity_save, exist_ok=True)\n"
-    "            for _name, _t in (('images', image_syn), ('labels', label_syn), ('lr', syn_lr)):\n"
+    f"            for _name, _t in (('images', {final}), ('labels', label_syn), ('lr', syn_lr)):\n"
     "                torch.save(_t.detach().cpu(), os.path.join(args.parity_save, '%s_%d.pt' % (_name, it)))\n"
     "            break\n"
     "        wandb.log({\"Synthetic_LR\": syn_lr.detach().cpu()}, step=it)\n",
     "ddbench-parity M4 save",
 )
 # M5
-edit(
-    "distill.py",
-    "                image_save = image_syn.cuda()\n",
-    "                image_save = image_syn.to(args.device)  # ddbench-parity M5\n",
-    "ddbench-parity M5",
-)
+for i, name in enumerate(("image", "ema_image") if ftd else ("image",)):
+    edit(
+        DISTILL,
+        f"                {name}_save = {name}_syn.cuda()\n",
+        f"                {name}_save = {name}_syn.to(args.device)  # ddbench-parity M5.{i}\n",
+        f"ddbench-parity M5.{i}",
+    )
 # M7
-edit(
-    "buffer.py",
-    "    args = parser.parse_args()\n",
-    "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
-    "    args = parser.parse_args()\n"
-    "    if args.seed >= 0:  # ddbench-parity M7\n"
-    "        import numpy as np\n"
-    "        torch.manual_seed(args.seed)\n"
-    "        np.random.seed(args.seed)\n",
-    "ddbench-parity M7",
-)
+if not ftd:
+    edit(
+        "buffer.py",
+        "    args = parser.parse_args()\n",
+        "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
+        "    args = parser.parse_args()\n"
+        "    if args.seed >= 0:  # ddbench-parity M7\n"
+        "        import numpy as np\n"
+        "        torch.manual_seed(args.seed)\n"
+        "        np.random.seed(args.seed)\n",
+        "ddbench-parity M7",
+    )
 # M6
-stub = off / "wandb.py"
+stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd else off / "wandb.py"
 if not stub.exists():
     stub.write_text(
-        '"""ddbench-parity M6: offline stand-in for the wandb calls of distill.py."""\n'
+        '"""ddbench-parity M6: offline stand-in for the wandb calls of the distillation."""\n'
         "import sys\n\n\n"
         "class _Config:\n    def __init__(self, items):\n        self._items = items\n\n\n"
         "class _Run:\n    name = 'parity'\n\n\n"
@@ -143,7 +156,7 @@ if not stub.exists():
         "class Image:\n    def __init__(self, *args, **kwargs):\n        pass\n\n\n"
         "Histogram = Image\n"
     )
-print(f"patched {off}")
+print(f"patched {off}" + (" (FTD's fork)" if ftd else ""))
 PYEOF
 mkdir -p "$OFF/data"
 for d in mnist:MNIST fashion_mnist:FashionMNIST; do
