@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,3 +312,36 @@ def test_run_keys_change_only_for_runs_on_imported_experts():
     assert own == cli.config_key(OmegaConf.create(without), cli._DISTILL_KEYS)
     imported = {**base, "method": {**node, "experts": {**node["experts"], "source": "a"}}}
     assert own != cli.config_key(OmegaConf.create(imported), cli._DISTILL_KEYS)
+
+
+# ------------------------------------------------------------------ bench/parity (MTT, FTD)
+
+
+def _parity_module():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "parity" / "parity.py"
+    spec = importlib.util.spec_from_file_location("ddbench_parity_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("method", ["mtt", "ftd"])
+def test_the_parity_run_gives_both_sides_the_same_settings(method, monkeypatch, tmp_path):
+    parity = _parity_module()
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "syn_steps=3,max_start_epoch=1")
+    for ipc in (1, 10):
+        theirs = parity.OTHER_OFFICIAL[method]["command"]("mnist", ipc, 5, 0, tmp_path)
+        ours = parity.OTHER_OFFICIAL[method]["ddbench_args"]("mnist", ipc)
+        flags = dict(a[2:].split("=", 1) for a in theirs if a.startswith("--") and "=" in a)
+        assert flags == {a.split("=", 1)[0].removeprefix("method."): a.split("=", 1)[1]
+                         for a in ours}  # fmt: skip
+        assert flags["syn_steps"] == "3" and flags["max_start_epoch"] == "1"
+        assert ("ema_decay" in flags) == (method == "ftd")
+        # every setting is one of ddbench's method's (a renamed setting would fail here)
+        m = build_method(packaged_config(method, [*ours, "method.experts.epochs=50"]))
+        assert m.syn_steps == 3 and m.lr_teacher == float(flags["lr_teacher"])
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "no_such=1")
+    with pytest.raises(SystemExit, match="unknown setting"):
+        parity.trajectory_settings(method, 1)
