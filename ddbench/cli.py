@@ -11,6 +11,8 @@
     ddbench export   x.safetensors OUT_DIR            (ImageFolder of PNGs)
     ddbench teacher  train DATASET [--protocol kd|kd_pruning] [--epochs N --model M --seed S] | list
     ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
+    ddbench expert   import DATASET replay_buffer_0.pt... [--method mtt --model M --source NAME]
+    ddbench expert   export DATASET OUT_DIR [--method mtt --num N --epochs E --source NAME]
     ddbench aggregate DIR... [--out table.md] [--csv table.csv]
     ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
     ddbench leaderboard build | verify [--tolerance 1.0]   [--board leaderboard]
@@ -196,6 +198,10 @@ def config_key(cfg: Any, keys: tuple[str, ...], **resolved: Any) -> str:
         sub.pop("precision")
     if sub.get("kernels") == "auto":  # and for the default kernels: kernels=off gets its own
         sub.pop("kernels")
+    method = sub.get("method")
+    experts = method.get("experts") if isinstance(method, dict) else None
+    if isinstance(experts, dict) and experts.get("source") == "":  # likewise for ddbench's own
+        experts.pop("source")  # experts: runs on imported ones get their own key
     return hashlib.sha256(json.dumps(sub, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -714,7 +720,8 @@ def cmd_expert(args: list[str]) -> None:
 
     p = argparse.ArgumentParser(
         prog="ddbench expert",
-        description="train (once, resumable) or list cached expert trajectories (MTT family)",
+        description="train (once, resumable), list, import or export cached expert trajectories "
+        "(MTT family)",
     )
     sub = p.add_subparsers(dest="action", required=True)
     lp = sub.add_parser("list", help="the cached experts, with their config and s/epoch")
@@ -737,7 +744,60 @@ def cmd_expert(args: list[str]) -> None:
                       ("batch_size", int)):  # fmt: skip
         tp.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None)
     tp.add_argument("--device", default="auto")
+    ip = sub.add_parser(
+        "import",
+        help="store the authors' replay_buffer_<n>.pt trajectories (MTT's buffer.py format) as "
+        "cached experts",
+        description="Checks every trajectory against the parameters of the network `ddbench run "
+        "method=METHOD model=MODEL` builds and caches them under a config whose `source` names "
+        "them; the run then uses them with the overrides printed at the end.",
+    )
+    ip.add_argument("dataset")
+    ip.add_argument("paths", nargs="+", help="replay_buffer_<n>.pt files, or folders of them")
+    ep = sub.add_parser(
+        "export",
+        help="write cached experts as replay_buffer_<n>.pt files their distill.py loads",
+        description="OUT_DIR is the folder their distill.py reads: <buffer_path>/<DATASET>/<MODEL>"
+        " (<DATASET>_NO_ZCA for CIFAR without --zca).",
+    )
+    ep.add_argument("dataset")
+    ep.add_argument("out_dir")
+    ep.add_argument("--num", type=int, default=None, help="experts (default: the method's)")
+    ep.add_argument("--epochs", type=int, default=None)
+    ep.add_argument(
+        "--per-file", type=int, default=10, help="trajectories per file (save_interval)"
+    )
+    for q in (ip, ep):
+        q.add_argument("--method", default="mtt", help="take the experts' config from this method")
+        q.add_argument("--model", default="convnet", help="conf/model/<MODEL>.yaml")
+        q.add_argument("--model-kwarg", action="append", type=_model_kwarg, default=[],
+                       metavar="KEY=VALUE", help="override one of the model's kwargs")  # fmt: skip
+        q.add_argument("--zca", action=argparse.BooleanOptionalAction, default=None,
+                       help="the trajectories live in the ZCA-whitened space")  # fmt: skip
+        q.add_argument("--source", default=None,
+                       help="the imported experts' name (import default: from the files' hashes)")  # fmt: skip
     a = p.parse_args(args)
+    if a.action in ("import", "export"):
+        fields = {"zca": a.zca, "source": a.source}
+        if a.action == "export":
+            fields["epochs"] = a.epochs
+        cfg, num = expert_config(
+            a.dataset, a.method, a.model, model_kwargs=dict(a.model_kwarg), **fields
+        )
+        if a.action == "import":
+            cfg, written = experts.import_buffers(a.dataset, cfg, a.paths)
+            print(f"imported {len(written)} experts ({cfg.epochs} epochs, source {cfg.source}) "
+                  f"into {experts.expert_dir(a.dataset, cfg)}")  # fmt: skip
+            print(f"use them with: method={a.method} method.experts.source={cfg.source} "
+                  f"method.experts.epochs={cfg.epochs} method.num_experts={len(written)}")  # fmt: skip
+            return
+        num = num if a.num is None else a.num
+        if num < 1:
+            raise DDBenchError(f"--num must be >= 1, got {num}")
+        written = experts.export_buffers(a.dataset, cfg, num, a.out_dir, per_file=a.per_file)
+        print(f"wrote {num} experts ({cfg.epochs} epochs) as {len(written)} replay buffer "
+              f"file(s) in {a.out_dir}")  # fmt: skip
+        return
     if a.action == "list":
         print(f"expert cache: {cache_root() / 'experts'}  (set DDBENCH_CACHE to move it)")
         for e in list_experts(a.dataset):

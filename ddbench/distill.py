@@ -132,6 +132,11 @@ class ImageDistillation(Method):
         """The images' learning rate for this task (a subclass may make it depend on ipc)."""
         return self.lr_img
 
+    def monitor_lr(self) -> float | None:
+        """The lr the set would store now (a learned lr), for the ``eval_every`` monitor under a
+        protocol with ``lr_from_set``; None: the method stores no lr."""
+        return None
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimisers the method steps itself besides the images' (e.g. a learned lr's), by
         name: the loop checkpoints and restores their state and the tensors they optimise with
@@ -298,13 +303,27 @@ class ImageDistillation(Method):
         self, task: Task, images: torch.Tensor, labels: torch.Tensor, step: int | None = None
     ) -> float:
         """Mean accuracy (%) on the val split of ``eval_seeds`` models trained on the images for
-        ``eval_epochs`` epochs with the augmentation of the protocol the method declares (for
-        the task's dataset), the rest of the engine's default recipe. Never touches test."""
+        ``eval_epochs`` epochs with the augmentation and batch size of the protocol the method
+        declares (for the task's dataset), the rest of the engine's default recipe. Under a
+        protocol that trains with the set's lr (``lr_from_set``: ``learned_lr``), the lr is
+        :meth:`monitor_lr`, the one the set would store now. Never touches test."""
         from ddbench.protocol import Protocol, protocol_config
 
         pinned = Protocol.from_config(protocol_config(self.protocol)).for_dataset(task.spec.name)
         augment = task.spec.dsa_strategy if pinned.augment == "dsa" else pinned.augment
-        recipe = engine.Recipe(epochs=self.eval_epochs, augment=augment, precision=task.precision)
+        lr = engine.Recipe.lr
+        if pinned.lr_from_set:
+            learned = self.monitor_lr()
+            if learned is None:
+                raise DDBenchError(
+                    f"{self.name}: protocol {self.protocol!r} trains with the set's lr, but the "
+                    "method has no lr to store (monitor_lr)"
+                )
+            lr = learned
+        recipe = engine.Recipe(
+            epochs=self.eval_epochs, batch_size=pinned.batch_size, lr=lr, augment=augment,
+            precision=task.precision,
+        )  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # engine.train seeds the global RNG
             trained = engine.train(
                 task.model_factory, self.eval_seeds, images.detach(), labels, recipe,

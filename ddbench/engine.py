@@ -541,7 +541,9 @@ def train(
     (default :func:`sgd_step`: backward of ``closure()`` then ``optimizer.step()``). ``closure()``
     recomputes the batch's loss at the current parameters (same images, augmentation and
     targets), so a step may evaluate it more than once (sharpness-aware experts, gradient
-    penalties: :mod:`ddbench.experts`). With a ``step_fn`` the models train one at a time.
+    penalties: :mod:`ddbench.experts`). With a ``step_fn`` the models train one at a time; a
+    ``step_fn`` with the attribute ``takes_model = True`` is also given ``model=`` (the network
+    being trained, e.g. to keep BatchNorm statistics out of a second pass).
 
     ``distributed`` (``auto``: when launched by ``torchrun`` with ``WORLD_SIZE`` > 1; ``False``:
     never) trains data-parallel (docs/distributed.md): every rank draws the same batch order,
@@ -724,7 +726,10 @@ def train(
                 if world > 1:
                     share = functools.partial(closure, denom=B) if idx.shape[1] else None
                     closure = functools.partial(_rank_loss, share, stack.params, device)
-                loss = (step_fn or sgd_step)(closure, stack.params, opt)
+                if getattr(step_fn, "takes_model", False):
+                    loss = step_fn(closure, stack.params, opt, model=stack.models[0])
+                else:
+                    loss = (step_fn or sgd_step)(closure, stack.params, opt)
                 if first:
                     on_batch(idx, first[0])
                 total += loss.detach() * B

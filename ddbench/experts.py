@@ -20,6 +20,12 @@ the plain step). ``methods/ftd.py`` registers ``gsam`` (FTD's sharpness-aware ex
 late start epochs) are just ``epochs``. A name not yet registered is looked up by importing the
 method modules (``ddbench.methods``), so ``ddbench expert train`` finds every variant.
 
+Experts trained elsewhere enter the cache through :func:`import_buffers` (``ddbench expert
+import``: the ``replay_buffer_<n>.pt`` files of MTT's ``buffer.py`` and FTD's/DATM's
+``buffer_FTD.py``, checked against the network's parameters), under a config whose ``source``
+names them, so that they are never mistaken for (or retrained as) ddbench's own;
+:func:`export_buffers` (``ddbench expert export``) writes cached experts in that format.
+
     experts = get_experts("cifar10", ExpertConfig(epochs=50), n=10, device="cuda")
     flat = FlatModel(build_expert_model("cifar10", cfg))
     logits = flat(experts[0][3], x)      # the expert after epoch 3, called functionally
@@ -76,8 +82,15 @@ class ExpertConfig(CachedConfig):
     seed: int = 0  # expert i is trained with seed + i
     step: str = "plain"  # the training step: plain (the engine's), or a registered variant
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # the variant's settings
+    # "": trained by ddbench; a name: imported trajectories (`ddbench expert import`), never
+    # trained here (the other fields as given at the import; the network's are checked)
+    source: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.source, str) or self.source != self.source.strip():
+            raise DDBenchError(
+                f"experts: source must be a name without spaces around it, got {self.source!r}"
+            )
         if self.step == "plain":
             if self.step_kwargs:
                 raise DDBenchError("experts: step_kwargs need a step variant (step: plain)")
@@ -101,6 +114,8 @@ class ExpertConfig(CachedConfig):
         names and only where they differ from its defaults (each setting name belongs to one
         variant, so the names identify it): a plain expert's key has no step fields."""
         fields = asdict(self)
+        if not fields["source"]:  # trained here: not hashed, so those keys do not depend on it
+            del fields["source"]
         step, kwargs = fields.pop("step"), fields.pop("step_kwargs")
         if step != "plain":
             fields.update(step_variant(step).changed(kwargs))
@@ -260,6 +275,12 @@ def get_experts(
     for i in range(n):
         traj = _cached(dataset, cfg, i)
         if traj is None:
+            if cfg.source:
+                raise DDBenchError(
+                    f"expert {i} of {dataset} from source {cfg.source!r} is not in the cache "
+                    f"({expert_dir(dataset, cfg)}): imported experts are never trained here; "
+                    "import more with `ddbench expert import` or lower num_experts"
+                )
             if not train:
                 raise DDBenchError(f"expert {i} of {dataset} {cfg} is not cached")
             # parallel jobs may all miss at once: one trains expert i, the others wait for it
@@ -376,3 +397,175 @@ def train_expert(
     state_path.unlink(missing_ok=True)
     log.info("expert %d of %s: final loss %.4f -> %s", i, dataset, result.losses[-1], path)
     return traj
+
+
+# ----------------------------------------------------------- the authors' replay buffers
+# MTT's buffer.py (and FTD's/DATM's buffer_FTD.py) saves ``replay_buffer_<n>.pt``: a list of
+# trajectories (``save_interval`` = 10 per file), each a list of ``train_epochs + 1`` entries
+# (the initial parameters, then those after every epoch), each entry the list of the network's
+# ``parameters()`` in module order (buffer.py lines 78, 92, 99, 106). Their distill.py
+# concatenates an entry's tensors into one flat vector (distill.py lines 325-332): the layout of
+# ddbench's trajectory rows when both networks list the same parameters in the same order.
+
+
+def _buffer_index(path: Path) -> tuple[int, str]:
+    stem = path.stem.removeprefix("replay_buffer_")
+    return (int(stem), "") if stem.isdigit() else (1 << 30, path.name)
+
+
+def buffer_files(paths: list[str | Path]) -> list[Path]:
+    """The ``replay_buffer_<n>.pt`` files named, a folder standing for the ones it holds, in
+    the order their distill.py reads them (n = 0, 1, ...)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("replay_buffer_*.pt"), key=_buffer_index)
+            if not found:
+                raise DDBenchError(f"{p}: no replay_buffer_*.pt files")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DDBenchError(f"{p}: no such file or folder")
+    return out
+
+
+def read_buffer(path: str | Path) -> list[list[list[torch.Tensor]]]:
+    """The trajectories of one replay buffer file (tensors only: no other object unpickled)."""
+    path = Path(path)
+    try:
+        buf = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (torch raises many kinds for a foreign file)
+        raise DDBenchError(f"{path}: not a readable replay buffer ({str(e)[:200]})") from e
+    ok = isinstance(buf, list) and all(
+        isinstance(t, list) and t and all(isinstance(e, list) for e in t) for t in buf
+    )
+    if not ok or not buf:
+        raise DDBenchError(
+            f"{path}: not a replay buffer (a list of trajectories, each a list of epochs, each a "
+            "list of parameter tensors)"
+        )
+    return buf
+
+
+def buffer_to_flat(
+    traj: list[list[torch.Tensor]], flat: FlatModel, where: str = "trajectory"
+) -> torch.Tensor:
+    """``[E+1, P]`` rows of one trajectory of per-tensor parameter lists, checked against the
+    network's parameters (count, then each shape in order)."""
+    rows = []
+    for e, params in enumerate(traj):
+        if len(params) != len(flat.names):
+            raise DDBenchError(
+                f"{where} epoch {e}: {len(params)} parameter tensors, ddbench's network has "
+                f"{len(flat.names)} ({', '.join(flat.names)})"
+            )
+        for k, (t, name, shape) in enumerate(zip(params, flat.names, flat.shapes)):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise DDBenchError(
+                    f"{where} epoch {e}: parameter {k} has shape {got}, ddbench's {name} "
+                    f"{tuple(shape)}: the buffer was trained on another network (set --model / "
+                    "--model-kwarg to the one it was trained with)"
+                )
+        rows.append(torch.cat([t.detach().reshape(-1).float() for t in params]))
+    return torch.stack(rows)
+
+
+def flat_to_buffer(traj: torch.Tensor, flat: FlatModel) -> list[list[torch.Tensor]]:
+    """One trajectory ``[E+1, P]`` as their per-epoch lists of parameter tensors."""
+    return [[t.clone() for t in flat.unflatten(row).values()] for row in traj]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def import_buffers(
+    dataset: str, cfg: ExpertConfig, paths: list[str | Path]
+) -> tuple[ExpertConfig, list[Path]]:
+    """Store the trajectories of the authors' replay buffers as experts ``0..n-1`` of the config
+    ``cfg`` with ``epochs`` taken from the files and ``source`` (default: ``buffers-`` and the
+    first 12 hex digits of the files' hashes) naming them, so that a run with
+    ``method.experts.source=<source> method.experts.epochs=<E>`` matches against exactly these
+    trajectories. ``cfg``'s network is checked against the files (count, order and shape of
+    the parameters); its recipe fields are recorded as given (the files do not hold the
+    recipe). Returns the config and the files written."""
+    files = buffer_files(paths)
+    flat = FlatModel(build_expert_model(dataset, cfg))
+    hashes = [_sha256(f) for f in files]
+    source = cfg.source or "buffers-" + hashlib.sha256("".join(hashes).encode()).hexdigest()[:12]
+    trajs: list[torch.Tensor] = []
+    origin: list[dict[str, Any]] = []
+    for f, digest in zip(files, hashes):
+        for j, traj in enumerate(read_buffer(f)):
+            trajs.append(buffer_to_flat(traj, flat, f"{f.name} trajectory {j}"))
+            origin.append({"file": f.name, "sha256": digest, "trajectory": j})
+    lengths = sorted({t.shape[0] for t in trajs})
+    if len(lengths) != 1 or lengths[0] < 2:
+        raise DDBenchError(
+            f"the buffers' trajectories have {lengths} entries; they must all have the same "
+            "number (epochs + 1, at least 2)"
+        )
+    out = ExpertConfig(**{**asdict(cfg), "epochs": lengths[0] - 1, "source": source})
+    written = []
+    with lock(expert_dir(dataset, out) / "import.lock", f"the import of {source}"):
+        for i, (traj, where) in enumerate(zip(trajs, origin)):
+            path = expert_path(dataset, out, i)
+            meta = {
+                "kind": "expert",
+                "schema": SCHEMA,
+                "dataset": dataset,
+                "key": out.key(dataset),
+                "config": asdict(out),
+                "index": i,
+                "param_names": flat.names,
+                "imported_from": where,
+                "versions": versions(),
+            }
+            tensors = {"trajectory": traj.contiguous()}
+            atomic_write(
+                path,
+                lambda tmp, t=tensors, m=meta: save_file(
+                    t, tmp, metadata={"ddbench": json.dumps(m)}
+                ),
+            )
+            written.append(path)
+        for stale in expert_dir(dataset, out).glob("expert_*.safetensors"):
+            if stale not in written:  # a larger earlier import under the same source
+                stale.unlink()
+    log.info("imported %d expert trajectories of %s as source %s -> %s",
+             len(written), dataset, source, expert_dir(dataset, out))  # fmt: skip
+    return out, written
+
+
+def export_buffers(
+    dataset: str, cfg: ExpertConfig, n: int, out_dir: str | Path, per_file: int = 10
+) -> list[Path]:
+    """Write cached experts ``0..n-1`` of ``cfg`` as ``OUT_DIR/replay_buffer_<k>.pt`` files of
+    ``per_file`` trajectories each (buffer.py's ``save_interval``), the format their distill.py
+    loads from ``<buffer_path>/<DATASET>/<MODEL>/``. Nothing is trained: the experts must be
+    cached."""
+    if per_file < 1:
+        raise DDBenchError(f"per_file must be >= 1, got {per_file}")
+    trajs = get_experts(dataset, cfg, n, "cpu", train=False, progress=False)
+    flat = FlatModel(build_expert_model(dataset, cfg))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    taken = sorted(out.glob("replay_buffer_*.pt"))
+    if taken:
+        raise DDBenchError(
+            f"{out} already holds {len(taken)} replay_buffer_*.pt file(s); their distill.py "
+            "would read them too: export into an empty folder"
+        )
+    written = []
+    for k in range(0, n, per_file):
+        chunk = [flat_to_buffer(t, flat) for t in trajs[k : k + per_file]]
+        path = out / f"replay_buffer_{k // per_file}.pt"
+        atomic_write(path, lambda tmp, c=chunk: torch.save(c, tmp))
+        written.append(path)
+    return written

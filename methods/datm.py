@@ -40,10 +40,23 @@ from ddbench.synset import SyntheticSet
 log = logging.getLogger("ddbench")
 
 
+# DATM's expert recipe, README.md:31: buffer_FTD.py --train_epochs=100 --rho_max=0.01
+# --rho_min=0.01 --alpha=0.3 --lr_teacher=0.01 --mom=0. --batch_train=256 (adaptive: its default
+# True, buffer_FTD.py:147): FTD's GSAM experts, trained 100 epochs with alpha 0.3.
+DATM_EXPERTS = {
+    "epochs": 100,
+    "step": "gsam",
+    "step_kwargs": {**GSAM_EXPERTS["step_kwargs"], "gsam_alpha": 0.3},
+}
+
+
 class DATM(MTT):
-    """MTT with a growing start-epoch range and learned soft labels (module docstring)."""
+    """MTT with a growing start-epoch range and learned soft labels (module docstring). Its sets
+    declare the ``datm`` protocol: ``learned_lr`` with batch 128, the ``batch_train`` of every
+    DATM config (``configs/*/ConvIN/IPC*.yaml``)."""
 
     name = "datm"
+    protocol = "datm"
 
     @dataclass
     class Settings(MTT.Settings):
@@ -62,8 +75,8 @@ class DATM(MTT):
         label_epoch: int = -1  # ... at this epoch (Label_Model_Timestamp, -1: the trained expert)
         correct_init: bool = True  # pix_init samples_predicted_correctly: real images it gets right
         threshold: float | None = 1.0  # skip an iteration whose loss exceeds it (null: never)
-        # DATM trains its experts with FTD's buffer_FTD.py (GSAM)
-        experts: ExpertConfig = field(default_factory=lambda: ExpertConfig(**GSAM_EXPERTS))
+        # DATM trains its experts with FTD's buffer_FTD.py (GSAM), 100 epochs, alpha 0.3
+        experts: ExpertConfig = field(default_factory=lambda: ExpertConfig(**DATM_EXPERTS))
 
         def __post_init__(self) -> None:
             super().__post_init__()

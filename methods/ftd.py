@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, register_step
@@ -36,7 +37,16 @@ class GSAMStep:
     ascend to ``w + sam_rho * g / ||g||`` (ASAM's ``w^2 g / ||w g||`` with ``sam_adaptive``), take
     the gradient there, return to ``w``; ``gsam_alpha`` > 0 adds GSAM's surrogate-gap step
     (subtract ``alpha`` times the part of ``g`` orthogonal to the perturbed gradient); then the
-    optimiser's step. Returns the loss at ``w``."""
+    optimiser's step. Returns the loss at ``w``.
+
+    BatchNorm's running statistics follow the first pass only: the engine hands the network to
+    the step (``takes_model``) and the buffers of its BatchNorm layers are restored after the
+    pass at the perturbed weights, as FTD's GSAM sets their momentum to 0 for that pass
+    (``buffer/gsam/gsam.py`` 167-168 and 185-186, ``buffer/gsam/util.py`` 5-18); the batch
+    count is restored too (their momentum-0 pass still increments it; only BatchNorm layers
+    with ``momentum=None`` read it)."""
+
+    takes_model = True  # ddbench.engine.train passes model=
 
     def __init__(self, sam_rho: float, gsam_alpha: float, sam_adaptive: bool):
         if not (sam_rho > 0 and gsam_alpha >= 0):
@@ -48,6 +58,7 @@ class GSAMStep:
         closure: Callable[[], torch.Tensor],
         params: list[torch.Tensor],
         opt: torch.optim.Optimizer,
+        model: nn.Module | None = None,
     ) -> torch.Tensor:
         loss = closure()
         g = list(torch.autograd.grad(loss, params))
@@ -57,10 +68,13 @@ class GSAMStep:
             eps = [self.rho * s * s * gi / (norm + 1e-12) for s, gi in zip(scale, g)]
             for p, e in zip(params, eps):
                 p.add_(e)
+        kept = batchnorm_state(model)
         g_adv = list(torch.autograd.grad(closure(), params))
         with torch.no_grad():
             for p, e in zip(params, eps):
                 p.sub_(e)
+            for buf, saved in kept:  # the second pass leaves the running statistics alone
+                buf.copy_(saved)
             if self.alpha > 0:  # GSAM: minus alpha x the part of g orthogonal to g_adv
                 inner = sum((a * b).sum() for a, b in zip(g, g_adv))
                 sq = sum((b * b).sum() for b in g_adv)
@@ -71,6 +85,19 @@ class GSAMStep:
             p.grad = gi
         opt.step()
         return loss.detach()
+
+
+def batchnorm_state(model: nn.Module | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(buffer, copy)`` of every buffer of ``model``'s BatchNorm layers (running mean and
+    variance, batch count); empty without a model or BatchNorm."""
+    if model is None:
+        return []
+    return [
+        (b, b.detach().clone())
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers()
+    ]
 
 
 register_step("gsam", GSAMStep, {"sam_rho": 0.0, "gsam_alpha": 0.0, "sam_adaptive": False})

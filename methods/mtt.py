@@ -208,6 +208,11 @@ class MTT(ImageDistillation):
             )
         return value
 
+    def monitor_lr(self) -> float | None:
+        """The current learned lr: the ``eval_every`` monitor trains with it, as ``learned_lr``
+        trains with the one the set stores."""
+        return None if self.syn_lr is None else float(self.syn_lr.detach())
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         assert self._lr_opt is not None
         return {"lr": self._lr_opt}

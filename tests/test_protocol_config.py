@@ -31,6 +31,7 @@ PINNED = {
     "datadam": "985c04bdf0812a6e",
     "sre2l": "89f695873dbb1582",
     "sre2l_fkd": "842d106f7a1fc616",
+    "datm": "63816930dd425b94",
 }
 
 

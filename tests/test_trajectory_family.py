@@ -148,7 +148,8 @@ def _old_key(fields: dict) -> str:
 def test_expert_step_variants_keep_the_cache_keys_they_had_as_expert_fields():
     plain = ExpertConfig(**{"model_kwargs": {"net_width": 16}, "epochs": 3})
     old = {k: v for k, v in dataclasses.asdict(plain).items() if k in OLD_FIELDS}
-    assert set(dataclasses.asdict(plain)) - set(OLD_FIELDS) == {"step", "step_kwargs"}
+    # source (imported experts) is hashed only when set: test_trajectory_parity.py
+    assert set(dataclasses.asdict(plain)) - set(OLD_FIELDS) == {"step", "step_kwargs", "source"}
     assert plain.key("digits") == _old_key(old)
     variants = [("gsam", dict(sam_rho=0.05)), ("gsam", dict(sam_rho=0.05, gsam_alpha=0.4)),
                 ("gsam", dict(sam_rho=0.05, sam_adaptive=True)), ("smooth", dict(clip_grad=1.0)),
@@ -266,7 +267,7 @@ def test_the_learned_lr_is_positive_and_stored_and_the_set_loads(
     s = cls(**{**CFGS[cls], "iterations": 2}).distill(make_task(digits_train, 2))
     assert s.lr is not None and s.lr.shape == (1,)
     assert 0 < float(s.lr) != pytest.approx(COMMON["lr_teacher"])  # learned, not the init
-    assert s.meta["protocol"] == "learned_lr" and s.meta["method"]["name"] == cls.name
+    assert s.meta["protocol"] == cls.protocol and s.meta["method"]["name"] == cls.name
     back = ddbench.load(synset.save(s, tmp_path / f"{cls.name}.safetensors"))
     assert torch.equal(back.lr, s.lr) and torch.equal(back.images, s.images)
     assert back.images.shape == (20, 1, 8, 8)
@@ -356,7 +357,7 @@ def test_datm_inits_images_the_expert_gets_right_and_labels_from_its_logits(
     assert "classifies only" in caplog.text and "filling" in caplog.text
 
 
-def test_datm_soft_labels_are_stored_loaded_and_evaluated_under_learned_lr(
+def test_datm_soft_labels_are_stored_loaded_and_evaluated_under_its_protocol(
     digits_train, cached_experts, tmp_path
 ):
     m = DATM(**CFGS[DATM])
@@ -372,8 +373,8 @@ def test_datm_soft_labels_are_stored_loaded_and_evaluated_under_learned_lr(
     assert not torch.allclose(m2.label_logits.detach(), init)  # the labels were learned
     back = ddbench.load(synset.save(s, tmp_path / "datm.safetensors"))
     assert back.meta["label_kind"] == "soft" and torch.equal(back.labels, s.labels)
-    assert back.meta["protocol"] == "learned_lr"
-    llr = Protocol.from_config({**protocol_config("learned_lr"), "epochs": 2, "seeds": [0]})
+    assert back.meta["protocol"] == "datm"  # learned_lr with batch 128
+    llr = Protocol.from_config({**protocol_config("datm"), "epochs": 2, "seeds": [0]})
     r = evaluate(back, llr, "convnet", {"net_width": 16}, device="cpu", progress=False)
     assert r["labels"]["kind"] == "soft" and 0 <= r["accuracy"]["mean"] <= 100
 
@@ -510,7 +511,8 @@ def test_ast_intermediate_matching_survives_a_checkpointed_unroll(digits_train, 
 @pytest.mark.parametrize("cls", [FTD, DATM, AST], ids=lambda c: c.name)
 def test_the_configs_build_the_methods_with_the_runs_model_and_their_experts(cls):
     m = build_method(packaged_config(cls.name, ["model.kwargs.net_width=16"]))
-    assert type(m) is cls and m.protocol == "learned_lr" and m.iterations > 0
+    assert type(m) is cls and m.iterations > 0
+    assert m.protocol == ("datm" if cls is DATM else "learned_lr")
     assert m.experts.model_kwargs["net_width"] == 16 and not m.fyi
     e = m.experts
     if cls is AST:  # smooth experts

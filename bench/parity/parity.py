@@ -6,22 +6,27 @@ the same settings and ``seed=S``, then score both sets with ``ddbench evaluate``
 protocol and write ``OUT/<method>_<dataset>_ipc<K>.json``. Every step is skipped when its
 output exists, so an interrupted run resumes.
 
-Methods whose authors' code is another repository (DataDAM) take their command, result file,
-importer and default protocol from ``OTHER_OFFICIAL``.
+Methods whose authors' code is another repository (DataDAM, MTT, FTD) take their command,
+result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's and FTD's parity
+start both sides from the same experts: the replay buffers of ``PARITY_BUFFER``, imported into
+ddbench's expert cache.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa | datadam; DATASET mnist | fashion_mnist; SEEDS comma-separated (0,1)
+  METHOD dm | dc | dsa | datadam | mtt | ftd; DATASET mnist | fashion_mnist; SEEDS
+  comma-separated
   METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
   DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
   method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
 Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
-standard; dc -> dc; datadam -> datadam),
+standard; dc -> dc; datadam -> datadam; mtt, ftd -> learned_lr), PARITY_BUFFER and
+PARITY_MTT_SETTINGS (mtt, ftd: the shared experts, and overrides of TRAJECTORY_SETTINGS),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
 marked not comparable).
 """
 
+import functools
 import json
 import math
 import os
@@ -78,10 +83,114 @@ def datadam_command(dataset: str, ipc: int, iters: int, seed: int, save: Path) -
     ]  # fmt: skip
 
 
+# MTT (GeorgeCazenavette/mtt-distillation) and FTD (AngusDujw/FTD-distillation, a fork of it):
+# the settings given to both sides, per IPC. MNIST and Fashion-MNIST are not in the papers:
+# CIFAR-10's values of conf/recipes/mtt.yaml, with lr_img 100 at IPC 10 (docs/methods.md, chosen
+# on val); FTD's image EMA decay 0.99, scaled to the short parity budgets as
+# bench/reproduce_trajectory.sh scales it. PARITY_MTT_SETTINGS="key=value,..." overrides them
+# (e.g. a smoke test on short experts).
+MTT_SETTINGS = {
+    1: {"syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 2, "lr_img": 100.0,
+        "lr_lr": 1e-07, "lr_teacher": 0.01},
+    10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_img": 100.0,
+         "lr_lr": 1e-05, "lr_teacher": 0.01},
+}  # fmt: skip
+TRAJECTORY_SETTINGS = {
+    "mtt": MTT_SETTINGS,
+    "ftd": {ipc: {**v, "ema_decay": 0.99} for ipc, v in MTT_SETTINGS.items()},
+}
+
+
+def trajectory_settings(method: str, ipc: int) -> dict[str, str]:
+    table = TRAJECTORY_SETTINGS[method]
+    out = {k: repr(v) for k, v in table.get(ipc, table[10]).items()}
+    for item in filter(None, os.environ.get("PARITY_MTT_SETTINGS", "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out:
+            raise SystemExit(f"PARITY_MTT_SETTINGS: unknown setting {key!r}; known {sorted(out)}")
+        out[key] = value
+    return out
+
+
+def trajectory_command(
+    method: str, dataset: str, ipc: int, iters: int, seed: int, save: Path
+) -> list[str]:
+    """MTT's distill.py (FTD: distill/distill_FTD.py, run in distill/) with the settings of
+    ``trajectory_settings`` (both sides get them), the shared experts in buffers/<NAME>/ConvNet
+    (``prepare_experts``), ddbench's DSA strategy for the dataset, real initialisation and all
+    images per student step (their defaults), and the setup's --seed / --parity_eval /
+    --parity_save (official_mtt_setup.sh)."""
+    up = "../" if method == "ftd" else ""
+    flags = [f"--{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
+    return [
+        "distill_FTD.py" if method == "ftd" else "distill.py",
+        "--dataset", OFFICIAL_NAME[dataset], "--model", "ConvNet",
+        "--ipc", str(ipc), "--Iteration", str(iters), *flags, "--pix_init", "real",
+        "--dsa", "True", "--dsa_strategy", DSA_STRATEGY[dataset], "--eval_mode", "S",
+        "--num_eval", "1", "--data_path", f"{up}data", "--buffer_path", f"{up}buffers",
+        "--seed", str(seed), "--parity_save", str(save),
+        "--parity_eval", "1" if os.environ.get("PARITY_OFFICIAL_EVAL") == "1" else "0",
+    ]  # fmt: skip
+
+
+def trajectory_ddbench_args(method: str, dataset: str, ipc: int) -> list[str]:
+    return [f"method.{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
+
+
+def prepare_experts(method: str, off: Path, dataset: str) -> tuple[list[str], dict]:
+    """The shared experts: the replay buffers of PARITY_BUFFER (a folder of replay_buffer_<n>.pt,
+    MTT's buffer.py format; `ddbench expert export` writes ddbench's experts in it) become the
+    only buffers of their distillation (linked into buffers/<NAME>/ConvNet) and are imported
+    into ddbench's expert cache (`ddbench expert import --method METHOD`); returns ddbench's
+    overrides that select them, and what the result records about them."""
+    src = Path(os.environ.get("PARITY_BUFFER", "")).resolve()
+    files = sorted(src.glob("replay_buffer_*.pt"),
+                   key=lambda f: int(f.stem.rpartition("_")[2]))  # fmt: skip
+    if not os.environ.get("PARITY_BUFFER") or not files:
+        raise SystemExit("set PARITY_BUFFER to a folder of replay_buffer_<n>.pt files")
+    if [f.name for f in files] != [f"replay_buffer_{n}.pt" for n in range(len(files))]:
+        raise SystemExit(f"{src}: their distill.py reads replay_buffer_0.pt, _1, ... without gaps")
+    dest = off / "buffers" / OFFICIAL_NAME[dataset] / "ConvNet"
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("replay_buffer_*.pt"):
+        old.unlink()
+    for f in files:
+        (dest / f.name).symlink_to(f)
+    p = subprocess.run([*DDBENCH, "expert", "import", dataset, str(src), "--method", method],
+                       check=True, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    line = next(x for x in p.stdout.splitlines() if x.startswith("use them with:"))
+    args = [a for a in line.split(":", 1)[1].split() if a.startswith("method.")]
+    return args, {"buffer": str(src), "files": [f.name for f in files], "ddbench_overrides": args}
+
+
+def _trajectory_entry(method: str, repo: str, edits: str, cwd: str = "") -> dict:
+    return {
+        "command": functools.partial(trajectory_command, method),
+        "res": "images_{iters}.pt",  # with labels_<N>.pt and lr_<N>.pt beside it (setup M4)
+        "import": "mtt",
+        "protocol": "learned_lr",
+        "ddbench_args": functools.partial(trajectory_ddbench_args, method),
+        "prepare": functools.partial(prepare_experts, method),
+        "cwd": cwd,
+        "repo": repo,
+        "edits": edits,
+    }
+
+
 # Methods whose authors' code is not DatasetCondensation: per method, the authors' command, the
 # file it writes, the `ddbench import` format that reads it, the protocol its sets declare, the
-# settings given to ddbench's side to match the released code, the repository and its edits.
+# settings given to ddbench's side to match the released code, the repository and its edits;
+# optionally a `prepare` run once before the seeds (the shared experts of trajectory matching).
 OTHER_OFFICIAL = {
+    "mtt": _trajectory_entry(
+        "mtt", "GeorgeCazenavette/mtt-distillation", "bench/parity/official_mtt_setup.sh (M1-M6)"
+    ),
+    "ftd": _trajectory_entry(
+        "ftd",
+        "AngusDujw/FTD-distillation",
+        "bench/parity/official_mtt_setup.sh (M1-M6, FTD's files)",
+        cwd="distill",
+    ),  # fmt: skip
     "datadam": {
         "command": datadam_command,
         "res": "res_DataDAM_{name}_ConvNet_{ipc}ipc_.pt",
@@ -162,13 +271,24 @@ def main() -> None:
     )
     timings: dict[str, float] = {}
     rows, commands = [], {}
+    extra_args, prepared = [], {}
+    if other and "prepare" in other:
+        extra_args, prepared = other["prepare"](off, dataset)
+    if other and callable(other["ddbench_args"]):
+        extra_args = [*other["ddbench_args"](dataset, ipc), *extra_args]
+    elif other:
+        extra_args = [*other["ddbench_args"], *extra_args]
     for seed in seeds:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
         # the authors' side
         res = d / "official" / f"res_{base.upper()}_{OFFICIAL_NAME[dataset]}_ConvNet_{ipc}ipc.pt"
         if other:
-            res = d / "official" / other["res"].format(name=OFFICIAL_NAME[dataset], ipc=ipc)
+            res = (
+                d
+                / "official"
+                / other["res"].format(name=OFFICIAL_NAME[dataset], ipc=ipc, iters=iters)
+            )
             cmd = [PY, *other["command"](dataset, ipc, iters, seed, d / "official")]
         elif method in FYI_BASE:  # the fork saves to DC_DSA_DM/logs/<run name>; copied to res
             run_name = f"ddbench_parity/{work.name}_seed{seed}"
@@ -178,7 +298,7 @@ def main() -> None:
             cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
         commands[f"official_seed{seed}"] = shlex.join(cmd)
         if not res.exists():
-            cwd = off / "DC_DSA_DM" if method in FYI_BASE else off
+            cwd = off / "DC_DSA_DM" if method in FYI_BASE else off / (other or {}).get("cwd", "")
             timings[f"official_seed{seed}"] = run(cmd, cwd, d / "official.log")
             if method in FYI_BASE:
                 res.parent.mkdir(exist_ok=True)
@@ -188,13 +308,13 @@ def main() -> None:
             fmt = other["import"] if other else "dc"
             subprocess.run([*DDBENCH, "import", fmt, str(res), "--dataset", dataset,
                             "--out", str(theirs)], check=True, cwd=ROOT)  # fmt: skip
-        own_eval = torch.load(res, weights_only=False)["accs_all_exps"].get("ConvNet", [])
+        saved = torch.load(res, weights_only=False)
+        own_eval = saved["accs_all_exps"].get("ConvNet", []) if isinstance(saved, dict) else []
         # ddbench's side
         ours_dir = d / "ddbench"
         cmd = [*DDBENCH, "distill", f"method={base}", f"dataset={dataset}", f"ipc={ipc}",
                f"method.iterations={iters}", f"seed={seed}", "precision=fp32", "device=cpu",
-               "progress=false", f"hydra.run.dir={ours_dir}",
-               *(other["ddbench_args"] if other else [])]  # fmt: skip
+               "progress=false", f"hydra.run.dir={ours_dir}", *extra_args]  # fmt: skip
         if method in FYI_BASE:
             cmd.insert(5, "method.fyi=true")
         commands[f"ddbench_seed{seed}"] = shlex.join(cmd)
@@ -244,6 +364,7 @@ def main() -> None:
             "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7, E8)"}
            if method in FYI_BASE else {}),
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
+        **({"experts": prepared} if prepared else {}),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), OMP_NUM_THREADS=1",
         "torch": torch.__version__, "commands": commands, "seconds": timings,
     }  # fmt: skip

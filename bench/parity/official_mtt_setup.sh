@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Prepare a checkout of MTT's code (GeorgeCazenavette/mtt-distillation) or of FTD's fork of it
+# (AngusDujw/FTD-distillation) for the parity runs of trajectory matching (trajectory.sh,
+# expert_parity.sh).
+# Usage: bench/parity/official_mtt_setup.sh OFFICIAL_CHECKOUT
+#
+# The same local edits for every run, applied idempotently (each marked "ddbench-parity M<n>" in
+# their code); nothing else in their code is changed:
+#   M1 utils.py get_dataset: MNIST and FashionMNIST (which their get_dataset does not have) are
+#      read from DATA_PATH/parity_<NAME>.pt (ddbench's prepared train/test splits, written by
+#      bench/parity/export_data.py) with the identity class map; every other dataset untouched.
+#   M2 distill.py: --seed S (default -1: their unseeded behaviour); S >= 0 seeds torch, numpy and
+#      python's random (their expert files and experts are shuffled with it) after parsing.
+#   M3 utils.py get_network: the network seed int(time.time() * 1000) % 100000 (the clock, reset
+#      at every iteration's student network, so it also drives the DSA draws after it) is
+#      np.random.randint(100000) (seeded by --seed, else by numpy's entropy: random per run).
+#   M4 distill.py: --parity_eval 0|1 (default -1: their eval_it_pool): no evaluation, or one at
+#      the last iteration only; either way the images, labels and learned lr after exactly
+#      --Iteration updates are saved as images_<N>.pt, labels_<N>.pt, lr_<N>.pt in
+#      --parity_save DIR (the files `ddbench import mtt` reads) and the loop stops (their loop
+#      runs Iteration + 1 updates and saves no lr).
+#   M5 distill.py: image_syn.cuda() in their save block -> image_syn.to(args.device).
+#   M6 wandb.py next to distill.py: an offline stand-in for the wandb calls (init keeps the
+#      parsed arguments as wandb.config._items, from which distill.py rebuilds args; log,
+#      Image, Histogram and finish do nothing; run.name is "parity"), so no account or network.
+#   M7 buffer.py (their expert training, expert_parity.sh): --seed S as M2 (torch, numpy; the
+#      network seed of M3 then comes from numpy).
+# FTD's fork (AngusDujw/FTD-distillation, recognised by distill/distill_FTD.py) gets the same
+# edits in its files: M1 and M3 in utils/utils_baseline.py, M2, M4 and M5 in
+# distill/distill_FTD.py (M4 saves its image EMA, ema.module[0], as images_<N>.pt: FTD's set;
+# M5 also edits the EMA's ema_image_syn.cuda()), M6 as distill/wandb.py (their script runs in
+# distill/); M7 is not applied (its experts come from buffer/buffer_FTD.py, not run here).
+# The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
+# written by ddbench's python (DDBENCH_PY, default python3).
+set -euo pipefail
+OFF=${1:?usage: official_mtt_setup.sh OFFICIAL_CHECKOUT}
+HERE=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${DDBENCH_PY:-python3}
+python3 - "$OFF" <<'PYEOF'
+import sys
+from pathlib import Path
+
+off = Path(sys.argv[1])
+# FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
+ftd = (off / "distill" / "distill_FTD.py").exists()
+UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
+DISTILL = "distill/distill_FTD.py" if ftd else "distill.py"
+
+
+def edit(path, old, new, marker):
+    p = off / path
+    s = p.read_text()
+    if marker in s:
+        return
+    if s.count(old) != 1:
+        sys.exit(f"{p}: the text to patch is missing or not unique: {old!r}")
+    p.write_text(s.replace(old, new))
+
+
+# M1
+edit(
+    UTILS,
+    "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None):\n",
+    "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None):\n"
+    "    # ddbench-parity M1: ddbench's splits of MNIST/FashionMNIST, normalised, from a local file\n"
+    "    _parity = os.path.join(data_path, 'parity_%s.pt' % dataset)\n"
+    "    if dataset in ('MNIST', 'FashionMNIST') and os.path.exists(_parity):\n"
+    "        _d = torch.load(_parity)\n"
+    "        channel, im_size, num_classes = 1, (28, 28), 10\n"
+    "        mean, std, class_names = _d['mean'], _d['std'], _d['classes']\n"
+    "        dst_train = TensorDataset(_d['images_train'], _d['labels_train'])\n"
+    "        dst_test = TensorDataset(_d['images_test'], _d['labels_test'])\n"
+    "        testloader = torch.utils.data.DataLoader(dst_test, batch_size=128, shuffle=False, num_workers=0)\n"
+    "        class_map = {c: c for c in range(num_classes)}\n"
+    "        return channel, im_size, num_classes, class_names, mean, std, dst_train, dst_test, testloader, None, class_map, dict(class_map)\n",
+    "ddbench-parity M1",
+)
+# M2 + M4 (arguments)
+edit(
+    DISTILL,
+    "    args = parser.parse_args()\n",
+    "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
+    "    parser.add_argument('--parity_eval', type=int, default=-1, help='ddbench-parity: -1 their eval_it_pool, 0 none, 1 last iteration')\n"
+    "    parser.add_argument('--parity_save', type=str, default='parity_out', help='ddbench-parity: where the final set goes')\n"
+    "    args = parser.parse_args()\n"
+    "    if args.seed >= 0:  # ddbench-parity M2\n"
+    "        torch.manual_seed(args.seed)\n"
+    "        np.random.seed(args.seed)\n"
+    "        random.seed(args.seed)\n",
+    "ddbench-parity M2",
+)
+# M3
+edit(
+    UTILS,
+    "    torch.random.manual_seed(int(time.time() * 1000) % 100000)\n",
+    "    torch.random.manual_seed(int(np.random.randint(100000)))  # ddbench-parity M3\n",
+    "ddbench-parity M3",
+)
+# M4 (the evaluation pool, the save and stop; FTD's set is its image EMA)
+edit(
+    DISTILL,
+    "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n",
+    "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
+    "    if args.parity_eval >= 0:  # ddbench-parity M4\n"
+    "        eval_it_pool = [args.Iteration] if args.parity_eval == 1 else []\n",
+    "ddbench-parity M4",
+)
+final = "ema.module[0]" if ftd else "image_syn"
+edit(
+    DISTILL,
+    "        wandb.log({\"Synthetic_LR\": syn_lr.detach().cpu()}, step=it)\n",
+    "        if args.parity_eval >= 0 and it == args.Iteration:  # ddbench-parity M4 save\n"
+    "            os.makedirs(args.parity_save, exist_ok=True)\n"
+    f"            for _name, _t in (('images', {final}), ('labels', label_syn), ('lr', syn_lr)):\n"
+    "                torch.save(_t.detach().cpu(), os.path.join(args.parity_save, '%s_%d.pt' % (_name, it)))\n"
+    "            break\n"
+    "        wandb.log({\"Synthetic_LR\": syn_lr.detach().cpu()}, step=it)\n",
+    "ddbench-parity M4 save",
+)
+# M5
+for i, name in enumerate(("image", "ema_image") if ftd else ("image",)):
+    edit(
+        DISTILL,
+        f"                {name}_save = {name}_syn.cuda()\n",
+        f"                {name}_save = {name}_syn.to(args.device)  # ddbench-parity M5.{i}\n",
+        f"ddbench-parity M5.{i}",
+    )
+# M7
+if not ftd:
+    edit(
+        "buffer.py",
+        "    args = parser.parse_args()\n",
+        "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
+        "    args = parser.parse_args()\n"
+        "    if args.seed >= 0:  # ddbench-parity M7\n"
+        "        import numpy as np\n"
+        "        torch.manual_seed(args.seed)\n"
+        "        np.random.seed(args.seed)\n",
+        "ddbench-parity M7",
+    )
+# M6
+stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd else off / "wandb.py"
+if not stub.exists():
+    stub.write_text(
+        '"""ddbench-parity M6: offline stand-in for the wandb calls of the distillation."""\n'
+        "import sys\n\n\n"
+        "class _Config:\n    def __init__(self, items):\n        self._items = items\n\n\n"
+        "class _Run:\n    name = 'parity'\n\n\n"
+        "config, run = _Config({}), _Run()\n\n\n"
+        "def init(**kwargs):\n"
+        "    args = kwargs.get('config')\n"
+        "    sys.modules[__name__].config = _Config(dict(vars(args)) if args is not None else {})\n"
+        "    return run\n\n\n"
+        "def log(*args, **kwargs):\n    pass\n\n\n"
+        "def finish(*args, **kwargs):\n    pass\n\n\n"
+        "class Image:\n    def __init__(self, *args, **kwargs):\n        pass\n\n\n"
+        "Histogram = Image\n"
+    )
+print(f"patched {off}" + (" (FTD's fork)" if ftd else ""))
+PYEOF
+mkdir -p "$OFF/data"
+for d in mnist:MNIST fashion_mnist:FashionMNIST; do
+  [ -f "$OFF/data/parity_${d#*:}.pt" ] || "$PY" "$HERE/bench/parity/export_data.py" "$OFF/data" "${d%%:*}"
+done

@@ -1,0 +1,347 @@
+"""The trajectory methods against their authors' code (issue 27), on the real digits data: the
+authors' replay buffers into and out of the expert cache (MTT's buffer.py format), FTD's GSAM
+step and BatchNorm statistics, the ``eval_every`` monitor's learned lr, DATM's experts and
+evaluation protocol."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cli_runner import run_cli
+from conftest import make_task
+
+from ddbench import engine, experts
+from ddbench.cli import expert_config
+from ddbench.errors import DDBenchError
+from ddbench.experts import ExpertConfig, FlatModel, build_expert_model
+from ddbench.method import build_method
+from ddbench.methods import packaged_config
+from ddbench.methods.datm import DATM
+from ddbench.methods.ftd import GSAMStep
+from ddbench.methods.mtt import MTT
+from ddbench.models import create_model
+from ddbench.protocol import protocol_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ExpertConfig(model_kwargs={"net_width": 8}, epochs=2, lr=0.05, batch_size=64)
+
+
+def their_convnet(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The forward of MTT's networks.py ConvNet (depth 3, instancenorm = GroupNorm(C, C),
+    ReLU, average pooling; padding 3 in the first conv of 1-channel images), written from its
+    layout: per block conv weight, conv bias, norm weight, norm bias; then the classifier."""
+    out = x
+    for d in range(3):
+        w, b, gw, gb = params[4 * d : 4 * d + 4]
+        out = F.conv2d(out, w, b, padding=3 if x.shape[1] == 1 and d == 0 else 1)
+        out = F.avg_pool2d(F.relu(F.group_norm(out, w.shape[0], gw, gb)), 2)
+    return F.linear(out.reshape(len(x), -1), params[12], params[13])
+
+
+@pytest.fixture
+def tiny_experts(digits_train) -> list[torch.Tensor]:
+    """Two width-8 experts trained 2 epochs by ddbench (in this test's cache)."""
+    return experts.get_experts("digits", TINY, 2, "cpu", progress=False)
+
+
+def _x(digits_train, n=32) -> torch.Tensor:
+    return digits_train.normalize(digits_train.images[:n])
+
+
+# ------------------------------------------------------------------ replay buffers
+
+
+def test_export_writes_their_format_and_import_gives_back_the_same_trajectories(
+    tiny_experts, digits_train, tmp_path
+):
+    files = experts.export_buffers("digits", TINY, 2, tmp_path / "buf", per_file=1)
+    assert [f.name for f in files] == ["replay_buffer_0.pt", "replay_buffer_1.pt"]
+    buf = torch.load(files[1], weights_only=True)  # what their distill.py loads
+    assert isinstance(buf, list) and len(buf) == 1 and len(buf[0]) == TINY.epochs + 1
+    names = [n for n, _ in build_expert_model("digits", TINY).named_parameters()]
+    assert len(buf[0][0]) == len(names) == 14
+    assert tuple(buf[0][0][0].shape) == (8, 1, 3, 3) and tuple(buf[0][0][13].shape) == (10,)
+    # their distill.py's flat vector (torch.cat of the reshaped tensors) is ddbench's row
+    for e, params in enumerate(buf[0]):
+        assert torch.equal(torch.cat([p.reshape(-1) for p in params]), tiny_experts[1][e])
+
+    cfg, written = experts.import_buffers("digits", TINY, [tmp_path / "buf"])
+    assert len(written) == 2 and cfg.source.startswith("buffers-") and cfg.epochs == 2
+    assert cfg.key("digits") != TINY.key("digits")  # never mistaken for ddbench's own
+    back = experts.get_experts("digits", cfg, 2, "cpu", train=False, progress=False)
+    for a, b in zip(back, tiny_experts):
+        assert torch.equal(a, b)
+    # a named source, another entry; the same files give the same default name
+    named = dataclasses.replace(TINY, source="mtt-authors")
+    cfg2, _ = experts.import_buffers("digits", named, [files[1], files[0]])
+    assert cfg2.source == "mtt-authors"
+    first = experts.get_experts("digits", cfg2, 1, "cpu", train=False, progress=False)[0]
+    assert torch.equal(first, tiny_experts[1])  # the order of the files given
+    assert experts.import_buffers("digits", TINY, [tmp_path / "buf"])[0] == cfg
+    experts.import_buffers("digits", named, [files[0]])  # the same name, fewer experts
+    assert len(list(experts.expert_dir("digits", cfg2).glob("expert_*.safetensors"))) == 1
+    with pytest.raises(DDBenchError, match="not in the cache.*never trained here"):
+        experts.get_experts("digits", cfg, 3, "cpu", progress=False)
+    with pytest.raises(DDBenchError, match="already holds"):
+        experts.export_buffers("digits", TINY, 2, tmp_path / "buf")
+
+
+def test_a_network_built_from_an_imported_point_gives_the_logits_their_layout_implies(
+    tiny_experts, digits_train, tmp_path
+):
+    (f,) = experts.export_buffers("digits", TINY, 2, tmp_path / "buf")
+    cfg, _ = experts.import_buffers("digits", dataclasses.replace(TINY, source="x"), [f])
+    traj = experts.get_experts("digits", cfg, 2, "cpu", train=False, progress=False)[1]
+    theirs = torch.load(f, weights_only=True)[1]
+    x = _x(digits_train)
+    net = FlatModel(build_expert_model("digits", cfg).eval())
+    for e in (0, TINY.epochs):
+        ours = net(traj[e], x)
+        torch.testing.assert_close(ours, their_convnet(theirs[e], x), rtol=1e-4, atol=1e-5)
+    # the trained point is not the initial one: the comparison sees the parameters
+    assert not torch.allclose(net(traj[0], x), net(traj[-1], x))
+
+
+def test_import_refuses_buffers_of_another_network_or_shape(tiny_experts, tmp_path):
+    (f,) = experts.export_buffers("digits", TINY, 2, tmp_path / "buf")
+    wide = ExpertConfig(**{**dataclasses.asdict(TINY), "model_kwargs": {"net_width": 16}})
+    with pytest.raises(
+        DDBenchError, match=r"parameter 0 has shape \(8, 1, 3, 3\).*\(16, 1, 3, 3\)"
+    ):
+        experts.import_buffers("digits", wide, [f])
+    buf = torch.load(f, weights_only=True)
+    short = [[params[:-1] for params in t] for t in buf]
+    torch.save(short, tmp_path / "short.pt")
+    with pytest.raises(DDBenchError, match="13 parameter tensors, ddbench's network has 14"):
+        experts.import_buffers("digits", TINY, [tmp_path / "short.pt"])
+    torch.save([buf[0][:2]], tmp_path / "replay_buffer_9.pt")
+    with pytest.raises(DDBenchError, match="same number"):
+        experts.import_buffers("digits", TINY, [f, tmp_path / "replay_buffer_9.pt"])
+    torch.save({"images": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(DDBenchError, match="not a replay buffer"):
+        experts.import_buffers("digits", TINY, [tmp_path / "other.pt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DDBenchError, match="no replay_buffer"):
+        experts.import_buffers("digits", TINY, [tmp_path / "empty"])
+    with pytest.raises(DDBenchError, match="source must be"):
+        ExpertConfig(source=" x")
+
+
+def test_the_cli_exports_and_imports_and_a_run_matches_against_the_imported_experts(
+    tiny_experts, digits_train, tmp_path
+):
+    kw = ["--model-kwarg", "net_width=8"]
+    p = run_cli("expert", "export", "digits", str(tmp_path / "MNIST" / "ConvNet"), "--num", "2",
+                "--epochs", "2", *kw, cwd=tmp_path)  # fmt: skip
+    # the CLI's config is `method=mtt`'s: its recipe differs from TINY's, so nothing is cached
+    assert p.returncode != 0 and "not cached" in p.stderr + p.stdout
+    cli_cfg, _ = expert_config("digits", epochs=2, model_kwargs={"net_width": 8})
+    experts.export_buffers("digits", TINY, 2, tmp_path / "MNIST" / "ConvNet")
+    p = run_cli("expert", "import", "digits", str(tmp_path / "MNIST" / "ConvNet"), *kw,
+                "--source", "authors", cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "method.experts.source=authors method.experts.epochs=2 method.num_experts=2" in p.stdout
+    node = packaged_config(
+        "mtt", ["model.kwargs.net_width=8", "method.experts.source=authors",
+                "method.experts.epochs=2", "method.num_experts=2", "method.max_start_epoch=1",
+                "method.expert_epochs=1", "method.iterations=1", "method.syn_steps=2"],
+    )  # fmt: skip
+    m = build_method(node)
+    assert m.experts == dataclasses.replace(cli_cfg, source="authors")
+    task = make_task(digits_train, 1)
+    task.model_factory = lambda: create_model("convnet", 1, 10, (8, 8), net_width=8)
+    m.prepare(task)
+    for a, b in zip(m.trajectories, tiny_experts):
+        assert torch.equal(a, b)
+    out = tmp_path / "again"
+    p = run_cli("expert", "export", "digits", str(out), *kw, "--num", "2", "--epochs", "2",
+                "--source", "authors", cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    again = torch.load(out / "replay_buffer_0.pt", weights_only=True)
+    assert len(again) == 2
+    row = torch.cat([t.reshape(-1) for t in again[1][2]])
+    assert torch.equal(row, tiny_experts[1][2])
+
+
+# ------------------------------------------------------------------ FTD's GSAM and BatchNorm
+
+
+def _bn_buffers(net: torch.nn.Module) -> list[torch.Tensor]:
+    return [
+        b.clone()
+        for m in net.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        for b in m.buffers()
+    ]
+
+
+def test_gsam_leaves_batchnorm_statistics_to_the_first_pass(digits_train):
+    torch.manual_seed(0)
+    net = create_model("convnet_bn", 1, 10, (8, 8), net_width=8).train()
+    x, y = _x(digits_train, 64), digits_train.labels[:64]
+    first = copy.deepcopy(net)
+    with torch.no_grad():
+        first(x)  # the running statistics of the first pass only
+    step = GSAMStep(sam_rho=0.5, gsam_alpha=0.4, sam_adaptive=False)
+    for model in (net, None):
+        n = copy.deepcopy(net) if model is None else net
+        opt = torch.optim.SGD(n.parameters(), lr=0.1)
+        step(lambda n=n: F.cross_entropy(n(x), y), list(n.parameters()), opt, model=model and n)
+        same = all(torch.equal(a, b) for a, b in zip(_bn_buffers(n), _bn_buffers(first)))
+        # with the network the second pass is undone; without it both passes update them
+        assert same == (model is not None)
+
+
+def test_the_engine_hands_the_network_to_the_gsam_step(digits_train):
+    """An expert trained by the engine with GSAM keeps the statistics of its first passes:
+    one epoch of one batch gives those of one forward on that batch."""
+    x, y = _x(digits_train, 64), digits_train.labels[:64]
+
+    def build():
+        return create_model("convnet_bn", 1, 10, (8, 8), net_width=8)
+
+    recipe = engine.Recipe(epochs=1, batch_size=64, lr=0.1, momentum=0.0, weight_decay=0.0)
+    step = GSAMStep(sam_rho=0.5, gsam_alpha=0.4, sam_adaptive=True)
+    (trained,) = engine.train(build, [3], x, y, recipe, device="cpu", step_fn=step,
+                              compile=False, distributed=False).models  # fmt: skip
+    torch.manual_seed(3)
+    ref = build().train()
+    with torch.no_grad():
+        ref(x)
+    for a, b in zip(_bn_buffers(trained), _bn_buffers(ref)):
+        torch.testing.assert_close(a, b)
+
+
+# ------------------------------------------------------------------ the eval_every monitor
+
+
+def _spy_recipes(monkeypatch) -> list[engine.Recipe]:
+    import ddbench.distill as distill
+
+    seen: list[engine.Recipe] = []
+    real = distill.engine.train
+
+    def spy(factory, seeds, images, labels, recipe, **kw):
+        seen.append(recipe)
+        return real(factory, seeds, images, labels, recipe, **kw)
+
+    monkeypatch.setattr(distill.engine, "train", spy)
+    return seen
+
+
+@pytest.mark.parametrize("cls, batch", [(MTT, 256), (DATM, 128)], ids=["mtt", "datm"])
+def test_the_monitor_trains_with_the_current_learned_lr(
+    cls, batch, digits_train, split_cache, monkeypatch
+):
+    seen = _spy_recipes(monkeypatch)
+    task = make_task(digits_train, 1, val=lambda: split_cache("digits", "val"))
+    m = cls(eval_epochs=1)
+    m.syn_lr = torch.tensor(0.0371)
+    images, labels = MTT.init_images(m, task)
+    acc = m.evaluate(task, images, labels)
+    assert 0 <= acc <= 100
+    (recipe,) = seen
+    assert recipe.lr == pytest.approx(0.0371) and recipe.batch_size == batch
+    m.syn_lr = torch.tensor(0.2)  # it follows the lr as it is learned
+    m.evaluate(task, images, labels)
+    assert seen[-1].lr == pytest.approx(0.2)
+
+
+def test_the_monitor_of_a_method_without_a_learned_lr_keeps_the_protocols_lr(
+    digits_train, split_cache, monkeypatch
+):
+    from ddbench.methods.dm import DM
+
+    seen = _spy_recipes(monkeypatch)
+    task = make_task(digits_train, 1, val=lambda: split_cache("digits", "val"))
+    m = DM(eval_epochs=1)
+    m.evaluate(task, *m.init_images(task))
+    assert seen[0].lr == 0.01 and seen[0].batch_size == 256
+    m.protocol = "learned_lr"  # a protocol that needs an lr the method does not have
+    with pytest.raises(DDBenchError, match="no lr to store"):
+        m.evaluate(task, *m.init_images(task))
+
+
+# ------------------------------------------------------------------ DATM
+
+
+def test_datm_trains_its_experts_and_evaluates_as_its_readme_and_configs():
+    e = DATM().experts
+    assert e.epochs == 100 and e.step == "gsam"
+    assert e.step_kwargs == {"sam_rho": 0.01, "gsam_alpha": 0.3, "sam_adaptive": True}
+    assert DATM.protocol == "datm" and MTT.protocol == "learned_lr"
+    datm, llr = protocol_config("datm"), protocol_config("learned_lr")
+    assert datm["batch_size"] == 128 and llr["batch_size"] == 256
+    assert {k: v for k, v in datm.items() if llr[k] != v} == {
+        "name": "datm", "description": datm["description"], "batch_size": 128
+    }  # fmt: skip
+    m = build_method(packaged_config("datm", ["model.kwargs.net_width=16"]))
+    assert m.experts.epochs == 100 and m.experts.step_kwargs["gsam_alpha"] == 0.3
+
+
+def test_expert_keys_hash_the_source_only_when_set():
+    import hashlib
+    import json
+
+    plain = ExpertConfig()
+    fields = dataclasses.asdict(plain)
+    for k in ("source", "step", "step_kwargs"):
+        fields.pop(k)
+    canon = json.dumps({"dataset": "mnist", **fields}, sort_keys=True, default=str)
+    assert plain.key("mnist") == hashlib.sha256(canon.encode()).hexdigest()[:16]
+    a, b = (dataclasses.replace(plain, source=n) for n in ("a", "b"))
+    assert len({plain.key("mnist"), a.key("mnist"), b.key("mnist")}) == 3
+
+
+def test_run_keys_change_only_for_runs_on_imported_experts():
+    from omegaconf import OmegaConf
+
+    from ddbench import cli
+
+    node = packaged_config("mtt", ["model.kwargs.net_width=8"])
+    base = {"dataset": {"name": "mnist"}, "method": node, "ipc": 1, "seed": 0}
+    own = cli.config_key(OmegaConf.create(base), cli._DISTILL_KEYS)
+    without = {**base, "method": {**node, "experts": {
+        k: v for k, v in node["experts"].items() if k != "source"}}}  # fmt: skip
+    assert own == cli.config_key(OmegaConf.create(without), cli._DISTILL_KEYS)
+    imported = {**base, "method": {**node, "experts": {**node["experts"], "source": "a"}}}
+    assert own != cli.config_key(OmegaConf.create(imported), cli._DISTILL_KEYS)
+
+
+# ------------------------------------------------------------------ bench/parity (MTT, FTD)
+
+
+def _parity_module():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "parity" / "parity.py"
+    spec = importlib.util.spec_from_file_location("ddbench_parity_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("method", ["mtt", "ftd"])
+def test_the_parity_run_gives_both_sides_the_same_settings(method, monkeypatch, tmp_path):
+    parity = _parity_module()
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "syn_steps=3,max_start_epoch=1")
+    for ipc in (1, 10):
+        theirs = parity.OTHER_OFFICIAL[method]["command"]("mnist", ipc, 5, 0, tmp_path)
+        ours = parity.OTHER_OFFICIAL[method]["ddbench_args"]("mnist", ipc)
+        flags = dict(a[2:].split("=", 1) for a in theirs if a.startswith("--") and "=" in a)
+        assert flags == {a.split("=", 1)[0].removeprefix("method."): a.split("=", 1)[1]
+                         for a in ours}  # fmt: skip
+        assert flags["syn_steps"] == "3" and flags["max_start_epoch"] == "1"
+        assert ("ema_decay" in flags) == (method == "ftd")
+        # every setting is one of ddbench's method's (a renamed setting would fail here)
+        m = build_method(packaged_config(method, [*ours, "method.experts.epochs=50"]))
+        assert m.syn_steps == 3 and m.lr_teacher == float(flags["lr_teacher"])
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "no_such=1")
+    with pytest.raises(SystemExit, match="unknown setting"):
+        parity.trajectory_settings(method, 1)
