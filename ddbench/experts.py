@@ -11,14 +11,20 @@ so a killed training resumes; a flock per expert makes parallel jobs train each 
 
 The recipe defaults are MTT's ``buffer.py``: SGD lr 0.01, momentum 0, weight decay 0, no lr decay,
 batch 256, DSA during training (here: the dataset's DSA strategy), 50 epochs per expert.
+``schedule: step`` multiplies the lr by ``gamma`` at each of the ``milestones`` (fractions of the
+epochs, :func:`ddbench.engine.lr_at`).
 
 Variants of the training step live with the method they belong to and reach the trainer through
 one hook: a method file registers a step factory under a name (:func:`register_step`), and
 ``ExpertConfig.step`` names it, with its settings in ``step_kwargs`` (each variant's defaults are
 the plain step). ``methods/ftd.py`` registers ``gsam`` (FTD's sharpness-aware experts),
-``methods/ast.py`` ``smooth`` (AST's clipped, gradient-penalised experts); longer experts (DATM's
-late start epochs) are just ``epochs``. A name not yet registered is looked up by importing the
-method modules (``ddbench.methods``), so ``ddbench expert train`` finds every variant.
+``methods/ast.py`` ``smooth`` (AST's experts: an input-gradient penalty and a rising loss weight);
+longer experts (DATM's late start epochs) are just ``epochs``. A name not yet registered is looked
+up by importing the method modules (``ddbench.methods``), so ``ddbench expert train`` finds every
+variant. A step object with ``uses_context = True`` is given an :class:`ExpertStepContext` in its
+``context`` attribute before training: the epoch being trained, the batch before augmentation
+and a forward of the network at given parameters (what the engine's ``step_fn(closure, params,
+optimizer)`` does not pass).
 
     experts = get_experts("cifar10", ExpertConfig(epochs=50), n=10, device="cuda")
     flat = FlatModel(build_expert_model("cifar10", cfg))
@@ -34,7 +40,7 @@ import logging
 import pkgutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +67,8 @@ class ExpertConfig(CachedConfig):
     """What an expert is: its network, the recipe on the train split, and the image space."""
 
     kind = "expert"
+    # added after experts were cached: part of the key only where they differ from the default
+    _HASHED_IF_SET = ("milestones", "gamma")
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +77,9 @@ class ExpertConfig(CachedConfig):
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: str = "constant"  # constant | step | cosine (engine.Recipe)
+    milestones: list[float] = field(default_factory=lambda: [0.5])  # schedule step: fractions
+    gamma: float = 0.1  # schedule step: the lr factor at each milestone
     augment: str = "dsa"  # none | dsa (the dataset's strategy) | a DSA strategy string
     zca: bool = False  # train on ZCA-whitened images (fit on the normalised train split)
     zca_eps: float = 0.1
@@ -78,6 +88,9 @@ class ExpertConfig(CachedConfig):
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # the variant's settings
 
     def __post_init__(self) -> None:
+        self.milestones = [float(m) for m in self.milestones]
+        if not (self.gamma > 0 and all(0 < m <= 1 for m in self.milestones)):
+            raise DDBenchError("experts: schedule step needs gamma > 0 and milestones in (0, 1]")
         if self.step == "plain":
             if self.step_kwargs:
                 raise DDBenchError("experts: step_kwargs need a step variant (step: plain)")
@@ -99,8 +112,13 @@ class ExpertConfig(CachedConfig):
     def key(self, dataset: str) -> str:
         """The hash of the dataset and every field, a step variant's settings under their own
         names and only where they differ from its defaults (each setting name belongs to one
-        variant, so the names identify it): a plain expert's key has no step fields."""
+        variant, so the names identify it): a plain expert's key has no step fields, and
+        ``milestones``/``gamma`` enter it only when set to other values than their defaults."""
         fields = asdict(self)
+        for name in self._HASHED_IF_SET:
+            f = self.__dataclass_fields__[name]
+            if fields[name] == (f.default if f.default is not MISSING else f.default_factory()):
+                del fields[name]
         step, kwargs = fields.pop("step"), fields.pop("step_kwargs")
         if step != "plain":
             fields.update(step_variant(step).changed(kwargs))
@@ -167,6 +185,32 @@ def step_variant(name: str) -> StepVariant:
             f"experts: unknown step {name!r}; choose plain or one of {sorted(_STEPS)}"
         )
     return _STEPS[name]
+
+
+class ExpertStepContext:
+    """What the expert trainer tells a step variant with ``uses_context = True`` beyond the
+    engine's ``(closure, params, optimizer)``: ``epoch``, the 0-based epoch being trained;
+    ``inputs``, the current batch before augmentation (the normalised train images); and
+    ``forward(params, x)``, the network at the parameters ``params`` (in ``parameters()`` order,
+    the live ones the step receives) applied to ``x``, differentiable w.r.t. both."""
+
+    def __init__(self, module: nn.Module, epoch: int = 0):
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.epoch = epoch
+        self.inputs: torch.Tensor | None = None
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's ``batch_transform``: records the batch, changes nothing."""
+        self.inputs = x
+        return x, y
+
+    def end_epoch(self, epoch: int, loss: float) -> None:
+        """The engine's ``on_epoch``: the next batches belong to ``epoch + 1``."""
+        self.epoch = epoch + 1
+
+    def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.module, dict(zip(self.names, params)), (x,))
 
 
 def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:
@@ -310,7 +354,7 @@ def train_expert(
     recipe = engine.Recipe(
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
-        augment=strategy,
+        milestones=tuple(cfg.milestones), gamma=cfg.gamma, augment=strategy,
     )  # fmt: skip
     build: Callable[[], nn.Module] = lambda: build_expert_model(dataset, cfg)  # noqa: E731
     flat = FlatModel(build())
@@ -331,6 +375,10 @@ def train_expert(
             rows = [flat.flatten(dict(build().named_parameters()))]
     x, y = _images(dataset, cfg)
     step_fn = cfg.step_fn()
+    context = None
+    if getattr(step_fn, "uses_context", False):
+        context = ExpertStepContext(build().to(device), int((resume or {}).get("epoch", 0)))
+        step_fn.context = context
     config_path = path.parent / "config.json"  # lets `ddbench expert list` describe unfinished ones
     if not config_path.exists():
         text = json.dumps({"dataset": dataset, "config": asdict(cfg)}, indent=1)
@@ -349,6 +397,8 @@ def train_expert(
         progress=f"expert {i} {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
         step_fn=step_fn,
+        batch_transform=None if context is None else context.observe,
+        on_epoch=None if context is None else context.end_epoch,
         # torch.compile cannot differentiate twice: such a step trains eagerly
         compile=False if getattr(step_fn, "double_backward", False) else "auto",
         distributed=False,  # trained by the one process holding the cache lock (see cache.lock)
