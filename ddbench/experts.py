@@ -68,6 +68,7 @@ class ExpertConfig(CachedConfig):
 
     kind = "expert"
     # added after experts were cached: part of the key only where they differ from the default
+    # (and only under schedule: step, the one they change)
     _HASHED_IF_SET = ("milestones", "gamma")
 
     model: str = "convnet"
@@ -92,8 +93,14 @@ class ExpertConfig(CachedConfig):
         if not (self.gamma > 0 and all(0 < m <= 1 for m in self.milestones)):
             raise DDBenchError("experts: schedule step needs gamma > 0 and milestones in (0, 1]")
         if self.step == "plain":
-            if self.step_kwargs:
-                raise DDBenchError("experts: step_kwargs need a step variant (step: plain)")
+            # a variant's settings at their defaults are the plain step (so a command line can
+            # turn a method's variant off: step=plain and its settings at their defaults)
+            for name, value in self.step_kwargs.items():
+                owner = variant_of_setting(name)
+                if owner is None or owner.defaults[name] != value:
+                    raise DDBenchError(
+                        f"experts: step_kwargs {name}={value!r} need a step variant (step: plain)"
+                    )
             return
         variant = step_variant(self.step)
         changed = variant.changed(self.step_kwargs)  # checks the names
@@ -113,11 +120,13 @@ class ExpertConfig(CachedConfig):
         """The hash of the dataset and every field, a step variant's settings under their own
         names and only where they differ from its defaults (each setting name belongs to one
         variant, so the names identify it): a plain expert's key has no step fields, and
-        ``milestones``/``gamma`` enter it only when set to other values than their defaults."""
+        ``milestones``/``gamma`` enter it only under ``schedule: step`` and when set to other
+        values than their defaults."""
         fields = asdict(self)
         for name in self._HASHED_IF_SET:
             f = self.__dataclass_fields__[name]
-            if fields[name] == (f.default if f.default is not MISSING else f.default_factory()):
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if fields[name] == default or self.schedule != "step":  # no effect otherwise
                 del fields[name]
         step, kwargs = fields.pop("step"), fields.pop("step_kwargs")
         if step != "plain":
@@ -176,10 +185,7 @@ def register_step(name: str, build: Callable[..., Callable], defaults: dict[str,
 def step_variant(name: str) -> StepVariant:
     """The registered variant ``name``, importing the method modules once if it is unknown."""
     if name not in _STEPS:
-        import ddbench.methods
-
-        for mod in pkgutil.iter_modules(ddbench.methods.__path__):
-            importlib.import_module(f"ddbench.methods.{mod.name}")
+        _import_methods()
     if name not in _STEPS:
         raise DDBenchError(
             f"experts: unknown step {name!r}; choose plain or one of {sorted(_STEPS)}"
@@ -211,6 +217,20 @@ class ExpertStepContext:
 
     def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self.module, dict(zip(self.names, params)), (x,))
+
+
+def variant_of_setting(name: str) -> StepVariant | None:
+    """The registered variant that has the setting ``name`` (after importing the methods)."""
+    if not any(name in v.defaults for v in _STEPS.values()):
+        _import_methods()
+    return next((v for v in _STEPS.values() if name in v.defaults), None)
+
+
+def _import_methods() -> None:
+    import ddbench.methods
+
+    for mod in pkgutil.iter_modules(ddbench.methods.__path__):
+        importlib.import_module(f"ddbench.methods.{mod.name}")
 
 
 def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:

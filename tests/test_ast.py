@@ -165,10 +165,18 @@ def test_ast_experts_follow_their_recipe_and_resume_exactly(tmp_path, monkeypatc
 
 
 def test_the_schedule_fields_enter_the_expert_key_only_when_set():
-    plain = ExpertConfig()
+    plain, step = ExpertConfig(), ExpertConfig(schedule="step")
     assert ExpertConfig(milestones=[0.5], gamma=0.1).key("digits") == plain.key("digits")
-    assert ExpertConfig(gamma=0.6).key("digits") != plain.key("digits")
-    assert ExpertConfig(milestones=[0.54]).key("digits") != plain.key("digits")
+    assert ExpertConfig(gamma=0.6).key("digits") == plain.key("digits")  # constant: no effect
+    keys = {step.key("digits"), plain.key("digits")}
+    keys |= {ExpertConfig(schedule="step", **kw).key("digits")
+             for kw in ({"gamma": 0.6}, {"milestones": [0.54]})}  # fmt: skip
+    assert len(keys) == 4
+    # a variant's settings at their defaults are the plain step (a command line turns AST's off)
+    off = ExpertConfig(step="plain", step_kwargs={"grad_penalty": 0.0, "loss_decay": False})
+    assert off.step_fn() is None and off.key("digits") == plain.key("digits")
+    with pytest.raises(DDBenchError, match="loss_decay=True need a step variant"):
+        ExpertConfig(step="plain", step_kwargs={"loss_decay": True})
     for bad in ({"gamma": 0.0}, {"milestones": [1.5]}):
         with pytest.raises(DDBenchError, match="milestones"):
             ExpertConfig(**bad)
