@@ -150,7 +150,7 @@ def test_expert_step_variants_keep_the_cache_keys_they_had_as_expert_fields():
     for bad in (dict(step="gsam", step_kwargs={"sam_rho": -1.0}),
                 dict(step="gsam", step_kwargs={"gsam_alpha": 0.4}),
                 dict(step="gsam", step_kwargs={"clip_grad": 1.0}),
-                dict(step="smooth", step_kwargs={"clip_grad": 0.0}),
+                dict(step="smooth", step_kwargs={"sam_rho": 0.1}),
                 dict(step="smooth", step_kwargs={"grad_penalty": -0.1}),
                 dict(step="smooth", step_kwargs={}), dict(step_kwargs={"sam_rho": 0.1}),
                 dict(step="sharp")):  # fmt: skip
