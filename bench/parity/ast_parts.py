@@ -1,0 +1,205 @@
+"""AST's parts against the authors' own functions, on digits (CPU, seconds).
+
+    python bench/parity/ast_parts.py OFFICIAL_CHECKOUT [--out RESULT.json]
+
+OFFICIAL_CHECKOUT is shenjiyuan123/AST-Alignment-with-Smooth-Expert (extracted from a bare
+clone with ``git archive``, outside the project); nothing of it is copied here. Three parts
+of theirs are callable and are called as they are:
+
+* ``utils.epoch_gp`` (their smooth expert step): three SGD steps (lr 0.003, momentum 0.9,
+  weight decay 1e-3) on one digits batch at the loss weights of epochs 0, 4 and 12, against
+  ddbench's ``SmoothStep`` on a copy of the same network (``aug=False``: their CE and penalty
+  then see the same images; ddbench's penalty always sees the batch before augmentation);
+* ``weightPerturb`` and ``get_repre_images``, nested in their ``distill.py`` ``main()``: their
+  source is taken out of ``main`` with Python's ``ast`` module and executed with the free names
+  it reads (``args``, the images, the network builder: ddbench's ConvNet) bound here, against
+  ``AST.start_params`` (same seed: their global generator, ddbench's task generator) and
+  ``AST.init_images`` (``--pix_init avg``) on one expert trajectory written in their
+  ``replay_buffer_0.pt`` format.
+
+Local stand-ins, each only for running on this machine: ``Tensor.cuda`` is the identity (their
+``epoch_gp`` moves ``grad_outputs`` to CUDA); ``matplotlib`` is an inert module (their
+``get_repre_images`` draws a figure; it is not installed); scikit-learn's ``KMeans`` defaults to
+``n_init=10``, its default before 1.4 (their last commit is of 2023-11, before 1.4); ``scipy.ndimage.interpolation`` is
+aliased to ``scipy.ndimage`` where newer SciPy removed it (their ``utils.py`` imports it).
+Prints one line per check and exits non-zero on a difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import random
+import sys
+import tempfile
+import types
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ddbench import data, experts
+from ddbench.experts import ExpertConfig, ExpertStepContext
+from ddbench.method import Task
+from ddbench.methods.ast import AST, SmoothStep
+from ddbench.models import create_model
+
+
+def _stand_ins() -> None:
+    import scipy.ndimage
+
+    if "scipy.ndimage.interpolation" not in sys.modules:
+        try:
+            import scipy.ndimage.interpolation  # noqa: F401
+        except ImportError:
+            sys.modules["scipy.ndimage.interpolation"] = scipy.ndimage
+    torch.Tensor.cuda = lambda self, *a, **k: self
+
+    class _Inert:
+        def __getattr__(self, name):
+            return _Inert()
+
+        def __call__(self, *a, **k):
+            return _Inert()
+
+        def __getitem__(self, i):
+            return _Inert()
+
+    import sklearn.cluster
+
+    class KMeans(sklearn.cluster.KMeans):  # scikit-learn < 1.4's default n_init, as theirs ran
+        def __init__(self, n_clusters=8, *, n_init=10, **kw):
+            super().__init__(n_clusters, n_init=n_init, **kw)
+
+    sklearn.cluster.KMeans = KMeans
+    plt = types.ModuleType("matplotlib.pyplot")
+    plt.subplots = lambda *a, **k: (_Inert(), _Inert())
+    mpl = types.ModuleType("matplotlib")
+    mpl.pyplot = plt
+    sys.modules.setdefault("matplotlib", mpl)
+    sys.modules.setdefault("matplotlib.pyplot", plt)
+
+
+def _nested(distill_py: Path, name: str, namespace: dict):
+    """The function ``name`` defined inside their ``main()``, compiled in ``namespace``."""
+    tree = ast.parse(distill_py.read_text())
+    main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+    fn = next(n for n in ast.walk(main) if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(distill_py), "exec"), namespace)
+    return namespace[name]
+
+
+def _net() -> torch.nn.Module:
+    return create_model("convnet", 1, 10, (8, 8), net_width=16)
+
+
+def check_smooth_step(theirs, x, y) -> dict:
+    torch.manual_seed(0)
+    net_a = _net()
+    net_b, net_0 = copy.deepcopy(net_a), copy.deepcopy(net_a)
+    args = types.SimpleNamespace(device="cpu", dataset="digits", dsa=False)
+    out = {}
+    for epoch, decay in ((0, 0.5), (4, 0.7), (12, 1)):  # buffer.py 91, 110
+        opt_a = torch.optim.SGD(net_a.parameters(), lr=0.003, momentum=0.9, weight_decay=1e-3)
+        opt_b = torch.optim.SGD(net_b.parameters(), lr=0.003, momentum=0.9, weight_decay=1e-3)
+        step = SmoothStep(grad_penalty=2.0, loss_decay=True, reset_momentum=True)
+        step.context = ExpertStepContext(net_b, epoch)
+        params = list(net_b.parameters())
+        for _ in range(3):
+            theirs.epoch_gp(
+                "train", decay, [(x, y)], net_a, opt_a, torch.nn.CrossEntropyLoss(), args, False
+            )
+            step.context.observe(x, y)
+            step(lambda: F.cross_entropy(net_b(x), y), params, opt_b)
+        out[f"epoch_{epoch}"] = max(
+            float((a - b).abs().max()) for a, b in zip(net_a.parameters(), net_b.parameters())
+        )
+    moved = max(float((a - b).abs().max()) for a, b in zip(net_0.parameters(), params))
+    return {"max_abs_diff": out, "moved": moved, "ok": max(out.values()) <= 1e-6}
+
+
+def check_perturbation(distill_py: Path, a: AST, task: Task, traj: torch.Tensor) -> dict:
+    perturb = _nested(distill_py, "weightPerturb", {"torch": torch})
+    theta = traj[3]
+    tensors = [t.clone() for t in a.student.unflatten(theta).values()]
+    torch.manual_seed(11)
+    theirs = torch.cat([t.reshape(-1) for t in perturb(tensors, alpha=1)])
+    task.generator.manual_seed(11)
+    ours = a.start_params(task, theta)
+    diff = float((theirs - ours).abs().max())
+    return {"max_abs_diff": diff, "moved": float((ours - theta).abs().max()), "ok": diff <= 1e-6}
+
+
+def check_init(distill_py: Path, a: AST, train, traj: torch.Tensor, workdir: Path) -> dict:
+    buffers = workdir / "buffers"
+    (buffers / "digits" / "ConvNet").mkdir(parents=True, exist_ok=True)
+    flat = a.student
+    epochs = [[t.clone() for t in flat.unflatten(row).values()] for row in traj]
+    torch.save([epochs], buffers / "digits" / "ConvNet" / "replay_buffer_0.pt")
+    images_all = train.normalize(train.images).float()
+    indices_class = [train.indices_of(c).tolist() for c in range(10)]
+    namespace = {
+        "args": types.SimpleNamespace(
+            model="ConvNet", buffer_path=str(buffers), dataset="digits", zca=False, device="cpu"
+        ),
+        "channel": 1, "num_classes": 10, "im_size": (8, 8), "os": __import__("os"),
+        "random": random, "np": np, "torch": torch, "images_all": images_all,
+        "indices_class": indices_class,
+        "get_network": lambda *args, **kw: _net(),
+    }  # fmt: skip
+    get_repre_images = _nested(distill_py, "get_repre_images", namespace)
+    out = {}
+    for ipc in (1, 10, 20):
+        task = Task(train=train, ipc=ipc, model_factory=_net, generator=torch.Generator(),
+                    seed=0, device=torch.device("cpu"))  # fmt: skip
+        ours, _ = a.init_images(task)
+        with torch.no_grad():
+            rows = get_repre_images(ipc)
+        theirs = images_all[rows] if rows else images_all[:0]
+        same = theirs.shape == ours.shape and torch.equal(theirs, ours)
+        out[f"ipc{ipc}"] = {"theirs": len(rows), "ddbench": len(ours), "same_images": same}
+    out["ok"] = all(v["same_images"] for k, v in out.items() if k != "ipc1")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("official", type=Path)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    _stand_ins()
+    sys.path.insert(0, str(args.official))
+    theirs = __import__("utils")
+    torch.set_num_threads(1)
+    train = data.load_split("digits", "train")
+    x, y = train.normalize(train.images[:64]).float(), train.labels[:64]
+    result = {"commit": (args.official / "COMMIT").read_text().strip()
+              if (args.official / "COMMIT").exists() else None}  # fmt: skip
+    result["smooth_step"] = check_smooth_step(theirs, x, y)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        import os
+
+        os.environ["DDBENCH_CACHE"] = str(cache)
+        cfg = ExpertConfig(model_kwargs={"net_width": 16}, epochs=4, lr=0.05, batch_size=64)
+        traj = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+        a = AST(experts=asdict(cfg), num_experts=1, expert_epochs=2, max_start_epoch=2)
+        a.student = experts.FlatModel(_net())
+        a.trajectories = [traj]
+        task = Task(train=train, ipc=1, model_factory=_net, generator=torch.Generator(),
+                    seed=0, device=torch.device("cpu"))  # fmt: skip
+        result["weight_perturb"] = check_perturbation(args.official / "distill.py", a, task, traj)
+        result["pix_init_avg"] = check_init(args.official / "distill.py", a, train, traj, Path(tmp))
+    for k, v in result.items():
+        print(f"{k}: {v}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    return 0 if all(v["ok"] for k, v in result.items() if k != "commit") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
