@@ -166,6 +166,108 @@ def check_init(distill_py: Path, a: AST, train, traj: torch.Tensor, workdir: Pat
     return out
 
 
+def _wandb_stand_in(logged: list) -> types.ModuleType:
+    """An offline ``wandb`` that keeps what is logged (their ``distill.py`` rebuilds ``args`` from
+    ``wandb.config._items``)."""
+    w = types.ModuleType("wandb")
+
+    def init(config=None, **kw):
+        w.config = types.SimpleNamespace(_items=dict(vars(config)))
+        w.run = types.SimpleNamespace(name="parity")
+
+    w.init, w.finish = init, lambda: None
+    # values as they are when logged (their tensors are updated in place afterwards)
+    w.log = lambda values, step=None: logged.append(
+        (step, {k: v.clone() if torch.is_tensor(v) else v for k, v in values.items()})
+    )
+    w.Histogram = w.Image = lambda *a, **k: None
+    return w
+
+
+def check_one_iteration(official: Path, theirs_utils, cfg: ExpertConfig, traj, train, tmp: Path):
+    """One iteration of their ``distill.py main()`` (IPC 10, ``--pix_init avg --balance_loss
+    --agg_middle_loss``, ``--mom`` 0.9, no DSA and no perturbation: their draws come from
+    generators ddbench does not share; all images in each step, so the batch order does not
+    matter) against one iteration of ``ddbench``'s AST on the same expert: the matching loss,
+    the learned lr and the images after the update."""
+    net = theirs_utils.get_network("ConvNet", 1, 10, (8, 8))
+    flat = experts.FlatModel(net)
+    buffers = tmp / "buffers1"
+    (buffers / "digits" / "ConvNet").mkdir(parents=True)
+    epochs = [[t.clone() for t in flat.unflatten(row).values()] for row in traj]
+    torch.save([epochs], buffers / "digits" / "ConvNet" / "replay_buffer_0.pt")
+    images = train.normalize(train.images).float()
+    dst_train = torch.utils.data.TensorDataset(images, train.labels)
+    identity = {c: c for c in range(10)}
+
+    def get_dataset(*a, **k):  # ddbench's digits train split (their get_dataset has none)
+        return (1, (8, 8), 10, [str(c) for c in range(10)], None, None, dst_train, None, None,
+                None, identity, identity)  # fmt: skip
+
+    accuracy = iter(range(1, 100))  # rising: their loop then saves the images at iteration 1
+    theirs_utils.get_dataset = get_dataset
+    theirs_utils.evaluate_synset = lambda *a, **k: (None, 0.0, float(next(accuracy)))
+    logged: list = []
+    sys.modules["wandb"] = _wandb_stand_in(logged)
+    sys.modules.setdefault("generator", types.SimpleNamespace(Generator=None))
+    distill = __import__("distill")
+    settings = dict(syn_steps=7, expert_epochs=3, max_start_epoch=1, lr_img=100.0, lr_lr=1e-5,
+                    lr_teacher=0.01)  # fmt: skip
+    args = types.SimpleNamespace(
+        dataset="digits", subset="", model="ConvNet", ipc=10, align_loss=False, eval_mode="S",
+        num_eval=1, eval_it=1, epoch_eval_train=1, Iteration=1, mom=0.9, balance_loss=True,
+        agg_middle_loss=True, adaptive_middle_loss=False, ignore_graph=False,
+        weight_perturb=False, batch_real=256, batch_syn=None, batch_train=256, pix_init="avg",
+        dsa="False", dsa_strategy="", data_path="", buffer_path=str(buffers), zca=False,
+        load_all=False, no_aug=False, texture=False, canvas_size=1, canvas_samples=1,
+        max_files=None, max_experts=None, force_save=False, dc_aug_param=None, **settings,
+    )  # fmt: skip
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(tmp)
+        np.random.seed(0)
+        random.seed(0)
+        distill.main(args)
+    finally:
+        os.chdir(cwd)
+    theirs_images = torch.load(tmp / "logged_files" / "digits" / "parity" / "images_1.pt")
+    theirs_loss = [float(v["Grand_Loss"]) for _, v in logged if "Grand_Loss" in v][0]
+    theirs_lr = [float(v["Synthetic_LR"]) for it, v in logged if "Synthetic_LR" in v and it == 1]
+
+    losses = []
+
+    class Recorded(AST):
+        def step(self, task, images, labels, it):
+            losses.append(super().step(task, images, labels, it))
+            return losses[-1]
+
+    a = Recorded(iterations=1, batch_syn=None, dsa=False, num_experts=1, weight_perturb=False,
+                 experts=asdict(cfg), **settings)  # fmt: skip
+    task = Task(train=train, ipc=10, model_factory=_net128, generator=torch.Generator(),
+                seed=0, device=torch.device("cpu"))  # fmt: skip
+    s = a.distill(task)
+    diff = float((s.images - theirs_images).abs().max())
+    moved = float((s.images - a.init_images(task)[0]).abs().max())
+    out = {
+        "loss": {"theirs": theirs_loss, "ddbench": losses[0]},
+        "learned_lr": {"theirs": theirs_lr[0], "ddbench": float(s.lr)},
+        "images_max_abs_diff": diff,
+        "images_moved": moved,
+    }
+    out["ok"] = (
+        abs(theirs_loss - losses[0]) <= 1e-4 * abs(theirs_loss)
+        and abs(theirs_lr[0] - float(s.lr)) <= 1e-6
+        and diff <= 1e-3 * moved
+    )
+    return out
+
+
+def _net128() -> torch.nn.Module:
+    return create_model("convnet", 1, 10, (8, 8))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("official", type=Path)
@@ -194,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                     seed=0, device=torch.device("cpu"))  # fmt: skip
         result["weight_perturb"] = check_perturbation(args.official / "distill.py", a, task, traj)
         result["pix_init_avg"] = check_init(args.official / "distill.py", a, train, traj, Path(tmp))
+        cfg128 = ExpertConfig(epochs=4, lr=0.05, batch_size=64)  # their ConvNet's width, 128
+        traj128 = experts.get_experts("digits", cfg128, 1, "cpu", progress=False)[0]
+        result["one_iteration"] = check_one_iteration(
+            args.official, theirs, cfg128, traj128, train, Path(tmp)
+        )
     for k, v in result.items():
         print(f"{k}: {v}")
     if args.out:
