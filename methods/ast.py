@@ -105,7 +105,9 @@ class SmoothStep:
                     group["momentum_lr"] = group["lr"]
         opt.zero_grad(set_to_none=True)
         for p, g in zip(params, grads):
-            p.grad = g
+            # the double backward can give a weight's gradient other strides than the weight's
+            # (conv weights); the engine's fused SGD would then apply it in the wrong order
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
         opt.step()
         return loss.detach()
 

@@ -107,6 +107,34 @@ def test_smooth_step_is_their_decayed_ce_plus_the_input_gradient_penalty(digits_
         torch.testing.assert_close(g, e)
 
 
+def test_a_smooth_expert_epoch_is_one_sgd_step_on_their_loss(digits_train, tmp_path, monkeypatch):
+    """The trainer's whole path (engine, its fused SGD, the context) on one full-batch epoch
+    equals a plain SGD step on ``CE + 2 mean((||grad_x||_c - 1)^2)`` from the same network (the
+    double backward gives conv weights gradients with other strides than the weights: they must
+    reach the fused optimiser in the weights' layout)."""
+    monkeypatch.setenv("DDBENCH_CACHE", str(tmp_path))
+    cfg = dataclasses.replace(
+        AST().experts, model_kwargs={"net_width": 16}, epochs=1, batch_size=4096,
+        milestones=[1.0], augment="none",  # (0.54 of 1 epoch: the drop would be at epoch 0)
+        step_kwargs={"grad_penalty": 2.0, "reset_momentum": True},
+    )  # fmt: skip
+    traj = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+    torch.manual_seed(cfg.seed)
+    net = experts.build_expert_model("digits", cfg)
+    params = list(net.parameters())
+    x, y = digits_train.normalize(digits_train.images), digits_train.labels
+    xg = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(net(xg).sum(), xg, create_graph=True)
+    loss = F.cross_entropy(net(x), y) + 2.0 * ((gx.norm(dim=1) - 1) ** 2).mean()
+    opt = torch.optim.SGD(params, lr=0.003, momentum=0.9, weight_decay=1e-3, foreach=False)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    want = experts.FlatModel(net).flatten(dict(net.named_parameters()))
+    assert float((traj[1] - traj[0]).abs().max()) > 1e-4  # it moved
+    torch.testing.assert_close(traj[1], want, rtol=0, atol=1e-6)
+
+
 def test_smooth_step_restarts_momentum_when_the_lr_drops(digits_train):
     x, y = _digits_batch(digits_train)
 

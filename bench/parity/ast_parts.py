@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import dataclasses
 import json
 import random
 import sys
@@ -264,6 +265,53 @@ def check_one_iteration(official: Path, theirs_utils, cfg: ExpertConfig, traj, t
     return out
 
 
+def check_expert_training(theirs_utils, train, tmp: Path) -> dict:
+    """One smooth expert of their ``buffer.py main()`` (README.md:12's ``--optim SGDMOM
+    --loss_decay --gp True``, 5 epochs: the lr drops after epoch ``5 // 2 + 1`` = 3) against
+    ``experts.get_experts`` with AST's expert config (``milestones: [0.8]``: the same epoch).
+    Their ``p.detach().cpu()`` records copy the weights on CUDA; on the CPU ``.cpu()`` is made to
+    copy as well (else every record is the final weights). Both start from ddbench's initial
+    network (theirs seeds it from the clock), train without
+    augmentation (ddbench ``augment: none``, their ``augment`` the identity: the draws come from
+    generators the two sides do not share) and on the whole split per step (so the batch order
+    does not matter)."""
+    cfg = dataclasses.replace(AST().experts, model_kwargs={"net_width": 16}, epochs=5,
+                              batch_size=4096, milestones=[0.8], augment="none")  # fmt: skip
+    ours = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
+    torch.manual_seed(cfg.seed)
+    init = experts.build_expert_model("digits", cfg)
+    flat = experts.FlatModel(init)
+    assert torch.equal(flat.flatten(dict(init.named_parameters())), ours[0])
+    images = train.normalize(train.images).float()
+    dst_train = torch.utils.data.TensorDataset(images, train.labels)
+    testloader = torch.utils.data.DataLoader(dst_train, batch_size=4096)
+    identity = {c: c for c in range(10)}
+    theirs_utils.augment = lambda images, dc_aug_param, device: images
+    buffer = __import__("buffer")
+    buffer.get_dataset = lambda *a, **k: (1, (8, 8), 10, None, None, None, dst_train, None,
+                                          testloader, None, identity, identity)  # fmt: skip
+    buffer.get_network = lambda *a, **k: copy.deepcopy(init)
+    args = types.SimpleNamespace(
+        dataset="digits", subset="", model="ConvNet", num_experts=1, lr_teacher=0.003,
+        batch_train=4096, batch_real=256, dsa="False", dsa_strategy="", data_path="",
+        buffer_path=str(tmp / "buffers2"), train_epochs=5, zca=False, decay=False, mom=0.9,
+        l2=0.001, gp="True", loss_decay=True, optim="SGDMOM", save_interval=5,
+    )  # fmt: skip
+    cpu = torch.Tensor.cpu  # on the CPU, their .detach().cpu() records would alias the weights
+    torch.Tensor.cpu = lambda self, *a, **k: (
+        cpu(self, *a, **k).clone() if self.device.type == "cpu" else cpu(self, *a, **k)
+    )
+    try:
+        buffer.main(args)
+    finally:
+        torch.Tensor.cpu = cpu
+    (timestamps,) = torch.load(tmp / "buffers2" / "digits" / "ConvNet" / "replay_buffer_0.pt")
+    theirs = torch.stack([torch.cat([p.reshape(-1) for p in row]) for row in timestamps])
+    diff = [float(d) for d in (theirs - ours).abs().amax(1)]
+    moved = float((ours[-1] - ours[0]).abs().max())
+    return {"max_abs_diff_per_epoch": diff, "moved": moved, "ok": max(diff) <= 1e-3 * moved}
+
+
 def _net128() -> torch.nn.Module:
     return create_model("convnet", 1, 10, (8, 8))
 
@@ -298,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         result["pix_init_avg"] = check_init(args.official / "distill.py", a, train, traj, Path(tmp))
         cfg128 = ExpertConfig(epochs=4, lr=0.05, batch_size=64)  # their ConvNet's width, 128
         traj128 = experts.get_experts("digits", cfg128, 1, "cpu", progress=False)[0]
+        result["expert_training"] = check_expert_training(theirs, train, Path(tmp))
         result["one_iteration"] = check_one_iteration(
             args.official, theirs, cfg128, traj128, train, Path(tmp)
         )
