@@ -40,6 +40,9 @@ run ftd/ipc$ipc method=ftd method.max_start_epoch=2 method.ema_decay=0.99 "$@"
 run datm_plain_experts/ipc$ipc method=datm method.experts.sam_rho=0 method.experts.gsam_alpha=0 \
   method.experts.sam_adaptive=false method.min_start_epoch=0 method.max_start_epoch=1 \
   method.max_start_epoch_final=2 method.expansion_iterations=100 method.batch_syn=null "$@"
-run ast_plain_experts/ipc$ipc method=ast method.experts.clip_grad=null method.experts.grad_penalty=0 \
-  method.max_start_epoch=2 "$@"
+# AST on MTT's plain expert: the smooth step off and buffer.py's SGD settings back to MTT's
+run ast_plain_experts/ipc$ipc method=ast method.experts.step=plain \
+  method.experts.step_kwargs.grad_penalty=0 method.experts.step_kwargs.loss_decay=false \
+  method.experts.step_kwargs.reset_momentum=false method.experts.lr=0.01 method.experts.momentum=0 \
+  method.experts.weight_decay=0 method.experts.schedule=constant method.max_start_epoch=2 "$@"
 python bench/summarize.py "$out"

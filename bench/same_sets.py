@@ -62,8 +62,9 @@ numbers depend on no default of the method's class or YAML. Each node pins (besi
   datm: MTT's (``max_start_epoch`` the initial bound) and ``min_start_epoch``,
   ``max_start_epoch_final``, ``expansion_iterations``, ``soft_labels``, ``lr_y``,
   ``momentum_y``, ``label_expert``, ``label_epoch``, ``correct_init``, ``threshold``, the GSAM
-  experts; ast: MTT's and ``representative_init``/``_expert``/``_epoch``, ``balanced_loss``,
-  ``intermediate_weight``, ``weight_perturb``, ``experts.step: smooth`` with ``clip_grad``/``grad_penalty``;
+  experts; ast: MTT's and ``representative_init``/``_expert``/``_epoch``/``_clusters``,
+  ``balance_loss``, ``student_momentum``, ``agg_middle_loss``, ``weight_perturb``,
+  ``experts.step: smooth`` with ``grad_penalty``/``loss_decay``/``reset_momentum``;
 * sre2l: ``iterations``, ``lr_img``, ``img_betas``, ``r_bn``, ``first_bn_multiplier``,
   ``crop_scale``, ``flip``, ``jitter``, ``init``, ``label_dtype``, ``label_topk``,
   ``mismatch``, ``teacher`` (every TeacherConfig field); cda: those and ``curriculum``,
@@ -274,13 +275,17 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             "name": "ast",
             **mtt,
             "expert_epochs": 2,
-            "representative_init": "herding",
+            "representative_init": "kmeans",
             "representative_expert": 0,
             "representative_epoch": -1,
-            "balanced_loss": True,
-            "intermediate_weight": 1.0,
-            "weight_perturb": 0.5,
-            "experts": expert_node(w, ep + 2, "smooth", clip_grad=1.0, grad_penalty=0.1),
+            "representative_clusters": 10,
+            "balance_loss": True,
+            "student_momentum": 0.9,
+            "agg_middle_loss": True,
+            "weight_perturb": True,
+            "experts": expert_node(
+                w, ep + 2, "smooth", grad_penalty=2.0, loss_decay=True, reset_momentum=True
+            ),
         },
         "sre2l": {
             "_target_": t + "sre2l.SRe2L",

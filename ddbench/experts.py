@@ -11,14 +11,20 @@ so a killed training resumes; a flock per expert makes parallel jobs train each 
 
 The recipe defaults are MTT's ``buffer.py``: SGD lr 0.01, momentum 0, weight decay 0, no lr decay,
 batch 256, DSA during training (here: the dataset's DSA strategy), 50 epochs per expert.
+``schedule: step`` multiplies the lr by ``gamma`` at each of the ``milestones`` (fractions of the
+epochs, :func:`ddbench.engine.lr_at`).
 
 Variants of the training step live with the method they belong to and reach the trainer through
 one hook: a method file registers a step factory under a name (:func:`register_step`), and
 ``ExpertConfig.step`` names it, with its settings in ``step_kwargs`` (each variant's defaults are
 the plain step). ``methods/ftd.py`` registers ``gsam`` (FTD's sharpness-aware experts),
-``methods/ast.py`` ``smooth`` (AST's clipped, gradient-penalised experts); longer experts (DATM's
-late start epochs) are just ``epochs``. A name not yet registered is looked up by importing the
-method modules (``ddbench.methods``), so ``ddbench expert train`` finds every variant.
+``methods/ast.py`` ``smooth`` (AST's experts: an input-gradient penalty and a rising loss weight);
+longer experts (DATM's late start epochs) are just ``epochs``. A name not yet registered is looked
+up by importing the method modules (``ddbench.methods``), so ``ddbench expert train`` finds every
+variant. A step object with ``uses_context = True`` is given an :class:`ExpertStepContext` in its
+``context`` attribute before training: the epoch being trained, the batch before augmentation
+and a forward of the network at given parameters (what the engine's ``step_fn(closure, params,
+optimizer)`` does not pass).
 
 Experts trained elsewhere enter the cache through :func:`import_buffers` (``ddbench expert
 import``: the ``replay_buffer_<n>.pt`` files of MTT's ``buffer.py`` and FTD's/DATM's
@@ -40,7 +46,7 @@ import logging
 import pkgutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +73,9 @@ class ExpertConfig(CachedConfig):
     """What an expert is: its network, the recipe on the train split, and the image space."""
 
     kind = "expert"
+    # added after experts were cached: part of the key only where they differ from the default
+    # (and only under schedule: step, the one they change)
+    _HASHED_IF_SET = ("milestones", "gamma")
 
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +84,9 @@ class ExpertConfig(CachedConfig):
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: str = "constant"  # constant | step | cosine (engine.Recipe)
+    milestones: list[float] = field(default_factory=lambda: [0.5])  # schedule step: fractions
+    gamma: float = 0.1  # schedule step: the lr factor at each milestone
     augment: str = "dsa"  # none | dsa (the dataset's strategy) | a DSA strategy string
     zca: bool = False  # train on ZCA-whitened images (fit on the normalised train split)
     zca_eps: float = 0.1
@@ -91,9 +102,18 @@ class ExpertConfig(CachedConfig):
             raise DDBenchError(
                 f"experts: source must be a name without spaces around it, got {self.source!r}"
             )
+        self.milestones = [float(m) for m in self.milestones]
+        if not (self.gamma > 0 and all(0 < m <= 1 for m in self.milestones)):
+            raise DDBenchError("experts: schedule step needs gamma > 0 and milestones in (0, 1]")
         if self.step == "plain":
-            if self.step_kwargs:
-                raise DDBenchError("experts: step_kwargs need a step variant (step: plain)")
+            # a variant's settings at their defaults are the plain step (so a command line can
+            # turn a method's variant off: step=plain and its settings at their defaults)
+            for name, value in self.step_kwargs.items():
+                owner = variant_of_setting(name)
+                if owner is None or owner.defaults[name] != value:
+                    raise DDBenchError(
+                        f"experts: step_kwargs {name}={value!r} need a step variant (step: plain)"
+                    )
             return
         variant = step_variant(self.step)
         changed = variant.changed(self.step_kwargs)  # checks the names
@@ -112,10 +132,17 @@ class ExpertConfig(CachedConfig):
     def key(self, dataset: str) -> str:
         """The hash of the dataset and every field, a step variant's settings under their own
         names and only where they differ from its defaults (each setting name belongs to one
-        variant, so the names identify it): a plain expert's key has no step fields."""
+        variant, so the names identify it): a plain expert's key has no step fields, and
+        ``milestones``/``gamma`` enter it only under ``schedule: step`` and when set to other
+        values than their defaults."""
         fields = asdict(self)
         if not fields["source"]:  # trained here: not hashed, so those keys do not depend on it
             del fields["source"]
+        for name in self._HASHED_IF_SET:
+            f = self.__dataclass_fields__[name]
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if fields[name] == default or self.schedule != "step":  # no effect otherwise
+                del fields[name]
         step, kwargs = fields.pop("step"), fields.pop("step_kwargs")
         if step != "plain":
             fields.update(step_variant(step).changed(kwargs))
@@ -173,15 +200,52 @@ def register_step(name: str, build: Callable[..., Callable], defaults: dict[str,
 def step_variant(name: str) -> StepVariant:
     """The registered variant ``name``, importing the method modules once if it is unknown."""
     if name not in _STEPS:
-        import ddbench.methods
-
-        for mod in pkgutil.iter_modules(ddbench.methods.__path__):
-            importlib.import_module(f"ddbench.methods.{mod.name}")
+        _import_methods()
     if name not in _STEPS:
         raise DDBenchError(
             f"experts: unknown step {name!r}; choose plain or one of {sorted(_STEPS)}"
         )
     return _STEPS[name]
+
+
+class ExpertStepContext:
+    """What the expert trainer tells a step variant with ``uses_context = True`` beyond the
+    engine's ``(closure, params, optimizer)``: ``epoch``, the 0-based epoch being trained;
+    ``inputs``, the current batch before augmentation (the normalised train images); and
+    ``forward(params, x)``, the network at the parameters ``params`` (in ``parameters()`` order,
+    the live ones the step receives) applied to ``x``, differentiable w.r.t. both."""
+
+    def __init__(self, module: nn.Module, epoch: int = 0):
+        self.module = module
+        self.names = [n for n, _ in module.named_parameters()]
+        self.epoch = epoch
+        self.inputs: torch.Tensor | None = None
+
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's ``batch_transform``: records the batch, changes nothing."""
+        self.inputs = x
+        return x, y
+
+    def end_epoch(self, epoch: int, loss: float) -> None:
+        """The engine's ``on_epoch``: the next batches belong to ``epoch + 1``."""
+        self.epoch = epoch + 1
+
+    def forward(self, params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(self.module, dict(zip(self.names, params)), (x,))
+
+
+def variant_of_setting(name: str) -> StepVariant | None:
+    """The registered variant that has the setting ``name`` (after importing the methods)."""
+    if not any(name in v.defaults for v in _STEPS.values()):
+        _import_methods()
+    return next((v for v in _STEPS.values() if name in v.defaults), None)
+
+
+def _import_methods() -> None:
+    import ddbench.methods
+
+    for mod in pkgutil.iter_modules(ddbench.methods.__path__):
+        importlib.import_module(f"ddbench.methods.{mod.name}")
 
 
 def expert_dir(dataset: str, cfg: ExpertConfig) -> Path:
@@ -331,7 +395,7 @@ def train_expert(
     recipe = engine.Recipe(
         epochs=cfg.epochs, batch_size=cfg.batch_size, optimizer="sgd", lr=cfg.lr,
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
-        augment=strategy,
+        milestones=tuple(cfg.milestones), gamma=cfg.gamma, augment=strategy,
     )  # fmt: skip
     build: Callable[[], nn.Module] = lambda: build_expert_model(dataset, cfg)  # noqa: E731
     flat = FlatModel(build())
@@ -352,6 +416,10 @@ def train_expert(
             rows = [flat.flatten(dict(build().named_parameters()))]
     x, y = _images(dataset, cfg)
     step_fn = cfg.step_fn()
+    context = None
+    if getattr(step_fn, "uses_context", False):
+        context = ExpertStepContext(build().to(device), int((resume or {}).get("epoch", 0)))
+        step_fn.context = context
     config_path = path.parent / "config.json"  # lets `ddbench expert list` describe unfinished ones
     if not config_path.exists():
         text = json.dumps({"dataset": dataset, "config": asdict(cfg)}, indent=1)
@@ -370,6 +438,8 @@ def train_expert(
         progress=f"expert {i} {dataset}/{cfg.model}" if progress else False,
         checkpoint=save_state, checkpoint_every=1, resume=resume,
         step_fn=step_fn,
+        batch_transform=None if context is None else context.observe,
+        on_epoch=None if context is None else context.end_epoch,
         # torch.compile cannot differentiate twice: such a step trains eagerly
         compile=False if getattr(step_fn, "double_backward", False) else "auto",
         distributed=False,  # trained by the one process holding the cache lock (see cache.lock)

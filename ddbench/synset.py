@@ -543,10 +543,11 @@ def import_dc(
         raise DDBenchError(
             f"{path} is not a DC/DSA/DM result file (expected data[{experiment}] = [images, labels])"
         ) from e
-    if protocol is not None:
-        from ddbench.protocol import protocol_config
+    if protocol is not None:  # a shipped protocol (conf/protocol/<name>.yaml)
+        import importlib.resources
 
-        if protocol_config(protocol) is None:
+        shipped = importlib.resources.files("ddbench.conf") / "protocol" / f"{protocol}.yaml"
+        if "/" in protocol or not shipped.is_file():
             raise DDBenchError(f"unknown protocol {protocol!r} (see conf/protocol/)")
     return _imported(images, labels, dataset, "dc", protocol=protocol or dc_protocol(path))
 

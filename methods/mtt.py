@@ -155,13 +155,21 @@ class MTT(ImageDistillation):
         idx: torch.Tensor,
         draw: Any,
     ) -> torch.Tensor:
+        (g,) = torch.autograd.grad(
+            self.student_loss(w, images, labels, idx, draw), w, create_graph=True
+        )
+        return w - lr * g
+
+    def student_loss(
+        self, w: torch.Tensor, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor,
+        draw: Any,
+    ) -> torch.Tensor:  # fmt: skip
+        """The cross entropy of the student at ``w`` on the (modified, augmented) batch ``idx``."""
         assert self.student is not None
         x, y = self.modifier.apply(images[idx], self.batch_targets(labels[idx]))
         if draw is not None:
             x = draw(x)
-        ce = F.cross_entropy(self.student(w, x).float(), y)
-        (g,) = torch.autograd.grad(ce, w, create_graph=True)
-        return w - lr * g
+        return F.cross_entropy(self.student(w, x).float(), y)
 
     def batch_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """The cross-entropy targets of one student step's batch (subclasses reweight them)."""

@@ -1,6 +1,6 @@
 """FTD, DATM and AST (methods/ftd.py, datm.py, ast.py) over MTT, and the expert-step variants
 they register with the expert trainer (ddbench/experts.py's hook: FTD's GSAM, AST's smooth
-experts with gradient clipping and penalty), on the real digits data."""
+experts), on the real digits data; AST's own parts: tests/test_ast.py."""
 
 from __future__ import annotations
 
@@ -17,15 +17,13 @@ from conftest import Killed, check_resume, counting, kill_training_after_epoch, 
 
 import ddbench
 from ddbench import engine, experts, synset
-from ddbench.coreset import class_features
 from ddbench.errors import DDBenchError
 from ddbench.experts import ExpertConfig, register_step
 from ddbench.method import Checkpointer, build_method
 from ddbench.methods import packaged_config
-from ddbench.methods.ast import AST, SmoothStep, balanced_targets
+from ddbench.methods.ast import AST, SmoothStep
 from ddbench.methods.datm import DATM
 from ddbench.methods.ftd import FTD, GSAMStep
-from ddbench.methods.mtt import MTT
 from ddbench.protocol import Protocol, evaluate, protocol_config
 from ddbench.relabel import class_consistent
 
@@ -41,7 +39,7 @@ COMMON = dict(iterations=4, lr_img=100.0, lr_teacher=0.2, syn_steps=4, batch_syn
 CFGS = {
     FTD: dict(COMMON, expert_epochs=1, max_start_epoch=2, ema_decay=0.5),
     DATM: dict(COMMON, expert_epochs=1, max_start_epoch=1, max_start_epoch_final=3),
-    AST: dict(COMMON, expert_epochs=2, max_start_epoch=2, weight_perturb=0.1),
+    AST: dict(COMMON, expert_epochs=2, max_start_epoch=2, lr_lr=1e-05),
 }
 # the expert fields that existed before the step variants: plain keys must not change
 OLD_FIELDS = ("model", "model_kwargs", "epochs", "batch_size", "lr", "momentum", "weight_decay",
@@ -96,11 +94,7 @@ def gsam(sam_rho=0.0, gsam_alpha=0.0, sam_adaptive=False):
     return GSAMStep(sam_rho, gsam_alpha, sam_adaptive)
 
 
-def smooth(clip_grad=None, grad_penalty=0.0):
-    return SmoothStep(clip_grad, grad_penalty)
-
-
-def test_expert_steps_use_the_ascent_point_gsam_and_clipping_as_defined():
+def test_expert_steps_use_the_ascent_point_and_gsam_as_defined():
     torch.manual_seed(0)
     a, w0 = torch.randn(5, 5), torch.randn(5)
 
@@ -112,8 +106,6 @@ def test_expert_steps_use_the_ascent_point_gsam_and_clipping_as_defined():
         return torch.autograd.grad(loss_of(w), w)[0]
 
     g = grad_at(w0)
-    plain = _step_on(smooth(clip_grad=1e9), w0, loss_of)  # clipping far above the norm: plain
-    torch.testing.assert_close(plain, g)
     rho = 0.3
     g_adv = grad_at(w0 + rho * g / g.norm())
     sam = _step_on(gsam(sam_rho=rho), w0, loss_of)
@@ -127,16 +119,6 @@ def test_expert_steps_use_the_ascent_point_gsam_and_clipping_as_defined():
     g_ada = grad_at(w0 + rho * w0 * w0 * g / (w0.abs() * g).norm())
     ada = _step_on(gsam(sam_rho=rho, sam_adaptive=True), w0, loss_of)
     torch.testing.assert_close(ada, g_ada)
-    # clipping to a global norm, and the gradient penalty loss + lam * ||grad loss||
-    clipped = _step_on(smooth(clip_grad=0.1), w0, loss_of)
-    assert float(clipped.norm()) == pytest.approx(0.1, rel=1e-4)
-    torch.testing.assert_close(clipped / clipped.norm(), g / g.norm())
-    w = w0.clone().requires_grad_(True)
-    (gw,) = torch.autograd.grad(loss_of(w), w, create_graph=True)
-    (expected,) = torch.autograd.grad(loss_of(w) + 0.5 * gw.norm(), w)
-    penalised = _step_on(smooth(grad_penalty=0.5), w0, loss_of)
-    torch.testing.assert_close(penalised, expected)
-    assert not torch.allclose(penalised, g)
 
 
 def _old_key(fields: dict) -> str:
@@ -148,13 +130,15 @@ def _old_key(fields: dict) -> str:
 def test_expert_step_variants_keep_the_cache_keys_they_had_as_expert_fields():
     plain = ExpertConfig(**{"model_kwargs": {"net_width": 16}, "epochs": 3})
     old = {k: v for k, v in dataclasses.asdict(plain).items() if k in OLD_FIELDS}
-    # source (imported experts) is hashed only when set: test_trajectory_parity.py
-    assert set(dataclasses.asdict(plain)) - set(OLD_FIELDS) == {"step", "step_kwargs", "source"}
+    # source (imported experts) is hashed only when set: test_trajectory_parity.py; milestones
+    # and gamma only where not at their defaults under schedule: step
+    added = {"step", "step_kwargs", "source", "milestones", "gamma"}
+    assert set(dataclasses.asdict(plain)) - set(OLD_FIELDS) == added
     assert plain.key("digits") == _old_key(old)
     variants = [("gsam", dict(sam_rho=0.05)), ("gsam", dict(sam_rho=0.05, gsam_alpha=0.4)),
-                ("gsam", dict(sam_rho=0.05, sam_adaptive=True)), ("smooth", dict(clip_grad=1.0)),
-                ("smooth", dict(grad_penalty=0.1)),
-                ("smooth", dict(clip_grad=1.0, grad_penalty=0.1))]  # fmt: skip
+                ("gsam", dict(sam_rho=0.05, sam_adaptive=True)), ("smooth", dict(grad_penalty=2.0)),
+                ("smooth", dict(loss_decay=True)),
+                ("smooth", dict(grad_penalty=2.0, loss_decay=True))]  # fmt: skip
     keys = set()
     for step, kw in variants:
         cfg = dataclasses.replace(plain, step=step, step_kwargs=kw)
@@ -162,13 +146,13 @@ def test_expert_step_variants_keep_the_cache_keys_they_had_as_expert_fields():
         keys.add(cfg.key("digits"))
         # a setting given at its default is not part of the key
         full = dataclasses.replace(cfg, step_kwargs={"gsam_alpha": 0.0, **kw} if step == "gsam"
-                                   else {"clip_grad": None, **kw})  # fmt: skip
+                                   else {"reset_momentum": False, **kw})  # fmt: skip
         assert full.key("digits") == cfg.key("digits")
     assert len(keys) == len(variants) and plain.key("digits") not in keys
     for bad in (dict(step="gsam", step_kwargs={"sam_rho": -1.0}),
                 dict(step="gsam", step_kwargs={"gsam_alpha": 0.4}),
                 dict(step="gsam", step_kwargs={"clip_grad": 1.0}),
-                dict(step="smooth", step_kwargs={"clip_grad": 0.0}),
+                dict(step="smooth", step_kwargs={"sam_rho": 0.1}),
                 dict(step="smooth", step_kwargs={"grad_penalty": -0.1}),
                 dict(step="smooth", step_kwargs={}), dict(step_kwargs={"sam_rho": 0.1}),
                 dict(step="sharp")):  # fmt: skip
@@ -218,7 +202,7 @@ def test_expert_variants_train_through_the_engine_and_move_differently(monkeypat
     plain = experts.get_experts("digits", ExpertConfig(**base), 1, "cpu", progress=False)[0]
     assert steps_seen == [None]  # plain experts: the engine's default step, as before
     for step, kw, cls in (("gsam", dict(sam_rho=0.05, gsam_alpha=0.4), GSAMStep),
-                          ("smooth", dict(clip_grad=0.5, grad_penalty=0.1), SmoothStep)):  # fmt: skip
+                          ("smooth", dict(grad_penalty=2.0, loss_decay=True), SmoothStep)):  # fmt: skip
         cfg = ExpertConfig(**base, step=step, step_kwargs=kw)
         traj = experts.get_experts("digits", cfg, 1, "cpu", progress=False)[0]
         assert isinstance(steps_seen[-1], cls)
@@ -407,104 +391,6 @@ def test_a_killed_datm_run_resumes_images_lr_and_labels(digits_train, cached_exp
     assert s.soft_labels and not torch.allclose(s.labels, killed.label_logits.softmax(1).detach())
 
 
-# ---------------------------------------------------------------------------- AST
-
-
-OFF = dict(
-    representative_init=None, balanced_loss=False, intermediate_weight=0.0, weight_perturb=0.0
-)
-
-
-def test_balanced_targets_weigh_every_present_class_equally():
-    y = torch.tensor([0, 0, 0, 1, 2])  # imbalanced
-    logits = torch.randn(5, 4)
-    ce = F.cross_entropy(logits, y, reduction="none")
-    expected = (ce[:3].mean() + ce[3] + ce[4]) / 3
-    torch.testing.assert_close(F.cross_entropy(logits, balanced_targets(y, 4)), expected)
-    assert not torch.allclose(F.cross_entropy(logits, y), expected)
-    even = torch.tensor([0, 1, 2, 3])
-    torch.testing.assert_close(
-        F.cross_entropy(logits[:4], balanced_targets(even, 4)), F.cross_entropy(logits[:4], even)
-    )
-
-
-def test_ast_with_every_switch_off_is_mtt_and_each_switch_changes_the_loss(
-    digits_train, cached_experts
-):
-    ast_config = AST(**CFGS[AST]).config  # AST's settings (smooth experts) but MTT's class
-    mtt = MTT(**{k: v for k, v in ast_config.items() if k in MTT.Settings.__dataclass_fields__})
-    t = make_task(digits_train, 2)
-    mtt.prepare(t)
-    images, labels = mtt.init_images(t)
-    ref = float(_fixed(mtt, t, images, labels).detach())
-    losses = {}
-    for name, kw in {"off": OFF, "balanced": {**OFF, "balanced_loss": True},
-                     "intermediate": {**OFF, "intermediate_weight": 1.0},
-                     "perturb": {**OFF, "weight_perturb": 0.5}}.items():  # fmt: skip
-        a = AST(**{**CFGS[AST], **kw})
-        a.prepare(t)
-        losses[name] = float(_fixed(a, t, images, labels).detach())
-    assert losses["off"] == pytest.approx(ref, rel=1e-6)
-    assert losses["intermediate"] > losses["off"]  # plus a positive matching term
-    for name in ("balanced", "perturb"):
-        assert losses[name] != pytest.approx(losses["off"], rel=1e-4), name
-
-
-def test_ast_balanced_student_step_differs_from_plain_ce_only_on_imbalanced_batches(
-    digits_train, cached_experts
-):
-    steps = {}
-    for balanced in (False, True):
-        a, task, images, labels = _ready(AST, digits_train, **{**OFF, "balanced_loss": balanced})
-        w = a.trajectories[0][1].clone().requires_grad_(True)
-        lr = torch.tensor(0.01)
-        imbalanced = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 10])  # class 0 twice, class 9 never
-        balanced_idx = torch.arange(0, 20, 2)  # one image of each class
-        steps[balanced] = [a._student_step(w, images, labels, lr, idx, None).detach()
-                           for idx in (imbalanced, balanced_idx)]  # fmt: skip
-    assert not torch.allclose(steps[True][0], steps[False][0])
-    torch.testing.assert_close(steps[True][1], steps[False][1])
-
-
-def test_ast_weight_perturbation_is_relative_sparse_and_seeded(digits_train, cached_experts):
-    a, task, *_ = _ready(AST, digits_train, weight_perturb=0.5)
-    theta = a.trajectories[0][2]
-    task.generator.manual_seed(3)
-    p1 = a.perturbed_start(task, theta)
-    task.generator.manual_seed(3)
-    assert torch.equal(a.perturbed_start(task, theta), p1)
-    delta = p1 - theta
-    assert (delta.abs() <= 0.5 * theta.abs() + 1e-7).all()  # |alpha d w| with |d| <= 1
-    for part in delta.split(a.student.numels):
-        if part.numel() >= 16:
-            assert 0.25 < float((part == 0).float().mean()) < 0.75  # half dropped (or w = 0)
-
-
-def test_ast_representative_init_picks_the_image_nearest_the_class_centroid(
-    digits_train, cached_experts
-):
-    a, task, images, labels = _ready(AST, digits_train, ipc=1, representative_init="herding")
-    net = task.model_factory()
-    torch.nn.utils.vector_to_parameters(a.trajectories[0][-1], net.parameters())
-    for c in (0, 3, 7):
-        feats = class_features(task, net, c, chunk=256)
-        nearest = int(((feats - feats.mean(0)) ** 2).sum(1).argmin())
-        i = int(task.train.indices_of(c)[nearest])
-        torch.testing.assert_close(images[c : c + 1], task.normalize(task.train.images[i : i + 1]))
-    k, *_ = _ready(AST, digits_train, ipc=2, representative_init="kcenter")
-    assert torch.equal(labels, torch.arange(10))
-
-
-def test_ast_intermediate_matching_survives_a_checkpointed_unroll(digits_train, cached_experts):
-    grads = []
-    for ckpt in (False, True):
-        a, task, images, labels = _ready(AST, digits_train, checkpoint_unroll=ckpt)
-        loss = _fixed(a, task, images, labels, seed=3)
-        grads.append((loss.detach(), torch.autograd.grad(loss, images)[0]))
-    torch.testing.assert_close(grads[1][0], grads[0][0])
-    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-4, atol=1e-7)
-
-
 # ---------------------------------------------------------------------------- configs
 
 
@@ -515,9 +401,9 @@ def test_the_configs_build_the_methods_with_the_runs_model_and_their_experts(cls
     assert m.protocol == ("datm" if cls is DATM else "learned_lr")
     assert m.experts.model_kwargs["net_width"] == 16 and not m.fyi
     e = m.experts
-    if cls is AST:  # smooth experts
-        assert e.step == "smooth" and e.step_kwargs["clip_grad"] > 0
-        assert e.step_kwargs["grad_penalty"] > 0
+    if cls is AST:  # smooth experts (README.md:12's buffer.py command)
+        assert e.step == "smooth" and e.step_kwargs["grad_penalty"] > 0
+        assert e.step_kwargs["loss_decay"]
     else:  # FTD's GSAM buffers (DATM trains its experts with FTD's script)
         assert e.step == "gsam" and e.step_kwargs["sam_rho"] > 0
         assert e.step_kwargs["gsam_alpha"] > 0
