@@ -109,7 +109,7 @@ def test_datadam_batched_is_the_per_class_loss_unless_batchnorm_spans_classes(
         m = DataDAM(batch_real=16, batched=batched)
         loss = m.matching_loss(task, m.fresh_net(task, frozen=True), images)
         loss.backward()
-        return float(loss), images.grad
+        return float(loss.detach()), images.grad
 
     (l0, g0), (l1, g1) = run(False), run(True)
     if same:
