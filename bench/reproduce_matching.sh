@@ -22,11 +22,11 @@ run() {
 for ds in fashion_mnist mnist; do
   for ipc in 1 10; do run $ds/random/ipc$ipc method=random dataset=$ds ipc=$ipc "$@"; done
   run $ds/dm/ipc1 method=dm dataset=$ds ipc=1 method.iterations=200 method.batch_real=64 "$@"
-  run $ds/datadam/ipc1 method=datadam dataset=$ds ipc=1 method.iterations=200 "$@"
+  run $ds/datadam/ipc1 method=datadam dataset=$ds ipc=1 method.iterations=200 method.power=4 "$@"
   run $ds/dsa/ipc1 method=dsa dataset=$ds ipc=1 method.iterations=100 method.batch_real=64 "$@"
   run $ds/dc/ipc1 method=dc dataset=$ds ipc=1 method.iterations=200 method.batch_real=64 "$@"
   run $ds/dm/ipc10 method=dm dataset=$ds ipc=10 method.iterations=200 method.batch_real=64 "$@"
-  run $ds/datadam/ipc10 method=datadam dataset=$ds ipc=10 method.iterations=200 "$@"
+  run $ds/datadam/ipc10 method=datadam dataset=$ds ipc=10 method.iterations=200 method.power=4 "$@"
 done
 for ipc in 1 10; do
   run fashion_mnist/dm_fyi/ipc$ipc method=dm dataset=fashion_mnist ipc=$ipc method.iterations=200 \

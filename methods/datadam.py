@@ -52,7 +52,9 @@ class DataDAM(ImageDistillation):
         lr_img_large_ipc: float | None = 10.0  # replaces lr_img for ipc >= 100; null: never
         batch_real: int = 64  # --batch_real 64: real images per class per iteration
         dsa: bool = True  # siamese DSA, one draw per class (the dataset's strategy)
-        power: float = 4.0  # the paper's p (HP table); the released code runs exp=1 (line 303)
+        # p: the released code's exp=1 (main_DataDAM.py 303), chosen over the paper's p = 4 (HP
+        # table) on the val split (docs/methods.md, bench/results/datadam_val/)
+        power: float = 1.0
         mmd_weight: float = 0.01  # lambda of L_SAM + lambda * L_MMD (--task_balance 0.01)
         loss_scale: float = 100.0  # the code multiplies both terms by 100
         # false: one forward per class (the paper's instance-norm network gives the same values

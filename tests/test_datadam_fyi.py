@@ -135,7 +135,7 @@ def test_datadam_config_holds_the_paper_defaults_and_rejects_bad_values(digits_t
     m = build_method(cfg)
     assert type(m) is DataDAM and isinstance(m, ImageDistillation) and cfg["name"] == "datadam"
     expected = {"iterations": 20000, "lr_img": 1.0, "momentum_img": 0.5, "init": "real",
-                "batch_real": 64, "dsa": True, "power": 4.0, "mmd_weight": 0.01,
+                "batch_real": 64, "dsa": True, "power": 1.0, "mmd_weight": 0.01,
                 "loss_scale": 100.0, "fyi": False, "eval_every": 0}  # fmt: skip
     for k, v in expected.items():
         assert getattr(m, k) == v, k

@@ -115,7 +115,7 @@ def test_hp_table_iterations_apply_at_the_paper_ipcs_unless_set():
     m = DataDAM(iterations=300)
     m.apply_recipe("mnist", 1, {"iterations"})
     assert m.iterations == 300 and m.recipe["kept"] == {"iterations": 300}
-    assert DataDAM().power == 4.0 and DataDAM(power=1).power == 1.0
+    assert DataDAM().power == 1.0 and DataDAM(power=4).power == 4.0
 
 
 def test_cli_imports_a_datadam_file_and_scores_it_under_the_authors_evaluation(
