@@ -29,21 +29,15 @@ set -euo pipefail
 OFF=${1:?usage: official_datadam_setup.sh OFFICIAL_CHECKOUT}
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${DDBENCH_PY:-python3}
-python3 - "$OFF" <<'PYEOF'
+python3 - "$OFF" "$HERE/bench/parity" <<'PYEOF'
 import sys
 from pathlib import Path
 
 off = Path(sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from patching import make_edit  # noqa: E402
 
-
-def edit(path, old, new, marker):
-    p = off / path
-    s = p.read_text()
-    if marker in s:
-        return
-    if s.count(old) != 1:
-        sys.exit(f"{p}: the text to patch is missing or not unique: {old!r}")
-    p.write_text(s.replace(old, new))
+edit = make_edit(off)  # bench/parity/patching.py
 
 
 edit(

@@ -36,25 +36,19 @@ set -euo pipefail
 OFF=${1:?usage: official_mtt_setup.sh OFFICIAL_CHECKOUT}
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
 PY=${DDBENCH_PY:-python3}
-python3 - "$OFF" <<'PYEOF'
+python3 - "$OFF" "$HERE/bench/parity" <<'PYEOF'
 import sys
 from pathlib import Path
 
 off = Path(sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+from patching import make_edit  # noqa: E402
 # FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
 ftd = (off / "distill" / "distill_FTD.py").exists()
 UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
 DISTILL = "distill/distill_FTD.py" if ftd else "distill.py"
 
-
-def edit(path, old, new, marker):
-    p = off / path
-    s = p.read_text()
-    if marker in s:
-        return
-    if s.count(old) != 1:
-        sys.exit(f"{p}: the text to patch is missing or not unique: {old!r}")
-    p.write_text(s.replace(old, new))
+edit = make_edit(off)  # bench/parity/patching.py
 
 
 # M1
