@@ -46,7 +46,7 @@ from pathlib import Path
 
 off = Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
-from patching import make_edit  # noqa: E402
+from patching import make_edit, write_wandb_standin  # noqa: E402
 fork = "def BatchAug(" in (off / "utils.py").read_text()  # FYI's fork of the code (E7, E8)
 
 edit = make_edit(off, unique=False)  # bench/parity/patching.py
@@ -134,23 +134,12 @@ if fork:
             "ddbench-parity E7",
         )
     # E8
-    stub = off / "wandb.py"
-    if not stub.exists():
-        stub.write_text(
-            '"""ddbench-parity E8: offline stand-in for the wandb calls of main.py and main_DM.py."""\n'
-            "import sys\n\n\n"
-            "class _Config:\n    def __init__(self, items):\n        self._items = items\n\n\n"
-            "class _Run:\n    name = None\n\n\n"
-            "config, run = _Config({}), _Run()\n\n\n"
-            "def init(**kwargs):\n"
-            "    args = kwargs.get('config')\n"
-            "    sys.modules[__name__].config = _Config(dict(vars(args)) if args is not None else {})\n"
-            "    return run\n\n\n"
-            "def log(*args, **kwargs):\n    pass\n\n\n"
-            "def finish(*args, **kwargs):\n    pass\n\n\n"
-            "class Image:\n    def __init__(self, *args, **kwargs):\n        pass\n\n\n"
-            "Table = Image\n"
-        )
+    write_wandb_standin(
+        off / "wandb.py",
+        "ddbench-parity E8: offline stand-in for the wandb calls of main.py and main_DM.py.",
+        None,
+        "Table",
+    )
 print(f"patched {off}")
 PYEOF
 mkdir -p "$OFF/data"

@@ -42,7 +42,7 @@ from pathlib import Path
 
 off = Path(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
-from patching import make_edit  # noqa: E402
+from patching import make_edit, write_wandb_standin  # noqa: E402
 # FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
 ftd = (off / "distill" / "distill_FTD.py").exists()
 UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
@@ -134,22 +134,10 @@ if not ftd:
     )
 # M6
 stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd else off / "wandb.py"
-if not stub.exists():
-    stub.write_text(
-        '"""ddbench-parity M6: offline stand-in for the wandb calls of the distillation."""\n'
-        "import sys\n\n\n"
-        "class _Config:\n    def __init__(self, items):\n        self._items = items\n\n\n"
-        "class _Run:\n    name = 'parity'\n\n\n"
-        "config, run = _Config({}), _Run()\n\n\n"
-        "def init(**kwargs):\n"
-        "    args = kwargs.get('config')\n"
-        "    sys.modules[__name__].config = _Config(dict(vars(args)) if args is not None else {})\n"
-        "    return run\n\n\n"
-        "def log(*args, **kwargs):\n    pass\n\n\n"
-        "def finish(*args, **kwargs):\n    pass\n\n\n"
-        "class Image:\n    def __init__(self, *args, **kwargs):\n        pass\n\n\n"
-        "Histogram = Image\n"
-    )
+write_wandb_standin(
+    stub, "ddbench-parity M6: offline stand-in for the wandb calls of the distillation.",
+    "parity", "Histogram",
+)
 print(f"patched {off}" + (" (FTD's fork)" if ftd else ""))
 PYEOF
 mkdir -p "$OFF/data"

@@ -18,3 +18,26 @@ def make_edit(off: Path, unique: bool = True):
         p.write_text(s.replace(old, new))
 
     return edit
+
+
+def write_wandb_standin(path: Path, doc: str, run_name, aliases: str) -> None:
+    """An offline ``wandb.py`` beside their scripts (once): ``init`` keeps the parsed arguments
+    as ``wandb.config._items``, from which their scripts rebuild them; ``log``, ``finish`` and
+    ``Image`` (and ``aliases`` of it, e.g. ``Table``) do nothing. No account, no network."""
+    if path.exists():
+        return
+    path.write_text(
+        f'"""{doc}"""\n'
+        "import sys\n\n\n"
+        "class _Config:\n    def __init__(self, items):\n        self._items = items\n\n\n"
+        f"class _Run:\n    name = {run_name!r}\n\n\n"
+        "config, run = _Config({}), _Run()\n\n\n"
+        "def init(**kwargs):\n"
+        "    args = kwargs.get('config')\n"
+        "    sys.modules[__name__].config = _Config(dict(vars(args)) if args is not None else {})\n"
+        "    return run\n\n\n"
+        "def log(*args, **kwargs):\n    pass\n\n\n"
+        "def finish(*args, **kwargs):\n    pass\n\n\n"
+        "class Image:\n    def __init__(self, *args, **kwargs):\n        pass\n\n\n"
+        f"{aliases} = Image\n"
+    )
