@@ -178,10 +178,84 @@ def bad_budget(tmp, runs):
     return _write(tmp, r), bad, [], "a class has 2 images, over the ipc budget of 1"
 
 
+def _resaved(tmp, runs, name, change=None, **meta) -> tuple[dict, Path]:
+    """The honest result and its set re-saved under ``tmp/name`` with ``change(set)`` applied
+    to a copy of the set and ``meta`` merged into its metadata; the result follows the set."""
+    r, s = _honest(runs)
+    real = synset.load(s)
+    new = synset.SyntheticSet(real.images.clone(), real.labels.clone(), {**real.meta, **meta})
+    if change is not None:
+        change(new)
+    out = synset.save(new, tmp / name)
+    r["synset"]["sha256"] = new.meta["sha256"]
+    r["method"] = new.meta["method"]["name"]
+    return r, out
+
+
+def _test_image_like(runs, i: int = 3):
+    """A digits test image of the honest set's first class, in the set's normalised space."""
+    from ddbench import data
+
+    test = data.load_split("digits", "test")
+    label = int(synset.load(_honest(runs)[1]).labels[0])
+    j = int(test.indices_of(label)[i])
+    return test.standardize(test.images[j : j + 1])[0], j
+
+
+def bad_shifted_copy(tmp, runs):
+    """A test image moved one pixel right, the uncovered column filled with the background."""
+    img, _ = _test_image_like(runs)
+    moved = torch.full_like(img, float(img.min()))
+    moved[..., 1:] = img[..., :-1]
+    r, bad = _resaved(tmp, runs, "shifted.safetensors", lambda s: s.images[0].copy_(moved))
+    return _write(tmp, r), bad, [], "near-copies of test images: image 0 ~ test image"
+
+
+def bad_noisy_copy(tmp, runs):
+    """A test image with Gaussian noise of 8 % of its norm."""
+    img, _ = _test_image_like(runs)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(img.shape, generator=g)
+    noisy = img + 0.08 * img.norm() * noise / noise.norm()
+    r, bad = _resaved(tmp, runs, "noisy.safetensors", lambda s: s.images[0].copy_(noisy))
+    return _write(tmp, r), bad, [], "near-copies of test images: image 0 ~ test image"
+
+
+def bad_resubmission(tmp, runs):
+    """The tensors of a set already on the board, re-saved under another method name."""
+    r, s = _honest(runs)
+    real = synset.load(s)
+    meta = {**real.meta, "method": {**real.meta["method"], "name": "dm"}}
+    again = synset.save(synset.SyntheticSet(real.images, real.labels, meta), tmp / "dm.safetensors")
+    assert synset.load(again).meta["sha256"] == r["synset"]["sha256"]  # tensors only
+    r["method"] = "dm"
+    return _write(tmp, r), again, [], "this set is already on the board"
+
+
+def bad_path_in_name(tmp, runs):
+    r, s = _honest(runs)
+    r["model"] = "../../convnet"
+    return _write(tmp, r), s, [], "'model' holds a path part"
+
+
+def bad_control_in_name(tmp, runs):
+    r, s = _honest(runs)
+    r["model_kwargs"]["net_act"] = "relu\x00"
+    return _write(tmp, r), s, [], "'model_kwargs.net_act' holds a path part or a control"
+
+
+def bad_deep_json(tmp, runs):
+    f = tmp / "result.json"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    return f, _honest(runs)[1], [], "nested too deeply"
+
+
 @pytest.mark.parametrize("case", [bad_schema_missing, bad_schema_type, bad_sha256, bad_test_copy,
                                   bad_pickle, bad_oversize_set, bad_oversize_json,
                                   bad_unpinned_protocol, bad_overridden_protocol, bad_label_bytes,
-                                  bad_val_split, bad_budget], ids=lambda f: f.__name__)  # fmt: skip
+                                  bad_val_split, bad_budget, bad_shifted_copy, bad_noisy_copy,
+                                  bad_resubmission, bad_path_in_name, bad_control_in_name,
+                                  bad_deep_json], ids=lambda f: f.__name__)  # fmt: skip
 def test_a_bad_submission_is_rejected_with_its_reason_and_the_board_unchanged(
     case, runs, board, tmp_path, capsys
 ):
@@ -269,3 +343,127 @@ def test_verify_flags_a_hand_edited_accuracy_and_passes_honest_entries(board, tm
     assert lines == {f"OK {honest}", f"FLAG {tampered}"}, p.stdout
     assert "re-evaluated" in p.stdout and "> tolerance 1.0" in p.stdout
     assert "verified 2 submission(s): 1 flagged" in p.stdout
+
+
+def test_near_copy_check_passes_honest_train_subsets_of_every_class(make_set):
+    """Ten real train images per class, compared over shifts and a mirror with the test split:
+    none is a near-copy (the thresholds come from bench/near_copy_thresholds.py)."""
+    nc = leaderboard.near_copies(make_set(ipc=10))
+    assert nc["copies"] == [] and nc["max_cosine"] < leaderboard.Limits().copy_cosine
+    assert nc["thresholds"]["shift"] == 2
+
+
+def _place(board: Path, result: dict, set_file: Path, name: str, **changes) -> Path:
+    """A hand-written entry ``name`` (the result, ``changes`` merged in) beside a copy of
+    ``set_file`` in the honest runs' folder of ``board``."""
+    folder = board / "submissions/digits/ipc1/quick"
+    shutil.copyfile(set_file, folder / f"{name}.safetensors")
+    e = {**result, "synset": {**result["synset"], "path": f"{name}.safetensors"}, **changes}
+    (folder / f"{name}.json").write_text(json.dumps(e))
+    return folder / f"{name}.json"
+
+
+def _verify_lines(b: Path, tmp: Path) -> tuple[int, dict[str, str]]:
+    p = run_cli("leaderboard", "verify", "--board", str(b), cwd=tmp)
+    assert "Traceback" not in p.stdout + p.stderr, p.stderr
+    lines = {}
+    for ln in p.stdout.splitlines():
+        if ln.startswith(("OK", "FLAG")):
+            status, rest = ln.split(" ", 1)
+            path, detail = rest.strip().split(": ", 1)
+            lines[Path(path).name] = f"{status} {detail}"
+    return p.returncode, lines
+
+
+def test_verify_and_build_recompute_what_an_entry_claims_from_its_set(board, runs, tmp_path):
+    """A 10-per-class set cannot rank at IPC 1, whether its header says ipc 10 or says ipc 1
+    while marked full_dataset (which load does not count); each bad entry is flagged alone."""
+    b = tmp_path / "board"
+    shutil.copytree(board, b)
+    from ddbench import data
+
+    r, honest_set = _honest(runs)
+    base = synset.load(honest_set)
+    train = data.load_split("digits", "train")
+    idx = torch.cat([train.indices_of(c)[:10] for c in range(10)])
+    imgs, labels = train.standardize(train.images[idx]), train.labels[idx]
+    for name, meta in (("claims1", {"ipc": 10}), ("fullflag", {"ipc": 1, "full_dataset": True})):
+        new = synset.SyntheticSet(imgs, labels, {**base.meta, **meta})
+        path = synset.save(new, tmp_path / f"{name}.safetensors")
+        _place(b, {**r, "synset": {"path": None, "sha256": new.meta["sha256"]}}, path, name)
+    rc, lines = _verify_lines(b, tmp_path)
+    assert rc == 1
+    assert lines["claims1.json"] == "FLAG the result says ipc 1, the set says 10"
+    assert lines["fullflag.json"].startswith("FLAG a class has 10 images, over the ipc budget of 1")
+    assert sorted(v.split()[0] for v in lines.values()) == ["FLAG", "FLAG", "OK", "OK"]
+    leaderboard.build(b)
+    readme = (b / "README.md").read_text()
+    assert "claims1.json: the result says ipc 1, the set says 10" in readme.replace("\\", "")
+    # build reads set headers only: the full_dataset set gets a table of its own, never IPC 1's
+    ipc1 = readme.split("## digits · IPC 1 · quick")[1].split("##")[0]
+    assert ipc1.count("| random |") == 2 and "fullflag" not in ipc1
+    assert "## digits · full dataset · quick" in readme.replace("\\", "")
+
+
+def test_malformed_entries_are_flagged_one_by_one_and_the_others_still_processed(
+    board, runs, tmp_path
+):
+    b = tmp_path / "board"
+    shutil.copytree(board, b)
+    r, s = _honest(runs)
+    outside = tmp_path / "outside.safetensors"
+    shutil.copyfile(s, outside)
+    bad = {
+        "up.json": dict(r, synset={**r["synset"], "path": "../../x.safetensors"}),
+        "abs.json": dict(r, synset={**r["synset"], "path": "/etc/passwd"}),
+        "noacc.json": {k: v for k, v in r.items() if k != "accuracy"},
+        "strmean.json": dict(r, accuracy={**r["accuracy"], "mean": "99"}),
+        "link.json": dict(r, synset={**r["synset"], "path": "link.safetensors"}),
+    }
+    folder = b / "submissions/digits/ipc1/quick"
+    for name, e in bad.items():
+        (folder / name).write_text(json.dumps(e))
+    (folder / "link.safetensors").symlink_to(outside)
+    (folder / "garbage.json").write_bytes(b"\x00not json{")
+    reasons = {
+        "up.json": "'synset.path' '../../x.safetensors' must be a file name beside the entry",
+        "abs.json": "'synset.path' '/etc/passwd' must be a file name beside the entry",
+        "noacc.json": "missing key 'accuracy'",
+        "strmean.json": "'accuracy.mean' must be number",
+        "link.json": "'synset.path' 'link.safetensors' leads outside the board",
+        "garbage.json": "is not valid JSON",
+    }
+    rc, lines = _verify_lines(b, tmp_path)
+    assert rc == 1
+    assert sorted(lines) == sorted([*reasons, *(f.name for f, _ in leaderboard.entries(board))])
+    for name, why in reasons.items():
+        assert lines[name].startswith("FLAG") and why in lines[name], (name, lines[name])
+    assert [v.split()[0] for k, v in lines.items() if k not in reasons] == ["OK", "OK"]
+    p = run_cli("leaderboard", "build", "--board", str(b), cwd=tmp_path)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert "2 submissions, 6 excluded" in p.stdout
+    assert sum(ln.startswith("EXCLUDED") for ln in p.stdout.splitlines()) == 6
+    readme, index = (b / "README.md").read_text(), (b / "index.html").read_text()
+    assert readme.count("| random |") == 2 and index.count('data-key="accuracy" data-value') == 2
+    for name in reasons:
+        assert f"quick/{name}:" in readme and f"quick/{name}</code>:" in index
+
+
+def test_readme_and_page_show_names_literally(runs, tmp_path):
+    """A method name with HTML and Markdown in it is escaped in README.md as in index.html."""
+    name = '<img src=x onerror="alert(1)">|*b*[l](j)'
+    r, s = _honest(runs)
+    real = synset.load(s)
+    meta = {**real.meta, "method": {**real.meta["method"], "name": name}}
+    new = synset.SyntheticSet(real.images * 0.9, real.labels, meta)
+    path = synset.save(new, tmp_path / "odd.safetensors")
+    b = tmp_path / "board"
+    (b / "submissions/digits/ipc1/quick").mkdir(parents=True)
+    r = dict(r, method=name, synset={"path": None, "sha256": new.meta["sha256"]})
+    _place(b, r, path, "odd")
+    leaderboard.build(b)
+    readme, index = (b / "README.md").read_text(), (b / "index.html").read_text()
+    assert "<img" not in readme and "<img" not in index
+    md = '&lt;img src=x onerror="alert(1)"&gt;\\|\\*b\\*\\[l\\](j)'
+    assert f"| {md} |" in readme
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;|*b*[l](j)" in index
