@@ -7,9 +7,12 @@
 A submission is a ``result.json`` (as ``ddbench run``/``evaluate`` wrote it) and the set file it
 scored. ``submit`` checks both (see :func:`check_submission` and ``leaderboard/SCHEMA.md``) and
 on success writes one entry, ``submissions/<dataset>/ipc<N>/<protocol>/<method>-<sha12>.json``,
-with the set copied beside it. A rejected submission changes nothing. ``build`` regenerates
-``README.md`` and ``index.html`` from the entries; ``verify`` re-evaluates every set under its
-pinned protocol and flags scores that differ from the submitted ones by more than a tolerance.
+with the set copied beside it; a set already on the board (same tensors) is refused whatever
+its metadata says. A rejected submission changes nothing. ``build`` regenerates ``README.md``
+and ``index.html`` from the well-formed entries (:func:`scan`), listing the others as excluded;
+``verify`` recomputes from each set what its entry claims, looks for test-set near-copies, and
+re-evaluates it under its pinned protocol. A malformed entry is flagged with its reason and
+never stops the others.
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ class Limits:
     # bench/near_copy_thresholds.py, docs/leaderboard.md).
     copy_cosine: float = 0.993
     copy_shift: int = 2
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.copy_cosine <= 1.0:
+            raise DDBenchError(f"copy_cosine must be in [-1, 1], not {self.copy_cosine}")
+        if self.copy_shift < 0:
+            raise DDBenchError(f"copy_shift must be >= 0 pixels, not {self.copy_shift}")
+        if min(self.max_set_bytes, self.max_json_bytes) < 1:
+            raise DDBenchError("the size limits must be positive")
 
 
 # ----------------------------------------------------------------------------- schema
@@ -162,14 +173,15 @@ def best_matches(
     image when ``flip``), the image and each test image are cropped to their overlap and
     compared by centred cosine similarity (each crop minus its mean, then normalised), so a
     copy moved by a few pixels, whatever fills the border, matches its source with cosine 1.
-    Returns tensors ``cosine`` (the best, ``[N]``), ``test_index``, ``dy``, ``dx`` and
-    ``flipped`` of that best match.
+    ``shift`` is capped at half the image's side. Returns tensors ``cosine`` (the best,
+    ``[N]``), ``test_index``, ``dy``, ``dx`` and ``flipped`` of that best match.
     """
     import torch
 
     x = images.detach().float()
     t = test.detach().float().to(x.device)
     n, (h, w) = len(x), x.shape[-2:]
+    shift = max(0, min(shift, h // 2, w // 2))
     queries = torch.cat([x, x.flip(-1)]) if flip else x
     best = torch.full((len(queries),), -2.0, device=x.device)
     arg = torch.zeros(len(queries), dtype=torch.long, device=x.device)
@@ -592,7 +604,7 @@ def scan(
             errors = schema_errors(e) or text_errors(e, skip=("synset.path", "submission"))
             if errors:
                 raise DDBenchError("; ".join(errors[:3]))
-            meta = _set_header(_set_file(root, f, e), limits.max_json_bytes)
+            meta = _set_header(_set_file(root, f, e), limits.max_set_bytes)
             errors = _header_errors(e, meta)
             if errors:
                 raise DDBenchError("; ".join(errors))
@@ -874,6 +886,7 @@ def verify(
     is marked as such.
     """
     from ddbench import synset as synset_io
+    from ddbench.engine import pick_device
     from ddbench.protocol import evaluate
 
     board = Path(board)
@@ -901,7 +914,11 @@ def verify(
         if rep["flags"]:
             out(f"FLAG {f}: {'; '.join(rep['flags'])}")
             continue
-        nc = near_copies(s, limits)
+        try:
+            nc = near_copies(s, limits, device=str(pick_device(device)))
+        except DDBenchError as err:
+            nc = {"copies": []}
+            rep["flags"].append(f"could not look for near-copies: {err}")
         if nc["copies"]:
             rep["flags"].append(_copies_message(nc))
         if epochs is not None:

@@ -396,9 +396,15 @@ def test_verify_and_build_recompute_what_an_entry_claims_from_its_set(board, run
     assert lines["claims1.json"] == "FLAG the result says ipc 1, the set says 10"
     assert lines["fullflag.json"].startswith("FLAG a class has 10 images, over the ipc budget of 1")
     assert sorted(v.split()[0] for v in lines.values()) == ["FLAG", "FLAG", "OK", "OK"]
+    # a val-split entry (placed by hand: submit refuses them) is never ranked with test scores
+    rv, val_set = _resaved(tmp_path, runs, "val.safetensors", lambda s: s.images.mul_(0.9))
+    _place(b, dict(rv, split="val"), val_set, "valsplit")
     leaderboard.build(b)
     readme = (b / "README.md").read_text()
     assert "claims1.json: the result says ipc 1, the set says 10" in readme.replace("\\", "")
+    val = readme.split("## digits · IPC 1 · quick")[2]
+    assert val.startswith(" (") and "val split, not a test score" in val.split("\n")[0]
+    assert val.count("| random |") == 1
     # build reads set headers only: the full_dataset set gets a table of its own, never IPC 1's
     ipc1 = readme.split("## digits · IPC 1 · quick")[1].split("##")[0]
     assert ipc1.count("| random |") == 2 and "fullflag" not in ipc1
