@@ -510,6 +510,8 @@ def submit(
     result, _, checks = check_submission(result_path, synset_path, limits)
     sha = result["synset"]["sha256"]
     entry = entry_path(board, result)
+    if not entry.resolve().is_relative_to(board.resolve()):
+        raise DDBenchError(f"{entry.parent} leads outside the board (a symlinked folder?)")
     good, bad = scan(board, limits)
     known = [f for f, e, _ in good if e["synset"]["sha256"] == sha]
     known += [f for f, _ in bad if f.stem.endswith(f"-{sha[:12]}")]

@@ -473,3 +473,17 @@ def test_readme_and_page_show_names_literally(runs, tmp_path):
     md = '&lt;img src=x onerror="alert(1)"&gt;\\|\\*b\\*\\[l\\](j)'
     assert f"| {md} |" in readme
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;|*b*[l](j)" in index
+
+
+def test_submit_never_writes_outside_the_board(runs, tmp_path, capsys):
+    """A symlinked dataset folder in the board does not carry the entry outside it."""
+    d = runs[0]
+    b, outside = tmp_path / "board", tmp_path / "outside"
+    (b / "submissions").mkdir(parents=True)
+    outside.mkdir()
+    (b / "submissions" / "digits").symlink_to(outside)
+    with pytest.raises(SystemExit) as e:
+        main(["submit", str(d / "result.json"), "--synset", str(d / "synset.safetensors"),
+              "--board", str(b)])  # fmt: skip
+    assert e.value.code != 0 and "leads outside the board" in capsys.readouterr().err
+    assert list(outside.rglob("*")) == []
