@@ -270,7 +270,19 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     meta["label_kind"] = "soft" if synset.soft_labels else "hard"
     meta["sha256"] = tensors_sha256(tensors)
     header = {"ddbench": json.dumps(meta, sort_keys=True, default=str)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=header)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' own error type: an OSError when it carries one
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+
+    atomic_write(Path(path), write)
     synset.meta = meta  # only once the file is in place
     return Path(path)
 
@@ -430,12 +442,14 @@ def _check_meta(meta: Any, where: str) -> None:
         raise bad("num_classes", "a positive integer")
     shape = meta.get("image_shape")
     if shape is not None and not (
-        isinstance(shape, list) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)
+        isinstance(shape, (list, tuple))
+        and len(shape) == 3
+        and all(_is_int(v) and v > 0 for v in shape)
     ):
         raise bad("image_shape", "[C, H, W] (three positive integers)")
     classes = meta.get("classes")
     if classes is not None and not (
-        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
     ):
         raise bad("classes", "a list of class names")
     for key in ("method", "space", "relabel", "label_storage"):
@@ -445,7 +459,7 @@ def _check_meta(meta: Any, where: str) -> None:
     for key in ("mean", "std"):
         v = space.get(key)
         if v is not None and not (
-            isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v)
+            isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v)
         ):
             raise DDBenchError(
                 f"{where}: metadata space.{key} must be a list of numbers, got {v!r}"
@@ -728,9 +742,9 @@ def _imported_images(images: Any, spec: Any, zca: bool, where: str) -> torch.Ten
 
 
 def _imported_labels(labels: Any, num_classes: int, n: int, where: str) -> torch.Tensor:
-    """Hard labels ``[N]`` as int64, or soft labels ``[N,K]`` as float32. Float hard labels
-    are read as class indices when every one is a whole number (with a warning), refused
-    otherwise; labels outside the classes are refused."""
+    """Hard labels ``[N]`` (integer class indices) as int64, or soft labels ``[N,K]`` (floats)
+    as float32. Float hard labels are refused, whole numbers or not: a label file of floats is
+    not one this importer knows, and casting could hide a wrong file."""
     if not isinstance(labels, torch.Tensor):
         raise DDBenchError(f"{where}: the labels are a {type(labels).__name__}, not a tensor")
     labels = labels.detach().cpu()
@@ -745,16 +759,12 @@ def _imported_labels(labels: Any, num_classes: int, n: int, where: str) -> torch
         return labels.float()
     if labels.dim() != 1 or len(labels) != n:
         raise DDBenchError(
-            f"{where}: expected {n} labels (one per image), got shape {tuple(labels.shape)}"
+            f"{where}: expected {n} integer labels (one per image), got shape {tuple(labels.shape)}"
         )
-    if labels.dtype == torch.bool or labels.is_complex():
-        raise DDBenchError(f"{where}: labels must be class indices, got {labels.dtype}")
-    if labels.is_floating_point():
-        if not (torch.isfinite(labels).all() and torch.equal(labels, labels.round())):
-            raise DDBenchError(
-                f"{where}: float labels that are not whole numbers; labels must be class indices"
-            )
-        log.warning("%s: float labels holding whole numbers, read as class indices", where)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DDBenchError(
+            f"{where}: expected {n} integer labels (class indices), got {labels.dtype}"
+        )
     labels = labels.long()
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
