@@ -27,6 +27,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -228,11 +229,23 @@ def _register_resolvers() -> None:
         except DDBenchError:
             return {}
 
+    def part(value: Any) -> str:
+        """A value of a set's header as one safe part of the run directory's path."""
+        text = re.sub(r"[^A-Za-z0-9_.:+-]", "_", str(value))[:64].lstrip(".")
+        return text or "unknown"
+
+    def method(p: str) -> Any:
+        m = header(p).get("method")
+        return m.get("name", "unknown") if isinstance(m, dict) else "unknown"
+
     for key, getter in (
-        ("synset_dataset", lambda p: header(p).get("dataset", "unknown")),
-        ("synset_method", lambda p: (header(p).get("method") or {}).get("name", "unknown")),
-        ("synset_ipc", lambda p: header(p).get("ipc", 0)),
-        ("synset_sha", lambda p: (header(p).get("sha256") or "unknown")[:12]),
+        ("synset_dataset", lambda p: part(header(p).get("dataset", "unknown"))),
+        ("synset_method", lambda p: part(method(p))),
+        (
+            "synset_ipc",
+            lambda p: ipc if isinstance(ipc := header(p).get("ipc", 0), int) else part(ipc),
+        ),
+        ("synset_sha", lambda p: part(header(p).get("sha256") or "unknown")[:12]),
     ):
         if not OmegaConf.has_resolver(key):
             OmegaConf.register_new_resolver(key, getter)

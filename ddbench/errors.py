@@ -53,7 +53,7 @@ def os_error_message(e: OSError, roots: Iterable[tuple[Path, str, str]] = ()) ->
             if _under(os.fsdecode(path), root):
                 return f"{msg} (in the {what} {root}; set {variable} to a writable folder)"
     if e.errno in _UNWRITABLE:
-        msg += " (write somewhere writable: another output path or folder)"
+        msg += " (choose a writable output: --out, hydra.run.dir=..., or another folder)"
     elif e.errno in (errno.ENOSPC, errno.EDQUOT):
         msg += " (free some space, or write to another disk)"
     return msg

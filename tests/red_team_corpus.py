@@ -289,6 +289,10 @@ def write_corpus(
     cli_case("cli_evaluate_set_with_its_dataset", "",
              ["evaluate", f"synset={good}", "dataset=digits", *tiny,
               f"hydra.run.dir={root / 'eval_good'}"])  # fmt: skip
+    escape = raw_set(root / "escape.safetensors", {"images": x, "labels": y},
+                     dict(meta, dataset="../../escape", method={"name": "../../escape"}))  # fmt: skip
+    cli_case("cli_evaluate_header_path_parts", "unknown dataset '../../escape'",
+             ["evaluate", f"synset={escape}"])  # fmt: skip
     uni = root / "résumé.safetensors"
     uni.write_bytes(good.read_bytes())
     cli_case("cli_unquoted_unicode_path", "quote", ["evaluate", f"synset={uni}"])

@@ -226,16 +226,32 @@ def test_cli_case_is_one_error_line(corpus, name: str, monkeypatch) -> None:
         pytest.skip(case.skip)
     for k, v in case.env.items():
         monkeypatch.setenv(k, v)
-    p = run_cli(*case.argv, cwd=root, timeout=120)
+    p = run_cli(*case.argv, cwd=root, timeout=600)
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
     errors = [ln for ln in p.stderr.splitlines() if ln.startswith("ddbench: error: ")]
     assert len(errors) == 1, p.stderr
     assert re.search(case.expect, errors[0], re.IGNORECASE), errors[0]
 
 
+def test_cli_evaluate_keeps_a_hostile_header_out_of_the_run_path(corpus, tmp_path) -> None:
+    """A set whose header names dataset and method ``../../escape``: the run directory, named
+    after them, stays under ``outputs/``."""
+    _, cases = corpus
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    p = run_cli(*cases["cli_evaluate_header_path_parts"].argv, cwd=work, timeout=600)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert "ddbench: error: unknown dataset '../../escape'" in p.stderr
+    assert sorted(x.name for x in tmp_path.rglob("*") if "escape" in x.name) == [
+        "_.._escape",
+        "_.._escape",
+    ]
+    assert all(x.is_relative_to(work / "outputs") for x in tmp_path.rglob("*_escape"))
+
+
 def test_cli_evaluate_accepts_dataset_for_a_published_file(corpus) -> None:
     """`ddbench evaluate synset=res_DM_....pt dataset=NAME`: the file's dataset, scored."""
     root, cases = corpus
-    p = run_cli(*cases["cli_evaluate_published_with_dataset"].argv, cwd=root, timeout=300)
+    p = run_cli(*cases["cli_evaluate_published_with_dataset"].argv, cwd=root, timeout=600)
     assert p.returncode == 0, p.stderr
     assert "imported:dm digits ipc=2" in p.stdout
