@@ -62,11 +62,15 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds before a case hangs")
     ap.add_argument("--only", nargs="*", default=None, help="run only these cases")
     a = ap.parse_args()
-    lines: list[str] = []
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text("")
 
-    def emit(text: str) -> None:
+    def emit(text: str) -> None:  # line by line: an interrupted run keeps the cases it ran
         print(text, flush=True)
-        lines.append(text)
+        if a.out:
+            with open(a.out, "a") as f:
+                f.write(text + "\n")
 
     with tempfile.TemporaryDirectory(prefix="ddbench-red-team-") as tmp:
         root = Path(tmp) / "corpus"
@@ -96,9 +100,6 @@ def main() -> int:
     emit(f"{len(cases)} cases, {run} run, {counts['skipped']} skipped: "
          f"{counts['traceback']} tracebacks, {counts['hang']} hangs, "
          f"{counts['unexpected']} not as expected")  # fmt: skip
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text("\n".join(lines) + "\n")
     return 1 if counts["traceback"] or counts["hang"] or counts["unexpected"] else 0
 
 

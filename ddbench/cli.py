@@ -677,6 +677,8 @@ def cmd_import(args: list[str]) -> None:
         "imagefolder": lambda: synset.import_image_folder(a.path, a.dataset),
         "indices": lambda: import_indices(a.path, a.dataset, split_size=a.split_size),
     }
+    if a.format != "imagefolder":  # a FIFO, a link loop, ...: refused before any reader opens it
+        synset.check_file(a.path)
     s = readers[a.format]()
     synset.save(s, a.out)
     print(f"wrote {a.out} ({len(s)} images, ipc {s.ipc}, expects protocol {s.meta['protocol']})")

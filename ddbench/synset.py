@@ -48,8 +48,8 @@ TOPK_KEYS = ("label_values", "label_indices", "label_fill")
 ZCA_KEYS = ("zca_mean", "zca_transform")
 _TENSOR_KEYS = ("images", "labels", "lr", "weights", *TOPK_KEYS, *ZCA_KEYS)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-# The largest pixel magnitude a set may hold. Normalised and ZCA-whitened images stay within a
-# few tens; a larger value is a broken or hostile file, whose training would only diverge.
+# The largest pixel magnitude a set may hold: normalised and ZCA-whitened images stay orders of
+# magnitude below it; a larger value is a broken or hostile file, whose training would diverge.
 MAX_PIXEL = 1e4
 LABEL_STORAGES = ("dense", "topk")
 log = logging.getLogger("ddbench")

@@ -261,6 +261,9 @@ def write_corpus(
     import_case("dc_code_on_load", "Python objects", root / "res_DC_code.pt")
     os.mkfifo(root / "res_DC_fifo.pt")
     import_case("dc_fifo", "FIFO", root / "res_DC_fifo.pt")
+    os.mkfifo(root / "indices_fifo.npy")
+    cases.append(Case("indices_fifo", ["import", "indices", str(root / "indices_fifo.npy"),
+                      "--dataset", "digits", "--out", str(root / "indices.safetensors")], "FIFO"))  # fmt: skip
     for name, lr in (("mtt_lr_wrong_shape", torch.ones(3)), ("mtt_lr_string", "0.01")):
         d = root / name
         d.mkdir()

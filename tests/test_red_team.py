@@ -210,6 +210,7 @@ CLI_CASES = [
     "deep_metadata",
     "dc_truncated",
     "dc_code_on_load",
+    "indices_fifo",
     "cli_evaluate_dataset_disagrees",
     "cli_unquoted_unicode_path",
     "cli_unwritable_import_out",
