@@ -75,6 +75,27 @@ def test_every_file_case_is_one_clear_error_or_loads_by_design(corpus) -> None:
     assert not (root / "pickle_ran").exists()  # no pickle ran, in a set file or a .pt file
 
 
+def test_an_unreadable_file_is_named_so(corpus, monkeypatch) -> None:
+    """As root, a mode-000 file is still readable (the corpus case is skipped): the refusal of
+    an unreadable file is checked here with the permission check and open() failing for it."""
+    import os
+
+    root, _ = corpus
+    path = root / "good.safetensors"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: str(p) != str(path) and real_access(p, mode))
+    with pytest.raises(DDBenchError, match="permission denied"):
+        synset.load(path)
+    monkeypatch.setattr(os, "access", real_access)
+
+    def denied(p, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(p))
+
+    monkeypatch.setattr("builtins.open", denied)
+    with pytest.raises(DDBenchError, match=r"cannot read it \(permission denied\)"):
+        synset.read_header(path)
+
+
 def test_a_set_without_checksum_loads_with_a_warning_or_is_refused_where_required(
     corpus, caplog
 ) -> None:
