@@ -21,17 +21,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.resources
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from ddbench import _alloc
-from ddbench.errors import DDBenchError
+from ddbench.errors import DDBenchError, os_error_message
 
 # Each command imports the modules it needs (they import torch, hydra: seconds) when it runs, so
 # that `ddbench --help` and the plain commands start fast.
@@ -102,9 +104,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     rest = argv[:]
     rest.remove(command)
+    debug = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user asked for tracebacks
     try:
         if command in HYDRA_COMMANDS:
-            _hydra_app(command, rest)
+            if command == "evaluate":
+                rest = _evaluate_dataset_arg(rest)
+            with _hydra_errors_raised():
+                _hydra_app(command, rest)
         else:
             logging.basicConfig(level=logging.INFO, format="%(message)s")
             commands = {"data": cmd_data, "show": cmd_show, "import": cmd_import}
@@ -115,6 +121,96 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+    except OSError as e:
+        if debug:
+            raise
+        _fail(os_error_message(e, _storage_roots()))
+    except RecursionError as e:  # json.loads of a hostile file: nested arrays past the limit
+        if debug or "JSON" not in str(e):
+            raise
+        _fail("a JSON input is nested too deeply to read (a hostile or broken file)")
+    except Exception as e:
+        if debug or not _is_config_error(e):
+            raise
+        _fail(_config_error_message(e))
+
+
+@contextlib.contextmanager
+def _hydra_errors_raised():
+    """Hydra prints an exception of a job or of its config as a trimmed traceback and exits;
+    with ``HYDRA_FULL_ERROR=1`` it re-raises it, so that :func:`main` reports it in one line."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def _is_config_error(e: BaseException) -> bool:
+    """An error in the command line's overrides or the configs they compose (Hydra, OmegaConf)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(e, (HydraException, OmegaConfBaseException))
+
+
+def _config_error_message(e: BaseException) -> str:
+    from hydra.errors import OverrideParseException
+
+    parts = [str(e)] + ([str(e.__cause__)] if e.__cause__ is not None else [])
+    lines = [ln.strip() for part in parts for ln in part.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "^"))]
+    msg = "; ".join(dict.fromkeys(lines))
+    if isinstance(e, OverrideParseException):
+        msg += (
+            "; quote a value holding spaces, non-ASCII letters or other special characters: "
+            "\"synset='/data/résumé set.safetensors'\" (docs: README, Run)"
+        )
+    return msg
+
+
+def _storage_roots() -> list[tuple[Path, str, str]]:
+    """The folders ddbench writes outside the run directory, and the variables that move them."""
+    from ddbench.cache import cache_root
+    from ddbench.data import data_root
+
+    return [(data_root(), "data root", "DDBENCH_DATA"), (cache_root(), "cache", "DDBENCH_CACHE")]
+
+
+def _evaluate_dataset_arg(args: list[str]) -> list[str]:
+    """``ddbench evaluate synset=FILE dataset=NAME``: a set names its dataset, so ``dataset=`` is
+    not a setting of ``evaluate``. For a published ``.pt`` file it is the file's dataset
+    (``source_dataset``); for a ``.safetensors`` set it is accepted when it agrees with the set
+    and refused, naming the set's dataset, when it does not."""
+    given = [a for a in args if a.split("=", 1)[0] == "dataset" and "=" in a]
+    if not given:
+        return args
+    name = given[-1].split("=", 1)[1].strip("'\"")
+    synsets = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0] == "synset" and "=" in a]
+    if len(given) > 1 or len(synsets) != 1 or "," in name or "," in synsets[0]:
+        raise DDBenchError(
+            "evaluate takes the dataset from the set: drop dataset=, or name a published .pt "
+            "file's dataset with source_dataset=NAME"
+        )
+    rest = [a for a in args if a not in given]
+    path = synsets[0].strip("'\"")
+    if path.endswith(".pt"):
+        if any(a.split("=", 1)[0] == "source_dataset" for a in rest):
+            raise DDBenchError("give the .pt file's dataset once: source_dataset=NAME")
+        return [*rest, f"source_dataset={name}"]
+    from ddbench.synset import read_header
+
+    theirs = read_header(path).get("dataset")
+    if theirs != name:
+        raise DDBenchError(
+            f"dataset={name}, but {path} is a set of {theirs!r}; evaluate takes the dataset from "
+            "the set (drop dataset=)"
+        )
+    return rest
 
 
 # ----------------------------------------------------------------------------- Hydra apps
@@ -133,11 +229,23 @@ def _register_resolvers() -> None:
         except DDBenchError:
             return {}
 
+    def part(value: Any) -> str:
+        """A value of a set's header as one safe part of the run directory's path."""
+        text = re.sub(r"[^A-Za-z0-9_.:+-]", "_", str(value))[:64].lstrip(".")
+        return text or "unknown"
+
+    def method(p: str) -> Any:
+        m = header(p).get("method")
+        return m.get("name", "unknown") if isinstance(m, dict) else "unknown"
+
     for key, getter in (
-        ("synset_dataset", lambda p: header(p).get("dataset", "unknown")),
-        ("synset_method", lambda p: (header(p).get("method") or {}).get("name", "unknown")),
-        ("synset_ipc", lambda p: header(p).get("ipc", 0)),
-        ("synset_sha", lambda p: (header(p).get("sha256") or "unknown")[:12]),
+        ("synset_dataset", lambda p: part(header(p).get("dataset", "unknown"))),
+        ("synset_method", lambda p: part(method(p))),
+        (
+            "synset_ipc",
+            lambda p: ipc if isinstance(ipc := header(p).get("ipc", 0), int) else part(ipc),
+        ),
+        ("synset_sha", lambda p: part(header(p).get("sha256") or "unknown")[:12]),
     ):
         if not OmegaConf.has_resolver(key):
             OmegaConf.register_new_resolver(key, getter)
@@ -569,6 +677,8 @@ def cmd_import(args: list[str]) -> None:
         "imagefolder": lambda: synset.import_image_folder(a.path, a.dataset),
         "indices": lambda: import_indices(a.path, a.dataset, split_size=a.split_size),
     }
+    if a.format != "imagefolder":  # a FIFO, a link loop, ...: refused before any reader opens it
+        synset.check_file(a.path)
     s = readers[a.format]()
     synset.save(s, a.out)
     print(f"wrote {a.out} ({len(s)} images, ipc {s.ipc}, expects protocol {s.meta['protocol']})")

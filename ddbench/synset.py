@@ -21,11 +21,14 @@ classes, the fill everywhere else (see :func:`encode_topk`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import re
+import stat
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -45,6 +48,11 @@ TOPK_KEYS = ("label_values", "label_indices", "label_fill")
 ZCA_KEYS = ("zca_mean", "zca_transform")
 _TENSOR_KEYS = ("images", "labels", "lr", "weights", *TOPK_KEYS, *ZCA_KEYS)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# The largest pixel magnitude a set may hold: normalised and ZCA-whitened images stay orders of
+# magnitude below it; a larger value is a broken or hostile file, whose training would diverge.
+MAX_PIXEL = 1e4
+LABEL_STORAGES = ("dense", "topk")
+log = logging.getLogger("ddbench")
 
 
 @dataclass
@@ -243,20 +251,38 @@ def atomic_write(path: Path, write: Any) -> None:
 
 
 def save(synset: SyntheticSet, path: str | Path) -> Path:
-    """Validate and write ``synset`` to ``path`` atomically; returns the path."""
+    """Validate and write ``synset`` to ``path`` atomically; returns the path. The checks are
+    :func:`load`'s (an empty set, for one, is never written); a set whose metadata gives no
+    ipc (or 0) records its largest class's count."""
     from safetensors.torch import save_file
 
+    _check_meta(synset.meta, str(path))
     _validate_tensors(synset.images, synset.labels, synset.meta, str(path))
+    _check_extras(synset.lr, synset.weights, len(synset.images), str(path))
     _check_zca(synset.images, synset.zca, synset.meta, str(path))
     tensors = synset.tensors()
     meta = dict(synset.meta)
+    if not meta.get("ipc") and not meta.get("full_dataset"):
+        meta["ipc"] = _largest_class(synset.labels)
     meta.setdefault("schema_version", SCHEMA_VERSION)
     meta.setdefault("ddbench_version", ddbench.__version__)
     meta["num_images"] = len(synset)
     meta["label_kind"] = "soft" if synset.soft_labels else "hard"
     meta["sha256"] = tensors_sha256(tensors)
     header = {"ddbench": json.dumps(meta, sort_keys=True, default=str)}
-    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=header)
+        except OSError:
+            raise
+        except Exception as e:  # safetensors' own error type: an OSError when it carries one
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from e
+
+    atomic_write(Path(path), write)
     synset.meta = meta  # only once the file is in place
     return Path(path)
 
@@ -274,15 +300,67 @@ def _sniff(path: Path, raw: bytes) -> str | None:
     return None
 
 
-def read_header(path: str | Path) -> dict[str, Any]:
-    """The ddbench metadata of a set file, checking that it is a complete safetensors file."""
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_file(path: str | Path) -> Path:
+    """``path`` if it is a regular file this process may read; else a :class:`DDBenchError`
+    naming what it is (missing, a broken link, a symlink loop, a directory, a FIFO or device,
+    unreadable). Checked before opening: opening a FIFO would block until a writer comes."""
     path = Path(path)
-    if not path.exists():
-        raise DDBenchError(f"{path}: no such file")
-    if path.is_dir():
-        raise DDBenchError(f"{path} is a directory, not a .safetensors file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DDBenchError(f"{path}: symlink loop (the link resolves back to itself)") from e
+        if e.errno == errno.ENOENT and os.path.islink(path):
+            raise DDBenchError(
+                f"{path}: broken symlink (its target {os.readlink(path)} does not exist)"
+            ) from e
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise DDBenchError(f"{path}: no such file") from e
+        raise DDBenchError(f"{path}: cannot access it ({e.strerror})") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise DDBenchError(f"{path} is a directory, not a file")
+    for test, kind in _FILE_KINDS:
+        if test(st.st_mode):
+            raise DDBenchError(f"{path} is {kind}, not a regular file")
+    if not os.access(path, os.R_OK):
+        raise DDBenchError(f"{path}: permission denied (the file is not readable)")
+    return path
+
+
+def _open(path: Path):
+    """``open(path, "rb")`` after :func:`check_file`, its failures as one clear error."""
+    check_file(path)
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        why = "permission denied" if e.errno == errno.EACCES else e.strerror
+        raise DDBenchError(f"{path}: cannot read it ({why})") from e
+
+
+def parse_json(text: str | bytes, where: str, what: str = "JSON") -> Any:
+    """``json.loads(text)``; invalid or too deeply nested JSON is a :class:`DDBenchError`."""
+    try:
+        return json.loads(text)
+    except RecursionError as e:
+        raise DDBenchError(f"{where}: the {what} is nested too deeply to read") from e
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DDBenchError(f"{where}: the {what} is not valid JSON ({e})") from e
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The ddbench metadata of a set file, checking that it is a complete safetensors file
+    (see :func:`check_file` for what is refused before the file is opened)."""
+    path = Path(path)
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
             raise DDBenchError(
@@ -303,14 +381,19 @@ def read_header(path: str | Path) -> dict[str, Any]:
             raise DDBenchError(
                 f"{path} is not a safetensors file, or it is truncated (bad header length)"
             )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DDBenchError(f"{path} is not a safetensors file (unreadable header)") from e
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except RecursionError as e:
+        raise DDBenchError(f"{path}: the safetensors header is nested too deeply to read") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DDBenchError(f"{path} is not a safetensors file (unreadable header)") from e
     try:
         entries = [v for k, v in header.items() if k != "__metadata__"]
         end = max((int(v["data_offsets"][1]) for v in entries), default=0)
         meta = header.get("__metadata__", {}) or {}
+        if not isinstance(meta, dict):
+            raise TypeError("__metadata__ is not an object")
     except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
         raise DDBenchError(f"{path} is not a safetensors file (malformed header)") from e
     if 8 + n + end > size:
@@ -319,29 +402,126 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise DDBenchError(
             f"{path} is a safetensors file without ddbench metadata (not a synthetic set)"
         )
-    try:
-        return json.loads(meta["ddbench"])
-    except json.JSONDecodeError as e:
-        raise DDBenchError(f"{path}: the ddbench metadata is not valid JSON") from e
+    if not isinstance(meta["ddbench"], str):
+        raise DDBenchError(f"{path}: the ddbench metadata is not a JSON string")
+    out = parse_json(meta["ddbench"], str(path), "ddbench metadata")
+    if not isinstance(out, dict):
+        raise DDBenchError(
+            f"{path}: the ddbench metadata is a JSON {_json_kind(out)}, not an object"
+        )
+    return out
 
 
-def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"))
+    kinds += ((list, "list"), (dict, "object"), (type(None), "null"))
+    return next((name for t, name in kinds if isinstance(value, t)), type(value).__name__)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_meta(meta: Any, where: str) -> None:
+    """The types of the metadata fields that loading and evaluating a set read."""
+    if not isinstance(meta, dict):
+        raise DDBenchError(f"{where}: the metadata is a {_json_kind(meta)}, not an object")
+
+    def bad(key: str, want: str) -> DDBenchError:
+        return DDBenchError(f"{where}: metadata {key!r} must be {want}, got {meta[key]!r}")
+
+    ipc = meta.get("ipc")
+    if ipc is not None and not (_is_int(ipc) and ipc >= 0):
+        raise bad("ipc", "a positive integer (images per class)")
+    for key in ("dataset", "protocol", "sha256"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(key, "a string")
+    if meta.get("num_classes") is not None and not (
+        _is_int(meta["num_classes"]) and meta["num_classes"] >= 1
+    ):
+        raise bad("num_classes", "a positive integer")
+    shape = meta.get("image_shape")
+    if shape is not None and not (
+        isinstance(shape, (list, tuple))
+        and len(shape) == 3
+        and all(_is_int(v) and v > 0 for v in shape)
+    ):
+        raise bad("image_shape", "[C, H, W] (three positive integers)")
+    classes = meta.get("classes")
+    if classes is not None and not (
+        isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
+    ):
+        raise bad("classes", "a list of class names")
+    for key in ("method", "space", "relabel", "label_storage"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(key, "an object")
+    space = meta.get("space") or {}
+    for key in ("mean", "std"):
+        v = space.get(key)
+        if v is not None and not (
+            isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) for x in v)
+        ):
+            raise DDBenchError(
+                f"{where}: metadata space.{key} must be a list of numbers, got {v!r}"
+            )
+    if space.get("zca_eps") is not None and not isinstance(space["zca_eps"], (int, float)):
+        raise DDBenchError(f"{where}: metadata space.zca_eps must be a number")
+    name = (meta.get("method") or {}).get("name")
+    if name is not None and not isinstance(name, str):
+        raise DDBenchError(f"{where}: metadata method.name must be a string, got {name!r}")
+    storage = meta.get("label_storage") or {"format": "dense"}
+    if storage.get("format") not in LABEL_STORAGES:
+        raise DDBenchError(
+            f"{where}: unknown label storage {storage.get('format')!r}; "
+            f"known: {', '.join(LABEL_STORAGES)}"
+        )
+    if storage["format"] == "topk" and not _is_int(storage.get("k")):
+        raise DDBenchError(f"{where}: top-k label storage needs an integer k, got {storage!r}")
+
+
+def _check_extras(
+    lr: torch.Tensor | None, weights: torch.Tensor | None, n: int, where: str
+) -> None:
+    """A learned lr is one positive finite number; weights are ``[N]``, finite, >= 0."""
+    if lr is not None:
+        if not isinstance(lr, torch.Tensor) or lr.numel() != 1 or not lr.is_floating_point():
+            what = f"shape {tuple(lr.shape)} {lr.dtype}" if isinstance(lr, torch.Tensor) else lr
+            raise DDBenchError(f"{where}: the learned lr must be one float number, got {what}")
+        value = float(lr.reshape(-1)[0])
+        if not (math.isfinite(value) and value > 0):
+            raise DDBenchError(f"{where}: the learned lr must be positive and finite, got {value}")
+    if weights is not None:
+        if not isinstance(weights, torch.Tensor) or tuple(weights.shape) != (n,):
+            what = tuple(weights.shape) if isinstance(weights, torch.Tensor) else weights
+            raise DDBenchError(f"{where}: weights must be [N] = [{n}] (one per image), got {what}")
+        if not weights.is_floating_point():
+            raise DDBenchError(f"{where}: weights must be floats, got {weights.dtype}")
+        if not torch.isfinite(weights).all():
+            raise DDBenchError(f"{where}: NaN/inf weights")
+        if n and (bool((weights < 0).any()) or not bool((weights > 0).any())):
+            raise DDBenchError(f"{where}: weights must be >= 0 and not all zero")
+
+
+def load(path: str | Path, *, verify: bool = True, require_checksum: bool = False) -> SyntheticSet:
     """Read a set file into a :class:`SyntheticSet` (a ``torch.utils.data.Dataset``).
 
-    Fails with a :class:`DDBenchError` naming the problem on a missing, truncated or
-    non-safetensors file, NaN/Inf pixels, a wrong image shape for its dataset, labels outside
-    its classes, more images per class than its ipc, or a checksum mismatch.
+    Fails with a :class:`DDBenchError` naming the problem on a file that is not a readable
+    regular file (:func:`check_file`), a truncated or non-safetensors file, malformed metadata,
+    an empty set, NaN/Inf or out-of-range pixels, a wrong image shape for its dataset, labels
+    outside its classes, more images per class than its ipc, a learned lr or weights of the
+    wrong shape or NaN/inf, or a checksum mismatch. A file without a checksum loads with a
+    warning, or is refused with ``require_checksum=True``. A set whose metadata gives no ipc
+    (or 0) takes its largest class's count as its ipc.
     """
     from safetensors.torch import load_file
 
     meta = read_header(path)
+    _check_meta(meta, str(path))
     try:
         t = load_file(str(path))
     except Exception as e:
         raise DDBenchError(f"{path} could not be read as safetensors: {e}") from e
-    storage = (meta.get("label_storage") or {"format": "dense"}).get("format")
-    if storage not in ("dense", "topk"):
-        raise DDBenchError(f"{path}: unknown label storage {storage!r}")
+    storage = (meta.get("label_storage") or {"format": "dense"})["format"]
     label_keys = TOPK_KEYS if storage == "topk" else ("labels",)
     missing = [k for k in ("images", *label_keys) if k not in t]
     if missing:
@@ -349,7 +529,15 @@ def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
     unknown = sorted(set(t) - {"images", *label_keys, "lr", "weights", *ZCA_KEYS})
     if unknown:
         raise DDBenchError(f"{path} holds unexpected tensors {unknown}")
-    if verify and meta.get("sha256") and tensors_sha256(t) != meta["sha256"]:
+    if not meta.get("sha256"):
+        if require_checksum:
+            raise DDBenchError(f"{path} has no checksum (sha256); a checksummed set is required")
+        log.warning(
+            "WARNING: %s has no checksum (sha256): its tensors cannot be verified. Every set "
+            "ddbench writes has one; re-save it with ddbench.save to add one",
+            path,
+        )
+    elif verify and tensors_sha256(t) != meta["sha256"]:
         raise DDBenchError(f"{path}: checksum mismatch, the tensors were changed after saving")
     labels = t.get("labels")
     if storage == "topk":
@@ -357,9 +545,18 @@ def load(path: str | Path, *, verify: bool = True) -> SyntheticSet:
         num_classes = int(meta.get("num_classes") or (spec.num_classes if spec else 0))
         labels = decode_topk(*(t[k] for k in TOPK_KEYS), num_classes, str(path))
     _validate_tensors(t["images"], labels, meta, str(path))
+    _check_extras(t.get("lr"), t.get("weights"), len(t["images"]), str(path))
+    if not meta.get("ipc") and not meta.get("full_dataset"):
+        meta["ipc"] = _largest_class(labels)
+        log.warning("%s gives no ipc; counting it as ipc %d (its largest class)", path, meta["ipc"])
     zca = _load_zca(t, meta, str(path))
     _check_zca(t["images"], zca, meta, str(path))
     return SyntheticSet(t["images"], labels, meta, t.get("lr"), t.get("weights"), zca)
+
+
+def _largest_class(labels: torch.Tensor) -> int:
+    hard = labels.argmax(1) if labels.dim() == 2 else labels.long()
+    return int(torch.bincount(hard).max()) if len(hard) else 0
 
 
 def _load_zca(t: dict[str, torch.Tensor], meta: dict, where: str) -> Any:
@@ -409,10 +606,18 @@ def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, wh
         raise DDBenchError(f"{where}: images must be [N,C,H,W], got shape {tuple(images.shape)}")
     if not images.is_floating_point():
         raise DDBenchError(f"{where}: images must be float, got {images.dtype}")
+    n = len(images)
+    if n == 0:
+        raise DDBenchError(f"{where}: the set is empty (0 images)")
     if not torch.isfinite(images).all():
         bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
         raise DDBenchError(f"{where}: {bad} image(s) contain NaN or Inf pixels")
-    n = len(images)
+    peak = float(images.abs().max())
+    if peak > MAX_PIXEL:
+        raise DDBenchError(
+            f"{where}: huge pixel values (|x| up to {peak:.3g}, the limit is {MAX_PIXEL:g}): "
+            "not images in a normalised or whitened space"
+        )
     ds = meta.get("dataset")
     spec = CATALOGUE.get(ds)
     num_classes = int(meta.get("num_classes") or (spec.num_classes if spec else 0))
@@ -429,6 +634,8 @@ def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, wh
             raise DDBenchError(f"{where}: hard labels must be integers, got {labels.dtype}")
         hard = labels.long()
     elif labels.dim() == 2:
+        if not labels.is_floating_point():
+            raise DDBenchError(f"{where}: soft labels must be floats, got {labels.dtype}")
         if not torch.isfinite(labels).all():
             raise DDBenchError(f"{where}: soft labels contain NaN or Inf")
         if num_classes and labels.shape[1] != num_classes:
@@ -440,12 +647,12 @@ def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, wh
         raise DDBenchError(f"{where}: labels must be [N] or [N,K], got shape {tuple(labels.shape)}")
     if len(labels) != n:
         raise DDBenchError(f"{where}: {n} images but {len(labels)} labels")
-    if n and num_classes and (int(hard.min()) < 0 or int(hard.max()) >= num_classes):
-        raise DDBenchError(
-            f"{where}: labels outside the {num_classes} classes (min {int(hard.min())}, max {int(hard.max())})"
-        )
+    low, high = int(hard.min()), int(hard.max())
+    if low < 0 or (num_classes and high >= num_classes):
+        span = f"the {num_classes} classes" if num_classes else "the class indices (>= 0)"
+        raise DDBenchError(f"{where}: labels outside {span} (min {low}, max {high})")
     ipc = meta.get("ipc")
-    if ipc and n and not meta.get("full_dataset"):
+    if ipc and not meta.get("full_dataset"):
         most = int(torch.bincount(hard).max())
         if most > int(ipc):
             raise DDBenchError(
@@ -471,17 +678,28 @@ def _numpy_scalars() -> list:
 
 
 def _torch_load(path: Path) -> Any:
-    if not path.exists():
-        raise DDBenchError(f"{path}: no such file")
+    """``torch.load(path, weights_only=True)``: tensors, containers and numbers only; a file
+    holding other Python objects (whose unpickling could run code) and a truncated or corrupt
+    file are each one clear error."""
+    check_file(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalars()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln]
-        why = lines[0] if lines else str(e).splitlines()[0] if str(e) else type(e).__name__
-        why = re.sub(r"\x1b\[[0-9;]*m", "", why).split(" was not an allowed")[0][:200]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        refused = "Weights only load failed" in text and "Unsupported operand" not in text
+        if refused:
+            keys = ("WeightsUnpickler error", "unsupported GLOBAL", "Unsupported global")
+            lines = [ln.strip() for ln in text.splitlines() if any(k in ln for k in keys)]
+            why = (lines or ["an object that is not a tensor"])[0].split(" was not an allowed")[0]
+            raise DDBenchError(
+                f"{path} holds Python objects besides tensors; refused by "
+                f"torch.load(weights_only=True) ({why[:200]})"
+            ) from e
+        lines = [ln.strip() for ln in text.splitlines() if "WeightsUnpickler error" in ln]
+        why = (lines or text.splitlines() or [type(e).__name__])[0][:200]
         raise DDBenchError(
-            f"{path} holds Python objects besides tensors; refused by torch.load(weights_only=True) ({why})"
+            f"{path} is truncated or corrupt: not a complete torch.save file ({why or type(e).__name__})"
         ) from e
 
 
@@ -493,13 +711,96 @@ def _space(dataset: str, zca: bool) -> dict:
     return out
 
 
-def _imported(
-    images, labels, dataset, origin, lr=None, zca=False, protocol="standard"
-) -> SyntheticSet:
-    spec = get_spec(dataset)
-    images = images.detach().float().cpu()
+def _imported_images(images: Any, spec: Any, zca: bool, where: str) -> torch.Tensor:
+    """Float images ``[N,C,H,W]`` of ``spec``'s shape, taken as they are (in the dataset's
+    normalised space), or uint8 pixels (0-255), scaled to [0,1] and normalised as the dataset
+    is (``(x / 255 - mean) / std``)."""
+    if not isinstance(images, torch.Tensor):
+        raise DDBenchError(f"{where}: the images are a {type(images).__name__}, not a tensor")
+    images = images.detach().cpu()
+    if images.dim() != 4 or tuple(images.shape[1:]) != spec.shape:
+        raise DDBenchError(
+            f"{where}: images of shape {tuple(images.shape)}, but {spec.name} images are "
+            f"[N, {', '.join(map(str, spec.shape))}]"
+        )
+    if len(images) == 0:
+        raise DDBenchError(f"{where}: the set is empty (0 images)")
+    if images.dtype == torch.uint8:
+        if zca:
+            raise DDBenchError(f"{where}: uint8 images cannot be ZCA-whitened ones (drop --zca)")
+        log.info("%s: uint8 images, scaled from 0-255 pixels to %s's normalised space", where,
+                 spec.name)  # fmt: skip
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        return (images.float() / 255 - mean) / std
+    if not images.is_floating_point():
+        raise DDBenchError(
+            f"{where}: images must be floats (normalised) or uint8 (0-255 pixels), got "
+            f"{images.dtype}"
+        )
+    return images.float()
+
+
+def _imported_labels(labels: Any, num_classes: int, n: int, where: str) -> torch.Tensor:
+    """Hard labels ``[N]`` (integer class indices) as int64, or soft labels ``[N,K]`` (floats)
+    as float32. Float hard labels are refused, whole numbers or not: a label file of floats is
+    not one this importer knows, and casting could hide a wrong file."""
+    if not isinstance(labels, torch.Tensor):
+        raise DDBenchError(f"{where}: the labels are a {type(labels).__name__}, not a tensor")
     labels = labels.detach().cpu()
-    labels = labels.float() if labels.dim() == 2 else labels.long()
+    if labels.dim() == 2:
+        if not labels.is_floating_point() or tuple(labels.shape) != (n, num_classes):
+            raise DDBenchError(
+                f"{where}: soft labels must be floats [N, K] = [{n}, {num_classes}], got "
+                f"{tuple(labels.shape)} {labels.dtype}"
+            )
+        if not torch.isfinite(labels).all():
+            raise DDBenchError(f"{where}: soft labels contain NaN or Inf")
+        return labels.float()
+    if labels.dim() != 1 or len(labels) != n:
+        raise DDBenchError(
+            f"{where}: expected {n} integer labels (one per image), got shape {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DDBenchError(
+            f"{where}: expected {n} integer labels (class indices), got {labels.dtype}"
+        )
+    labels = labels.long()
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise DDBenchError(
+            f"{where}: labels outside the {num_classes} classes (min {low}, max {high})"
+        )
+    return labels
+
+
+def _imported_lr(lr: Any, where: str) -> torch.Tensor | None:
+    """A learned lr: one positive finite number (a tensor of one element, or a Python number)."""
+    if lr is None:
+        return None
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool):
+        lr = torch.tensor(float(lr))
+    if not isinstance(lr, torch.Tensor):
+        raise DDBenchError(f"{where}: the learned lr is a {type(lr).__name__}, not a number")
+    if lr.numel() != 1 or lr.is_complex() or lr.dtype == torch.bool:
+        raise DDBenchError(
+            f"{where}: the learned lr must be one number, got shape {tuple(lr.shape)} {lr.dtype}"
+        )
+    lr = lr.detach().float().reshape(1)
+    _check_extras(lr, None, 0, where)
+    return lr
+
+
+def _imported(
+    images, labels, dataset, origin, lr=None, zca=False, protocol="standard", where=None
+) -> SyntheticSet:
+    """A set from another code's tensors, checked (:func:`_imported_images`,
+    :func:`_imported_labels`, :func:`_imported_lr`); ``where`` names the source in errors."""
+    spec = get_spec(dataset)
+    where = where or f"imported {origin} set"
+    images = _imported_images(images, spec, zca, where)
+    labels = _imported_labels(labels, spec.num_classes, len(images), where)
+    lr = _imported_lr(lr, where)
     hard = labels.argmax(1) if labels.dim() == 2 else labels
     meta = {
         "dataset": dataset,
@@ -512,14 +813,22 @@ def _imported(
         "protocol": protocol,
         "seed": None,
     }
-    return SyntheticSet(
-        images, labels, meta, None if lr is None else torch.as_tensor(lr).reshape(1)
-    )
+    return SyntheticSet(images, labels, meta, lr)
 
 
 # The protocol a DC/DSA/DM set declares, by the method in its file name
 # (``res_<METHOD>_<Dataset>_<model>_<n>ipc.pt``): the one ddbench's own method of that name declares.
 _DC_PROTOCOLS = {"DC": "dc", "DSA": "standard", "DM": "standard"}
+# The method a ``res_<METHOD>_*.pt`` file names, as the imported set's ``imported:<method>``.
+_DC_METHODS = {"DC": "dc", "DSA": "dsa", "DM": "dm", "DataDAM": "datadam"}
+
+
+def dc_method(path: str | Path) -> str:
+    """The method a ``res_<METHOD>_*.pt`` file's name gives (DC, DSA, DM, DataDAM, as
+    ``dc``, ``dsa``, ``dm``, ``datadam``); ``dc``, the file format, when the name does not say."""
+    name = Path(path).name
+    method = name[4:].split("_")[0] if name.startswith("res_") else ""
+    return _DC_METHODS.get(method, "dc")
 
 
 def dc_protocol(path: str | Path) -> str:
@@ -535,7 +844,9 @@ def import_dc(
     path: str | Path, dataset: str, experiment: int = 0, protocol: str | None = None
 ) -> SyntheticSet:
     """A DC/DSA/DM ``res_*.pt``: ``{'data': [[images, labels], ...], 'accs_all_exps': ...}``.
-    ``protocol``: the one the set declares; by default read from the file name (:func:`dc_protocol`)."""
+    ``protocol``: the one the set declares; by default read from the file name (:func:`dc_protocol`).
+    The set's method is ``imported:<method>`` with the method the file name gives
+    (:func:`dc_method`: ``res_DM_*.pt`` is ``imported:dm``)."""
     obj = _torch_load(Path(path))
     try:
         images, labels = obj["data"][experiment][:2]
@@ -549,7 +860,8 @@ def import_dc(
         shipped = importlib.resources.files("ddbench.conf") / "protocol" / f"{protocol}.yaml"
         if "/" in protocol or not shipped.is_file():
             raise DDBenchError(f"unknown protocol {protocol!r} (see conf/protocol/)")
-    return _imported(images, labels, dataset, "dc", protocol=protocol or dc_protocol(path))
+    protocol = protocol or dc_protocol(path)
+    return _imported(images, labels, dataset, dc_method(path), protocol=protocol, where=str(path))
 
 
 # The mean/std of DataDAM's utils.py get_dataset (DataDistillation/DataDAM @0f6ea09, lines
@@ -584,44 +896,35 @@ def import_datadam(path: str | Path, dataset: str, entry: int = -1) -> Synthetic
             f"entry {entry}, or data = [images, labels])"
         )
     spec = get_spec(dataset)
-    if images.dim() != 4 or tuple(images.shape[1:]) != spec.shape:
+    if labels.dim() != 1:
         raise DDBenchError(
-            f"{path}: images of shape {tuple(images.shape)}, but {dataset} images are {spec.shape}"
-        )
-    if labels.dim() != 1 or labels.is_floating_point() or len(labels) != len(images):
-        raise DDBenchError(
-            f"{path}: expected {len(images)} integer labels, got shape {tuple(labels.shape)} "
-            f"{labels.dtype}"
+            f"{path}: expected hard labels [N], got shape {tuple(labels.shape)} {labels.dtype}"
         )
     mean, std = _DATADAM_NORM.get(dataset, (spec.mean, spec.std))
-    if (tuple(mean), tuple(std)) != (tuple(spec.mean), tuple(spec.std)):
+    differ = (tuple(mean), tuple(std)) != (tuple(spec.mean), tuple(spec.std))
+    if differ and images.is_floating_point() and tuple(images.shape[1:]) == spec.shape:
 
         def col(v):
             return torch.tensor(v).view(1, -1, 1, 1)
 
         images = (images.float() * col(std) + col(mean) - col(spec.mean)) / col(spec.std)
-    return _imported(images, labels.long(), dataset, "datadam", protocol="datadam")
+    return _imported(images, labels, dataset, "datadam", protocol="datadam", where=str(path))
 
 
 def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> SyntheticSet:
-    """MTT/FTD/DATM ``images_best.pt`` with ``labels_best.pt`` (and ``lr_best.pt``) beside it."""
+    """MTT/FTD/DATM ``images_best.pt`` with ``labels_best.pt`` (and ``lr_best.pt``, one
+    number, the learned lr) beside it."""
     images_path = Path(images_path)
     images = _torch_load(images_path)
     labels = _torch_load(images_path.with_name(images_path.name.replace("images", "labels")))
     lr_path = images_path.with_name(images_path.name.replace("images", "lr"))
-    lr = _torch_load(lr_path) if lr_path.exists() else None
+    lr = _torch_load(lr_path) if os.path.lexists(lr_path) else None
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise DDBenchError(f"{images_path}: expected tensors in images_*.pt / labels_*.pt")
-    s = _imported(
-        images,
-        labels,
-        dataset,
-        "mtt",
-        lr=lr,
-        zca=zca,
-        protocol="learned_lr" if lr is not None else "standard",
+    protocol = "learned_lr" if lr is not None else "standard"
+    return _imported(
+        images, labels, dataset, "mtt", lr=lr, zca=zca, protocol=protocol, where=str(images_path)
     )
-    return s
 
 
 def export_image_folder(synset: SyntheticSet, out_dir: str | Path) -> Path:
