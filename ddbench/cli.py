@@ -152,12 +152,12 @@ def _hydra_app(command: str, args: list[str]) -> None:
     _register_resolvers()
     register_schemas()
     sys.argv = [f"ddbench {command}", *args]
-    guard.stop_workers_on_signal()  # a killed joblib sweep takes its workers with it
     task = {"run": job_run, "distill": job_distill, "evaluate": job_evaluate}[command]
     app = hydra.main(version_base="1.3", config_path="pkg://ddbench.conf", config_name=command)(
         _job(task)
     )
-    app()
+    with guard.stop_workers_on_signal():  # a killed joblib sweep takes its workers with it
+        app()
 
 
 def _job(fn):

@@ -103,16 +103,25 @@ def _on_signal(signum: int, frame) -> None:
     os.kill(os.getpid(), signum)
 
 
-def stop_workers_on_signal() -> None:
-    """In the main thread of the main process: SIGTERM, SIGINT and SIGHUP kill the sweep's
-    loky workers (if any) before they act as before (SIGINT: KeyboardInterrupt; the others end
-    the process with that signal). A signal set to be ignored stays ignored."""
-    if multiprocessing.parent_process() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
-            if signal.getsignal(sig) not in (signal.SIG_IGN, None):
-                signal.signal(sig, _on_signal)
+@contextlib.contextmanager
+def stop_workers_on_signal() -> Iterator[None]:
+    """Within the block, in the main thread of the main process: SIGTERM, SIGINT and SIGHUP
+    kill the sweep's loky workers (if any) before they act as before (SIGINT: KeyboardInterrupt;
+    the others end the process with that signal). A signal set to be ignored stays ignored; the
+    handlers before the block are restored after it."""
+    before = {}
+    if multiprocessing.parent_process() is None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):  # ValueError: not the main thread
+                handler = signal.getsignal(sig)
+                if handler not in (signal.SIG_IGN, None):
+                    signal.signal(sig, _on_signal)
+                    before[sig] = handler
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 _PR_SET_PDEATHSIG = 1

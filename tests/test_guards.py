@@ -172,6 +172,14 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def test_the_signal_handlers_are_restored_after_the_app():
+    before = signal.getsignal(signal.SIGTERM)
+    with guard.stop_workers_on_signal():
+        assert signal.getsignal(signal.SIGTERM) is guard._on_signal
+        assert signal.getsignal(signal.SIGINT) is guard._on_signal
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_killed_joblib_sweep_leaves_no_workers(tmp_path, sig):
@@ -275,6 +283,26 @@ def test_a_killed_evaluation_resumes_mid_seed_to_the_same_accuracies(
     assert resumed["accuracy"] == reference["accuracy"]  # bit-identical per seed, mean and std
     assert resumed["train_loss_final"] == reference["train_loss_final"]
     assert not (run / "eval_checkpoint.pt").exists()
+
+
+def test_stored_crop_labels_resume_at_the_epoch_of_the_checkpoint(
+    make_set, tmp_path, monkeypatch, one_thread
+):
+    """labels=crops (FKD's replay): the resumed student replays the crops of its epoch."""
+    s = make_set(ipc=2)
+    cfg = protocol_config("sre2l_fkd")
+    cfg["teacher"] = {**cfg["teacher"], "epochs": 1, "model_kwargs": {"net_width": 8}}
+    p = Protocol.from_config({**cfg, "epochs": 4, "seeds": [0], "batch_size": 8})
+    reference = _eval(s, p, tmp_path / "ref")
+    with monkeypatch.context() as m:
+        _kill_at(m, [0], 2)
+        with pytest.raises(Killed):
+            _eval(s, p, tmp_path)
+    calls = _trained_epochs(monkeypatch)
+    resumed = _eval(s, p, tmp_path)
+    assert calls == [([0], 2)] and resumed["accuracy"] == reference["accuracy"]
+    # the loss of the last epoch is the one of that epoch's stored crops
+    assert resumed["train_loss_final"] == reference["train_loss_final"]
 
 
 def test_a_checkpoint_of_another_evaluation_is_ignored(
