@@ -228,9 +228,9 @@ def _standard(**change) -> Protocol:
     return Protocol.from_config({**protocol_config("standard"), **change})
 
 
-def _eval(s, p, tmp_path, **kw):
+def _eval(s, p, tmp_path, parallel=False, **kw):
     return evaluate(
-        s, p, "convnet", {"net_width": 16}, device="cpu", parallel=False, progress=False,
+        s, p, "convnet", {"net_width": 16}, device="cpu", parallel=parallel, progress=False,
         partial=tmp_path / "result.partial.json", checkpoint=tmp_path / "eval_checkpoint.pt",
         checkpoint_every=1, checkpoint_seconds=0, **kw,
     )  # fmt: skip
@@ -262,24 +262,30 @@ def _trained_epochs(monkeypatch) -> list[tuple[list[int], int]]:
     return calls
 
 
+@pytest.mark.parametrize("parallel", [False, True])  # True: the seeds train stacked, as on CUDA
 def test_a_killed_evaluation_resumes_mid_seed_to_the_same_accuracies(
-    make_set, tmp_path, monkeypatch, one_thread
+    make_set, tmp_path, monkeypatch, one_thread, parallel
 ):
     s = make_set(ipc=3)
     p = _standard(epochs=6, seeds=[0, 1])  # DSA, momentum, the lr step at epoch 3
-    reference = _eval(s, p, tmp_path / "ref")
+    reference = _eval(s, p, tmp_path / "ref", parallel)
     assert not (tmp_path / "ref" / "eval_checkpoint.pt").exists()  # removed once scored
 
     run = tmp_path / "run"
+    # one by one: seed 0 is scored and seed 1 dies after its 4th epoch; stacked: both die there
+    in_training = [0, 1] if parallel else [1]
     with monkeypatch.context() as m:
-        _kill_at(m, [1], 4)  # seed 0 is scored; seed 1 dies after its 4th epoch
+        _kill_at(m, in_training, 4)
         with pytest.raises(Killed):
-            _eval(s, p, run)
-    assert json.loads((run / "result.partial.json").read_text())["per_seed"].keys() == {"0"}
+            _eval(s, p, run, parallel)
+    scored = set() if parallel else {"0"}
+    partial = run / "result.partial.json"
+    done = set(json.loads(partial.read_text())["per_seed"]) if partial.exists() else set()
+    assert done == scored
     assert (run / "eval_checkpoint.pt").exists()
     calls = _trained_epochs(monkeypatch)
-    resumed = _eval(s, p, run)
-    assert calls == [([1], 4)]  # seed 0 is not retrained, seed 1 goes on at epoch 4
+    resumed = _eval(s, p, run, parallel)
+    assert calls == [(in_training, 4)]  # nothing scored is retrained; the rest goes on at epoch 4
     assert resumed["accuracy"] == reference["accuracy"]  # bit-identical per seed, mean and std
     assert resumed["train_loss_final"] == reference["train_loss_final"]
     assert not (run / "eval_checkpoint.pt").exists()
