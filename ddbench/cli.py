@@ -254,6 +254,7 @@ def _register_resolvers() -> None:
 def _hydra_app(command: str, args: list[str]) -> None:
     import hydra
 
+    from ddbench import guard
     from ddbench.methods import register_schemas
 
     _register_resolvers()
@@ -263,16 +264,20 @@ def _hydra_app(command: str, args: list[str]) -> None:
     app = hydra.main(version_base="1.3", config_path="pkg://ddbench.conf", config_name=command)(
         _job(task)
     )
-    app()
+    with guard.stop_workers_on_signal():  # a killed joblib sweep takes its workers with it
+        app()
 
 
 def _job(fn):
     def wrapped(cfg) -> Any:
-        from ddbench import kernels
+        from ddbench import guard, kernels
 
+        guard.die_with_parent()  # a joblib worker: ends with the sweep's process
         try:
+            _check_settings(cfg)
             kernels.set_mode(cfg.get("kernels", "auto"))  # for every model of the job
-            return fn(cfg)
+            with _run_dir_lock():
+                return fn(cfg)
         except DDBenchError as e:
             log.error("%s", e)
             _fail(str(e))
@@ -285,6 +290,40 @@ def _run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _run_dir_lock():
+    """The job's hold on its run directory (:func:`ddbench.guard.run_dir_lock`): a second job
+    writing there fails at once. Under torchrun the writing process, rank 0, holds it."""
+    import contextlib
+
+    from ddbench import engine, guard
+
+    return guard.run_dir_lock(_run_dir()) if engine.is_main_process() else contextlib.nullcontext()
+
+
+def _check_settings(cfg) -> None:
+    """Refuse, before any work, the settings of a job that make no sense: an ``ipc`` that is
+    not a whole number >= 1 (run, distill), an unknown ``precision``, negative checkpoint
+    intervals, and a protocol that cannot be trained (``protocol.epochs=0``, ...)."""
+    from omegaconf import OmegaConf
+
+    from ddbench.method import check_ipc
+    from ddbench.protocol import Protocol
+
+    if "synset" not in cfg:  # ddbench evaluate takes the set's ipc
+        check_ipc(cfg.ipc)
+    _precisions(cfg)
+    for key in ("checkpoint_every", "eval_checkpoint_every", "eval_checkpoint_seconds"):
+        value = cfg.get(key, 0)
+        whole = key != "eval_checkpoint_seconds"
+        if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+            value = None
+        if value is None or value < 0:
+            kind = "a whole number" if whole else "a number"
+            raise DDBenchError(f"{key} must be {kind} >= 0, got {cfg.get(key)!r}")
+    if "protocol" in cfg:
+        Protocol.from_config(OmegaConf.to_container(cfg.protocol, resolve=True))
 
 
 def config_key(cfg: Any, keys: tuple[str, ...], **resolved: Any) -> str:
@@ -436,6 +475,9 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     return s, out
 
 
+EVAL_CHECKPOINT = "eval_checkpoint.pt"  # the models in training (protocol.evaluate)
+
+
 def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
     from omegaconf import OmegaConf
 
@@ -456,10 +498,13 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
         s, protocol, model, model_kwargs, device=cfg.device,
         precision=_precisions(cfg)[1], parallel=cfg.parallel, progress=bool(cfg.progress), log=log,
         partial=run_dir / "result.partial.json", split=split,
+        checkpoint=run_dir / EVAL_CHECKPOINT, checkpoint_every=int(cfg.eval_checkpoint_every),
+        checkpoint_seconds=float(cfg.eval_checkpoint_seconds),
     )  # fmt: skip
     result["config_key"] = _run_key(cfg)
     write_result(result, run_dir / "result.json")
     (run_dir / "result.partial.json").unlink(missing_ok=True)
+    (run_dir / EVAL_CHECKPOINT).unlink(missing_ok=True)
     tracker.result(result)
     acc = result["accuracy"]
     note = "" if protocol.comparable else "  [protocol not comparable with papers]"

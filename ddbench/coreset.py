@@ -42,7 +42,7 @@ from ddbench.cache import cache_root
 from ddbench.data import load_split
 from ddbench.engine import Recipe, build_models, predict_batches, train
 from ddbench.errors import DDBenchError
-from ddbench.method import Method, Settings, Task
+from ddbench.method import Method, Settings, Task, check_class_budget
 from ddbench.synset import SyntheticSet, _imported, _torch_load, atomic_write
 
 __all__ = [
@@ -93,13 +93,7 @@ def check_augment(method: str, value: object) -> None:
 
 def check_budget(task: Task) -> None:
     """Every class must have at least ``ipc`` train images (selection never duplicates)."""
-    for c in range(task.num_classes):
-        have = len(task.train.indices_of(c))
-        if have < task.ipc:
-            raise DDBenchError(
-                f"ipc={task.ipc} but class {c} ({task.train.classes[c]!r}) has only {have} "
-                "train images; a selection cannot pick an image twice"
-            )
+    check_class_budget(task, "a selection")
 
 
 # ------------------------------------------------------------------------------ models

@@ -509,6 +509,7 @@ def train(
     teacher: nn.Module | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     checkpoint_every: int = 0,
+    checkpoint_seconds: float = 0.0,
     resume: dict | None = None,
     step_fn: StepFn | None = None,
     distributed: bool | str = "auto",
@@ -536,6 +537,9 @@ def train(
     ``checkpoint(state)`` is called every ``checkpoint_every`` epochs (and after the last) with
     the full training state; passing that state back as ``resume`` continues the run exactly
     where it stopped (same models, optimiser, batch order and augmentation draws).
+    ``checkpoint_seconds`` > 0 skips a due call made less than that many seconds after the
+    previous one (or the start), so that short epochs are not slowed by writing state; the
+    call after each group's last epoch is always made.
 
     ``step_fn(closure, params, optimizer) -> loss``: how one batch updates the parameters
     (default :func:`sgd_step`: backward of ``closure()`` then ``optimizer.step()``). ``closure()``
@@ -654,7 +658,7 @@ def train(
     # Without a terminal (nohup, a batch job) the bar is off: log the epochs instead, at most
     # every LOG_EVERY_S seconds, so a long training still shows where it is.
     log_epochs = bool(progress) and rank == 0 and bar.disable
-    last_log = start
+    last_log = last_save = start
     ep_loss = float("nan")
     for gi, group in enumerate(groups):
         if gi < first_group:
@@ -754,11 +758,13 @@ def train(
                 last_log = now
                 log.info("%s: epoch %d/%d, loss %.4f, %.0fs", desc, gi * recipe.epochs + ep + 1,
                          recipe.epochs * len(groups), ep_loss, now - start)  # fmt: skip
+            due = checkpoint_every > 0 and (ep + 1) % checkpoint_every == 0
             if (
                 checkpoint is not None
                 and rank == 0
-                and (last or (checkpoint_every > 0 and (ep + 1) % checkpoint_every == 0))
+                and (last or (due and now - last_save >= checkpoint_seconds))
             ):
+                last_save = now
                 stack.unstack()
                 nxt = (gi + 1, 0) if last else (gi, ep + 1)
                 checkpoint(_state(nxt, models, opt, gens, epoch_losses, seeds, last))

@@ -11,6 +11,7 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import numbers
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -402,11 +403,33 @@ def build_method(method_cfg: Mapping[str, Any]) -> Method:
     return method
 
 
+def check_ipc(ipc: object) -> int:
+    """``ipc`` (images per class) if it is a whole number >= 1, else a :class:`DDBenchError`
+    (a fraction, a string or a bool is refused, not rounded)."""
+    if isinstance(ipc, bool) or not isinstance(ipc, numbers.Integral) or ipc < 1:
+        raise DDBenchError(f"ipc must be a whole number >= 1 (images per class), got {ipc!r}")
+    return int(ipc)
+
+
+def check_class_budget(task: Task, method: str) -> None:
+    """Refuse an ``ipc`` above the size of the train split's smallest class, for ``method``
+    whose set holds distinct real train images (a subset, a selection). A method that
+    synthesises its images is not limited by the class sizes."""
+    sizes = torch.bincount(task.train.labels, minlength=task.num_classes)
+    c = int(sizes.argmin())
+    if task.ipc > int(sizes[c]):
+        raise DDBenchError(
+            f"ipc={task.ipc}, but the smallest class, {c} ({task.train.classes[c]!r}), "
+            f"has {int(sizes[c])} train images, and {method} picks distinct real images (it "
+            f"cannot pick an image twice): use ipc <= {int(sizes[c])}"
+        )
+
+
 def run_distill(method: Method, task: Task) -> SyntheticSet:
     """Call ``method.distill`` and record its cost (wall time, peak memory, device, precision)
     in the set."""
-    if task.ipc is not None and task.ipc < 1:
-        raise DDBenchError(f"ipc must be >= 1, got {task.ipc}")
+    if task.ipc is not None:
+        check_ipc(task.ipc)
     method.apply_recipe(task.spec.name, task.ipc)
     t0 = time.perf_counter()
     synset = method.distill(task)

@@ -7,6 +7,7 @@ and std over the protocol's fixed seeds. Nothing is selected on the test split.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import json
@@ -29,8 +30,10 @@ from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
 from ddbench.recover import Committee, StudentCrop, batch_statistics, flips
-from ddbench.synset import atomic_write
+from ddbench.synset import atomic_write, tensors_sha256
 from ddbench.teachers import TeacherConfig, get_teacher, load_teacher, teacher_path
+
+_log = logging.getLogger("ddbench")
 
 # Keys that change what a protocol measures; hashed in this order.
 _HASHED = (
@@ -121,6 +124,10 @@ class Protocol:
             )
             if bad:
                 raise DDBenchError(f"protocol {p.name!r}: per_dataset.{ds} cannot set {bad}")
+        if not all(_whole(s, 0) for s in p.seeds) or len(set(p.seeds)) != len(p.seeds):
+            raise DDBenchError(f"protocol {p.name!r}: seeds must be distinct whole numbers >= 0")
+        for ds in ("", *p.per_dataset):
+            _check_numbers(p.for_dataset(ds), f"protocol {p.name!r}" + (ds and f" ({ds})"))
         return p
 
     def for_dataset(self, dataset: str | None) -> Protocol:
@@ -149,6 +156,27 @@ class Protocol:
             augment=augment, loss=self.loss, temperature=self.temperature,
             hard_weight=self.hard_weight, mixup=self.mixup, cutmix=self.cutmix,
         )  # fmt: skip
+
+
+def _whole(value: Any, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
+
+
+def _check_numbers(p: Protocol, where: str) -> None:
+    """Refuse the numbers that make no sense (no epoch to train, a zero batch, a learning
+    rate that is not a positive number, a temperature <= 0)."""
+    if not _whole(p.epochs, 1):
+        raise DDBenchError(f"{where}: epochs must be a whole number >= 1, got {p.epochs!r}")
+    if not _whole(p.batch_size, 1):
+        raise DDBenchError(f"{where}: batch_size must be a whole number >= 1, got {p.batch_size!r}")
+    for key in ("lr", "temperature"):
+        value = getattr(p, key)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value > 0)
+        ):
+            raise DDBenchError(f"{where}: {key} must be a positive number, got {value!r}")
 
 
 def set_space_transform(synset_meta, train_split, zca=None):
@@ -196,6 +224,9 @@ def evaluate(
     progress: bool = True,
     log=None,
     partial: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    checkpoint_seconds: float = 60.0,
     split: str = "test",
     channels_last: bool = False,
 ) -> dict[str, Any]:
@@ -213,6 +244,14 @@ def evaluate(
 
     ``partial``: a JSON file where each seed's accuracy is written as soon as it is known; an
     interrupted evaluation rerun with the same file, set, protocol and model skips those seeds.
+
+    ``checkpoint``: a file where the model(s) in training are saved with their whole training
+    state (optimiser, schedule position, batch-order and augmentation generators) every
+    ``checkpoint_every`` epochs (0: only after the last epoch), at most once per
+    ``checkpoint_seconds``; a rerun resumes them mid-seed and ends with the same accuracies as
+    an uninterrupted run. The file is removed once the seeds it holds are scored; one written by
+    another evaluation (set, protocol, model, precision, split) or for other seeds is ignored
+    with a warning.
     """
     if split not in ("test", "val"):
         raise DDBenchError(f"split must be test or val, not {split!r}")
@@ -282,8 +321,9 @@ def evaluate(
     test = ddata.load_split(dataset, split)
     transform = set_space_transform(synset, train_split)
     # Seeds already scored by an interrupted run of this exact evaluation (see ``partial``).
+    set_sha = meta.get("sha256") or tensors_sha256(synset.tensors())  # imported sets have none
     key = hashlib.sha256(
-        f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{meta.get('sha256')}|{precision}"
+        f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{set_sha}|{precision}"
         f"{'' if split == 'test' else '|' + split}".encode()
     ).hexdigest()[:16]
     done = _load_partial(partial, key)
@@ -294,18 +334,26 @@ def evaluate(
         stacked = len(todo) > 1 and engine.stacks(parallel, device, build())
     groups = [todo] if stacked else [[s] for s in todo]
     losses = []
+    ckpt = None if checkpoint is None else Path(checkpoint)
     for group in (g for g in groups if g):
+        resume = _load_checkpoint(ckpt, key, group)
         replay = None
         if crop_labels is not None:
             batches = math.ceil(len(images) / min(recipe.batch_size, len(images)))
             replay = CropReplay(crop_labels, images, synset.hard_labels, models=len(group),
                                 batches=batches)  # fmt: skip
+            if resume is not None:  # the stored crops of the epoch the training resumes at
+                first = recipe.epochs if resume["group"] else int(resume["epoch"])
+                replay.calls = first * len(group) * batches
             teacher = replay
         trained = engine.train(
             build, group, images, targets, recipe, device=device, lr=lr,
             weights=synset.weights, augment=dsa, parallel=parallel, teacher=teacher,
             batch_transform=None if replay is None else replay.transform,
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
+            checkpoint=None if ckpt is None else functools.partial(_save_checkpoint, ckpt, key),
+            checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+            resume=resume,
         )  # fmt: skip
         accs_g = engine.accuracy(
             trained.models, test.images, test.labels, transform=transform, precision=precision
@@ -313,6 +361,8 @@ def evaluate(
         done.update(zip(group, accs_g))
         losses.append(trained.losses[-1] if trained.losses else None)
         _save_partial(partial, key, done)
+        if ckpt is not None and engine.is_main_process():  # its seeds are scored: done with it
+            ckpt.unlink(missing_ok=True)
     accs = [done[s] for s in protocol.seeds]
     eval_seconds = time.perf_counter() - t0
     declared = meta.get("protocol")
@@ -496,6 +546,42 @@ def _labels_used(
         if protocol.loss == "kd":
             out["temperature"] = protocol.temperature
     return out
+
+
+def _save_checkpoint(path: Path, key: str, state: dict) -> None:
+    """Write the engine's training ``state`` of an evaluation atomically, tagged with ``key``."""
+    state = {**state, "key": key}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(path: Path | None, key: str, seeds: list[int]) -> dict | None:
+    """The training state in ``path`` if this evaluation (``key``) wrote it for ``seeds``;
+    None (with a warning saying why) for a file of another evaluation or other seeds, or an
+    unreadable one."""
+    if path is None or not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError("not a training state")
+    except Exception as e:  # a damaged checkpoint must not block a fresh start
+        _log.warning("ignoring unreadable evaluation checkpoint %s (%s)", path, e)
+        return None
+    if state.get("key") != key:
+        _log.warning(
+            "ignoring %s: written by another evaluation (another set, protocol, model, precision "
+            "or split)", path,
+        )  # fmt: skip
+        return None
+    if state.get("seeds") != [int(s) for s in seeds]:
+        _log.warning(
+            "ignoring %s: it holds seed(s) %s, and this evaluation trains seed(s) %s next",
+            path, state.get("seeds"), list(seeds),
+        )  # fmt: skip
+        return None
+    at = "after the last epoch" if state.get("group") else f"at epoch {state.get('epoch')}"
+    _log.info("resuming the evaluation of seed(s) %s %s (%s)", list(seeds), at, path)
+    return state
 
 
 def _load_partial(path: str | Path | None, key: str) -> dict[int, float]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from ddbench.method import Method, Task
+from ddbench.method import Method, Task, check_class_budget
 from ddbench.synset import SyntheticSet
 
 
 class Random(Method):
-    """``ipc`` real training images per class, drawn uniformly with the task's seed."""
+    """``ipc`` real training images per class, drawn uniformly with the task's seed (at most
+    as many as the smallest class has)."""
 
     name = "random"
 
     def distill(self, task: Task) -> SyntheticSet:
+        check_class_budget(task, self.name)
         picked = []
         for c in range(task.num_classes):
             idx = task.train.indices_of(c)
