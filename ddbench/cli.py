@@ -164,6 +164,10 @@ def _job(fn):
 
         try:
             kernels.set_mode(cfg.get("kernels", "auto"))  # for every model of the job
+            from ddbench import graphs
+
+            if graphs.handles(cfg):  # a graph dataset or graph set: the graph track's job
+                return graphs.run_job(fn.__name__, cfg)
             return fn(cfg)
         except DDBenchError as e:
             log.error("%s", e)
