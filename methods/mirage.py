@@ -72,6 +72,7 @@ class TreeCodes:
     def __init__(self) -> None:
         self.index: dict[tuple[int, tuple[int, ...]], int] = {}
         self.entries: list[tuple[int, tuple[int, ...]]] = []
+        self._text: dict[int, str] = {}
 
     def intern(self, label: int, children: tuple[int, ...]) -> int:
         key = (label, children)
@@ -101,13 +102,17 @@ class TreeCodes:
     def text(self, code: int) -> str:
         """A canonical string of tree ``code``, independent of the order codes were interned
         in: ``label(child child ...)`` with the children's strings sorted."""
-        label, children = self.entries[code]
-        if not children:
-            return str(label)
-        return f"{label}({' '.join(sorted(self.text(c) for c in children))})"
+        done = self._text.get(code)
+        if done is None:
+            label, children = self.entries[code]
+            inner = " ".join(sorted(self.text(c) for c in children))
+            done = self._text[code] = f"{label}({inner})" if children else str(label)
+        return done
 
     def graph(self, code: int) -> tuple[list[int], list[tuple[int, int]]]:
-        """Tree ``code`` as node labels (the root first) and ``(child, parent)`` edges."""
+        """Tree ``code`` as node labels (the root first, then depth first with the children in
+        the order of their :meth:`text`) and ``(child, parent)`` edges: the same lists for
+        isomorphic trees, whatever the order the codes were interned in."""
         labels: list[int] = []
         edges: list[tuple[int, int]] = []
         stack = [(code, -1)]
@@ -118,7 +123,7 @@ class TreeCodes:
             labels.append(label)
             if parent >= 0:
                 edges.append((me, parent))
-            stack.extend((k, me) for k in reversed(children))
+            stack.extend((k, me) for k in sorted(children, key=self.text, reverse=True))
         return labels, edges
 
 
@@ -166,16 +171,24 @@ def mine(
 
 
 def pattern_sets(
-    s: GraphSet, hops: int, thresholds: list[float], max_len: int | None = None
-) -> list[tuple[float, GraphSet, dict[str, Any]]]:
-    """Mirage's set at each threshold of ``thresholds``: ``(threshold, set, stats)``."""
+    s: GraphSet,
+    hops: int,
+    thresholds: list[float],
+    max_len: int | None = None,
+    max_patterns: int | None = None,
+    per_class: int | None = None,
+) -> list[tuple[float, GraphSet | None, dict[str, Any]]]:
+    """Mirage's set at each threshold of ``thresholds`` in turn: ``(threshold, set, stats)``,
+    the set None where no class keeps a pattern. Stops after the first threshold at which a
+    class mines more than ``max_patterns`` sets (lower ones would mine more). ``per_class``
+    keeps at most that many sets per class, the most frequent."""
     codes, baskets, rows = transactions(s, hops)
     labels = s.labels.tolist()
     num_classes = s.num_classes
-    per_class = [[b for b, y in zip(baskets, labels) if y == c] for c in range(num_classes)]
+    by_class = [[b for b, y in zip(baskets, labels) if y == c] for c in range(num_classes)]
     out = []
     for thr in thresholds:
-        mined = [mine(per_class[c], thr, max_len) for c in range(num_classes)]
+        mined = [mine(by_class[c], thr, max_len) for c in range(num_classes)]
         seen: dict[frozenset[int], int] = {}
         for m in mined:
             for p in m:
@@ -185,6 +198,7 @@ def pattern_sets(
             # a fixed order: by frequency, then by the patterns' canonical text
             keep = sorted((p for p in m if seen[p] == 1),
                           key=lambda p: (-m[p], sorted(codes.text(k) for k in p)))  # fmt: skip
+            keep = keep[:per_class] if per_class else keep
             for p in keep:
                 xs, es, rs, base = [], [], [], 0
                 for code in sorted(p, key=codes.text):
@@ -203,13 +217,15 @@ def pattern_sets(
         stats = {
             "threshold": thr,
             "patterns_per_class": [sum(1 for p in m if seen[p] == 1) for m in mined],
+            "kept_per_class": [int((torch.tensor(ys) == c).sum()) for c in range(num_classes)],
             "dropped_shared": sum(1 for p, k in seen.items() if k > 1),
         }
-        if graphs:
-            meta = {"num_classes": num_classes}
-            out.append((thr, from_graphs(graphs, ys, meta, ws, roots), stats))
-        else:
+        if max_patterns is not None and max(len(m) for m in mined) > max_patterns:
+            stats["over_max_patterns"] = True
             out.append((thr, None, stats))
+            break
+        meta = {"num_classes": num_classes}
+        out.append((thr, from_graphs(graphs, ys, meta, ws, roots) if graphs else None, stats))
     return out
 
 
@@ -228,6 +244,11 @@ class Mirage(Method):
         # the threshold schedule: minimum support, a fraction of a class's graphs, highest first
         thresholds: list[float] = field(default_factory=lambda: [0.5, 0.4, 0.3, 0.2, 0.1])
         max_len: int = 0  # the most trees in one mined set (0: no limit, as the authors)
+        # the schedule stops at the first threshold that mines more sets than this in a class
+        max_patterns: int = 20000
+        # at most this many sets per class, the most frequent (0: all, as the authors; a cap
+        # keeps the classes balanced where one class mines far more sets than another)
+        per_class: int = 0
         select_steps: int = 300  # training steps of the validation GNN per candidate threshold
 
         def __post_init__(self):
@@ -235,8 +256,10 @@ class Mirage(Method):
                 raise DDBenchError(f"mirage: hops must be >= 1, got {self.hops}")
             if not self.thresholds or not all(0 < t <= 1 for t in self.thresholds):
                 raise DDBenchError("mirage: thresholds must be fractions in (0, 1]")
-            if self.max_len < 0 or self.select_steps < 1:
-                raise DDBenchError("mirage: max_len must be >= 0 and select_steps >= 1")
+            if self.max_len < 0 or self.per_class < 0:
+                raise DDBenchError("mirage: max_len and per_class must be >= 0")
+            if self.select_steps < 1 or self.max_patterns < 1:
+                raise DDBenchError("mirage: select_steps and max_patterns must be >= 1")
 
     def distill(self, task: Any) -> GraphSet:
         from dataclasses import replace
@@ -246,7 +269,14 @@ class Mirage(Method):
         task = _graph_task(task, self.name)
         t0 = time.perf_counter()
         schedule = sorted(set(self.thresholds), reverse=True)
-        candidates = pattern_sets(task.train, self.hops, schedule, self.max_len or None)
+        candidates = pattern_sets(
+            task.train,
+            self.hops,
+            schedule,
+            self.max_len or None,
+            self.max_patterns,
+            self.per_class or None,
+        )
         mining_seconds = time.perf_counter() - t0
         usable = [(t, s, st) for t, s, st in candidates
                   if s is not None and len(set(s.labels.tolist())) == task.train.num_classes]  # fmt: skip

@@ -1,9 +1,10 @@
 """Graph-classification datasets, built offline and deterministically, with train/val/test splits.
 
 * ``digits_graph`` / ``mnist_graph``: each image of ddbench's ``digits`` / ``mnist`` splits as a
-  grid graph: one node per non-zero pixel (MNIST average-pooled 2x2 to 14x14 first), edges
-  between 4-neighbours, the node label the pixel's intensity quantised to ``LEVELS`` levels
-  (one-hot features). The splits are the image dataset's splits, graph for image.
+  grid graph: one node per pixel of intensity >= ``THRESHOLD`` (MNIST average-pooled 2x2 to
+  14x14 first), edges between 4-neighbours, the node label the pixel's cell in a 3 x 3 grid over
+  the image (one-hot features): coarse position as a discrete label, so that computation trees
+  can recur across graphs. The splits are the image dataset's splits, graph for image.
 * ``motif``: seeded random graphs, each with a planted motif; class 0 a house (a square with a
   roof), class 1 a 5-cycle. Background nodes are labelled 0, 1 or 2 at random (2 rarely); the
   house's square is labelled 2 and its roof 0, the cycle 2 but for one node labelled 1. Every
@@ -30,7 +31,8 @@ from ddbench.data import VAL_FRACTION, VAL_SEED, data_root, stratified_holdout
 from ddbench.errors import DDBenchError
 from ddbench.graphs.format import GraphSet, from_graphs, is_graph_file, load, save
 
-LEVELS = 4  # intensity levels of the image graphs' node labels
+THRESHOLD = 64  # image graphs: pixels at or above this intensity are nodes
+REGIONS = 3  # image graphs: a node's label is its cell in a REGIONS x REGIONS grid
 SPLITS = ("train", "val", "test")
 
 
@@ -108,14 +110,17 @@ def one_hot(labels: torch.Tensor, num: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels.long(), num).float()
 
 
-def image_graph(image: np.ndarray, levels: int = LEVELS) -> tuple[torch.Tensor, torch.Tensor]:
-    """One grid graph of a 2-d uint8 image: nodes at non-zero pixels (row-major order), edges
-    both ways between 4-neighbours, node features the one-hot of ``intensity * levels // 256``.
-    A blank image becomes one node of level 0."""
+def image_graph(
+    image: np.ndarray, threshold: int = THRESHOLD, regions: int = REGIONS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One grid graph of a 2-d uint8 image: a node per pixel of intensity >= ``threshold``
+    (row-major order), edges both ways between 4-neighbours, node features the one-hot of the
+    pixel's cell in a ``regions`` x ``regions`` grid over the image. A blank image becomes one
+    node in cell 0."""
     img = np.asarray(image)
-    keep = img > 0
+    keep = img >= threshold
     if not keep.any():
-        return one_hot(torch.zeros(1), levels), torch.zeros(2, 0, dtype=torch.long)
+        return one_hot(torch.zeros(1), regions * regions), torch.zeros(2, 0, dtype=torch.long)
     ids = -np.ones(img.shape, np.int64)
     ids[keep] = np.arange(int(keep.sum()))
     src, dst = [], []
@@ -125,8 +130,10 @@ def image_graph(image: np.ndarray, levels: int = LEVELS) -> tuple[torch.Tensor, 
         dst.append(b[both])
     s, d = np.concatenate(src), np.concatenate(dst)
     ei = torch.from_numpy(np.stack([np.concatenate([s, d]), np.concatenate([d, s])]))
-    q = torch.from_numpy((img[keep].astype(np.int64) * levels) // 256)
-    return one_hot(q, levels), ei
+    r, c = np.nonzero(keep)
+    h, w = img.shape
+    cell = (r * regions // h) * regions + c * regions // w
+    return one_hot(torch.from_numpy(cell), regions * regions), ei
 
 
 def _from_images(image_dataset: str, pool: int) -> Callable[[GraphSpec], dict[str, GraphSet]]:
