@@ -309,11 +309,14 @@ def test_mirage_and_random_at_equal_bytes(motif_train):
 
 
 def test_cli_runs_mirage_on_a_graph_dataset(tmp_path):
+    def cli(*args: str):
+        return run_cli(*args, cwd=tmp_path, timeout=900)
+
     out = tmp_path / "r"
     args = ["run", "method=mirage", "dataset=motif", "graph_protocol=gnn_quick",
             "graph_protocol.steps=5", "method.select_steps=5", "method.thresholds=[0.4,0.3]",
             f"hydra.run.dir={out}"]  # fmt: skip
-    p = run_cli(*args, cwd=tmp_path)
+    p = cli(*args)
     assert p.returncode == 0, p.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == "mirage" and result["dataset"] == "motif"
@@ -321,13 +324,11 @@ def test_cli_runs_mirage_on_a_graph_dataset(tmp_path):
     assert result["protocol"]["comparable"] is False and 0 <= result["accuracy"]["mean"] <= 100
     s = ddbench.load(out / "synset.safetensors")
     assert isinstance(s, GraphSet) and s.meta["method"]["name"] == "mirage"
-    assert "already done" in run_cli(*args, cwd=tmp_path).stdout
-    ev = run_cli("evaluate", f"synset={out / 'synset.safetensors'}", "model=gin",
-                 "graph_protocol=gnn_quick", "graph_protocol.steps=5",
-                 f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)  # fmt: skip
+    assert "already done" in cli(*args).stdout
+    ev = cli("evaluate", f"synset={out / 'synset.safetensors'}", "model=gin",
+             "graph_protocol=gnn_quick", "graph_protocol.steps=5", f"hydra.run.dir={tmp_path / 'e'}")  # fmt: skip
     assert ev.returncode == 0, ev.stderr
     assert json.loads((tmp_path / "e" / "result.json").read_text())["model"] == "gin"
-    bad = run_cli("run", "method=dc", "dataset=motif", f"hydra.run.dir={tmp_path / 'b'}",
-                  cwd=tmp_path)  # fmt: skip
+    bad = cli("run", "method=dc", "dataset=motif", f"hydra.run.dir={tmp_path / 'b'}")
     assert bad.returncode == 2 and "distils images" in bad.stderr
     assert "Traceback" not in bad.stderr
