@@ -274,6 +274,11 @@ def _job(fn):
 
         guard.die_with_parent()  # a joblib worker: ends with the sweep's process
         try:
+            from ddbench import graphs
+
+            if graphs.handles(cfg):  # a graph dataset or graph set: the graph track's job
+                with _run_dir_lock():
+                    return graphs.run_job(fn.__name__, cfg)
             _check_settings(cfg)
             kernels.set_mode(cfg.get("kernels", "auto"))  # for every model of the job
             with _run_dir_lock():
