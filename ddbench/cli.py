@@ -291,6 +291,22 @@ def _job(fn):
     return wrapped
 
 
+def reusable_set(out: Path, key: str, load: Any, force: bool) -> Any:
+    """The set at ``out`` when it exists, loads with ``load`` and was made by the config whose
+    key is ``key`` (not with ``force``); else None, after a warning when the file is bad."""
+    if not out.exists() or force:
+        return None
+    try:
+        s = load(out)
+    except DDBenchError as e:
+        log.warning("remaking %s: %s", out, e)
+        return None
+    if s.meta.get("config_key") != key:
+        return None
+    log.info("reusing %s (made by this config)", out)
+    return s
+
+
 def _run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -435,14 +451,9 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     precision = _precisions(cfg)[0]
     key = config_key(cfg, _DISTILL_KEYS, precision=precision)
     out = run_dir / "synset.safetensors"
-    if out.exists() and not cfg.force:
-        try:
-            s = synset.load(out)
-            if s.meta.get("config_key") == key:
-                log.info("reusing %s (made by this config)", out)
-                return s, out
-        except DDBenchError as e:
-            log.warning("remaking %s: %s", out, e)
+    s = reusable_set(out, key, synset.load, cfg.force)
+    if s is not None:
+        return s, out
     spec = data.get_spec(name)
     device = pick_device(cfg.device)
     model_kwargs = dict(cfg.model.get("kwargs") or {})

@@ -93,9 +93,12 @@ def test_apply_is_idempotent_and_the_mode_is_one_process_setting() -> None:
         create_model("convnet", 1, NUM_CLASSES, (8, 8), kernels="on")
 
 
-def test_the_cli_sets_the_mode_of_each_job_from_the_config() -> None:
+def test_the_cli_sets_the_mode_of_each_job_from_the_config(monkeypatch) -> None:
     """The top-level key ``kernels`` (default auto, in every Hydra command's config) is the
-    mode of the job's models, and part of the set's config key when it is not the default."""
+    mode of the job's models, and part of the set's config key when it is not the default.
+    (The job's settings checks and run-directory lock, which need a whole Hydra job, are
+    tests/test_guards.py's.)"""
+    import contextlib
     import importlib.resources
 
     from omegaconf import OmegaConf
@@ -109,6 +112,8 @@ def test_the_cli_sets_the_mode_of_each_job_from_the_config() -> None:
             for mode in kernels.MODES}  # fmt: skip
     assert keys["auto"] == cli.config_key(OmegaConf.create(base), cli._DISTILL_KEYS)
     assert keys["off"] != keys["auto"]  # a set made with kernels=off is never reused for auto
+    monkeypatch.setattr(cli, "_check_settings", lambda cfg: None)
+    monkeypatch.setattr(cli, "_run_dir_lock", contextlib.nullcontext)
     job = cli._job(lambda cfg: kernels.get_mode())
     try:
         assert job(OmegaConf.create({"kernels": "off"})) == "off"

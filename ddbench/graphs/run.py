@@ -115,7 +115,7 @@ def protocol_of(cfg: Any) -> GraphProtocol:
 
 
 def distill(cfg: Any, run_dir: Path) -> tuple[GraphSet, Path]:
-    from ddbench.cli import config_key
+    from ddbench.cli import config_key, reusable_set
     from ddbench.engine import pick_device
     from ddbench.method import build_method
 
@@ -128,14 +128,9 @@ def distill(cfg: Any, run_dir: Path) -> tuple[GraphSet, Path]:
         )
     key = config_key(cfg, _DISTILL_KEYS)
     out = run_dir / "synset.safetensors"
-    if out.exists() and not cfg.force:
-        try:
-            s = gformat.load(out)
-            if s.meta.get("config_key") == key:
-                log.info("reusing %s (made by this config)", out)
-                return s, out
-        except DDBenchError as e:
-            log.warning("remaking %s: %s", out, e)
+    s = reusable_set(out, key, gformat.load, cfg.force)
+    if s is not None:
+        return s, out
     task = GraphTask(
         train=load_split(name, "train"),
         ipc=int(cfg.ipc),
