@@ -7,8 +7,8 @@ reaches it) and sums the node embeddings, so it sees a graph as the multiset of 
 Mirage therefore
 
 1. gives every node's L-hop computation tree a canonical code, the same for isomorphic trees
-   whatever the node order (:class:`TreeCodes`: a node's code is its label and the sorted codes
-   of its children, built level by level and interned as integers);
+   whatever the node order (``ddbench.graphs.trees.TreeCodes``: a node's code is its label and
+   the sorted codes of its children, built level by level and interned as integers);
 2. turns every training graph into the set of its tree codes (a transaction) and mines, class
    by class, the sets of trees that occur together in at least a fraction ``threshold`` of the
    class's graphs (FP-growth, mlxtend's ``fpgrowth``);
@@ -33,6 +33,7 @@ import torch
 
 from ddbench.errors import DDBenchError
 from ddbench.graphs.format import GraphSet, from_graphs
+from ddbench.graphs.trees import mine, transactions
 from ddbench.method import Method, Settings
 
 
@@ -52,122 +53,6 @@ def _nbytes_of(s: GraphSet, i: int) -> int:
     n, e = s.num_nodes(i), int(s.edge_ptr[i + 1] - s.edge_ptr[i])
     per_node = s.x.shape[1] * 4 + (1 if s.roots is not None else 0)
     return n * per_node + e * 16 + 8 * 3 + (4 if s.weights is not None else 0)
-
-
-# ----------------------------------------------------------------------------- trees
-
-
-def node_label_ids(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rows, ids)``: the distinct feature rows of ``x`` (sorted) and each node's row index,
-    the discrete node label the trees are built from."""
-    rows, ids = torch.unique(x, dim=0, return_inverse=True)
-    return rows, ids
-
-
-class TreeCodes:
-    """An interning table of computation trees: code ``k`` is ``entries[k] = (label, children)``
-    with ``children`` the sorted tuple of the child trees' codes. Two trees get the same code
-    exactly when they are isomorphic as labelled rooted trees."""
-
-    def __init__(self) -> None:
-        self.index: dict[tuple[int, tuple[int, ...]], int] = {}
-        self.entries: list[tuple[int, tuple[int, ...]]] = []
-        self._text: dict[int, str] = {}
-
-    def intern(self, label: int, children: tuple[int, ...]) -> int:
-        key = (label, children)
-        code = self.index.get(key)
-        if code is None:
-            code = self.index[key] = len(self.entries)
-            self.entries.append(key)
-        return code
-
-    def trees(self, labels: list[int], edge_index: torch.Tensor, hops: int) -> list[int]:
-        """The code of each node's ``hops``-hop computation tree in one graph (node labels
-        ``labels``, edges read as undirected, a repeated edge counted once)."""
-        n = len(labels)
-        neighbours: list[set[int]] = [set() for _ in range(n)]
-        for a, b in edge_index.t().tolist():
-            if a != b:
-                neighbours[a].add(b)
-                neighbours[b].add(a)
-        codes = [self.intern(lab, ()) for lab in labels]
-        for _ in range(hops):
-            codes = [
-                self.intern(labels[v], tuple(sorted(codes[u] for u in neighbours[v])))
-                for v in range(n)
-            ]
-        return codes
-
-    def text(self, code: int) -> str:
-        """A canonical string of tree ``code``, independent of the order codes were interned
-        in: ``label(child child ...)`` with the children's strings sorted."""
-        done = self._text.get(code)
-        if done is None:
-            label, children = self.entries[code]
-            inner = " ".join(sorted(self.text(c) for c in children))
-            done = self._text[code] = f"{label}({inner})" if children else str(label)
-        return done
-
-    def graph(self, code: int) -> tuple[list[int], list[tuple[int, int]]]:
-        """Tree ``code`` as node labels (the root first, then depth first with the children in
-        the order of their :meth:`text`) and ``(child, parent)`` edges: the same lists for
-        isomorphic trees, whatever the order the codes were interned in."""
-        labels: list[int] = []
-        edges: list[tuple[int, int]] = []
-        stack = [(code, -1)]
-        while stack:
-            c, parent = stack.pop()
-            me = len(labels)
-            label, children = self.entries[c]
-            labels.append(label)
-            if parent >= 0:
-                edges.append((me, parent))
-            stack.extend((k, me) for k in sorted(children, key=self.text, reverse=True))
-        return labels, edges
-
-
-def transactions(s: GraphSet, hops: int) -> tuple[TreeCodes, list[list[int]], torch.Tensor]:
-    """``(codes, per-graph sorted distinct tree codes, feature rows)`` of every graph in ``s``."""
-    rows, ids = node_label_ids(s.x)
-    codes = TreeCodes()
-    out = []
-    for i in range(len(s)):
-        n0, n1 = int(s.node_ptr[i]), int(s.node_ptr[i + 1])
-        out.append(sorted(set(codes.trees(ids[n0:n1].tolist(), s.edges(i), hops))))
-    return codes, out, rows
-
-
-def mine(
-    baskets: list[list[int]], threshold: float, max_len: int | None = None
-) -> dict[frozenset[int], int]:
-    """The sets of items held by at least ``threshold`` (a fraction) of ``baskets``, each with
-    the number of baskets holding it (FP-growth)."""
-    import pandas as pd
-    from mlxtend.frequent_patterns import fpgrowth
-
-    n = len(baskets)
-    if n == 0:
-        return {}
-    need = max(1, int(-(-threshold * n // 1)))  # ceil: held by at least threshold * n baskets
-    counts: dict[int, int] = {}
-    for b in baskets:
-        for item in b:
-            counts[item] = counts.get(item, 0) + 1
-    items = sorted(k for k, c in counts.items() if c >= need)
-    if not items:
-        return {}
-    col = {k: j for j, k in enumerate(items)}
-    table = torch.zeros(n, len(items), dtype=torch.bool)
-    for r, b in enumerate(baskets):
-        hit = [col[k] for k in b if k in col]
-        table[r, hit] = True
-    df = pd.DataFrame(table.numpy(), columns=items)
-    found = fpgrowth(df, min_support=need / n, use_colnames=True, max_len=max_len)
-    out = {}
-    for support, itemset in zip(found["support"], found["itemsets"]):
-        out[frozenset(int(k) for k in itemset)] = int(round(float(support) * n))
-    return out
 
 
 def pattern_sets(

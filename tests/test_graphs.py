@@ -19,7 +19,8 @@ from ddbench.graphs import data as gdata
 from ddbench.graphs.format import GraphSet, from_graphs, load, save
 from ddbench.graphs.protocol import GraphProtocol, evaluate
 from ddbench.graphs.run import GraphTask
-from ddbench.methods.mirage import GraphRandom, Mirage, TreeCodes, pattern_sets, transactions
+from ddbench.graphs.trees import TreeCodes, transactions
+from ddbench.methods.mirage import GraphRandom, Mirage, pattern_sets
 from ddbench.synset import tensors_sha256
 
 
@@ -124,7 +125,7 @@ def test_mining_is_deterministic_and_counts_are_supports(motif_train):
 
 
 def test_mined_weights_equal_brute_force_supports(motif_train):
-    from ddbench.methods.mirage import mine
+    from ddbench.graphs.trees import mine
 
     codes, baskets, _ = transactions(motif_train, 2)
     cls0 = [b for b, y in zip(baskets, motif_train.labels.tolist()) if y == 0]
