@@ -40,6 +40,7 @@ from ddbench import engine, fyi, modifiers  # noqa: F401  (fyi registers its mod
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task
 from ddbench.synset import SyntheticSet
+from ddbench.synset import load as load_set
 
 __all__ = ["ImageDistillation", "class_means", "optimizer_state", "load_optimizer_state"]
 
@@ -59,6 +60,9 @@ class ImageDistillation(Method):
                      at (0-based) iteration ``it``
       init           ``real`` (ipc random real images per class) or ``noise`` (N(0, 1) in the
                      normalised space)
+      init_from      a set file whose images start the set instead of ``init`` (same dataset and
+                     image space, ``ipc`` images per class ordered by class): a warm start from
+                     another method's set, or two runs started from the same images
       eval_every     every N iterations, train ``eval_seeds`` fresh models for ``eval_epochs``
                      epochs on the current images and log their accuracy on the VAL split (0: never)
       fyi            FYI (Son et al., ECCV 2024): match and train on the synthetic images together
@@ -73,6 +77,7 @@ class ImageDistillation(Method):
         lr_img: float = 0.1
         momentum_img: float = 0.5
         init: str = "real"
+        init_from: str = ""
         eval_every: int = 0
         eval_epochs: int = 300
         eval_seeds: list[int] = field(default_factory=lambda: [0])
@@ -213,7 +218,9 @@ class ImageDistillation(Method):
         """``ipc`` images per class, ordered by class, and their hard labels."""
         k, ipc = task.num_classes, task.ipc
         labels = torch.arange(k, device=task.device).repeat_interleave(ipc)
-        if self.init == "real":
+        if self.init_from:
+            images = self.images_from(task, self.init_from)
+        elif self.init == "real":
             per_class = [self.sample_real(task, c, ipc) for c in range(k)]
             short = [c for c, x in enumerate(per_class) if len(x) < ipc]
             if short:
@@ -224,6 +231,30 @@ class ImageDistillation(Method):
         else:
             images = torch.randn((k * ipc, *task.spec.shape), generator=task.generator)
         return images.to(task.device, torch.float32).contiguous(), labels
+
+    @staticmethod
+    def images_from(task: Task, path: str) -> torch.Tensor:
+        """The images of the set file ``path`` as the start of ``task``'s set: one clear error
+        unless it holds ``task.ipc`` images of each class, ordered by class, of the task's dataset
+        and image space."""
+        s = load_set(path)
+        k, ipc = task.num_classes, task.ipc
+        where = f"init_from {path}"
+        if s.meta.get("dataset") != task.spec.name:
+            raise DDBenchError(
+                f"{where}: a set of {s.meta.get('dataset')!r}, not {task.spec.name!r}"
+            )
+        if (s.zca is None) != (task.train.zca is None):
+            raise DDBenchError(f"{where}: its image space (ZCA or not) is not the task's")
+        want = torch.arange(k).repeat_interleave(ipc)
+        if s.images.shape != (k * ipc, *task.spec.shape) or not torch.equal(
+            s.hard_labels.cpu(), want
+        ):
+            raise DDBenchError(
+                f"{where}: needs {ipc} image(s) per class ordered by class, shape "
+                f"{(k * ipc, *task.spec.shape)}; it has {tuple(s.images.shape)}"
+            )
+        return s.images.clone()
 
     def distill(self, task: Task) -> SyntheticSet:
         self.apply_recipe(task.spec.name, task.ipc)

@@ -29,7 +29,7 @@ class Pull(ImageDistillation):
 
 
 def _pull(**kw) -> Pull:
-    m = Pull(iterations=5, lr_img=0.1, **kw)
+    m = Pull(**{"iterations": 5, "lr_img": 0.1, **kw})
     m.seen = []
     return m
 
@@ -113,3 +113,28 @@ def test_a_killed_run_with_adam_and_cosine_resumes_exactly(digits_train, tmp_pat
     """Adam's moments and the schedule's position are checkpointed for any method."""
     cfg = dict(iterations=4, batch_real=32, img_optimizer="adam", img_schedule="cosine")
     check_resume(DM, cfg, digits_train, tmp_path)
+
+
+def test_init_from_starts_the_loop_from_a_set_file_and_refuses_a_mismatched_one(
+    digits_train, tmp_path
+):
+    """``init_from``: the loop starts from the images of a saved set (0 iterations give them
+    back unchanged; a step moves them as from any start); a set of another IPC or with its
+    classes out of order is refused with the file named."""
+    from ddbench.synset import save
+
+    start = _pull(iterations=0).distill(make_task(digits_train, 2, seed=3))
+    path = save(start, tmp_path / "start.safetensors")
+    again = _pull(iterations=0, init_from=str(path)).distill(make_task(digits_train, 2, seed=9))
+    assert torch.equal(again.images, start.images)
+    assert not torch.equal(_pull(iterations=0).distill(make_task(digits_train, 2, seed=9)).images,
+                           start.images)  # fmt: skip
+    moved = _pull(iterations=1, init_from=str(path)).distill(make_task(digits_train, 2, seed=9))
+    assert torch.allclose(moved.images, start.images - 0.1 * 2 * (start.images - 0.5))
+
+    with pytest.raises(DDBenchError, match="start.safetensors.*per class"):
+        _pull(iterations=0, init_from=str(path)).distill(make_task(digits_train, 1))
+    swapped = type(start)(start.images.flip(0), start.labels.flip(0), dict(start.meta))
+    bad = save(swapped, tmp_path / "swapped.safetensors")
+    with pytest.raises(DDBenchError, match="ordered by class"):
+        _pull(iterations=0, init_from=str(bad)).distill(make_task(digits_train, 2))

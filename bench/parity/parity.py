@@ -23,7 +23,9 @@ PARITY_MTT_SETTINGS (mtt, ftd: the shared experts, and overrides of TRAJECTORY_S
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
-marked not comparable).
+marked not comparable), PARITY_DDBENCH_ARGS: extra overrides of ddbench's side, space-separated,
+``{seed}`` replaced by the distillation seed (e.g. ``method.init_from=DIR/seed{seed}/start.safetensors``
+to start ddbench from the authors' images; recorded in the JSON's commands).
 """
 
 import functools
@@ -314,7 +316,8 @@ def main() -> None:
         ours_dir = d / "ddbench"
         cmd = [*DDBENCH, "distill", f"method={base}", f"dataset={dataset}", f"ipc={ipc}",
                f"method.iterations={iters}", f"seed={seed}", "precision=fp32", "device=cpu",
-               "progress=false", f"hydra.run.dir={ours_dir}", *extra_args]  # fmt: skip
+               "progress=false", f"hydra.run.dir={ours_dir}", *extra_args,
+               *os.environ.get("PARITY_DDBENCH_ARGS", "").format(seed=seed).split()]  # fmt: skip
         if method in FYI_BASE:
             cmd.insert(5, "method.fyi=true")
         commands[f"ddbench_seed{seed}"] = shlex.join(cmd)
