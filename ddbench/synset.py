@@ -110,7 +110,8 @@ class SyntheticSet(Dataset):
                *((k, id(v), v._version) for k, v in sorted(self.extras.items())))  # fmt: skip
         cached = self.__dict__.get("_view_cache")
         if cached is None or cached[0] != key:
-            cached = (key, _view(self.view, "set")(self, "set"))
+            view = _view(self.view, "set")
+            cached = (key, view(self.images, self.extras, self.meta, "set"))
             self.__dict__["_view_cache"] = cached
         return cached[1]
 
