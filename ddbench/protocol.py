@@ -460,6 +460,10 @@ def load_protocol_teacher(synset, protocol: Protocol, device, progress: bool = T
     meta = synset.meta
     dataset = meta.get("dataset")
     relabel = meta.get("relabel") or {}
+    if protocol.teacher_from_set and "projector" in relabel:  # HeLlO's label projector
+        from ddbench.projector import projector_from_set
+
+        return projector_from_set(synset, device, progress)
     if protocol.teacher_from_set and "teacher" in relabel:
         net, tmeta = _cached_teacher(dataset, relabel["teacher"], device, progress)
         return net, {**_describe(tmeta), "source": "set"}

@@ -249,3 +249,95 @@ def test_infer_protocol_trains_on_the_composed_images(make_task, tmp_path):
     assert cost["extra_bytes"] == 4 * 64 * 4
     assert cost["synset_bytes"] == cost["image_bytes"] + cost["label_bytes"] + cost["extra_bytes"]
     assert r["labels"]["kind"] == "soft"
+
+
+# -------------------------------------------------------------------------------------- HeLlO
+
+# the projector: TEACHER_B's trunk as the frozen extractor, fitted to TEACHER_A's soft labels
+SMALL_HELLO = dict(
+    teacher=TEACHER_A, epochs=2, batch_size=128, lr=0.01,
+    extractor={"name": "teacher_cache", "dataset": "digits", "teacher": TEACHER_B},
+)  # fmt: skip
+
+
+def _hello(**kw):
+    from ddbench.methods.hello import HeLlO
+
+    return HeLlO(**{**SMALL_HELLO, **kw})
+
+
+def _val_kl(projector, teacher, val, normalize, temperature=4.0) -> float:
+    from ddbench import engine
+
+    out = engine.predict([projector, teacher], val.images, transform=normalize)
+    log_p = torch.log_softmax(out[0] / temperature, 1)
+    q = torch.softmax(out[1] / temperature, 1)
+    return float((q * (torch.log(q) - log_p)).sum(1).mean())
+
+
+def test_hello_stores_a_small_projector_that_learns_the_teachers_labels(make_task, tmp_path,
+                                                                       split_cache):  # fmt: skip
+    from ddbench.projector import projector_from_set
+
+    task = make_task(ipc=10)
+    task.val_loader = lambda: split_cache("digits", "val")
+    s = run_distill(_hello(), task)
+    assert s.images.shape == (100, 1, 8, 8) and s.labels.dtype == torch.int64
+    assert torch.bincount(s.labels, minlength=10).tolist() == [10] * 10
+    # only the low-rank matrices and the head are stored, as float16 extras
+    shapes = {k: list(v.shape) for k, v in s.extras.items()}
+    assert shapes == {"projector.lora_a": [2, 72], "projector.lora_b": [8, 2],
+                      "projector.head_weight": [10, 8], "projector.head_bias": [10]}  # fmt: skip
+    assert all(v.dtype == torch.float16 for v in s.extras.values())
+    back = synset_io.load(synset_io.save(s, tmp_path / "hello.safetensors"))
+    nb = back.nbytes()
+    assert nb["extras"] == (144 + 16 + 80 + 10) * 2 and nb["labels"] == 100 * 8
+    proj = back.meta["relabel"]["projector"]
+    assert proj["projector_bytes"] == nb["extras"]
+    assert proj["fkd_ratio"] >= 100 and proj["fkd_label_bytes"] >= 100 * proj["label_bytes"]
+    assert "CLIP" in proj["substitution"] and proj["extractor"]["dataset"] == "digits"
+    # the stored projector is rebuilt from the file and the cache: the fit lowered its KL to
+    # the teacher on val below the projector's before the fit (epochs 0, same seed)
+    teacher = get_teacher("digits", TeacherConfig(**TEACHER_A), device="cpu", train=False)[0]
+    val = split_cache("digits", "val")
+    fitted, desc = projector_from_set(back, "cpu")
+    unfitted, _ = projector_from_set(run_distill(_hello(epochs=0), make_task(ipc=10)), "cpu")
+    norm = make_task().normalize
+    assert _val_kl(fitted, teacher, val, norm) < 0.8 * _val_kl(unfitted, teacher, val, norm)
+    assert desc["projector"]["bytes"] == nb["extras"] and desc["source"] == "set"
+
+
+def test_hello_is_deterministic_and_resumes(make_task, tmp_path):
+    class Killed(Exception):
+        pass
+
+    class KillAfterFirst(Checkpointer):
+        def save(self, step, tensors, state=None):
+            super().save(step, tensors, state)
+            if step == 1:
+                raise Killed
+
+    a = _hello(epochs=3).distill(make_task(seed=3))
+    b = _hello(epochs=3).distill(make_task(seed=3))
+    assert all(torch.equal(a.extras[k], b.extras[k]) for k in a.extras)
+    with pytest.raises(Killed):
+        _hello(epochs=3).distill(make_task(seed=3, checkpointer=KillAfterFirst(tmp_path, "h", 1)))
+    resumed = _hello(epochs=3).distill(
+        make_task(seed=3, checkpointer=Checkpointer(tmp_path, "h", 1))
+    )
+    assert resumed.meta["distillation"]["resumed_from"] == 1
+    assert all(torch.equal(a.extras[k], resumed.extras[k]) for k in a.extras)
+
+
+def test_hello_protocol_labels_with_the_sets_projector(make_task):
+    s = run_distill(_hello(epochs=1), make_task(ipc=2))
+    cfg = {**protocol_config("hello"), "epochs": 1, "seeds": [0], "batch_size": 16}
+    r = evaluate(s, Protocol.from_config(cfg), model="convnet", model_kwargs={"net_width": 8},
+                 device="cpu", progress=False)  # fmt: skip
+    used = r["labels"]
+    assert used["kind"] == "teacher" and used["teacher"]["source"] == "set"
+    assert "CLIP" in used["teacher"]["projector"]["substitution"]
+    assert r["cost"]["extra_bytes"] == used["teacher"]["projector"]["bytes"] > 0
+    plain = synset_io.SyntheticSet(s.images, s.labels, {**s.meta, "relabel": None})
+    with pytest.raises(DDBenchError, match="no teacher"):
+        evaluate(plain, Protocol.from_config(cfg), model="convnet", device="cpu", progress=False)
