@@ -108,6 +108,9 @@ class INFER(SRe2L):
                                    "init: real")  # fmt: skip
             if not self.teachers:
                 raise DDBenchError("infer needs at least one teacher")
+            if self.eval_every:
+                raise DDBenchError("infer: eval_every is not supported (the loop optimises the "
+                                   "compensators, not a set's images)")  # fmt: skip
             self.teachers = [{**DEFAULT_TEACHER, **dict(t)} for t in self.teachers]
             for t in self.teachers:
                 TeacherConfig.from_config(t)  # a bad teacher fails here
