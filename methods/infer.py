@@ -70,7 +70,7 @@ def budget_split(ipc: int, num_classes: int, teachers: int) -> tuple[int, int]:
     ``ipc_init = int(ipc / (M / K + 1))`` with ``U = B M``; an error where ``B`` is 0."""
     b = int(ipc / (teachers / num_classes + 1))
     if b < 1:
-        need = int(teachers / num_classes + 1) + 1
+        need = -(-(teachers + num_classes) // num_classes)  # ceil(M/K + 1)
         raise DDBenchError(
             f"infer: ipc {ipc} with {teachers} teachers and {num_classes} classes leaves no real "
             f"image per class (int(ipc / (M/K + 1)) = 0); INFER needs ipc >= {need} here, or "

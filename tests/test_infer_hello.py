@@ -239,7 +239,10 @@ def test_infer_settings_are_checked():
 
 
 def test_infer_protocol_trains_on_the_composed_images(make_task, tmp_path):
-    s = run_distill(INFER(**SMALL_INFER), make_task(ipc=3))
+    from ddbench.leaderboard import claim_errors, set_facts
+
+    made = run_distill(INFER(**SMALL_INFER), make_task(ipc=3))
+    s = synset_io.load(synset_io.save(made, tmp_path / "infer.safetensors"))
     cfg = {**protocol_config("infer"), "epochs": 2, "seeds": [0], "batch_size": 16}
     p = Protocol.from_config(cfg)
     assert p.mixup == 0.8 and p.temperature == 30.0 and p.labels == "set"
@@ -249,6 +252,11 @@ def test_infer_protocol_trains_on_the_composed_images(make_task, tmp_path):
     assert cost["extra_bytes"] == 4 * 64 * 4
     assert cost["synset_bytes"] == cost["image_bytes"] + cost["label_bytes"] + cost["extra_bytes"]
     assert r["labels"]["kind"] == "soft"
+    # the leaderboard's checks recompute the same bytes and take the view's budget
+    assert claim_errors(r, set_facts(s), p.labels) == []
+    assert claim_errors({**r, "cost": {**cost, "extra_bytes": 0,
+                                       "synset_bytes": cost["synset_bytes"] - 1}},
+                        set_facts(s), p.labels)  # fmt: skip
 
 
 # -------------------------------------------------------------------------------------- HeLlO
