@@ -499,7 +499,7 @@ def _check_meta(meta: Any, where: str) -> None:
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise bad(key, "an object")
     view = meta.get("view")
-    if view is not None and view not in VIEWS:
+    if view is not None and (not isinstance(view, str) or view not in VIEWS):
         raise DDBenchError(
             f"{where}: metadata 'view' is {view!r}, not a known view ({', '.join(sorted(VIEWS))})"
         )
@@ -598,7 +598,7 @@ def _check_extra_tensors(extras: dict[str, Any], listed: dict, where: str) -> No
                 f"{where}: extra tensor {name!r} has dtype {dtype}; allowed: "
                 f"{', '.join(EXTRA_DTYPES)}"
             )
-        if entry.get("dtype", dtype) != dtype or list(entry.get("shape", t.shape)) != list(t.shape):
+        if entry.get("dtype", dtype) != dtype or entry.get("shape", list(t.shape)) != list(t.shape):
             raise DDBenchError(
                 f"{where}: extra tensor {name!r} is {dtype} {list(t.shape)}, the header says "
                 f"{entry.get('dtype')} {entry.get('shape')}"
