@@ -161,8 +161,9 @@ class HeLlO(Method):
 
     def fit(self, task: Task, proj: LabelProjector, teacher: torch.nn.Module) -> dict[str, Any]:
         """AdamW on the low-rank matrices and the head: KL(teacher || projector) at
-        ``temperature`` on DSA views of the real train split, one checkpoint per epoch
-        (``task.checkpointer``: a killed fit resumes at its last finished epoch)."""
+        ``temperature`` on DSA views of the real train split, one checkpoint per epoch where
+        the task checkpoints at all (an epoch is this method's unit; a killed fit resumes at its
+        last finished epoch)."""
         params = proj.trainable()
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         augment = make_augment(task.spec.dsa_strategy)
@@ -198,7 +199,7 @@ class HeLlO(Method):
             losses.append(total / n)
             if not math.isfinite(losses[-1]):
                 raise DDBenchError(f"hello: the projector's loss is {losses[-1]}; lower method.lr")
-            if task.checkpointer.due(ep + 1) or ep + 1 == self.epochs:
+            if task.checkpointer.dir is not None and task.checkpointer.every > 0:
                 tensors = {f"param.{i}": p.detach() for i, p in enumerate(params)}
                 tensors["rng"] = task.generator.get_state()
                 optim = optimizer_state(opt.state_dict(), "optim", tensors)
