@@ -4,13 +4,13 @@ Efficient Dataset Distillation via Inter-Class Feature Compensator", ICLR 2025).
 Read from the authors' code, zhangxin-xd/UFC @83d19f8 (``ufc_generation/ufc_cifar.py``,
 ``ufc_validation/val_static.py``, ``sh/ufc_cifar.sh``); nothing of it is copied.
 
-* **Budget split** (``ufc_cifar.py`` 246-247): with ``M`` teachers and ``K`` classes, ``B =
+* **Budget split** (``ufc_cifar.py`` 252-253): with ``M`` teachers and ``K`` classes, ``B =
   int(ipc / (M / K + 1))`` real images per class are stored, in ``B`` batches of one image per
   class, and ``B M`` compensators, one per (batch, teacher): ``B K + B M <= ipc K`` stored
   image-sized tensors. IPC 10 on ten classes with four teachers: 7 real images per class and 28
   compensators. Where the formula gives ``B = 0`` (IPC 1 on ten classes) INFER is not defined
   and is refused.
-* **Universal Feature Compensator** (``ufc_cifar.py`` 22-110): for teacher ``m`` and batch
+* **Universal Feature Compensator** (``ufc_cifar.py`` 23-129): for teacher ``m`` and batch
   ``b``, one perturbation ``u`` of an image's shape, from zeros, optimised so that the frozen
   teacher (eval mode) classifies every ``x_c + u`` of the batch as its class ``c``, with SRe2L's
   BatchNorm-statistics term (:class:`ddbench.recover.Member`, first BatchNorm layer weighted
@@ -28,11 +28,12 @@ Read from the authors' code, zhangxin-xd/UFC @83d19f8 (``ufc_generation/ufc_cifa
   plus the compensator clipped to the valid pixel range (``(B + B M) K`` images; the view
   ``compensated`` of :mod:`ddbench.synset`). The file stores the real images, the compensators
   (an extra tensor) and the labels; its bytes count all three.
-* **Static labels** (``val_static.py`` 185-203): one soft label per composed image, the mean of
+* **Static labels** (``val_static.py`` 200-217): one soft label per composed image, the mean of
   the ``M`` teachers' logits on it (no augmentation), stored as :mod:`ddbench.relabel` stores
   logits (float16, class-consistent). The evaluation (protocol ``infer``) interpolates them with
   the images' mixup coefficient (mixup alpha 0.8) and trains with KL at temperature 30 (AdamW
-  lr 0.001, weight decay 0.01, cosine, batch 64, 400 epochs: ``val_static.py`` 26-31, 219-253).
+  lr 0.001, weight decay 0.01, cosine: ``val_static.py`` 30, 234-235, 239-249; batch 64,
+  400 epochs: ``sh/ufc_cifar.sh``).
 
 The authors' teachers are ResNet-18, MobileNetV2, EfficientNet-B0 and ShuffleNet; ddbench's
 default ``teachers`` are four BatchNorm ConvNets of the teacher cache (three of them CV-DD's
