@@ -288,7 +288,7 @@ def evaluate(
     recipe = pinned.recipe(strategy, lr)
     recipe.precision = precision
     recipe.channels_last = bool(channels_last)
-    images = synset.images
+    images = synset.view_images()  # a set with a view (INFER's compensators) yields its own
     if not meta.get("space", {}).get("normalized", True):
         images = (images - torch.tensor(spec.mean).view(1, -1, 1, 1)) / torch.tensor(spec.std).view(
             1, -1, 1, 1
@@ -408,9 +408,10 @@ def evaluate(
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
             "eval_seconds": eval_seconds,
             "peak_memory_bytes": peak_memory_bytes(device),
-            "synset_bytes": nbytes["images"] + nbytes["labels"],
+            "synset_bytes": nbytes["images"] + nbytes["labels"] + nbytes["extras"],
             "image_bytes": nbytes["images"],
             "label_bytes": nbytes["labels"],
+            "extra_bytes": nbytes["extras"],  # a set's extra tensors (synset.extras)
         },
         "synset": {"path": meta.get("_path"), "sha256": meta.get("sha256")},
         "versions": versions(),
@@ -459,6 +460,10 @@ def load_protocol_teacher(synset, protocol: Protocol, device, progress: bool = T
     meta = synset.meta
     dataset = meta.get("dataset")
     relabel = meta.get("relabel") or {}
+    if protocol.teacher_from_set and "projector" in relabel:  # HeLlO's label projector
+        from ddbench.projector import projector_from_set
+
+        return projector_from_set(synset, device, progress)
     if protocol.teacher_from_set and "teacher" in relabel:
         net, tmeta = _cached_teacher(dataset, relabel["teacher"], device, progress)
         return net, {**_describe(tmeta), "source": "set"}

@@ -11,6 +11,15 @@ A set in a ZCA-whitened space (``meta["space"]["zca"]``) also stores its whiteni
 Sets imported without them (MTT ``--zca`` files) fall back to the dataset's cached fit
 (:func:`ddbench.data.fit_zca`).
 
+Extras: a set may carry named extra tensors (``SyntheticSet.extras``), stored as
+``extra.<name>`` and listed in the header (``meta["extras"][name] = {"role", "dtype",
+"shape"}``): e.g. INFER's compensators or HeLlO's label projector. They are validated (a listed
+dtype, finite floats, the header's shape, each listed one present), covered by the checksum and
+counted as a third byte category (``nbytes()["extras"]``). A set whose header names a ``view``
+(a key of :data:`VIEWS`, added by :func:`register_view`) yields, as a Dataset, the images that
+view makes from the stored tensors (``view_images()``; the labels describe those images): the
+``compensated`` view adds INFER's compensators to the stored real images.
+
 Soft labels may be stored top-k (``meta["label_storage"] = {"format": "topk", "k": k}``): in
 place of ``labels``, ``label_values`` (the k largest of each row, ``[N,k]``, in the labels'
 dtype, descending), ``label_indices`` (their classes, ``[N,k]``, uint8 up to 256 classes, int16
@@ -31,6 +40,7 @@ import re
 import stat
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,13 @@ SCHEMA_VERSION = 1
 TOPK_KEYS = ("label_values", "label_indices", "label_fill")
 ZCA_KEYS = ("zca_mean", "zca_transform")
 _TENSOR_KEYS = ("images", "labels", "lr", "weights", *TOPK_KEYS, *ZCA_KEYS)
+EXTRA_PREFIX = "extra."
+EXTRA_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+              torch.int16, torch.uint8)
+}  # fmt: skip
+_EXTRA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 # The largest pixel magnitude a set may hold: normalised and ZCA-whitened images stay orders of
 # magnitude below it; a larger value is a broken or hostile file, whose training would diverge.
@@ -71,12 +88,32 @@ class SyntheticSet(Dataset):
     lr: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     zca: Any = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
+        return self.view_images()[i], self.labels[i]
+
+    @property
+    def view(self) -> str | None:
+        """The registered view (:data:`VIEWS`) the header names, or None (the stored images)."""
+        return self.meta.get("view")
+
+    def view_images(self) -> torch.Tensor:
+        """The images the set yields as a Dataset, one per label: the stored ``images``, or
+        what the set's :attr:`view` makes of its stored tensors."""
+        if self.view is None:
+            return self.images
+        key = (self.view, id(self.images), self.images._version,
+               *((k, id(v), v._version) for k, v in sorted(self.extras.items())))  # fmt: skip
+        cached = self.__dict__.get("_view_cache")
+        if cached is None or cached[0] != key:
+            view = _view(self.view, "set")
+            cached = (key, view(self.images, self.extras, self.meta, "set"))
+            self.__dict__["_view_cache"] = cached
+        return cached[1]
 
     @property
     def soft_labels(self) -> bool:
@@ -114,6 +151,7 @@ class SyntheticSet(Dataset):
         if self.zca is not None:
             out["zca_mean"] = self.zca.mean.float()
             out["zca_transform"] = self.zca.transform.float()
+        out.update({EXTRA_PREFIX + k: v for k, v in self.extras.items()})
         return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
     def unwhitened(self) -> torch.Tensor:
@@ -140,13 +178,16 @@ class SyntheticSet(Dataset):
         return x.clamp(0, 1)
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes of images and of labels as stored (soft labels count toward the set; top-k
-        labels count their values, indices and fills)."""
+        """Bytes of images, of labels and of extras as stored (soft labels count toward the set;
+        top-k labels count their values, indices and fills; ``extras``: every extra tensor)."""
         t = self.tensors()
         return {
             "images": t["images"].numel() * t["images"].element_size(),
             "labels": sum(
                 v.numel() * v.element_size() for k, v in t.items() if k in ("labels", *TOPK_KEYS)
+            ),
+            "extras": sum(
+                v.numel() * v.element_size() for k, v in t.items() if k.startswith(EXTRA_PREFIX)
             ),
         }
 
@@ -257,11 +298,13 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     from safetensors.torch import save_file
 
     _check_meta(synset.meta, str(path))
-    _validate_tensors(synset.images, synset.labels, synset.meta, str(path))
-    _check_extras(synset.lr, synset.weights, len(synset.images), str(path))
-    _check_zca(synset.images, synset.zca, synset.meta, str(path))
-    tensors = synset.tensors()
     meta = dict(synset.meta)
+    if synset.extras or meta.get("extras"):
+        meta["extras"] = _extras_header(synset.extras, meta.get("extras"), str(path))
+    _validate_set(synset.images, synset.labels, synset.extras, meta, str(path))
+    _check_extras(synset.lr, synset.weights, len(synset.labels), str(path))
+    _check_zca(synset.images, synset.zca, meta, str(path))
+    tensors = synset.tensors()
     if not meta.get("ipc") and not meta.get("full_dataset"):
         meta["ipc"] = _largest_class(synset.labels)
     meta.setdefault("schema_version", SCHEMA_VERSION)
@@ -452,9 +495,20 @@ def _check_meta(meta: Any, where: str) -> None:
         isinstance(classes, (list, tuple)) and all(isinstance(c, str) for c in classes)
     ):
         raise bad("classes", "a list of class names")
-    for key in ("method", "space", "relabel", "label_storage"):
+    for key in ("method", "space", "relabel", "label_storage", "extras"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise bad(key, "an object")
+    view = meta.get("view")
+    if view is not None and (not isinstance(view, str) or view not in VIEWS):
+        raise DDBenchError(
+            f"{where}: metadata 'view' is {view!r}, not a known view ({', '.join(sorted(VIEWS))})"
+        )
+    for name, entry in (meta.get("extras") or {}).items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("role"), str)):
+            raise DDBenchError(
+                f"{where}: metadata extras.{name} must be an object with a 'role' string, "
+                f"got {entry!r:.80}"
+            )
     space = meta.get("space") or {}
     for key in ("mean", "std"):
         v = space.get(key)
@@ -502,6 +556,69 @@ def _check_extras(
             raise DDBenchError(f"{where}: weights must be >= 0 and not all zero")
 
 
+def _extras_header(
+    extras: dict[str, torch.Tensor], listed: dict | None, where: str
+) -> dict[str, dict[str, Any]]:
+    """The header's ``extras`` entry of ``extras`` (each listed with its role in ``listed``):
+    role, dtype and shape of each; the tensors are checked (:func:`_check_extra_tensors`)."""
+    listed = dict(listed or {})
+    header = {
+        name: {**dict(listed.get(name) or {}), "dtype": str(t.dtype).removeprefix("torch."),
+               "shape": list(t.shape)}
+        for name, t in extras.items() if isinstance(t, torch.Tensor)
+    }  # fmt: skip
+    header.update({k: v for k, v in listed.items() if k not in header})
+    _check_extra_tensors(extras, header, where)
+    return header
+
+
+def _check_extra_tensors(extras: dict[str, Any], listed: dict, where: str) -> None:
+    """Each extra tensor listed in the header (``listed``: name -> role, dtype, shape) and each
+    listed one present, with a valid name, a known dtype, the listed dtype and shape, and finite
+    values."""
+    missing = sorted(set(listed) - set(extras))
+    if missing:
+        raise DDBenchError(f"{where}: the header lists extra tensor(s) {missing} the set lacks")
+    unlisted = sorted(set(extras) - set(listed))
+    if unlisted:
+        raise DDBenchError(
+            f"{where}: extra tensor(s) {unlisted} have no entry (role) in meta['extras']"
+        )
+    for name, t in extras.items():
+        if not _EXTRA_NAME.fullmatch(name):
+            raise DDBenchError(f"{where}: bad extra tensor name {name!r} (letters, digits, _.-)")
+        entry = listed[name]
+        if not isinstance(entry, dict) or not isinstance(entry.get("role"), str):
+            raise DDBenchError(f"{where}: extra tensor {name!r} has no role in meta['extras']")
+        if not isinstance(t, torch.Tensor):
+            raise DDBenchError(f"{where}: extra {name!r} is a {type(t).__name__}, not a tensor")
+        dtype = str(t.dtype).removeprefix("torch.")
+        if dtype not in EXTRA_DTYPES:
+            raise DDBenchError(
+                f"{where}: extra tensor {name!r} has dtype {dtype}; allowed: "
+                f"{', '.join(EXTRA_DTYPES)}"
+            )
+        if entry.get("dtype", dtype) != dtype or entry.get("shape", list(t.shape)) != list(t.shape):
+            raise DDBenchError(
+                f"{where}: extra tensor {name!r} is {dtype} {list(t.shape)}, the header says "
+                f"{entry.get('dtype')} {entry.get('shape')}"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise DDBenchError(f"{where}: extra tensor {name!r} contains NaN or Inf")
+
+
+def _validate_set(
+    images: torch.Tensor, labels: torch.Tensor, extras: dict, meta: dict, where: str
+) -> None:
+    """:func:`_validate_tensors` on the images the labels describe: the stored images, or the
+    view's (whose own checks cover the shapes of the stored tensors and the ipc budget)."""
+    if "view" not in meta or meta["view"] is None:
+        _validate_tensors(images, labels, meta, where)
+        return
+    shown = _view(meta["view"], where)(images, extras, meta, where)
+    _validate_tensors(shown, labels, meta, where, budget=False)
+
+
 def load(path: str | Path, *, verify: bool = True, require_checksum: bool = False) -> SyntheticSet:
     """Read a set file into a :class:`SyntheticSet` (a ``torch.utils.data.Dataset``).
 
@@ -526,9 +643,14 @@ def load(path: str | Path, *, verify: bool = True, require_checksum: bool = Fals
     missing = [k for k in ("images", *label_keys) if k not in t]
     if missing:
         raise DDBenchError(f"{path} lacks the tensor(s) {missing}")
-    unknown = sorted(set(t) - {"images", *label_keys, "lr", "weights", *ZCA_KEYS})
+    extras = {k[len(EXTRA_PREFIX) :]: v for k, v in t.items() if k.startswith(EXTRA_PREFIX)}
+    unknown = sorted(
+        set(t) - {"images", *label_keys, "lr", "weights", *ZCA_KEYS}
+        - {EXTRA_PREFIX + k for k in extras}
+    )  # fmt: skip
     if unknown:
         raise DDBenchError(f"{path} holds unexpected tensors {unknown}")
+    _check_extra_tensors(extras, meta.get("extras") or {}, str(path))
     if not meta.get("sha256"):
         if require_checksum:
             raise DDBenchError(f"{path} has no checksum (sha256); a checksummed set is required")
@@ -544,14 +666,14 @@ def load(path: str | Path, *, verify: bool = True, require_checksum: bool = Fals
         spec = CATALOGUE.get(meta.get("dataset"))
         num_classes = int(meta.get("num_classes") or (spec.num_classes if spec else 0))
         labels = decode_topk(*(t[k] for k in TOPK_KEYS), num_classes, str(path))
-    _validate_tensors(t["images"], labels, meta, str(path))
-    _check_extras(t.get("lr"), t.get("weights"), len(t["images"]), str(path))
+    _validate_set(t["images"], labels, extras, meta, str(path))
+    _check_extras(t.get("lr"), t.get("weights"), len(labels), str(path))
     if not meta.get("ipc") and not meta.get("full_dataset"):
         meta["ipc"] = _largest_class(labels)
         log.warning("%s gives no ipc; counting it as ipc %d (its largest class)", path, meta["ipc"])
     zca = _load_zca(t, meta, str(path))
     _check_zca(t["images"], zca, meta, str(path))
-    return SyntheticSet(t["images"], labels, meta, t.get("lr"), t.get("weights"), zca)
+    return SyntheticSet(t["images"], labels, meta, t.get("lr"), t.get("weights"), zca, extras)
 
 
 def _largest_class(labels: torch.Tensor) -> int:
@@ -600,8 +722,11 @@ def _check_zca(images: torch.Tensor, zca: Any, meta: dict, where: str) -> None:
         )
 
 
-def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, where: str) -> None:
-    """The checks shared by save and load: finiteness, shapes, label range, per-class budget."""
+def _validate_tensors(
+    images: torch.Tensor, labels: torch.Tensor, meta: dict, where: str, budget: bool = True
+) -> None:
+    """The checks shared by save and load: finiteness, shapes, label range, per-class budget
+    (``budget``: a view checks its own, on the stored tensors)."""
     if images.dim() != 4:
         raise DDBenchError(f"{where}: images must be [N,C,H,W], got shape {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -652,12 +777,85 @@ def _validate_tensors(images: torch.Tensor, labels: torch.Tensor, meta: dict, wh
         span = f"the {num_classes} classes" if num_classes else "the class indices (>= 0)"
         raise DDBenchError(f"{where}: labels outside {span} (min {low}, max {high})")
     ipc = meta.get("ipc")
-    if ipc and not meta.get("full_dataset"):
+    if budget and ipc and not meta.get("full_dataset"):
         most = int(torch.bincount(hard).max())
         if most > int(ipc):
             raise DDBenchError(
                 f"{where}: a class has {most} images, more than the set's ipc of {ipc}"
             )
+
+
+# ----------------------------------------------------------------------------- views
+
+# name -> view(images, extras, meta, where): the images a set of that view yields, one per label
+VIEWS: dict[str, Callable[[torch.Tensor, dict, dict, str], torch.Tensor]] = {}
+
+
+def register_view(name: str) -> Callable:
+    """Register a view under ``name`` (the value of a set's ``meta["view"]``): a function
+    ``(images, extras, meta, where) -> images [M, C, H, W]`` that checks the stored tensors (a
+    :class:`DDBenchError` naming ``where`` on bad ones, the ipc budget included) and returns the
+    images the set yields, one per label."""
+
+    def add(fn: Callable) -> Callable:
+        if name in VIEWS:
+            raise DDBenchError(f"view {name!r} is already registered")
+        VIEWS[name] = fn
+        return fn
+
+    return add
+
+
+def _view(name: str, where: str) -> Callable:
+    if name not in VIEWS:
+        raise DDBenchError(f"{where}: unknown view {name!r} ({', '.join(sorted(VIEWS))})")
+    return VIEWS[name]
+
+
+@register_view("compensated")
+def compensated_view(images: torch.Tensor, extras: dict, meta: dict, where: str) -> torch.Tensor:
+    """INFER's composition (Zhang et al., ICLR 2025): the stored ``images`` are ``B`` batches of
+    one real image per class (row ``b K + c``: class ``c`` in batch ``b``), the extra
+    ``compensators`` ``[U, C, H, W]`` (``U`` a multiple of ``B``) shared additive perturbations,
+    compensator ``j`` belonging to batch ``j mod B``. Yields the ``B K`` real images, then for
+    each compensator its batch plus the compensator, clipped to the valid pixel range
+    (``(B + U) K`` images, in that order). Budget: ``B <= ipc`` real images per class and
+    ``B K + U <= ipc K`` stored image-sized tensors."""
+    k = int(meta.get("num_classes") or 0)
+    u = extras.get("compensators")
+    if u is None or images.dim() != 4 or k < 1 or len(images) % k:
+        raise DDBenchError(
+            f"{where}: the compensated view needs images [B*K, C, H, W] (K = num_classes) and an "
+            "extra tensor 'compensators'"
+        )
+    b = len(images) // k
+    if u.dim() != 4 or tuple(u.shape[1:]) != tuple(images.shape[1:]) or not u.is_floating_point():
+        raise DDBenchError(
+            f"{where}: compensators must be float [U, {', '.join(map(str, images.shape[1:]))}], "
+            f"got {u.dtype} {list(u.shape)}"
+        )
+    if b == 0 or len(u) % b:
+        raise DDBenchError(f"{where}: {len(u)} compensators for {b} batches (not a multiple)")
+    ipc = int(meta.get("ipc") or 0)
+    if ipc and (b > ipc or b * k + len(u) > ipc * k):
+        raise DDBenchError(
+            f"{where}: {b} real images per class and {len(u)} compensators exceed the budget "
+            f"of ipc {ipc} ({ipc * k} image-sized tensors)"
+        )
+    space = meta.get("space") or {}
+    if space.get("zca"):
+        raise DDBenchError(f"{where}: the compensated view clips pixels; ZCA space is refused")
+    x = images.float()
+    lo, hi = torch.zeros(1, x.shape[1], 1, 1), torch.ones(1, x.shape[1], 1, 1)
+    if space.get("normalized", True):
+        mean = torch.tensor(space.get("mean", [0.0]), dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(space.get("std", [1.0]), dtype=x.dtype).view(1, -1, 1, 1)
+        lo, hi = (lo - mean) / std, (hi - mean) / std
+    lo, hi = lo.to(x.device), hi.to(x.device)
+    batches = x.view(b, k, *x.shape[1:])
+    composed = batches[torch.arange(len(u)) % b] + u.float().to(x.device)[:, None]
+    composed = torch.maximum(torch.minimum(composed, hi), lo)
+    return torch.cat([x, composed.reshape(-1, *x.shape[1:])])
 
 
 # ----------------------------------------------------------------------------- importers

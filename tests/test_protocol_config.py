@@ -32,6 +32,8 @@ PINNED = {
     "sre2l": "89f695873dbb1582",
     "sre2l_fkd": "842d106f7a1fc616",
     "datm": "63816930dd425b94",
+    "infer": "7b8d57ed589da34c",
+    "hello": "f25063f247eabdae",
 }
 
 
