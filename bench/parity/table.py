@@ -17,6 +17,15 @@ NAMES = {
 }
 
 
+def name(r: dict) -> str:
+    """The row's method, marked where ddbench's side started from the authors' images
+    (``method.init_from`` in its command: PARITY_DDBENCH_ARGS)."""
+    label = NAMES.get(r["method"], r["method"].upper())
+    if any("method.init_from=" in c for k, c in r["commands"].items() if k.startswith("ddbench")):
+        label += " (ddbench from the authors' start)"
+    return label
+
+
 def own_evaluation(r: dict) -> str:
     """The authors' set scored by their own evaluate_synset (one model per distillation seed)."""
     accs = [a for row in r["per_seed"] for a in row.get("official_own_evaluate_synset", [])]
@@ -47,7 +56,7 @@ def main() -> None:
             continue
         o, d = r["official"], r["ddbench"]
         print(
-            f"| {NAMES.get(r['method'], r['method'].upper())} | {r['dataset']} | {r['ipc']} | {r['iterations']} "
+            f"| {name(r)} | {r['dataset']} | {r['ipc']} | {r['iterations']} "
             f"| {','.join(map(str, r['distillation_seeds']))} | {r['protocol']} "
             f"({r['eval_seeds']}) | {o['mean']:.2f} ± {o['std']:.2f} "
             f"| {d['mean']:.2f} ± {d['std']:.2f} | {r['difference_ddbench_minus_official']:+.2f} "
