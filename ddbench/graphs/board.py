@@ -5,8 +5,8 @@ A graph result (``kind: graph``, as :func:`ddbench.graphs.protocol.evaluate` wri
 :data:`GRAPH_SCHEMA`; its protocol must be a pinned graph protocol
 (``conf/graph_protocol/<name>.yaml``) with its seeds; what the result claims about its set
 (checksum, dataset, ipc, method, graphs, nodes, bytes) is recomputed from the set
-(:func:`set_facts`, :func:`claim_errors`); and no graph of the set may be a copy of a test graph
-(:func:`graph_copies`). Entries are stored as
+(:func:`set_facts`, :func:`claim_errors`); and no graph of the set may copy a test graph that the
+train split does not hold (:func:`graph_copies`). Entries are stored as
 ``submissions/<dataset>/graphs/<protocol>/<method>-<sha12>.json``, one table per graph dataset x
 protocol, since graph sets are compared at their bytes rather than at an IPC.
 """
