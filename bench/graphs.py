@@ -1,7 +1,7 @@
 """Mirage vs a random subset of equal bytes vs the full train split, on GCN, GIN and GAT.
 
     python bench/graphs.py --datasets motif digits_graph [--steps 1000] [--seeds 0 1 2]
-        [--mirage KEY=VALUE ...] [--out bench/results/graphs]
+        [--mirage KEY=VALUE ...] [--out bench/results/graphs] [--time-only]
 
 Per dataset: Mirage distils once (seed 0; its wall time and mining time are recorded), a random
 subset of real training graphs is drawn at Mirage's byte size (graph_random, seed 0), and each
@@ -10,7 +10,8 @@ override it, which the JSON records as ``comparable: false``) with every archite
 of training one GCN on the full train split for the protocol's steps is recorded beside
 Mirage's distillation time (wall-clock and this process's CPU seconds, the latter less affected
 by other jobs on the machine): a gradient-based graph distillation (DosCond, KiDD) trains GNNs on
-the full data at least that long. One JSON per dataset in ``--out``.
+the full data at least that long. One JSON per dataset in ``--out``; ``--time-only`` skips the
+scoring and writes the times alone to ``<dataset>_time.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from ddbench.graphs.run import GraphTask, pinned_protocol, run_distill
 from ddbench.methods.mirage import GraphFull, GraphRandom, Mirage
 
 
-def bench(dataset: str, protocol: GraphProtocol, mirage_kwargs: dict) -> dict:
+def bench(
+    dataset: str, protocol: GraphProtocol, mirage_kwargs: dict, time_only: bool = False
+) -> dict:
     train, test = load_graph_split(dataset, "train"), load_graph_split(dataset, "test")
 
     def task(seed: int = 0) -> GraphTask:
@@ -44,11 +47,15 @@ def bench(dataset: str, protocol: GraphProtocol, mirage_kwargs: dict) -> dict:
     c0 = time.process_time()
     mirage = run_distill(Mirage(**mirage_kwargs), task())
     mirage_cpu = time.process_time() - c0
-    sets = {
-        "mirage": mirage,
-        "random_equal_bytes": run_distill(GraphRandom(budget_bytes=mirage.nbytes()), task()),
-        "full": run_distill(GraphFull(), task()),
-    }
+    sets = (
+        {}
+        if time_only
+        else {
+            "mirage": mirage,
+            "random_equal_bytes": run_distill(GraphRandom(budget_bytes=mirage.nbytes()), task()),
+            "full": run_distill(GraphFull(), task()),
+        }
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     train_one(train, protocol, "gcn", 0, torch.device("cpu"), len(train.meta["classes"]))
     full_train_seconds, full_train_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -90,6 +97,7 @@ def main() -> None:
     p.add_argument("--mirage", nargs="*", default=[], metavar="KEY=VALUE",
                    help="Mirage settings, e.g. per_class=20 thresholds=[0.3,0.2]")  # fmt: skip
     p.add_argument("--out", default="bench/results/graphs")
+    p.add_argument("--time-only", action="store_true", help="time Mirage and one GCN, no scores")
     a = p.parse_args()
     protocol = pinned_protocol("gnn") or GraphProtocol()
     if a.steps is not None:
@@ -99,8 +107,8 @@ def main() -> None:
     kwargs = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.mirage)}
     Path(a.out).mkdir(parents=True, exist_ok=True)
     for dataset in a.datasets:
-        result = bench(dataset, protocol, kwargs)
-        path = Path(a.out) / f"{dataset}.json"
+        result = bench(dataset, protocol, kwargs, a.time_only)
+        path = Path(a.out) / f"{dataset}{'_time' if a.time_only else ''}.json"
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
 
