@@ -679,11 +679,16 @@ def cmd_data(args: list[str]) -> None:
         for name, spec in sorted(data.CATALOGUE.items()):
             state = "prepared" if data.is_prepared(name) else "not prepared"
             print(
-                f"  {name:14s} {spec.channels}x{spec.im_size[0]}x{spec.im_size[1]} {spec.num_classes:4d} classes  [{state}]  {spec.source}"
+                f"  {name:14s} image {spec.channels}x{spec.im_size[0]}x{spec.im_size[1]} {spec.num_classes:4d} classes  [{state}]  {spec.source}"
             )
         print(
-            "  imagefolder    any class-per-folder tree: dataset=imagefolder dataset.root=PATH dataset.im_size=[64,64]"
+            "  imagefolder    image any class-per-folder tree: dataset=imagefolder dataset.root=PATH dataset.im_size=[64,64]"
         )
+        from ddbench.graphs.data import catalogue_rows
+
+        for r in catalogue_rows():
+            n = f"{r['classes']:4d} classes  [{r['state']}]  " if r["classes"] else ""
+            print(f"  {r['name']:14s} {r['kind']:5s} {n}{r['source']}")
     else:
         print(f"prepared {a.name}: {data.prepare(a.name, download=a.download, force=a.force)}")
 

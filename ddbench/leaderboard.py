@@ -446,7 +446,7 @@ def check_submission(
         if size > cap:
             raise DDBenchError(f"{path}: the {what} file is {size} bytes, over the limit of {cap}")
     result = _read_json(result_path, limits.max_json_bytes, "result")
-    errors = schema_errors(result)
+    errors = [] if _graph(result) else schema_errors(result)
     if errors:
         raise DDBenchError(f"{result_path} does not follow the result schema: {'; '.join(errors)}")
     try:
@@ -456,6 +456,11 @@ def check_submission(
     if errors:
         raise DDBenchError(f"{result_path}: names may not hold path parts or control characters: "
                            f"{'; '.join(errors[:3])}")  # fmt: skip
+    from ddbench.graphs import board as graph_board
+    from ddbench.graphs.format import is_graph_file
+
+    if _graph(result) or is_graph_file(synset_path):  # a graph set: the graph track checks it
+        return result, *graph_board.check_submission(result, result_path, synset_path)
     split = result.get("split", "test")
     if split != "test":
         raise DDBenchError(f"{result_path} was scored on the {split!r} split; only test results "
@@ -495,9 +500,15 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)).lstrip(".") or "_"
 
 
+def _graph(e: Any) -> bool:
+    """A graph result or entry (``kind: graph``; checked by ``ddbench.graphs.board``)."""
+    return isinstance(e, dict) and e.get("kind") == "graph"
+
+
 def entry_path(board: Path, result: dict) -> Path:
     sha12 = result["synset"]["sha256"][:12]
-    return (board / "submissions" / _safe(result["dataset"]) / f"ipc{int(result['ipc'])}"
+    budget = "graphs" if _graph(result) else f"ipc{int(result['ipc'])}"
+    return (board / "submissions" / _safe(result["dataset"]) / budget
             / _safe(result["protocol"]["name"]) / f"{_safe(result['method'])}-{sha12}.json")  # fmt: skip
 
 
@@ -609,7 +620,8 @@ def scan(
             if not f.resolve().is_relative_to(root):
                 raise DDBenchError("the entry file leads outside the board")
             e = _read_json(f, 2 * limits.max_json_bytes, "entry")
-            errors = schema_errors(e) or text_errors(e, skip=("synset.path", "submission"))
+            schema = _graph_schema() if _graph(e) else RESULT_SCHEMA  # ddbench.graphs.board
+            errors = schema_errors(e, schema) or text_errors(e, skip=("synset.path", "submission"))
             if errors:
                 raise DDBenchError("; ".join(errors[:3]))
             meta = _set_header(_set_file(root, f, e), limits.max_set_bytes)
@@ -626,6 +638,12 @@ def scan(
     return good, bad
 
 
+def _graph_schema() -> dict[str, Any]:
+    from ddbench.graphs.board import GRAPH_SCHEMA
+
+    return GRAPH_SCHEMA
+
+
 def entries(board: str | Path = DEFAULT_BOARD) -> list[tuple[Path, dict]]:
     """The board's well-formed entries, as ``(path, entry)`` (see :func:`scan`)."""
     return [(f, e) for f, e, _ in scan(board)[0]]
@@ -635,14 +653,15 @@ def _table_key(e: dict, meta: dict) -> tuple:
     """(dataset, split, budget, protocol name, hash); budget: the IPC, or "full" for a set
     holding the whole train split. Test-split IPC tables sort first."""
     budget = "full" if meta.get("full_dataset") else int(e["ipc"])
+    budget = "graphs" if _graph(e) else budget  # graph sets: one table per dataset x protocol
     return (e["dataset"], e.get("split", "test"), budget, e["protocol"]["name"],
             e["protocol"]["hash"])  # fmt: skip
 
 
 def _order(key: tuple) -> tuple:
     ds, split, budget, name, h = key
-    return (ds, split != "test", split, budget == "full", 0 if budget == "full" else budget,
-            name, h)  # fmt: skip
+    n = budget if isinstance(budget, int) else 0
+    return (ds, split != "test", split, budget == "full", n, name, h)
 
 
 def _groups(board: Path) -> tuple[dict[tuple, list[tuple[Path, dict]]], list[tuple[Path, str]]]:
@@ -662,6 +681,8 @@ def _model_label(e: dict) -> str:
     from omegaconf import OmegaConf
 
     kw = e.get("model_kwargs") or {}
+    if _graph(e):  # a GNN of the graph protocol, whose hash covers its kwargs
+        return e["model"]
     f = importlib.resources.files("ddbench.conf") / "model" / f"{_safe(e['model'])}.yaml"
     default = {}
     if f.is_file():
@@ -698,7 +719,7 @@ def _row(rank: int, f: Path, e: dict, board: Path) -> dict[str, tuple[str, str]]
 
 def _title(key: tuple) -> str:
     ds, split, budget, name, h = key
-    size = "full dataset" if budget == "full" else f"IPC {budget}"
+    size = {"full": "full dataset", "graphs": "graph sets"}.get(budget, f"IPC {budget}")
     other = "" if split == "test" else f" · {split} split, not a test score"
     return f"{ds} · {size} · {name} ({h}){other}"
 
@@ -910,6 +931,12 @@ def verify(
         out(f"FLAG {f}: {why}")
     root = board.resolve()
     for f, e, _ in good:
+        if _graph(e):  # the graph track re-checks and re-evaluates its own entries
+            from ddbench.graphs.board import verify_entry
+
+            path = _set_file(root, f, e)
+            reports.append(verify_entry(f, e, path, tolerance, seeds, epochs, device, out, tag))
+            continue
         rep: dict[str, Any] = {"entry": str(f), "flags": [], "override": override or None}
         reports.append(rep)
         try:

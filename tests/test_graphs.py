@@ -333,3 +333,164 @@ def test_cli_runs_mirage_on_a_graph_dataset(tmp_path):
     bad = cli("run", "method=dc", "dataset=motif", f"hydra.run.dir={tmp_path / 'b'}")
     assert bad.returncode == 2 and "distils images" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------- molecules
+
+
+def write_sdf(path, records) -> None:
+    """An SD file of ``(smiles, {field: value})`` records, written with RDKit."""
+    from rdkit import Chem
+
+    w = Chem.SDWriter(str(path))
+    for smiles, props in records:
+        m = Chem.MolFromSmiles(smiles)
+        for k, v in props.items():
+            m.SetProp(k, str(v))
+        w.write(m)
+    w.close()
+
+
+def test_sdf_reader_builds_molecular_graphs(tmp_path):
+    pytest.importorskip("rdkit")
+    f = tmp_path / "toy.sdf"
+    write_sdf(f, [("CCO", {"ACT": 5.5}), ("c1ccccc1Cl", {"ACT": 8.0}), ("CN", {"ACT": 7})])
+    s, elements = gdata.read_sdf(f, "ACT", 7.0)
+    assert elements == ["C", "Cl", "N", "O"] and s.num_features == 4
+    assert [s.num_nodes(i) for i in range(3)] == [3, 7, 2]  # heavy atoms only
+    assert [s.edges(i).shape[1] for i in range(3)] == [4, 14, 2]  # each bond both ways
+    assert s.labels.tolist() == [0, 1, 1]  # ACT >= 7
+    assert s.nodes(0).argmax(1).tolist() == [0, 0, 3]  # C, C, O
+    assert sorted(map(tuple, s.edges(0).t().tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
+    # without a threshold the field's distinct values are the classes, in sorted order
+    t, _ = gdata.read_sdf(f, "ACT")
+    assert t.labels.tolist() == [0, 2, 1] and t.meta["classes"] == ["5.5", "7", "8"]
+
+
+def test_sdf_reader_refuses_bad_files(tmp_path):
+    pytest.importorskip("rdkit")
+    f = tmp_path / "bad.sdf"
+    write_sdf(f, [("CCO", {"ACT": 5.5}), ("CC", {"OTHER": 1})])
+    with pytest.raises(DDBenchError, match="record 2 has no <ACT> field"):
+        gdata.read_sdf(f, "ACT", 7.0)
+    write_sdf(f, [("CCO", {"ACT": "high"})])
+    with pytest.raises(DDBenchError, match="not a number"):
+        gdata.read_sdf(f, "ACT", 7.0)
+    f.write_text("not a molecule\n\n\n  garbage\n$$$$\n")
+    with pytest.raises(DDBenchError, match="record 1 is not a valid molecule"):
+        gdata.read_sdf(f, "ACT", 7.0)
+    with pytest.raises(DDBenchError, match="no such SD file"):
+        gdata.read_sdf(tmp_path / "missing.sdf", "ACT")
+
+
+def test_bzr_is_offered_only_where_its_file_exists(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path))
+    monkeypatch.setattr(gdata, "BZR_SDF", tmp_path / "absent.sdf")
+    monkeypatch.setitem(gdata.GRAPH_DATASETS, "bzr",
+                        replace(gdata.get_spec("bzr"), needs=gdata.BZR_SDF))  # fmt: skip
+    with pytest.raises(DDBenchError, match="apt-get install rdkit-data"):
+        gdata.load_graph_split("bzr", "train")
+    rows = {r["name"]: r for r in gdata.catalogue_rows()}
+    assert rows["bzr"]["state"].startswith("unavailable") and rows["motif"]["kind"] == "graph"
+
+
+@pytest.mark.skipif(not gdata.BZR_SDF.is_file(), reason="needs Debian's rdkit-data")
+def test_bzr_splits_are_deterministic_stratified_and_disjoint(tmp_path, monkeypatch):
+    pytest.importorskip("rdkit")
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path))
+    splits = {k: gdata.load_graph_split("bzr", k) for k in ("train", "val", "test")}
+    assert sum(len(s) for s in splits.values()) == 163
+    assert splits["test"].labels.bincount().tolist() == [16, 16]  # balanced at the median
+    rebuilt = gdata.build_bzr(gdata.get_spec("bzr"))
+    for k, s in splits.items():
+        assert tensors_sha256(rebuilt[k].tensors()) == tensors_sha256(s.tensors())
+    # the splits partition the file's molecules (as graphs: a multiset, since molecules that
+    # differ only in bond orders are equal graphs)
+    from collections import Counter
+
+    def graphs(s):
+        return Counter(tuple(s.nodes(i).argmax(1).tolist()) + tuple(s.edges(i).flatten().tolist())
+                       for i in range(len(s)))  # fmt: skip
+
+    whole, _ = gdata.read_sdf(gdata.BZR_SDF, "ACTIVITY", gdata.BZR_ACTIVE)
+    assert sum((graphs(s) for s in splits.values()), Counter()) == graphs(whole)
+
+
+def test_data_list_names_the_graph_datasets_with_their_kind(capsys):
+    from ddbench import cli
+
+    cli.cmd_data(["list"])
+    lines = capsys.readouterr().out.splitlines()
+    kinds = {ln.split()[0]: ln.split()[1] for ln in lines[1:]}
+    assert kinds["motif"] == kinds["bzr"] == kinds["digits_graph"] == kinds["tu"] == "graph"
+    assert kinds["digits"] == kinds["mnist"] == "image"
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+
+def _graph_submission(folder, s: GraphSet):
+    """``(result.json, set file)`` of ``s`` scored on motif's test split under the pinned
+    ``gnn_quick`` protocol."""
+    from ddbench.graphs.run import pinned_protocol
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = save(s, folder / "set.safetensors")
+    s = load(path)
+    s.meta["_path"] = str(path)
+    r = evaluate(s, pinned_protocol("gnn_quick"), gdata.load_graph_split("motif", "test"))
+    (folder / "result.json").write_text(json.dumps(r))
+    return folder / "result.json", path
+
+
+def test_graph_sets_go_on_the_leaderboard_and_verify(tmp_path):
+    from ddbench import leaderboard as lb
+
+    train = gdata.load_graph_split("motif", "train")
+    task = GraphTask(train=train, ipc=2, seed=0, generator=torch.Generator().manual_seed(0))
+    board = tmp_path / "board"
+    result, path = _graph_submission(tmp_path / "a", GraphRandom().distill(task))
+    entry = lb.submit(result, path, board)
+    assert entry.relative_to(board).parts[:4] == ("submissions", "motif", "graphs", "gnn_quick")
+    stored = json.loads(entry.read_text())
+    assert stored["submission"]["set"]["num_graphs"] == 4
+    assert stored["submission"]["set"]["per_class"] == [2, 2]
+    with pytest.raises(DDBenchError, match="already on the board"):
+        lb.submit(result, path, board)
+    lb.build(board)
+    readme = (board / "README.md").read_text()
+    assert "motif · graph sets · gnn\\_quick" in readme and "graph\\_random" in readme
+    assert "Excluded" not in readme
+    lines: list[str] = []
+    (rep,) = lb.verify(board, out=lines.append)
+    assert rep["flags"] == [] and abs(rep["difference"]) < 1e-6, lines
+    # a hand-edited accuracy is caught on re-evaluation
+    acc = stored["accuracy"]
+    acc["mean"] = acc["per_seed"][0]["accuracy"] = acc["mean"] + (30 if acc["mean"] < 50 else -30)
+    entry.write_text(json.dumps(stored))
+    (rep,) = lb.verify(board, out=lines.append)
+    assert any("re-evaluated" in f for f in rep["flags"]), rep
+    # a claim the set contradicts is refused at submission
+    bad = json.loads(result.read_text())
+    bad["cost"]["num_graphs"] = 5
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(DDBenchError, match="'cost.num_graphs' is 5, the set's is 4"):
+        lb.submit(tmp_path / "bad.json", path, tmp_path / "board2")
+
+
+def test_a_graph_set_holding_test_graphs_is_refused(tmp_path):
+    from ddbench import leaderboard as lb
+
+    test = gdata.load_graph_split("motif", "test")
+    leak = test.subset([0, 1])
+    leak.meta.update(method={"name": "graph_random", "config": {}}, ipc=2)
+    result, path = _graph_submission(tmp_path / "leak", leak)
+    with pytest.raises(DDBenchError, match="2 graph\\(s\\) of the set copy test graphs"):
+        lb.submit(result, path, tmp_path / "board")
+    assert not (tmp_path / "board").exists()
+    # a result under an overridden (unpinned-hash) protocol is refused too
+    r = json.loads(result.read_text())
+    r["protocol"]["hash"] = "0" * 16
+    (tmp_path / "r.json").write_text(json.dumps(r))
+    with pytest.raises(DDBenchError, match="differs from the pinned hash"):
+        lb.submit(tmp_path / "r.json", path, tmp_path / "board")

@@ -9,6 +9,11 @@
   roof), class 1 a 5-cycle. Background nodes are labelled 0, 1 or 2 at random (2 rarely); the
   house's square is labelled 2 and its roof 0, the cycle 2 but for one node labelled 1. Every
   label occurs in both classes: the class is told by which labels meet in the motif.
+* ``bzr``: the 163 benzodiazepine-receptor ligands of Debian's ``rdkit-data`` (``BZR_SDF``, from
+  Sutherland et al. 2003, the source of the TU ``BZR`` set) as molecular graphs: a node per heavy
+  atom labelled by its element, an edge per bond; class 1 where the ``ACTIVITY`` field (pIC50)
+  is at least ``BZR_ACTIVE`` (the file's median, so the classes are balanced). Read with RDKit's
+  SD reader (:func:`read_sdf`); offered only where the file exists.
 * ``tu``: the TU text format (``DS_A.txt``, ``DS_graph_indicator.txt``,
   ``DS_graph_labels.txt``, optional ``DS_node_labels.txt`` / ``DS_node_attributes.txt``), in a
   folder or in PyG's ``TUDataset`` layout (``ROOT/DS/raw/DS_*.txt``).
@@ -31,6 +36,8 @@ from ddbench.data import VAL_FRACTION, VAL_SEED, data_root, stratified_holdout
 from ddbench.errors import DDBenchError
 from ddbench.graphs.format import GraphSet, from_graphs, is_graph_file, load, save
 
+BZR_SDF = Path("/usr/share/RDKit/Projects/DbCLI/testData/bzr.sdf")  # Debian package rdkit-data
+BZR_ACTIVE = 7.8  # bzr: pIC50 >= this is class 1 ("active"); the median of the file's 163 values
 THRESHOLD = 64  # image graphs: pixels at or above this intensity are nodes
 REGIONS = 3  # image graphs: a node's label is its cell in a REGIONS x REGIONS grid
 SPLITS = ("train", "val", "test")
@@ -44,6 +51,7 @@ class GraphSpec:
     classes: tuple[str, ...]
     source: str
     build: Callable[[GraphSpec], dict[str, GraphSet]]
+    needs: Path | None = None  # a file the builder reads (the dataset is offered where it exists)
 
     @property
     def num_classes(self) -> int:
@@ -68,6 +76,25 @@ def get_spec(name: str) -> GraphSpec:
 
 def is_graph_dataset(name: str) -> bool:
     return name in GRAPH_DATASETS
+
+
+def catalogue_rows() -> list[dict[str, str | int]]:
+    """One row per registered graph dataset for ``ddbench data list``: name, kind, classes,
+    state (``built``, ``not built`` or ``unavailable: ...``) and source."""
+    rows = []
+    for name, spec in sorted(GRAPH_DATASETS.items()):
+        if all(split_path(name, k).is_file() for k in SPLITS):
+            state = "built"
+        elif spec.needs is not None and not spec.needs.is_file():
+            state = f"unavailable: needs {spec.needs}"
+        else:
+            state = "not built"
+        rows.append({"name": name, "kind": "graph", "classes": spec.num_classes,
+                     "state": state, "source": spec.source})  # fmt: skip
+    rows.append({"name": "tu", "kind": "graph", "classes": 0, "state": "",
+                 "source": "any TU-format folder: dataset=tu dataset.tu_name=NAME "
+                           "dataset.root=PATH"})  # fmt: skip
+    return rows
 
 
 def split_path(name: str, split: str) -> Path:
@@ -189,6 +216,77 @@ def build_motif(spec: GraphSpec, num: int = 1000, seed: int = 0) -> dict[str, Gr
     return holdout_splits(from_graphs(graphs, labels, {"num_classes": 2}), 0.2)
 
 
+# ----------------------------------------------------------------------------- molecules
+
+
+def read_sdf(
+    path: str | Path, prop: str, threshold: float | None = None
+) -> tuple[GraphSet, list[str]]:
+    """The molecules of the SD file ``path`` as graphs, with ``(set, element vocabulary)``.
+
+    RDKit (``Chem.SDMolSupplier``) reads every record; a node per heavy atom (implicit
+    hydrogens stay implicit, as in the TU molecular sets), one-hot over the file's elements in
+    sorted order, an edge both ways per bond (bond orders are not kept: Mirage's trees carry no
+    edge labels). The graph label comes from the numeric field ``prop``: 1 where it is at least
+    ``threshold`` and 0 otherwise, or, without a threshold, its distinct values mapped to
+    0..C-1 in sorted order. A record RDKit cannot read, or one without ``prop``, is refused."""
+    try:
+        from rdkit import Chem, RDLogger
+    except ImportError:
+        raise DDBenchError("reading SD files needs RDKit: pip install rdkit") from None
+    path = Path(path)
+    if not path.is_file():
+        raise DDBenchError(f"{path}: no such SD file")
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        mols = list(Chem.SDMolSupplier(str(path), sanitize=True, removeHs=True))
+    except OSError as e:
+        raise DDBenchError(f"{path}: could not be read as an SD file ({e})") from None
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if not mols:
+        raise DDBenchError(f"{path}: no molecule records")
+    values = []
+    for k, m in enumerate(mols):
+        if m is None or m.GetNumAtoms() == 0:
+            raise DDBenchError(f"{path}: record {k + 1} is not a valid molecule")
+        if not m.HasProp(prop):
+            raise DDBenchError(f"{path}: record {k + 1} has no <{prop}> field")
+        try:
+            values.append(float(m.GetProp(prop)))
+        except ValueError:
+            raise DDBenchError(
+                f"{path}: record {k + 1}: <{prop}> is {m.GetProp(prop)!r}, not a number"
+            ) from None
+    if threshold is None:
+        classes, y = np.unique(np.array(values), return_inverse=True)
+        names = [f"{c:g}" for c in classes]
+    else:
+        y = (np.array(values) >= threshold).astype(np.int64)
+        names = [f"{prop} < {threshold:g}", f"{prop} >= {threshold:g}"]
+    elements = sorted({a.GetSymbol() for m in mols for a in m.GetAtoms()})
+    index = {e: i for i, e in enumerate(elements)}
+    graphs = []
+    for m in mols:
+        lab = torch.tensor([index[a.GetSymbol()] for a in m.GetAtoms()])
+        pairs = [(b.GetBeginAtomIdx(), b.GetEndAtomIdx()) for b in m.GetBonds()]
+        e = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t()
+        graphs.append((one_hot(lab, len(elements)), torch.cat([e, e.flip(0)], 1)))
+    meta = {"num_classes": len(names), "classes": names, "elements": elements}
+    return from_graphs(graphs, torch.from_numpy(y.reshape(-1)), meta), elements
+
+
+def build_bzr(spec: GraphSpec) -> dict[str, GraphSet]:
+    """``bzr`` from ``BZR_SDF``: 20 % held out as test (stratified, seed 0), val 10 % of the
+    rest."""
+    if not BZR_SDF.is_file():
+        raise DDBenchError(
+            f"dataset bzr reads {BZR_SDF}, which is missing: apt-get install rdkit-data"
+        )
+    s, _ = read_sdf(BZR_SDF, "ACTIVITY", BZR_ACTIVE)
+    return holdout_splits(s, 0.2)
+
+
 # ----------------------------------------------------------------------------- TU format
 
 
@@ -283,6 +381,13 @@ def register_tu(name: str, root: str | Path, test_fraction: float = 0.1) -> Grap
     return spec
 
 
+register(
+    GraphSpec(
+        "bzr", ("inactive", "active"),
+        f"benzodiazepine-receptor ligands, pIC50 >= {BZR_ACTIVE} active (rdkit-data)", build_bzr,
+        BZR_SDF,
+    )
+)  # fmt: skip
 register(GraphSpec("motif", ("house", "cycle5"), "seeded synthetic motifs", build_motif))
 register(
     GraphSpec(
