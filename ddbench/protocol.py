@@ -417,6 +417,9 @@ def evaluate(
             "crop_label_seed": pinned.crop_label_seed,
         }
         nbytes["labels"] += crops["crop_label_bytes"]
+    if dbr is not None:  # the crops are redrawn from the stored seed: not stored, not counted
+        e, n = dbr.partners.shape
+        crops = {"replayed_crop_bytes": dbr.nbytes(max(spec.im_size)) - 4 * e * n}
     result = {
         "method": meta.get("method", {}).get("name"),
         "dataset": dataset,
@@ -558,9 +561,11 @@ def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:
 def _labels_used(
     synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int, crops: dict | None = None
 ) -> dict:
-    """What the students were trained on: the set's hard or soft labels, a teacher online, or
-    a teacher's stored per-crop labels (``crops``: their bytes, epochs, dtype and seed;
-    ``nbytes`` includes their bytes)."""
+    """What the students were trained on: the set's hard or soft labels, a teacher online, a
+    teacher's stored per-crop labels (``crops``: their bytes, epochs, dtype and seed;
+    ``nbytes`` includes their bytes), or the set's DBR labels (``crops``: the bytes their
+    crops would take if stored, ``replayed_crop_bytes``, not in ``nbytes``: redrawn from the
+    stored seed)."""
     if protocol.labels == "dbr":
         return {
             "kind": "dbr",
@@ -568,6 +573,7 @@ def _labels_used(
             "loss": "dbr",
             "dbr_weight": protocol.dbr_weight,
             "storage": {**synset.label_storage, "dtype": str(synset.distances.dtype)[6:]},
+            **(crops or {}),
         }
     if protocol.labels in ("teacher", "crops"):
         assert teacher_meta is not None

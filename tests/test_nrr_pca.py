@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import check_resume
 
 from ddbench import synset as synset_io
 from ddbench.augment import TileCrop, make_augment, stitch
@@ -155,6 +156,8 @@ def test_nrr_dbr_protocol_trains_and_scores(make_task, tmp_path):
     r = evaluate(s, p, "convnet", {"net_width": 8}, device="cpu", progress=False)
     assert 0 <= r["accuracy"]["mean"] <= 100 and r["labels"]["kind"] == "dbr"
     assert r["cost"]["label_bytes"] == s.nbytes()["labels"]
+    # what FKD-style storage of the same crops would add: boxes, flip, partner, lam, cut box
+    assert r["labels"]["replayed_crop_bytes"] == 3 * 20 * (4 + 1 + 1 + 2 + 4)
     again = evaluate(s, p, "convnet", {"net_width": 8}, device="cpu", progress=False)
     assert again["accuracy"]["mean"] == r["accuracy"]["mean"]
     heavier = Protocol.from_config({**protocol_config("nrr_dbr"), "epochs": 2, "seeds": [0],
@@ -237,3 +240,8 @@ def test_pca_hard_protocol_trains_and_scores(make_task, tmp_path):
     r = evaluate(s, p, "convnet", {"net_width": 8}, device="cpu", progress=False)
     assert 0 <= r["accuracy"]["mean"] <= 100 and r["labels"]["kind"] == "hard"
     assert p.hash != Protocol.from_config(protocol_config("hard_rrc")).hash
+
+
+def test_nrr_dd_resumes_exactly(digits_train, tmp_path):
+    cfg = {**SMALL, "iterations": 4, "r_bn": 0.1}
+    check_resume(NRRDD, cfg, digits_train, tmp_path)
