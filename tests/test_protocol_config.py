@@ -32,6 +32,9 @@ PINNED = {
     "sre2l": "89f695873dbb1582",
     "sre2l_fkd": "842d106f7a1fc616",
     "datm": "63816930dd425b94",
+    "nrr_dbr": "7fe65ebcee302b1d",
+    "hard_rrc": "85bd1ac8dfde95d5",
+    "pca_hard": "76a904fbcd023b8b",
 }
 
 
