@@ -21,6 +21,20 @@ Groups, each at one IPC (the same number of stored images):
   benchmark's RandomResizedCrop (``hard_rrc``), random, EL2N and herding under ``hard_rrc``.
 * ``soft``: a random subset with the soft-label methods' teacher online (``sre2l``), the
   benchmark's finding, beside SRe2L under the same protocol.
+
+The real runs (2 CPU cores, seeds 0-2, rough figures scaled from bench/results/sre2l: a
+1000-iteration SRe2L recovery at IPC 10 takes ~13 min, a 300-epoch evaluation of 3 seeds
+~10-15 min; EL2N's scores, 10 networks x 20 epochs over the train split, ~30-60 min once per
+dataset, cached and shared by the ``el2n`` and ``pca`` rows): roughly 4-5 h per dataset at
+IPC 10::
+
+    python bench/new_methods_nrr.py run bench/results/new_methods_nrr/fashion_mnist \
+        --dataset fashion_mnist --ipc 10
+    python bench/new_methods_nrr.py run bench/results/new_methods_nrr/mnist --dataset mnist --ipc 10
+    python bench/new_methods_nrr.py table bench/results/new_methods_nrr/fashion_mnist
+
+IPC 1 (``--ipc 1``) is defined for every row (PCA stitches 4 images of a class into its one
+stored image) and takes roughly half as long.
 """
 
 from __future__ import annotations
