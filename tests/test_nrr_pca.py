@@ -3,6 +3,7 @@ tile-preserving crops) on the real digits dataset with a tiny BatchNorm teacher.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ddbench import synset as synset_io
 from ddbench.augment import TileCrop, make_augment, stitch
 from ddbench.dbr import distances
 from ddbench.errors import DDBenchError
+from ddbench.leaderboard import claim_errors, set_facts
 from ddbench.method import Checkpointer, Task
 from ddbench.methods.nrr_dd import NRRDD, class_activation_maps
 from ddbench.methods.pca import PCA
@@ -144,6 +146,21 @@ def test_dbr_labels_bad_input_is_refused(make_task, tmp_path):
         with pytest.raises(DDBenchError, match=why):
             synset_io.save(s, tmp_path / "bad.safetensors")
     s.distances = good
+    # a file whose distances were changed (no checksum to catch it) is refused on load
+    from safetensors.torch import load_file, save_file
+
+    path = synset_io.save(s, tmp_path / "good.safetensors")
+    meta = synset_io.read_header(path)
+    meta.pop("sha256")
+    tensors = load_file(str(path))
+    tensors["label_distances"] = tensors["label_distances"][:, :5].contiguous()
+    save_file(tensors, str(tmp_path / "cut.safetensors"), metadata={"ddbench": json.dumps(meta)})
+    with pytest.raises(DDBenchError, match=r"\[E, N, 2\]"):
+        synset_io.load(tmp_path / "cut.safetensors")
+    del tensors["label_distances"]
+    save_file(tensors, str(tmp_path / "none.safetensors"), metadata={"ddbench": json.dumps(meta)})
+    with pytest.raises(DDBenchError, match="lacks the tensor"):
+        synset_io.load(tmp_path / "none.safetensors")
     s.meta["label_storage"] = {"format": "dbr", "epochs": 3}
     with pytest.raises(DDBenchError, match="DBR label storage needs"):
         synset_io.save(s, tmp_path / "bad.safetensors")
@@ -158,6 +175,12 @@ def test_nrr_dbr_protocol_trains_and_scores(make_task, tmp_path):
     assert r["cost"]["label_bytes"] == s.nbytes()["labels"]
     # what FKD-style storage of the same crops would add: boxes, flip, partner, lam, cut box
     assert r["labels"]["replayed_crop_bytes"] == 3 * 20 * (4 + 1 + 1 + 2 + 4)
+    # the leaderboard's check of a result against its set accepts it, and only for a DBR set
+    facts = set_facts(s)
+    assert claim_errors(r, facts, "dbr") == []
+    assert "stores no DBR labels" in " ".join(
+        claim_errors(r, {**facts, "label_storage": "dense"}, "dbr")
+    )
     again = evaluate(s, p, "convnet", {"net_width": 8}, device="cpu", progress=False)
     assert again["accuracy"]["mean"] == r["accuracy"]["mean"]
     heavier = Protocol.from_config({**protocol_config("nrr_dbr"), "epochs": 2, "seeds": [0],
