@@ -160,12 +160,12 @@ class NRRDD(SRe2L):
         inside = torch.zeros_like(cam)
         for k, (i, j, bh, bw, _) in enumerate(boxes.tolist()):
             inside[k, i : i + bh, j : j + bw] = 1
-        ratio = (cam * inside).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
+        ratio = ((cam * inside).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)).cpu()
         patches = apply_crops(x, boxes.to(x.device))
         self._whole_batches()
         with torch.no_grad():
             conf = F.softmax(teacher(patches).float(), 1)[:, c].cpu()
-        kept = torch.argsort(ratio.cpu(), descending=True, stable=True)
+        kept = torch.argsort(ratio, descending=True, stable=True)
         kept = kept[: max(need, math.floor(len(x) * self.top_ratio))]
         order = torch.argsort(conf[kept], descending=self.select == "high", stable=True)
         chosen = kept[order[:need]]
@@ -176,6 +176,7 @@ class NRRDD(SRe2L):
         """``ipc`` stitched images per class (CIDD), ordered by class, and the refinement mask
         of each (the non-critical regions, :attr:`mask`)."""
         k, ipc, f = task.num_classes, task.ipc, self.factor
+        self._whole_batches()
         per_class, infos = [], []
         for c in range(k):
             patches, info = self._patches(task, c, ipc * f * f)
