@@ -15,13 +15,19 @@ Differences from DC, all in how randomness is handled, never in what an op does:
   for a (real, synthetic) pair.
 * ``groups=K`` treats ``x`` as K equal groups (one per model trained in parallel); each group draws
   its own op, and every distinct op runs once on all samples that drew it.
+
+Augmentations other than DSA are registered by name prefix (:func:`register_augment`,
+:data:`AUGMENTATIONS`): ``dc:<ops>`` (DC's own, :class:`DCAugment`) and ``tiles:<f>[:flip]``
+(:class:`TileCrop`, crops that keep the sub-images of a stitched image whole, with
+:func:`stitch`); :func:`make_augment` looks the prefix up and falls back to DSA.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,15 +36,19 @@ from torch import Tensor
 from ddbench.errors import DDBenchError
 
 __all__ = [
+    "AUGMENTATIONS",
     "DCAugment",
     "DEFAULT_STRATEGY",
     "OPS",
     "DSA",
     "DSADraw",
+    "TileCrop",
     "ZCA",
     "default_strategy",
     "make_augment",
     "parse_strategy",
+    "register_augment",
+    "stitch",
 ]
 
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -581,11 +591,110 @@ class DCAugment:
         return img + self.noise * torch.randn(img.shape, generator=g)
 
 
-def make_augment(strategy: str | None) -> DSA | DCAugment | None:
-    """The batch augmentation a protocol names: ``dc:<ops>`` for DC's own (:class:`DCAugment`),
-    else a DSA strategy; None for none."""
+# ----------------------------------------------------------------------------- stitched images
+
+
+def stitch(images: Tensor, factor: int) -> Tensor:
+    """Images from groups of ``factor**2`` consecutive ``images`` ``[G f^2, C, H, W]``: each
+    down-scaled to ``H/f x W/f`` (bilinear with antialiasing: every output pixel a convex
+    combination of input pixels, so values stay in their range) and placed row by row (tile
+    ``(r, c)`` of image ``g`` is ``images[g f^2 + r f + c]``): ``[G, C, H, W]``."""
+    n, c, h, w = images.shape
+    if factor < 1 or n % (factor * factor) or h % factor or w % factor:
+        raise DDBenchError(
+            f"stitching {n} images of {h}x{w} in {factor}x{factor} grids: the count must be a "
+            f"multiple of {factor * factor} and the sides multiples of {factor}"
+        )
+    th, tw = h // factor, w // factor
+    small = images
+    if factor > 1:
+        small = F.interpolate(images, size=(th, tw), mode="bilinear", antialias=True)
+    grid = small.reshape(n // factor**2, factor, factor, c, th, tw)
+    return grid.permute(0, 3, 1, 4, 2, 5).reshape(n // factor**2, c, h, w)
+
+
+class TileCrop:
+    """A random crop that keeps the sub-images of stitched images (:func:`stitch`) whole:
+    PCA's constrained augmentation. Per image, a rectangle of whole tiles of the ``factor x
+    factor`` grid (first row and column, then how many rows and columns, uniformly; the whole
+    image included) is cut out and resized back to the image size (bilinear), and mirrored with
+    probability 1/2 where ``flip`` (a mirror keeps every tile whole). A tile is either wholly in
+    the crop or wholly out of it. Called as ``augment(x, generator)`` by the engine; the draws
+    come from the generator."""
+
+    def __init__(self, factor: int, flip: bool = False):
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise DDBenchError(f"tile crop: factor must be a whole number >= 1, got {factor!r}")
+        self.factor, self.flip = factor, bool(flip)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> TileCrop:
+        """``"<f>"`` or ``"<f>:flip"`` (what follows ``tiles:`` in a protocol's augment)."""
+        factor, _, rest = spec.partition(":")
+        if not factor.isdigit() or rest not in ("", "flip"):
+            raise DDBenchError(f"tile crop: expected tiles:<factor>[:flip], got tiles:{spec}")
+        return cls(int(factor), rest == "flip")
+
+    def __repr__(self) -> str:
+        return f"TileCrop({self.factor}, flip={self.flip})"
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` boxes in tile units, int64 ``[n, 5]``: first row, first column, rows,
+        columns, mirrored."""
+        f = self.factor
+        out = []
+        for _ in range(n):
+            r0, c0 = (int(v) for v in torch.randint(f, (2,), generator=generator))
+            rows = 1 + int(torch.randint(f - r0, (1,), generator=generator))
+            cols = 1 + int(torch.randint(f - c0, (1,), generator=generator))
+            mirrored = self.flip and bool(torch.rand(1, generator=generator) < 0.5)
+            out.append([r0, c0, rows, cols, int(mirrored)])
+        return torch.tensor(out, dtype=torch.int64).view(n, 5)
+
+    def apply(self, x: Tensor, boxes: Tensor) -> Tensor:
+        """The tile boxes (:meth:`draw`) of ``x`` resized back to its size."""
+        _check_images(x)
+        _, _, h, w = x.shape
+        if h % self.factor or w % self.factor:
+            raise DDBenchError(f"tile crop: {h}x{w} images do not split into {self.factor}^2 tiles")
+        th, tw = h // self.factor, w // self.factor
+        out = []
+        for img, (r0, c0, rows, cols, mirrored) in zip(x, boxes.tolist()):
+            crop = img[None, :, r0 * th : (r0 + rows) * th, c0 * tw : (c0 + cols) * tw]
+            if (rows, cols) != (self.factor, self.factor):
+                crop = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
+            out.append(crop.flip(-1) if mirrored else crop)
+        return torch.cat(out)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return self.apply(x, self.draw(len(x), generator))
+
+
+# ----------------------------------------------------------------------------- the registry
+
+# name prefix -> factory of the augmentation from what follows "<prefix>:"
+AUGMENTATIONS: dict[str, Callable[[str], Any]] = {}
+
+
+def register_augment(prefix: str, factory: Callable[[str], Any]) -> None:
+    """Make ``<prefix>:<spec>`` name the augmentation ``factory(spec)`` in a protocol's
+    ``augment`` (called as ``augment(x, generator)`` by the engine)."""
+    if not prefix or ":" in prefix or prefix in AUGMENTATIONS:
+        raise DDBenchError(f"augmentation prefix {prefix!r} is empty, has a colon or is taken")
+    AUGMENTATIONS[prefix] = factory
+
+
+register_augment("dc", DCAugment)
+register_augment("tiles", TileCrop.from_spec)
+
+
+def make_augment(strategy: str | None) -> Any:
+    """The batch augmentation a protocol names: ``<prefix>:<spec>`` for a registered one
+    (:data:`AUGMENTATIONS`: ``dc:<ops>``, ``tiles:<f>[:flip]``), else a DSA strategy; None for
+    none."""
     if not strategy or strategy == "none":
         return None
-    if strategy.startswith("dc:"):
-        return DCAugment(strategy[3:])
+    prefix, sep, spec = strategy.partition(":")
+    if sep and prefix in AUGMENTATIONS:
+        return AUGMENTATIONS[prefix](spec)
     return DSA(strategy)

@@ -332,6 +332,8 @@ class _Compiled:
 StepFn = Callable[
     [Callable[[], torch.Tensor], list[torch.Tensor], torch.optim.Optimizer], torch.Tensor
 ]
+# per-sample loss [K,B] from (logits [K,B,C], targets [K,B], the teacher's output or None)
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -369,6 +371,7 @@ def _loss(
     mixed: tuple[torch.Tensor, torch.Tensor] | None = None,
     soft: torch.Tensor | None = None,
     denom: int | None = None,
+    loss_fn: LossFn | None = None,
 ) -> torch.Tensor:
     """Per-model mean loss summed over models (``denom``: per-model sum over this batch divided
     by ``denom``, the global batch size, for a rank's share of a batch under torchrun).
@@ -376,7 +379,8 @@ def _loss(
     ``logits`` [K,B,C]; ``targets`` class indices [K,B] or soft targets [K,B,C] (probabilities
     under ``ce``, teacher logits under ``kd``); ``mixed = (targets_b, lam [K])``: hard targets
     of the mixed-in images and the mixing weight per model; ``soft``: teacher logits [K,B,C]
-    computed online (``kd``).
+    computed online (``kd``). ``loss_fn(logits, targets, soft) -> [K,B]``: per-sample losses
+    in place of the recipe's ``loss`` (a protocol's own loss, e.g. :func:`ddbench.dbr.dbr_loss`).
     """
     K, B, C = logits.shape
     flat = logits.reshape(K * B, C).float()
@@ -391,7 +395,9 @@ def _loss(
             ce = lam.view(K, 1) * ce + (1 - lam.view(K, 1)) * ce_b
         return ce
 
-    if recipe.loss == "kd":
+    if loss_fn is not None:
+        per = loss_fn(logits.float(), targets, soft)
+    elif recipe.loss == "kd":
         teacher = soft if soft is not None else targets
         if not teacher.is_floating_point():
             raise DDBenchError("the kd loss needs soft targets: a teacher or the set's soft labels")
@@ -463,7 +469,7 @@ def sgd_step(
 
 def _batch_loss(
     forward: Callable, xb, tb, recipe: Recipe, wb, mixed, soft, device: torch.device,
-    denom: int | None = None, first: list | None = None,
+    denom: int | None = None, first: list | None = None, loss_fn: LossFn | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The loss of one (augmented, mixed) batch at the models' current parameters
     (``first``: a list that keeps the detached logits of the first call)."""
@@ -471,7 +477,7 @@ def _batch_loss(
         logits = forward(xb)
     if first is not None and not first:
         first.append(logits.detach().float())
-    return _loss(logits, tb, recipe, wb, mixed, soft, denom)
+    return _loss(logits, tb, recipe, wb, mixed, soft, denom, loss_fn)
 
 
 def _rank_loss(
@@ -520,6 +526,7 @@ def train(
     batch_transform: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     | None = None,
     on_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train one fresh model per seed on ``(images, targets)`` with ``recipe``, or continue
     training given ``models``.
@@ -575,6 +582,9 @@ def train(
     step's first forward, before the update (``[K,B,C]``, detached, float32: the augmented,
     mixed images, in train mode), e.g. to count forgetting events per presentation
     (:mod:`ddbench.methods.forgetting`); not with ``batch_transform``.
+
+    ``loss_fn(logits [K,B,C], targets [K,B], soft) -> [K,B]``: the per-sample loss in place of
+    ``recipe.loss`` (``soft``: the ``teacher``'s output on the batch, or None).
     """
     import time
 
@@ -725,7 +735,17 @@ def train(
                 wb = None if w_all is None else w_all[idx]
                 first: list | None = [] if on_batch is not None else None
                 closure = functools.partial(
-                    _batch_loss, forward, xb, tb, recipe, wb, mixed, soft, device, first=first
+                    _batch_loss,
+                    forward,
+                    xb,
+                    tb,
+                    recipe,
+                    wb,
+                    mixed,
+                    soft,
+                    device,
+                    first=first,
+                    loss_fn=loss_fn,
                 )
                 if world > 1:
                     share = functools.partial(closure, denom=B) if idx.shape[1] else None

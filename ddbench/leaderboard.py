@@ -322,6 +322,7 @@ def set_facts(s) -> dict[str, Any]:
         "num_images": len(s),
         "per_class": per_class,
         "label_kind": "soft" if s.soft_labels else "hard",
+        "label_storage": s.label_storage["format"],  # dense | topk | dbr (hard labels + distances)
         "image_bytes": nbytes["images"],
         "label_bytes": nbytes["labels"],
         "extra_bytes": nbytes.get("extras", 0),
@@ -374,8 +375,10 @@ def claim_errors(e: dict, facts: dict, protocol_labels: str | None = None) -> li
         if e[a][b] != value:
             errors.append(f"'{key}' is {e[a][b]}, but the set's labels/images take {value} bytes")
     kind = e["labels"]["kind"]
-    if kind not in ("hard", "soft", "teacher", "crops"):
-        errors.append(f"'labels.kind' must be hard, soft, teacher or crops, not {kind!r:.40}")
+    if kind not in ("hard", "soft", "teacher", "crops", "dbr"):
+        errors.append(f"'labels.kind' must be hard, soft, teacher, crops or dbr, not {kind!r:.40}")
+    elif kind == "dbr" and facts.get("label_storage") != "dbr":
+        errors.append("'labels.kind' is dbr, but the set stores no DBR labels")
     elif kind in ("hard", "soft") and kind != facts["label_kind"]:
         errors.append(f"'labels.kind' is {kind}, but the set has {facts['label_kind']} labels")
     elif protocol_labels in ("teacher", "crops") and kind != protocol_labels:

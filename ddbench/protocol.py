@@ -26,6 +26,7 @@ from ddbench import data as ddata
 from ddbench import engine
 from ddbench.augment import make_augment
 from ddbench.crop_labels import CropReplay, make_crop_labels
+from ddbench.dbr import DBRReplay, dbr_loss, replay_crops
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import peak_memory_bytes, versions
@@ -44,7 +45,7 @@ _HASHED = (
 # protocols that do not use them stay what they were.
 _HASHED_IF_SET = (
     "hard_weight", "mixup", "cutmix", "teacher", "per_dataset", "model", "teacher_from_set",
-    "crop_label_epochs", "crop_label_dtype", "crop_label_seed",
+    "crop_label_epochs", "crop_label_dtype", "crop_label_seed", "dbr_weight",
 )  # fmt: skip
 
 
@@ -67,10 +68,12 @@ class Protocol:
     augment: str = "dsa"
     # hard | set (the set's own labels, soft ones included) | teacher (online, every batch) |
     # crops: FKD's stored per-crop labels, made from the teacher once and replayed
-    # (ddbench.crop_labels); needs augment: rrc
+    # (ddbench.crop_labels); needs augment: rrc | dbr: the set's stored DBR labels (NRR-DD,
+    # ddbench.dbr), their crops replayed; needs augment: rrc and loss: dbr
     labels: str = "hard"
     lr_from_set: bool = False
-    loss: str = "ce"  # ce | kd (KL to soft targets at ``temperature``)
+    # ce | kd (KL to soft targets at ``temperature``) | dbr (ddbench.dbr.dbr_loss, labels: dbr)
+    loss: str = "ce"
     temperature: float = 1.0
     hard_weight: float = 0.0  # kd: weight of the hard-label cross entropy mixed into the loss
     mixup: float = 0.0  # Beta alpha (0 = off)
@@ -84,6 +87,7 @@ class Protocol:
     crop_label_epochs: int = 0
     crop_label_dtype: str = "float16"
     crop_label_seed: int = 42
+    dbr_weight: float = 1.0  # loss dbr: weight of the distance-matching term
     # fields that differ for some datasets, e.g. DC's own recipe: {mnist: {epochs: 1000, ...}}
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the architecture this recipe trains when the command line names none (a conf/model name,
@@ -102,8 +106,17 @@ class Protocol:
         p = cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()})
         if not p.seeds:
             raise DDBenchError(f"protocol {p.name!r} has no seeds")
-        if p.labels not in ("hard", "set", "teacher", "crops"):
-            raise DDBenchError(f"protocol {p.name!r}: labels must be hard, set, teacher or crops")
+        if p.labels not in ("hard", "set", "teacher", "crops", "dbr"):
+            raise DDBenchError(
+                f"protocol {p.name!r}: labels must be hard, set, teacher, crops or dbr"
+            )
+        if (p.labels == "dbr") != (p.loss == "dbr"):
+            raise DDBenchError(f"protocol {p.name!r}: labels=dbr and loss=dbr go together")
+        if p.labels == "dbr" and (p.augment != "rrc" or p.mixup > 0 or not p.dbr_weight >= 0):
+            raise DDBenchError(
+                f"protocol {p.name!r}: labels=dbr replays the set's RandomResizedCrop crops "
+                "(augment: rrc, mixup: 0) with dbr_weight >= 0"
+            )
         if p.labels in ("teacher", "crops") and p.loss != "kd":
             raise DDBenchError(f"protocol {p.name!r}: labels={p.labels} needs loss=kd")
         if p.teacher_from_set and p.labels not in ("teacher", "crops"):
@@ -153,7 +166,8 @@ class Protocol:
             epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
             lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay,
             schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
-            augment=augment, loss=self.loss, temperature=self.temperature,
+            augment=augment, loss="ce" if self.loss == "dbr" else self.loss,
+            temperature=self.temperature,
             hard_weight=self.hard_weight, mixup=self.mixup, cutmix=self.cutmix,
         )  # fmt: skip
 
@@ -302,7 +316,19 @@ def evaluate(
             raise DDBenchError("a teacher sees normalised images; this set is in ZCA space")
         teacher, teacher_meta = load_protocol_teacher(synset, protocol, device, progress)
     t0 = time.perf_counter()  # eval_seconds: FKD's relabel pass and the students
-    crop_labels = None
+    crop_labels = dbr = None
+    if protocol.labels == "dbr":  # NRR-DD: the set's DBR labels, their crops redrawn
+        storage = synset.label_storage
+        if storage["format"] != "dbr" or synset.distances is None:
+            raise DDBenchError(
+                f"protocol {protocol.name!r} trains on the set's DBR labels; this set stores "
+                f"{storage['format']} labels (make it with method=nrr_dd)"
+            )
+        if synset.weights is not None:
+            raise DDBenchError("labels=dbr replays stored crops; this set has sample weights")
+        dbr = replay_crops(images, storage, pinned.batch_size)
+        recipe.mixup = recipe.cutmix = 0.0  # the stored crops are mixed already
+        dsa, targets = None, torch.arange(len(images))
     if protocol.labels == "crops":  # FKD: the relabel pass once, then every seed replays it
         if synset.weights is not None:
             raise DDBenchError("labels=crops replays stored crops; this set has sample weights")
@@ -338,6 +364,14 @@ def evaluate(
     for group in (g for g in groups if g):
         resume = _load_checkpoint(ckpt, key, group)
         replay = None
+        if dbr is not None:
+            batches = math.ceil(len(images) / min(recipe.batch_size, len(images)))
+            replay = DBRReplay(dbr, synset.distances, images, synset.hard_labels,
+                               models=len(group), batches=batches)  # fmt: skip
+            if resume is not None:
+                first = recipe.epochs if resume["group"] else int(resume["epoch"])
+                replay.calls = first * len(group) * batches
+            teacher = replay
         if crop_labels is not None:
             batches = math.ceil(len(images) / min(recipe.batch_size, len(images)))
             replay = CropReplay(crop_labels, images, synset.hard_labels, models=len(group),
@@ -353,7 +387,7 @@ def evaluate(
             progress=f"evaluate {meta.get('method', {}).get('name', '?')} seed(s) {group}" if progress else False,
             checkpoint=None if ckpt is None else functools.partial(_save_checkpoint, ckpt, key),
             checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
-            resume=resume,
+            resume=resume, loss_fn=None if dbr is None else dbr_loss(pinned.dbr_weight),
         )  # fmt: skip
         accs_g = engine.accuracy(
             trained.models, test.images, test.labels, transform=transform, precision=precision
@@ -383,6 +417,9 @@ def evaluate(
             "crop_label_seed": pinned.crop_label_seed,
         }
         nbytes["labels"] += crops["crop_label_bytes"]
+    if dbr is not None:  # the crops are redrawn from the stored seed: not stored, not counted
+        e, n = dbr.partners.shape
+        crops = {"replayed_crop_bytes": dbr.nbytes(max(spec.im_size)) - 4 * e * n}
     result = {
         "method": meta.get("method", {}).get("name"),
         "dataset": dataset,
@@ -529,9 +566,20 @@ def _describe(teacher_meta: Mapping[str, Any]) -> dict[str, Any]:
 def _labels_used(
     synset, protocol: Protocol, teacher_meta: dict | None, nbytes: int, crops: dict | None = None
 ) -> dict:
-    """What the students were trained on: the set's hard or soft labels, a teacher online, or
-    a teacher's stored per-crop labels (``crops``: their bytes, epochs, dtype and seed;
-    ``nbytes`` includes their bytes)."""
+    """What the students were trained on: the set's hard or soft labels, a teacher online, a
+    teacher's stored per-crop labels (``crops``: their bytes, epochs, dtype and seed;
+    ``nbytes`` includes their bytes), or the set's DBR labels (``crops``: the bytes their
+    crops would take if stored, ``replayed_crop_bytes``, not in ``nbytes``: redrawn from the
+    stored seed)."""
+    if protocol.labels == "dbr":
+        return {
+            "kind": "dbr",
+            "bytes": nbytes,
+            "loss": "dbr",
+            "dbr_weight": protocol.dbr_weight,
+            "storage": {**synset.label_storage, "dtype": str(synset.distances.dtype)[6:]},
+            **(crops or {}),
+        }
     if protocol.labels in ("teacher", "crops"):
         assert teacher_meta is not None
         return {

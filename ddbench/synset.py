@@ -26,6 +26,12 @@ dtype, descending), ``label_indices`` (their classes, ``[N,k]``, uint8 up to 256
 up to 32768) and ``label_fill`` (``[N]``, the mean of the row's other K - k values, kept
 strictly below the k-th). ``load`` rebuilds the dense ``[N,K]`` labels: the kept values at their
 classes, the fill everywhere else (see :func:`encode_topk`).
+
+Distance-based representative labels (NRR-DD's DBR, :mod:`ddbench.dbr`;
+``meta["label_storage"] = {"format": "dbr", ...}``) keep the hard ``labels`` (int64 ``[N]``) and
+add ``label_distances`` (``[E, N, 2]``, float16 or float32, finite and >= 0): per stored epoch
+and image, two cross entropies of the teacher's prediction on a replayed crop. The storage entry
+names what replays the crops (``epochs``, ``seed``, ``scale``, ``flip``, ``cutmix``).
 """
 
 from __future__ import annotations
@@ -55,8 +61,9 @@ from ddbench.errors import DDBenchError
 
 SCHEMA_VERSION = 1
 TOPK_KEYS = ("label_values", "label_indices", "label_fill")
+DBR_KEYS = ("label_distances",)
 ZCA_KEYS = ("zca_mean", "zca_transform")
-_TENSOR_KEYS = ("images", "labels", "lr", "weights", *TOPK_KEYS, *ZCA_KEYS)
+_TENSOR_KEYS = ("images", "labels", "lr", "weights", *TOPK_KEYS, *DBR_KEYS, *ZCA_KEYS)
 EXTRA_PREFIX = "extra."
 EXTRA_DTYPES = {
     str(d).removeprefix("torch."): d
@@ -68,7 +75,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 # The largest pixel magnitude a set may hold: normalised and ZCA-whitened images stay orders of
 # magnitude below it; a larger value is a broken or hostile file, whose training would diverge.
 MAX_PIXEL = 1e4
-LABEL_STORAGES = ("dense", "topk")
+LABEL_STORAGES = ("dense", "topk", "dbr")
 log = logging.getLogger("ddbench")
 
 
@@ -89,6 +96,7 @@ class SyntheticSet(Dataset):
     weights: torch.Tensor | None = None
     zca: Any = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    distances: torch.Tensor | None = None  # DBR labels' [E, N, 2] (label_storage format dbr)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -140,7 +148,13 @@ class SyntheticSet(Dataset):
             return {"labels": self.labels}
         if storage["format"] == "topk":
             return encode_topk(self.labels, int(storage["k"]))
-        raise DDBenchError(f"unknown label storage {storage['format']!r}; use dense or topk")
+        if storage["format"] == "dbr":
+            if self.distances is None:
+                raise DDBenchError("a set with DBR label storage needs its label distances")
+            return {"labels": self.labels, "label_distances": self.distances}
+        raise DDBenchError(
+            f"unknown label storage {storage['format']!r}; use {', '.join(LABEL_STORAGES)}"
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {"images": self.images.float(), **self.label_tensors()}
@@ -179,12 +193,15 @@ class SyntheticSet(Dataset):
 
     def nbytes(self) -> dict[str, int]:
         """Bytes of images, of labels and of extras as stored (soft labels count toward the set;
-        top-k labels count their values, indices and fills; ``extras``: every extra tensor)."""
+        top-k labels count their values, indices and fills; DBR labels their classes and
+        distances; ``extras``: every extra tensor)."""
         t = self.tensors()
         return {
             "images": t["images"].numel() * t["images"].element_size(),
             "labels": sum(
-                v.numel() * v.element_size() for k, v in t.items() if k in ("labels", *TOPK_KEYS)
+                v.numel() * v.element_size()
+                for k, v in t.items()
+                if k in ("labels", *TOPK_KEYS, *DBR_KEYS)
             ),
             "extras": sum(
                 v.numel() * v.element_size() for k, v in t.items() if k.startswith(EXTRA_PREFIX)
@@ -304,13 +321,21 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     _validate_set(synset.images, synset.labels, synset.extras, meta, str(path))
     _check_extras(synset.lr, synset.weights, len(synset.labels), str(path))
     _check_zca(synset.images, synset.zca, meta, str(path))
+    if synset.label_storage["format"] == "dbr":
+        check_distances(synset.distances, synset.labels, str(path))
     tensors = synset.tensors()
     if not meta.get("ipc") and not meta.get("full_dataset"):
         meta["ipc"] = _largest_class(synset.labels)
     meta.setdefault("schema_version", SCHEMA_VERSION)
     meta.setdefault("ddbench_version", ddbench.__version__)
     meta["num_images"] = len(synset)
-    meta["label_kind"] = "soft" if synset.soft_labels else "hard"
+    meta["label_kind"] = (
+        "dbr"
+        if synset.label_storage["format"] == "dbr"
+        else "soft"
+        if synset.soft_labels
+        else "hard"
+    )
     meta["sha256"] = tensors_sha256(tensors)
     header = {"ddbench": json.dumps(meta, sort_keys=True, default=str)}
 
@@ -531,6 +556,40 @@ def _check_meta(meta: Any, where: str) -> None:
         )
     if storage["format"] == "topk" and not _is_int(storage.get("k")):
         raise DDBenchError(f"{where}: top-k label storage needs an integer k, got {storage!r}")
+    if storage["format"] == "dbr":
+        ok = (
+            _is_int(storage.get("epochs"))
+            and storage["epochs"] >= 1
+            and _is_int(storage.get("seed"))
+            and isinstance(storage.get("scale"), (list, tuple))
+            and len(storage["scale"]) == 2
+            and all(isinstance(v, (int, float)) for v in storage["scale"])
+            and isinstance(storage.get("flip"), bool)
+            and isinstance(storage.get("cutmix"), (int, float))
+            and storage["cutmix"] >= 0
+        )
+        if not ok:
+            raise DDBenchError(
+                f"{where}: DBR label storage needs epochs >= 1, an integer seed, a [low, high] "
+                f"scale, a boolean flip and cutmix >= 0, got {storage!r}"
+            )
+
+
+def check_distances(distances: Any, labels: torch.Tensor, where: str) -> None:
+    """DBR label distances: a float tensor ``[E, N, 2]`` (N = the number of hard ``labels``),
+    finite and >= 0 (cross entropies), beside hard labels."""
+    if labels.dim() != 1:
+        raise DDBenchError(f"{where}: DBR labels keep hard labels [N], got {tuple(labels.shape)}")
+    if not isinstance(distances, torch.Tensor):
+        raise DDBenchError(f"{where}: DBR label storage without its label distances")
+    n = len(labels)
+    if distances.dim() != 3 or distances.shape[1:] != (n, 2) or not distances.is_floating_point():
+        raise DDBenchError(
+            f"{where}: DBR label distances must be floats [E, N, 2] = [E, {n}, 2], got "
+            f"{tuple(distances.shape)} {distances.dtype}"
+        )
+    if not torch.isfinite(distances).all() or bool((distances < 0).any()):
+        raise DDBenchError(f"{where}: DBR label distances must be finite and >= 0")
 
 
 def _check_extras(
@@ -626,7 +685,8 @@ def load(path: str | Path, *, verify: bool = True, require_checksum: bool = Fals
     regular file (:func:`check_file`), a truncated or non-safetensors file, malformed metadata,
     an empty set, NaN/Inf or out-of-range pixels, a wrong image shape for its dataset, labels
     outside its classes, more images per class than its ipc, a learned lr or weights of the
-    wrong shape or NaN/inf, or a checksum mismatch. A file without a checksum loads with a
+    wrong shape or NaN/inf, DBR label distances of the wrong shape or sign
+    (:func:`check_distances`), or a checksum mismatch. A file without a checksum loads with a
     warning, or is refused with ``require_checksum=True``. A set whose metadata gives no ipc
     (or 0) takes its largest class's count as its ipc.
     """
@@ -639,7 +699,7 @@ def load(path: str | Path, *, verify: bool = True, require_checksum: bool = Fals
     except Exception as e:
         raise DDBenchError(f"{path} could not be read as safetensors: {e}") from e
     storage = (meta.get("label_storage") or {"format": "dense"})["format"]
-    label_keys = TOPK_KEYS if storage == "topk" else ("labels",)
+    label_keys = {"topk": TOPK_KEYS, "dbr": ("labels", *DBR_KEYS)}.get(storage, ("labels",))
     missing = [k for k in ("images", *label_keys) if k not in t]
     if missing:
         raise DDBenchError(f"{path} lacks the tensor(s) {missing}")
@@ -673,7 +733,12 @@ def load(path: str | Path, *, verify: bool = True, require_checksum: bool = Fals
         log.warning("%s gives no ipc; counting it as ipc %d (its largest class)", path, meta["ipc"])
     zca = _load_zca(t, meta, str(path))
     _check_zca(t["images"], zca, meta, str(path))
-    return SyntheticSet(t["images"], labels, meta, t.get("lr"), t.get("weights"), zca, extras)
+    distances = t.get("label_distances")
+    if storage == "dbr":
+        check_distances(distances, labels, str(path))
+    return SyntheticSet(
+        t["images"], labels, meta, t.get("lr"), t.get("weights"), zca, extras, distances
+    )
 
 
 def _largest_class(labels: torch.Tensor) -> int:

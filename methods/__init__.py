@@ -9,7 +9,7 @@ import inspect
 MODULES = (
     "subset", "herding", "forgetting", "el2n", "gradient_matching", "dm", "datadam",
     "mtt", "ftd", "datm", "ast", "sre2l", "cda", "cvdd", "mirage",
-    "infer", "hello",
+    "infer", "hello", "nrr_dd", "pca",
 )  # fmt: skip
 
 

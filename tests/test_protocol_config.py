@@ -34,6 +34,9 @@ PINNED = {
     "datm": "63816930dd425b94",
     "infer": "7b8d57ed589da34c",
     "hello": "f25063f247eabdae",
+    "nrr_dbr": "7fe65ebcee302b1d",
+    "hard_rrc": "85bd1ac8dfde95d5",
+    "pca_hard": "76a904fbcd023b8b",
 }
 
 
