@@ -8,7 +8,7 @@ import inspect
 
 MODULES = (
     "subset", "herding", "forgetting", "el2n", "gradient_matching", "dm", "datadam",
-    "mtt", "ftd", "datm", "ast", "sre2l", "cda", "cvdd", "mirage",
+    "mtt", "ftd", "datm", "ast", "sre2l", "cda", "cvdd", "mirage", "krr_st", "dp4tl",
 )  # fmt: skip
 
 
