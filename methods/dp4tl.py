@@ -2,7 +2,7 @@
 Drives Productivity: Efficient Dataset Pruning for Enhanced Transfer Learning").
 
 The source's classes are ranked by how often the **target's** train images map to them, and the
-most-hit ``keep_classes`` fraction of them is kept (at least one class):
+most-hit ``keep_classes`` fraction of them is kept (at least ``min_classes``):
 
 - ``lm`` (label mapping): a surrogate classifier of the source (a cached teacher trained on the
   source's train split, :mod:`ddbench.teachers`) predicts a source class for each target image
@@ -63,6 +63,7 @@ class DP4TL(Method):
         target: str = "digits28"  # the target dataset (of the source's image shape)
         mapping: str = "lm"  # lm | fm | random
         keep_classes: float = 0.5  # fraction of the source's classes kept
+        min_classes: int = 1  # keep at least this many classes
         surrogate: TeacherConfig = field(default_factory=TeacherConfig)  # lm's classifier
         encoder: EncoderConfig = field(default_factory=EncoderConfig)  # fm's features
 
@@ -75,6 +76,8 @@ class DP4TL(Method):
                 raise DDBenchError(
                     f"dp4tl: keep_classes must be in (0, 1], got {self.keep_classes}"
                 )
+            if self.min_classes < 1:
+                raise DDBenchError(f"dp4tl: min_classes must be >= 1, got {self.min_classes}")
             data.get_spec(self.target)
 
     name = "dp4tl"
@@ -101,7 +104,9 @@ class DP4TL(Method):
 
     def distill(self, task: Task) -> SyntheticSet:
         counts = self.class_counts(task)
-        keep = max(1, round(self.keep_classes * task.num_classes))
+        keep = min(
+            task.num_classes, max(self.min_classes, round(self.keep_classes * task.num_classes))
+        )
         kept = sorted(rank_classes(counts)[:keep])
         picked = []
         for c in kept:

@@ -149,7 +149,10 @@ class KRRST(ImageDistillation):
     # ------------------------------------------------------------------------------ the pool
 
     def _fresh_member(self, task: Task, dim: int) -> list[Any]:
-        net = with_head(self.fresh_net(task), dim)
+        seed = self.next_seed(task)  # the body and the head from the task's generator
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = with_head(task.model_factory(), dim).train()
         opt = torch.optim.SGD(
             net.parameters(), lr=self.online_lr, momentum=0.9, weight_decay=self.online_wd
         )
