@@ -164,6 +164,7 @@ class KRRST(ImageDistillation):
         engine.train(
             None, None, images.detach(), targets.detach(), recipe, models=[member[0]],
             optimizers=[member[1]], steps=steps, device=images.device, distributed=False,
+            compile=False,
         )  # fmt: skip
         member[2] += steps
 

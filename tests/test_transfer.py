@@ -3,6 +3,7 @@ cache, KRR-ST and DP4TL (docs/transfer.md)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -241,3 +242,18 @@ def test_label_mapping_keeps_the_classes_the_target_hits(digits_train, monkeypat
     target = data.load_split("digits_low", "train")
     pred = engine.predict([net], target.images, transform=digits_train.standardize)[0].argmax(1)
     assert s.meta["class_counts"] == torch.bincount(pred, minlength=10).tolist()
+
+
+def test_transfer_command(digits_train, tmp_path, capsys):
+    from ddbench import cli
+
+    path = synset.save(Random().distill(_task(digits_train, ipc=2)), tmp_path / "r.safetensors")
+    out = tmp_path / "result.json"
+    args = ["transfer", str(path), "--target", "digits", "--protocol", "transfer_quick"]
+    cli.main([*args, "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["protocol"]["name"] == "transfer_quick" and not result["protocol"]["comparable"]
+    assert result["source"] == result["target"] == "digits" and result["num_images"] == 20
+    assert "random digits -> digits" in capsys.readouterr().out
+    with pytest.raises(DDBenchError, match="pair mnist_to_digits28 pre-trains on mnist"):
+        transfer.main([str(path), "--pair", "mnist_to_digits28"])
