@@ -2,7 +2,7 @@
 
     python bench/transfer.py krr [--pairs fashion_mnist_to_mnist mnist_to_fashion_mnist]
         [--ipc 10] [--iterations 2000] [--protocol transfer] [--out bench/results/transfer]
-    python bench/transfer.py dp4tl [--pair mnist_fashion20_to_digits28] [--ipc 100]
+    python bench/transfer.py dp4tl [--pair mnist_fashion20_to_digits28] [--ipc 20]
         [--keep 0.5] [--protocol transfer] [--out bench/results/transfer]
 
 ``krr``: per pair, KRR-ST distils ``ipc * classes`` images from the source (seed 0), and a
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from ddbench import _alloc, data, synset, transfer
 from ddbench.augment import DSA
@@ -77,7 +78,10 @@ def bench_krr(a, protocol, out: Path) -> tuple[dict, str]:
     mk = SMOKE["model_kwargs"] if a.smoke else {}
     for name in a.pairs:
         pair = transfer.get_pair(name)
-        krr_kwargs = dict(iterations=a.iterations, **dict(kv.split("=", 1) for kv in a.krr))
+        krr_kwargs = {
+            "iterations": a.iterations,
+            **OmegaConf.to_container(OmegaConf.from_dotlist(a.krr)),
+        }
         if a.smoke:
             krr_kwargs.update(num_models=2, online_iteration=5, batch_real=128, encoder=SMOKE)
         t0 = time.perf_counter()
@@ -125,9 +129,14 @@ def main() -> None:
         "--pairs", nargs="+", default=["fashion_mnist_to_mnist", "mnist_to_fashion_mnist"]
     )
     p.add_argument("--pair", default="mnist_fashion20_to_digits28")
-    p.add_argument("--ipc", type=int, default=None, help="krr: 10, dp4tl: 100")
+    p.add_argument("--ipc", type=int, default=None, help="krr: 10, dp4tl: 20")
     p.add_argument("--iterations", type=int, default=2000, help="KRR-ST's outer iterations")
-    p.add_argument("--krr", nargs="*", default=[], help="more KRR-ST settings KEY=VALUE")
+    p.add_argument(
+        "--krr",
+        nargs="*",
+        default=[],
+        help="more KRR-ST settings KEY=VALUE (e.g. encoder.epochs=5)",
+    )
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--protocol", default="transfer")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: proves the pipeline only")
@@ -136,7 +145,7 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _alloc.configure()
-    a.ipc = a.ipc or (10 if a.table == "krr" else 100)
+    a.ipc = a.ipc or (10 if a.table == "krr" else 20)
     cfg = transfer.transfer_protocol_config(a.protocol)
     if a.smoke:
         for stage in ("pretrain_labels", "pretrain_representation", "finetune"):

@@ -56,7 +56,7 @@ class EncoderConfig(CachedConfig):
     model: str = "convnet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     proj_dim: int = 128  # width of the linear projection head the loss sees
-    epochs: int = 20
+    epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-6
