@@ -107,11 +107,24 @@ def test_shipped_transfer_protocols_load_and_differ():
     full = transfer.load_protocol("transfer")
     assert full.comparable and full.seeds == [0, 1, 2] and full.mode == "finetune"
     assert full.pretrain_representation.lr == 0.1 and full.pretrain_labels.lr == 0.01
+    assert full.label_fraction == 0.05 and full.for_target("digits28").label_fraction == 0.2
+    assert full.for_target("mnist") is full
+    moved = transfer.transfer_protocol_config("transfer")
+    moved["per_target"]["digits28"]["label_fraction"] = 0.3  # per_target is hashed
+    assert transfer.TransferProtocol.from_config(moved).hash != full.hash
     with pytest.raises(DDBenchError, match="unknown transfer protocol"):
         transfer.load_protocol("nope")
     bad = transfer.transfer_protocol_config("transfer")
     bad["mode"] = "distill"
     with pytest.raises(DDBenchError, match="mode must be one of"):
+        transfer.TransferProtocol.from_config(bad)
+    bad = transfer.transfer_protocol_config("transfer")
+    bad["finetune"]["epochs"] = 0
+    with pytest.raises(DDBenchError, match="finetune: epochs must be a whole number >= 1"):
+        transfer.TransferProtocol.from_config(bad)
+    bad = transfer.transfer_protocol_config("transfer")
+    bad["per_target"] = {"digits28": {"seeds": [0]}}
+    with pytest.raises(DDBenchError, match=r"per_target.digits28 cannot set \['seeds'\]"):
         transfer.TransferProtocol.from_config(bad)
 
 
