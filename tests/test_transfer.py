@@ -270,3 +270,16 @@ def test_transfer_command(digits_train, tmp_path, capsys):
     assert "random digits -> digits" in capsys.readouterr().out
     with pytest.raises(DDBenchError, match="pair mnist_to_digits28 pre-trains on mnist"):
         transfer.main([str(path), "--pair", "mnist_to_digits28"])
+
+
+def test_the_engines_mse_loss_fits_representation_targets(digits_train):
+    logits = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    targets = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1))
+    recipe = engine.Recipe(epochs=1, loss="mse")
+    expected = sum(torch.nn.functional.mse_loss(logits[k], targets[k]) for k in range(2))
+    assert torch.allclose(engine._loss(logits, targets, recipe, None), expected)
+    s = _representation_set(digits_train, n=40, d=5)
+    recipe = engine.Recipe(epochs=80, batch_size=40, loss="mse", lr=0.1, schedule="constant")
+    build = lambda: create_model("convnet", 1, 5, (8, 8), **SMALL)  # noqa: E731
+    losses = engine.train(build, [0], s.images, s.labels, recipe, device="cpu").losses
+    assert losses[-1] < 0.5 * losses[0]
