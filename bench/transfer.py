@@ -4,6 +4,8 @@
         [--ipc 10] [--iterations 2000] [--protocol transfer] [--out bench/results/transfer]
     python bench/transfer.py dp4tl [--pair mnist_fashion20_to_digits28] [--ipc 20]
         [--keep 0.5] [--protocol transfer] [--out bench/results/transfer]
+    (both: [--encoder KEY=VALUE ...] the SimCLR encoder's settings, ddbench.encoders.EncoderConfig;
+     dp4tl: [--surrogate KEY=VALUE ...] LM's surrogate teacher, ddbench.teachers.TeacherConfig)
 
 ``krr``: per pair, KRR-ST distils ``ipc * classes`` images from the source (seed 0), and a
 random and a herding subset of the same size are drawn (``ipc`` per class); each set and the
@@ -12,9 +14,9 @@ protocol (its seeds: 0, 1, 2). ``dp4tl``: on the pair's source, DP4TL keeps ``ke
 classes by label mapping (lm), feature mapping (fm) and at random (random class pruning, the
 baseline), ``ipc`` images per kept class; the full source is ``ipc`` images of every class; each
 is scored the same way. One JSON per table (every result, with the sets' costs) and a Markdown
-table beside it (``--keep-sets``: the sets too). ``--smoke`` shrinks every budget (encoders, surrogate, herding features, the
-protocol's epochs, one seed) to prove the pipeline on CPU; its numbers mean nothing and the
-JSON says ``comparable: false``.
+table beside it (``--keep-sets``: the sets too). ``--smoke`` shrinks every budget (encoders,
+surrogate, herding features, the protocol's epochs, one seed) to prove the pipeline on CPU; its
+numbers mean nothing and the JSON says ``comparable: false``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ from ddbench.methods.subset import Random
 from ddbench.models import create_model
 
 SMOKE = {"epochs": 1, "model_kwargs": {"net_width": 16}}  # encoders and surrogates under --smoke
+
+
+def dotlist(items: list[str]) -> dict:
+    """``KEY=VALUE`` items (dotted keys nest) as a dict."""
+    return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
 
 
 def task(dataset: str, ipc: int, seed: int, model_kwargs: dict) -> Task:
@@ -78,10 +85,7 @@ def bench_krr(a, protocol, out: Path) -> tuple[dict, str]:
     mk = SMOKE["model_kwargs"] if a.smoke else {}
     for name in a.pairs:
         pair = transfer.get_pair(name)
-        krr_kwargs = {
-            "iterations": a.iterations,
-            **OmegaConf.to_container(OmegaConf.from_dotlist(a.krr)),
-        }
+        krr_kwargs = {"iterations": a.iterations, **dotlist(a.krr), "encoder": dotlist(a.encoder)}
         if a.smoke:
             krr_kwargs.update(num_models=2, online_iteration=5, batch_real=128, encoder=SMOKE)
         t0 = time.perf_counter()
@@ -103,7 +107,9 @@ def bench_krr(a, protocol, out: Path) -> tuple[dict, str]:
 def bench_dp4tl(a, protocol, out: Path) -> tuple[dict, str]:
     pair = transfer.get_pair(a.pair)
     mk = SMOKE["model_kwargs"] if a.smoke else {}
-    extra = {"surrogate": SMOKE, "encoder": SMOKE} if a.smoke else {}
+    extra = {"surrogate": dotlist(a.surrogate), "encoder": dotlist(a.encoder)}
+    if a.smoke:
+        extra = {"surrogate": SMOKE, "encoder": SMOKE}
     sets = {
         f"dp4tl_{m}": run_distill(
             DP4TL(target=pair.target, mapping=m, keep_classes=a.keep, **extra),
@@ -135,8 +141,10 @@ def main() -> None:
         "--krr",
         nargs="*",
         default=[],
-        help="more KRR-ST settings KEY=VALUE (e.g. encoder.epochs=5)",
+        help="more KRR-ST settings KEY=VALUE (e.g. batch_real=256)",
     )
+    p.add_argument("--encoder", nargs="*", default=[], help="EncoderConfig KEY=VALUE (both tables)")
+    p.add_argument("--surrogate", nargs="*", default=[], help="DP4TL's TeacherConfig KEY=VALUE")
     p.add_argument("--keep", type=float, default=0.5)
     p.add_argument("--protocol", default="transfer")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: proves the pipeline only")

@@ -1,4 +1,4 @@
-"""Self-supervised encoders: a network trained on a dataset's train split without its labels, cached.
+"""Self-supervised encoders: networks trained on a train split without its labels, cached.
 
 The transfer track's methods need a representation of the source images that no class label
 made: KRR-ST's target representations (its initial targets and its outer loss) and DP4TL's

@@ -446,7 +446,8 @@ def main(args: list[str]) -> None:
         s.meta["_path"] = str(a.synset)
         if pair is not None and s.meta.get("dataset") != pair.source:
             raise DDBenchError(
-                f"the set is of {s.meta.get('dataset')}, pair {pair.name} pre-trains on {pair.source}"
+                f"the set is of {s.meta.get('dataset')}, pair {pair.name} pre-trains on "
+                f"{pair.source}"
             )
     protocol = load_protocol(a.protocol)
     result = evaluate(
