@@ -283,3 +283,21 @@ def test_the_engines_mse_loss_fits_representation_targets(digits_train):
     build = lambda: create_model("convnet", 1, 5, (8, 8), **SMALL)  # noqa: E731
     losses = engine.train(build, [0], s.images, s.labels, recipe, device="cpu").losses
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_krr_st_resumes_images_and_targets(digits_train, tmp_path, caplog):
+    from ddbench.method import Checkpointer
+
+    def run(iterations: int, every: int):
+        t = _task(digits_train, ipc=1)
+        t.checkpointer = Checkpointer(tmp_path, "key", every)
+        method = KRRST(iterations=iterations, num_models=1, online_iteration=3, batch_real=32,
+                       encoder=ENCODER)  # fmt: skip
+        return run_distill(method, t)
+
+    first = run(2, every=2)  # leaves its checkpoint at iteration 2
+    saved = synset.load(synset.save(first, tmp_path / "first.safetensors"))
+    with caplog.at_level("INFO", logger="ddbench"):
+        resumed = run(2, every=0)  # nothing left to do: the checkpoint's set comes back
+    assert "resuming from iteration 2" in caplog.text
+    assert torch.equal(resumed.images, saved.images) and torch.equal(resumed.labels, saved.labels)
