@@ -301,3 +301,10 @@ def test_krr_st_resumes_images_and_targets(digits_train, tmp_path, caplog):
         resumed = run(2, every=0)  # nothing left to do: the checkpoint's set comes back
     assert "resuming from iteration 2" in caplog.text
     assert torch.equal(resumed.images, saved.images) and torch.equal(resumed.labels, saved.labels)
+
+
+def test_fine_tuning_learns_the_target(digits_train):
+    p = _tiny_protocol(seeds=[0])
+    p.finetune.epochs, p.finetune.batch_size, p.finetune.augment = 30, 32, "none"
+    result = transfer.evaluate(None, p, "digits", model_kwargs=SMALL, device="cpu")
+    assert result["accuracy"]["mean"] > 60  # chance is 10 %
