@@ -13,6 +13,7 @@
     ddbench expert   train DATASET [--method mtt] [--num N --epochs E --model M --zca] | list
     ddbench expert   import DATASET replay_buffer_0.pt... [--method mtt --model M --source NAME]
     ddbench expert   export DATASET OUT_DIR [--method mtt --num N --epochs E --source NAME]
+    ddbench transfer [SET] --pair NAME | --target DATASET [--protocol transfer] [--out r.json]
     ddbench aggregate DIR... [--out table.md] [--csv table.csv]
     ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
     ddbench leaderboard build | verify [--tolerance 1.0]   [--board leaderboard]
@@ -39,7 +40,7 @@ from ddbench.errors import DDBenchError, os_error_message
 # that `ddbench --help` and the plain commands start fast.
 
 HYDRA_COMMANDS = ("run", "distill", "evaluate")
-OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "expert")
+OTHER_COMMANDS = ("data", "show", "import", "export", "teacher", "expert", "transfer")
 OTHER_COMMANDS += ("aggregate", "submit", "leaderboard")
 log = logging.getLogger("ddbench")
 
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             commands = {"data": cmd_data, "show": cmd_show, "import": cmd_import}
             commands.update(export=cmd_export, teacher=cmd_teacher, expert=cmd_expert)
             commands.update(aggregate=cmd_aggregate, submit=cmd_submit, leaderboard=cmd_leaderboard)
+            commands.update(transfer=cmd_transfer)
             commands[command](rest)
     except DDBenchError as e:
         _fail(str(e))
@@ -1002,6 +1004,12 @@ def cmd_expert(args: list[str]) -> None:
               f", final loss {meta['epoch_losses'][-1]:.4f}")  # fmt: skip
     print(f"{num} experts ({cfg.epochs} epochs, key {cfg.key(a.dataset)}) in "
           f"{experts.expert_dir(a.dataset, cfg)}")  # fmt: skip
+
+
+def cmd_transfer(args: list[str]) -> None:
+    from ddbench import transfer
+
+    transfer.main(args)
 
 
 def cmd_aggregate(args: list[str]) -> None:

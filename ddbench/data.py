@@ -741,3 +741,52 @@ register_dataset(
     ),
     read_svhn,
 )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- transfer track
+
+
+def read_digits28(spec: DatasetSpec, raw: Path) -> dict:
+    """scikit-learn's digits (:func:`read_digits`, same splits) resized to 28x28 (bilinear), the
+    image size of MNIST and Fashion-MNIST, so that a model pre-trained on those fine-tunes on it
+    (the transfer track, :mod:`ddbench.transfer`)."""
+    import torch.nn.functional as F
+
+    out = read_digits(get_spec("digits"), raw)
+    for split in ("train", "test"):
+        x = out[f"{split}_x"].float()
+        x = F.interpolate(x, size=spec.im_size, mode="bilinear", align_corners=False)
+        out[f"{split}_x"] = x.round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
+def read_mnist_fashion20(spec: DatasetSpec, raw: Path) -> dict:
+    """The 20-class union of MNIST (classes 0-9) and Fashion-MNIST (classes 10-19), from their
+    prepared files (prepared first where missing): a source with digit and clothing classes."""
+    parts = [load_file(str(prepare(name))) for name in ("mnist", "fashion_mnist")]
+    out = {}
+    for split in ("train", "test"):
+        out[f"{split}_x"] = torch.cat([p[f"{split}_x"] for p in parts])
+        out[f"{split}_y"] = torch.cat([p[f"{split}_y"] + 10 * i for i, p in enumerate(parts)])
+    return out
+
+
+# mean/std: measured on each prepared train split (the union's follow from its two halves)
+register_dataset(
+    DatasetSpec(
+        "digits28", 1, (28, 28), _DIGITS, (0.3058,), (0.3250,),
+        source="scikit-learn load_digits resized to 28x28 (bilinear); test = seeded stratified 20%",
+        dsa_strategy=_NO_FLIP,
+    ),
+    read_digits28,
+)  # fmt: skip
+register_dataset(
+    DatasetSpec(
+        "mnist_fashion20", 1, (28, 28),
+        tuple(f"digit {c}" for c in _DIGITS) + _FASHION, (0.2083,), (0.3403,),
+        source="MNIST (classes 0-9) and Fashion-MNIST (classes 10-19) together",
+        dsa_strategy=_NO_FLIP,
+        how_to_get="mnist_fashion20 needs MNIST and Fashion-MNIST (see their entries)",
+    ),
+    read_mnist_fashion20,
+)  # fmt: skip

@@ -49,7 +49,9 @@ class Recipe:
     milestones: tuple[float, ...] = (0.5,)  # fractions of the epochs where lr *= gamma (step)
     gamma: float = 0.1
     augment: str | None = None  # a DSA strategy string, "dc:<ops>" (DC's own), or None
-    loss: str = "ce"  # ce (hard or soft targets) | kd (temperature-scaled KL to soft targets)
+    # ce (hard or soft targets) | kd (temperature-scaled KL to soft targets) | mse (to target
+    # vectors [N,D], e.g. representations: the mean squared error over their D entries)
+    loss: str = "ce"
     temperature: float = 1.0
     hard_weight: float = 0.0  # kd: loss = (1 - w) * T^2 * KL + w * CE(hard labels)
     mixup: float = 0.0  # Beta(a, a) mixup alpha; 0 = off
@@ -65,7 +67,7 @@ class Recipe:
         for key, allowed in (
             ("optimizer", ("sgd", "adamw")),
             ("schedule", ("step", "cosine", "constant")),
-            ("loss", ("ce", "kd")),
+            ("loss", ("ce", "kd", "mse")),
             ("precision", ("fp32", "bf16")),
         ):
             if getattr(self, key) not in allowed:
@@ -397,6 +399,10 @@ def _loss(
 
     if loss_fn is not None:
         per = loss_fn(logits.float(), targets, soft)
+    elif recipe.loss == "mse":
+        if not targets.is_floating_point() or mixed is not None:
+            raise DDBenchError("the mse loss needs float target vectors and no mixup/cutmix")
+        per = ((flat - targets.reshape(K * B, C).float()) ** 2).mean(1).view(K, B)
     elif recipe.loss == "kd":
         teacher = soft if soft is not None else targets
         if not teacher.is_floating_point():

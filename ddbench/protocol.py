@@ -273,6 +273,11 @@ def evaluate(
     dataset = meta.get("dataset")
     spec = ddata.get_spec(dataset)
     device = engine.pick_device(device) if not isinstance(device, torch.device) else device
+    if getattr(synset, "representation", False):
+        raise DDBenchError(
+            "this set carries representation targets, not class labels: score it under a "
+            "transfer protocol (`ddbench transfer`, docs/transfer.md)"
+        )
     if synset.soft_labels and protocol.labels == "hard":
         raise DDBenchError(
             f"this set carries soft labels; protocol {protocol.name!r} trains on hard labels. "

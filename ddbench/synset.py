@@ -1,7 +1,8 @@
 """The synthetic-set file: one ``.safetensors`` file, no pickle, that says how it must be evaluated.
 
-Tensors: ``images`` (float32 ``[N,C,H,W]``), ``labels`` (int64 ``[N]`` hard, or float
-``[N,K]`` soft), optionally ``lr`` (a learned learning rate, ``[1]``) and ``weights`` (``[N]``).
+Tensors: ``images`` (float32 ``[N,C,H,W]``), ``labels`` (int64 ``[N]`` hard, float ``[N,K]``
+soft, or float ``[N,D]`` representation targets, see below), optionally ``lr`` (a learned
+learning rate, ``[1]``) and ``weights`` (``[N]``).
 The JSON metadata sits in the safetensors header under the key ``ddbench``.
 
 A set in a ZCA-whitened space (``meta["space"]["zca"]``) also stores its whitening:
@@ -32,6 +33,12 @@ Distance-based representative labels (NRR-DD's DBR, :mod:`ddbench.dbr`;
 add ``label_distances`` (``[E, N, 2]``, float16 or float32, finite and >= 0): per stored epoch
 and image, two cross entropies of the teacher's prediction on a replayed crop. The storage entry
 names what replays the crops (``epochs``, ``seed``, ``scale``, ``flip``, ``cutmix``).
+
+A set without class labels (KRR-ST's) carries representation targets in ``labels``: float
+``[N,D]`` (``D`` > 0, finite), one target vector per image, marked by
+``meta["label_kind"] = "representation"``; such a set has no classes and no per-class budget
+(its ``ipc`` is the budget it was made for, ``N = ipc * classes of its dataset``). It is
+evaluated by pre-training on the targets (:mod:`ddbench.transfer`), never by a class protocol.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 # magnitude below it; a larger value is a broken or hostile file, whose training would diverge.
 MAX_PIXEL = 1e4
 LABEL_STORAGES = ("dense", "topk", "dbr")
+REPRESENTATION = "representation"  # meta["label_kind"] of a set of representation targets
+LABEL_KINDS = ("hard", "soft", "dbr", REPRESENTATION)
 log = logging.getLogger("ddbench")
 
 
@@ -128,8 +137,15 @@ class SyntheticSet(Dataset):
         return self.labels.dim() == 2
 
     @property
+    def representation(self) -> bool:
+        """Whether ``labels`` are representation targets ``[N,D]``, not class labels."""
+        return self.meta.get("label_kind") == REPRESENTATION
+
+    @property
     def hard_labels(self) -> torch.Tensor:
         """Class index per image (argmax for soft labels)."""
+        if self.representation:
+            raise DDBenchError("this set carries representation targets, not class labels")
         return self.labels.argmax(1) if self.soft_labels else self.labels
 
     @property
@@ -324,18 +340,19 @@ def save(synset: SyntheticSet, path: str | Path) -> Path:
     if synset.label_storage["format"] == "dbr":
         check_distances(synset.distances, synset.labels, str(path))
     tensors = synset.tensors()
-    if not meta.get("ipc") and not meta.get("full_dataset"):
+    if not meta.get("ipc") and not meta.get("full_dataset") and not synset.representation:
         meta["ipc"] = _largest_class(synset.labels)
     meta.setdefault("schema_version", SCHEMA_VERSION)
     meta.setdefault("ddbench_version", ddbench.__version__)
     meta["num_images"] = len(synset)
-    meta["label_kind"] = (
-        "dbr"
-        if synset.label_storage["format"] == "dbr"
-        else "soft"
-        if synset.soft_labels
-        else "hard"
-    )
+    if not synset.representation:
+        meta["label_kind"] = (
+            "dbr"
+            if synset.label_storage["format"] == "dbr"
+            else "soft"
+            if synset.soft_labels
+            else "hard"
+        )
     meta["sha256"] = tensors_sha256(tensors)
     header = {"ddbench": json.dumps(meta, sort_keys=True, default=str)}
 
@@ -574,6 +591,12 @@ def _check_meta(meta: Any, where: str) -> None:
                 f"scale, a boolean flip and cutmix >= 0, got {storage!r}"
             )
 
+    kind = meta.get("label_kind")
+    if kind is not None and kind not in LABEL_KINDS:
+        raise bad("label_kind", f"one of {', '.join(LABEL_KINDS)}")
+    if kind == REPRESENTATION and storage["format"] != "dense":
+        raise DDBenchError(f"{where}: representation targets are stored dense, not {storage!r}")
+
 
 def check_distances(distances: Any, labels: torch.Tensor, where: str) -> None:
     """DBR label distances: a float tensor ``[E, N, 2]`` (N = the number of hard ``labels``),
@@ -728,7 +751,11 @@ def load(path: str | Path, *, verify: bool = True, require_checksum: bool = Fals
         labels = decode_topk(*(t[k] for k in TOPK_KEYS), num_classes, str(path))
     _validate_set(t["images"], labels, extras, meta, str(path))
     _check_extras(t.get("lr"), t.get("weights"), len(labels), str(path))
-    if not meta.get("ipc") and not meta.get("full_dataset"):
+    if (
+        not meta.get("ipc")
+        and not meta.get("full_dataset")
+        and meta.get("label_kind") != REPRESENTATION
+    ):
         meta["ipc"] = _largest_class(labels)
         log.warning("%s gives no ipc; counting it as ipc %d (its largest class)", path, meta["ipc"])
     zca = _load_zca(t, meta, str(path))
@@ -819,6 +846,9 @@ def _validate_tensors(
         raise DDBenchError(
             f"{where}: images have shape {tuple(images.shape[1:])}, metadata says {meta['image_shape']}"
         )
+    if meta.get("label_kind") == REPRESENTATION:
+        _check_representation(labels, n, where)
+        return
     if labels.dim() == 1:
         if labels.dtype not in (torch.int64, torch.int32):
             raise DDBenchError(f"{where}: hard labels must be integers, got {labels.dtype}")
@@ -848,6 +878,20 @@ def _validate_tensors(
             raise DDBenchError(
                 f"{where}: a class has {most} images, more than the set's ipc of {ipc}"
             )
+
+
+def _check_representation(targets: torch.Tensor, n: int, where: str) -> None:
+    """Representation targets: float ``[N,D]`` with ``D`` > 0, one row per image, finite."""
+    if targets.dim() != 2 or targets.shape[1] == 0 or not targets.is_floating_point():
+        raise DDBenchError(
+            f"{where}: representation targets must be floats [N, D] with D > 0, got shape "
+            f"{tuple(targets.shape)} {targets.dtype}"
+        )
+    if len(targets) != n:
+        raise DDBenchError(f"{where}: {n} images but {len(targets)} representation targets")
+    if not torch.isfinite(targets).all():
+        bad = int((~torch.isfinite(targets)).any(1).sum())
+        raise DDBenchError(f"{where}: {bad} representation target(s) contain NaN or Inf")
 
 
 # ----------------------------------------------------------------------------- views

@@ -10,6 +10,7 @@ MODULES = (
     "subset", "herding", "forgetting", "el2n", "gradient_matching", "dm", "datadam",
     "mtt", "ftd", "datm", "ast", "sre2l", "cda", "cvdd", "mirage",
     "infer", "hello", "nrr_dd", "pca",
+    "krr_st", "dp4tl",
 )  # fmt: skip
 
 

@@ -1,0 +1,310 @@
+"""The transfer track on digits: the label-free set file, the transfer protocol, the encoder
+cache, KRR-ST and DP4TL (docs/transfer.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ddbench import data, engine, synset, transfer
+from ddbench.augment import DSA
+from ddbench.encoders import EncoderConfig, encoder_path, get_encoder
+from ddbench.errors import DDBenchError
+from ddbench.method import Task, run_distill
+from ddbench.methods.dp4tl import DP4TL, centroid_counts, rank_classes
+from ddbench.methods.krr_st import KRRST, krr_loss
+from ddbench.methods.subset import Random
+from ddbench.models import create_model
+from ddbench.protocol import Protocol, evaluate, protocol_config
+from ddbench.synset import REPRESENTATION, SyntheticSet
+from ddbench.teachers import TeacherConfig, get_teacher
+
+SMALL = {"net_width": 16}
+ENCODER = {"epochs": 1, "batch_size": 256, "model_kwargs": SMALL}
+
+
+def _task(train, ipc: int, seed: int = 0) -> Task:
+    spec = train.spec
+    return Task(
+        train=train, ipc=ipc, seed=seed, device=torch.device("cpu"),
+        model_factory=lambda: create_model("convnet", 1, 10, spec.im_size, **SMALL),
+        generator=torch.Generator().manual_seed(seed), augment=DSA(spec.dsa_strategy),
+    )  # fmt: skip
+
+
+def _tiny_protocol(**over) -> transfer.TransferProtocol:
+    cfg = transfer.transfer_protocol_config("transfer_quick")
+    cfg["pretrain_labels"]["epochs"] = 2
+    cfg["pretrain_representation"]["epochs"] = 2
+    cfg["finetune"]["epochs"] = 2
+    cfg["label_fraction"] = 0.2
+    cfg.update(over)
+    return transfer.TransferProtocol.from_config(cfg)
+
+
+def _representation_set(train, n: int = 12, d: int = 7) -> SyntheticSet:
+    images = train.normalize(train.images[:n])
+    targets = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    meta = {"dataset": "digits", "space": train.space(), "ipc": 1, "label_kind": REPRESENTATION}
+    return SyntheticSet(images, targets, meta)
+
+
+# ----------------------------------------------------------------------------- the set file
+
+
+def test_representation_set_round_trip(digits_train, tmp_path):
+    s = _representation_set(digits_train)
+    path = synset.save(s, tmp_path / "rep.safetensors")
+    back = synset.load(path)
+    assert back.representation and back.meta["label_kind"] == REPRESENTATION
+    assert torch.equal(back.images, s.images) and torch.equal(back.labels, s.labels)
+    assert back.nbytes()["labels"] == 12 * 7 * 4  # the targets count toward the set
+    x, y = next(iter(DataLoader(back, batch_size=5)))  # a plain DataLoader works
+    assert x.shape == (5, 1, 8, 8) and y.shape == (5, 7) and torch.equal(y, s.labels[:5])
+    with pytest.raises(DDBenchError, match="representation targets, not class labels"):
+        _ = back.hard_labels
+    with pytest.raises(DDBenchError, match="transfer protocol"):  # never a class protocol
+        evaluate(back, Protocol.from_config(protocol_config("quick")), device="cpu")
+
+
+@pytest.mark.parametrize(
+    "targets, match",
+    [
+        (torch.full((12, 7), math.nan), "NaN or Inf"),
+        (torch.zeros(12), r"floats \[N, D\] with D > 0"),
+        (torch.zeros(12, 0), r"floats \[N, D\] with D > 0"),
+        (torch.zeros(12, 7, dtype=torch.long), r"floats \[N, D\]"),
+        (torch.zeros(11, 7), "12 images but 11 representation targets"),
+    ],
+)
+def test_bad_representation_targets_are_refused(digits_train, tmp_path, targets, match):
+    s = _representation_set(digits_train)
+    s.labels = targets
+    with pytest.raises(DDBenchError, match=match):
+        synset.save(s, tmp_path / "bad.safetensors")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_unknown_label_kind_is_refused(digits_train, tmp_path):
+    s = _representation_set(digits_train)
+    s.meta["label_kind"] = "embedding"
+    with pytest.raises(DDBenchError, match="label_kind"):
+        synset.save(s, tmp_path / "bad.safetensors")
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def test_shipped_transfer_protocols_load_and_differ():
+    hashes = {
+        n: transfer.load_protocol(n).hash for n in ("transfer", "transfer_quick", "transfer_probe")
+    }
+    assert len(set(hashes.values())) == 3
+    full = transfer.load_protocol("transfer")
+    assert full.comparable and full.seeds == [0, 1, 2] and full.mode == "finetune"
+    assert full.pretrain_representation.lr == 0.1 and full.pretrain_labels.lr == 0.01
+    assert full.label_fraction == 0.05 and full.for_target("digits28").label_fraction == 0.2
+    assert full.for_target("mnist") is full
+    moved = transfer.transfer_protocol_config("transfer")
+    moved["per_target"]["digits28"]["label_fraction"] = 0.3  # per_target is hashed
+    assert transfer.TransferProtocol.from_config(moved).hash != full.hash
+    with pytest.raises(DDBenchError, match="unknown transfer protocol"):
+        transfer.load_protocol("nope")
+    bad = transfer.transfer_protocol_config("transfer")
+    bad["mode"] = "distill"
+    with pytest.raises(DDBenchError, match="mode must be one of"):
+        transfer.TransferProtocol.from_config(bad)
+    bad = transfer.transfer_protocol_config("transfer")
+    bad["finetune"]["epochs"] = 0
+    with pytest.raises(DDBenchError, match="finetune: epochs must be a whole number >= 1"):
+        transfer.TransferProtocol.from_config(bad)
+    bad = transfer.transfer_protocol_config("transfer")
+    bad["per_target"] = {"digits28": {"seeds": [0]}}
+    with pytest.raises(DDBenchError, match=r"per_target.digits28 cannot set \['seeds'\]"):
+        transfer.TransferProtocol.from_config(bad)
+
+
+def test_pairs_registry():
+    assert transfer.get_pair("mnist_fashion20_to_digits28").target == "digits28"
+    assert data.get_spec("digits28").shape == data.get_spec("mnist").shape
+    with pytest.raises(DDBenchError, match="images are"):
+        transfer.register_pair("bad", "digits", "mnist")
+
+
+def test_transfer_trains_and_scores_deterministically(digits_train):
+    s = Random().distill(_task(digits_train, ipc=5))
+    p = _tiny_protocol(seeds=[0, 1])
+    first = transfer.evaluate(s, p, "digits", model_kwargs=SMALL, device="cpu")
+    again = transfer.evaluate(s, p, "digits", model_kwargs=SMALL, device="cpu")
+    assert first["accuracy"]["per_seed"] == again["accuracy"]["per_seed"]
+    assert first["pretrained_on"] == "labels" and first["protocol"]["hash"] == p.hash
+    fraction = data.stratified_holdout(digits_train.labels, 0.2, 0)
+    assert first["target_train_images"] == len(fraction) < len(digits_train)
+    scratch = transfer.evaluate(None, p, "digits", model_kwargs=SMALL, device="cpu")
+    assert scratch["pretrained_on"] == "none" and scratch["num_images"] == 0
+    probe = transfer.evaluate(s, _tiny_protocol(mode="linear_probe"), "digits",
+                              model_kwargs=SMALL, device="cpu")  # fmt: skip
+    assert 0 <= probe["accuracy"]["mean"] <= 100
+
+
+def test_transplant_keeps_the_pretrained_body(digits_train):
+    s = Random().distill(_task(digits_train, ipc=3))
+    (pre,), kind = transfer.pretrain(s, _tiny_protocol(), [0], "convnet", SMALL)
+    net = transfer.transplant(
+        pre, lambda: create_model("convnet", 1, 10, (8, 8), **SMALL), 0, "cpu"
+    )
+    body = [k for k in pre.state_dict() if not k.startswith("classifier.")]
+    assert kind == "labels" and body
+    assert all(torch.equal(pre.state_dict()[k], net.state_dict()[k]) for k in body)
+    assert not torch.equal(pre.classifier.weight, net.classifier.weight)  # a fresh last layer
+
+
+# ----------------------------------------------------------------------------- the encoder
+
+
+def test_encoder_cache_second_call_hits(digits_train):
+    cfg = EncoderConfig(**ENCODER)
+    net, meta = get_encoder("digits", cfg, device="cpu", progress=False)
+    assert not meta["cache_hit"] and encoder_path("digits", cfg).exists()
+    assert len(meta["loss_history"]) == 1 and math.isfinite(meta["loss_history"][0])
+    again, meta2 = get_encoder("digits", cfg, device="cpu", progress=False)
+    assert meta2["cache_hit"] and meta2["key"] == meta["key"]
+    for a, b in zip(net.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+    other = EncoderConfig(**{**ENCODER, "temperature": 0.2})
+    assert other.key("digits") != cfg.key("digits")
+
+
+# ----------------------------------------------------------------------------- KRR-ST
+
+
+def test_krr_loss_is_zero_when_the_set_is_the_real_batch():
+    f = torch.randn(4, 8, dtype=torch.float64)  # fewer rows than features: K_ss invertible
+    y = torch.randn(4, 3, dtype=torch.float64)
+    assert float(krr_loss(f, y, f, y)) < 1e-6
+    assert float(krr_loss(f, y, f, y + 1)) > 0.5
+
+
+def test_krr_st_makes_a_label_free_set_deterministically(digits_train, tmp_path):
+    def make():
+        method = KRRST(iterations=3, num_models=2, online_iteration=3, batch_real=64,
+                       encoder=ENCODER)  # fmt: skip
+        return run_distill(method, _task(digits_train, ipc=2))
+
+    s = make()
+    assert s.images.shape == (20, 1, 8, 8) and s.labels.shape == (20, 16)  # ipc * classes, D
+    assert s.representation and s.meta["encoder"]["config"]["proj_dim"] == 128
+    again = make()
+    assert torch.equal(s.images, again.images) and torch.equal(s.labels, again.labels)
+    loaded = synset.load(synset.save(s, tmp_path / "krr.safetensors"))
+    result = transfer.evaluate(loaded, _tiny_protocol(), "digits", model_kwargs=SMALL, device="cpu")
+    assert result["pretrained_on"] == "representation" and result["method"] == "krr_st"
+
+
+# ----------------------------------------------------------------------------- DP4TL
+
+
+def test_rank_and_centroid_counts():
+    assert rank_classes(torch.tensor([3, 5, 5, 0])) == [1, 2, 0, 3]
+    src = torch.tensor([[0.0, 0], [0, 1], [10, 0], [10, 1]])
+    counts = centroid_counts(src, torch.tensor([0, 0, 2, 2]), torch.tensor([[9.0, 0], [1, 1]]), 3)
+    assert counts.tolist() == [1, 0, 1]  # class 1 has no images, no centroid
+
+
+@pytest.mark.parametrize("mapping", ["lm", "fm", "random"])
+def test_dp4tl_counts_and_determinism(digits_train, mapping):
+    def make():
+        method = DP4TL(target="digits", mapping=mapping, keep_classes=0.3, encoder=ENCODER,
+                       surrogate={"epochs": 1, "model_kwargs": SMALL})  # fmt: skip
+        return run_distill(method, _task(digits_train, ipc=4))
+
+    s = make()
+    kept = s.meta["kept_classes"]
+    assert len(kept) == 3 and sorted(set(s.labels.tolist())) == kept and len(s) == 12
+    counts = s.meta["class_counts"]
+    assert min(counts[c] for c in kept) >= max(c for i, c in enumerate(counts) if i not in kept)
+    if mapping != "random":
+        assert sum(counts) == len(data.load_split("digits", "train"))
+    assert torch.equal(s.images, make().images)
+
+
+def _digits_low(spec, raw):  # digits of classes 0-4 only: a target that hits half the classes
+    out = data.read_digits(data.get_spec("digits"), raw)
+    for split in ("train", "test"):
+        keep = out[f"{split}_y"] < 5
+        out[f"{split}_x"], out[f"{split}_y"] = out[f"{split}_x"][keep], out[f"{split}_y"][keep]
+    return out
+
+
+def test_label_mapping_keeps_the_classes_the_target_hits(digits_train, monkeypatch, tmp_path):
+    spec = data.get_spec("digits")
+    low = data.DatasetSpec("digits_low", 1, (8, 8), spec.classes[:5], spec.mean, spec.std, "test")
+    monkeypatch.setitem(data.CATALOGUE, "digits_low", low)
+    monkeypatch.setitem(data._READERS, "digits_low", _digits_low)
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path))
+    surrogate = {"epochs": 15, "lr": 0.05, "model_kwargs": SMALL}
+    s = run_distill(DP4TL(target="digits_low", mapping="lm", surrogate=surrogate),
+                    _task(digits_train, ipc=2))  # fmt: skip
+    assert s.meta["kept_classes"] == [0, 1, 2, 3, 4]
+    # the counts are the surrogate's predictions on the target, read in the source's space
+    net, _ = get_teacher("digits", TeacherConfig(**surrogate), device="cpu")
+    target = data.load_split("digits_low", "train")
+    pred = engine.predict([net], target.images, transform=digits_train.standardize)[0].argmax(1)
+    assert s.meta["class_counts"] == torch.bincount(pred, minlength=10).tolist()
+
+
+def test_transfer_command(digits_train, tmp_path, capsys):
+    from ddbench import cli
+
+    path = synset.save(Random().distill(_task(digits_train, ipc=2)), tmp_path / "r.safetensors")
+    out = tmp_path / "result.json"
+    args = ["transfer", str(path), "--target", "digits", "--protocol", "transfer_quick"]
+    cli.main([*args, "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["protocol"]["name"] == "transfer_quick" and not result["protocol"]["comparable"]
+    assert result["source"] == result["target"] == "digits" and result["num_images"] == 20
+    assert "random digits -> digits" in capsys.readouterr().out
+    with pytest.raises(DDBenchError, match="pair mnist_to_digits28 pre-trains on mnist"):
+        transfer.main([str(path), "--pair", "mnist_to_digits28"])
+
+
+def test_the_engines_mse_loss_fits_representation_targets(digits_train):
+    logits = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(0))
+    targets = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1))
+    recipe = engine.Recipe(epochs=1, loss="mse")
+    expected = sum(torch.nn.functional.mse_loss(logits[k], targets[k]) for k in range(2))
+    assert torch.allclose(engine._loss(logits, targets, recipe, None), expected)
+    s = _representation_set(digits_train, n=40, d=5)
+    recipe = engine.Recipe(epochs=80, batch_size=40, loss="mse", lr=0.1, schedule="constant")
+    build = lambda: create_model("convnet", 1, 5, (8, 8), **SMALL)  # noqa: E731
+    losses = engine.train(build, [0], s.images, s.labels, recipe, device="cpu").losses
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_krr_st_resumes_images_and_targets(digits_train, tmp_path, caplog):
+    from ddbench.method import Checkpointer
+
+    def run(iterations: int, every: int):
+        t = _task(digits_train, ipc=1)
+        t.checkpointer = Checkpointer(tmp_path, "key", every)
+        method = KRRST(iterations=iterations, num_models=1, online_iteration=3, batch_real=32,
+                       encoder=ENCODER)  # fmt: skip
+        return run_distill(method, t)
+
+    first = run(2, every=2)  # leaves its checkpoint at iteration 2
+    saved = synset.load(synset.save(first, tmp_path / "first.safetensors"))
+    with caplog.at_level("INFO", logger="ddbench"):
+        resumed = run(2, every=0)  # nothing left to do: the checkpoint's set comes back
+    assert "resuming from iteration 2" in caplog.text
+    assert torch.equal(resumed.images, saved.images) and torch.equal(resumed.labels, saved.labels)
+
+
+def test_fine_tuning_learns_the_target(digits_train):
+    p = _tiny_protocol(seeds=[0])
+    p.finetune.epochs, p.finetune.batch_size, p.finetune.augment = 30, 32, "none"
+    result = transfer.evaluate(None, p, "digits", model_kwargs=SMALL, device="cpu")
+    assert result["accuracy"]["mean"] > 60  # chance is 10 %
