@@ -605,6 +605,7 @@ def _already_done(cfg, run_dir: Path, done: dict) -> dict | float:
 def job_run(cfg) -> dict | float:
     """Distill and evaluate; the result dict, or with ``eval_split=val`` the val error
     (100 - mean accuracy) as a float, the objective a sweeper such as Optuna minimises."""
+    _check_class_protocol_scores(cfg)
     run_dir = _run_dir()
     split = _eval_split(cfg)
     done = _done(cfg, run_dir)
@@ -618,6 +619,22 @@ def job_run(cfg) -> dict | float:
     finally:
         tracker.finish()
     return 100.0 - float(result["accuracy"]["mean"]) if split == "val" else result
+
+
+def _check_class_protocol_scores(cfg) -> None:
+    """``ddbench run`` distils and then scores under a class protocol: refuse, before any work,
+    a method whose sets carry representation targets (``label_kind = "representation"``),
+    which only the transfer protocol scores."""
+    from ddbench.method import method_class
+    from ddbench.synset import REPRESENTATION
+
+    target = cfg.method.get("_target_") if "method" in cfg else None
+    if target and getattr(method_class(target), "label_kind", None) == REPRESENTATION:
+        raise DDBenchError(
+            f"method {cfg.method.get('name')} makes representation targets, which no class "
+            "protocol scores: `ddbench distill` it, then `ddbench transfer SET --pair NAME` "
+            "(docs/transfer.md)"
+        )
 
 
 def job_distill(cfg) -> None:

@@ -76,6 +76,8 @@ def krr_loss(
 class KRRST(ImageDistillation):
     """Kernel ridge regression on self-supervised targets (module docstring)."""
 
+    label_kind = REPRESENTATION  # scored by the transfer protocol, never by a class protocol
+
     @dataclass
     class Settings(ImageDistillation.Settings):
         iterations: int = 160000

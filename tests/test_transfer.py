@@ -308,3 +308,19 @@ def test_fine_tuning_learns_the_target(digits_train):
     p.finetune.epochs, p.finetune.batch_size, p.finetune.augment = 30, 32, "none"
     result = transfer.evaluate(None, p, "digits", model_kwargs=SMALL, device="cpu")
     assert result["accuracy"]["mean"] > 60  # chance is 10 %
+
+
+def test_run_refuses_a_representation_method_before_any_work(tmp_path):
+    """`ddbench run method=krr_st` would distil for hours and then find no class protocol that
+    scores representation targets: it is refused at once, naming the commands to use."""
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-m", "ddbench.cli", "run", "method=krr_st", "dataset=digits", "ipc=1",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode != 0
+    assert "representation targets" in p.stderr and "ddbench transfer" in p.stderr
+    assert not (tmp_path / "run" / "synset.safetensors").exists()
