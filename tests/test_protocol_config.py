@@ -32,6 +32,7 @@ PINNED = {
     "sre2l": "89f695873dbb1582",
     "sre2l_fkd": "842d106f7a1fc616",
     "datm": "63816930dd425b94",
+    "noaug": "3222cc66059a3369",
 }
 
 
