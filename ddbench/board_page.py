@@ -522,7 +522,7 @@ def page(b: Board) -> str:
                 if k == "set":
                     shown = f'<a href="{esc(urllib.parse.quote(text))}">{esc(Path(text).name)}</a>'
                 tip = f' title="{esc(tip)}"' if tip else ""
-                out.append(f'<td data-key="{k}" class="{kinds[k]}" data-value="{esc(value)}"'
+                out.append(f'<td data-key="{k}" data-value="{esc(value)}" class="{kinds[k]}"'
                            f"{tip}>{shown}</td>")  # fmt: skip
             thumb = thumbnail_path(x)
             img = (f'<img class="thumb" alt="{esc(x.r["method"])}: one row per class" '
