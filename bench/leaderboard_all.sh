@@ -14,11 +14,13 @@
 #   OUT=outputs/leaderboard   run folders (resumable: a finished run is skipped, an interrupted
 #                             one resumes from its checkpoint; a submitted one is not resubmitted)
 #   BOARD=leaderboard         the board;   DATASETS="fashion_mnist mnist";   IPCS="1 10"
-#   CROSS_METHODS="random herding dm dc mtt sre2l"   the sets evaluated on the other five models
+#   CROSS_MODELS="convnet_bn lenet alexnet vgg11 resnet18"   the other models
+#   CROSS_METHODS="random herding dm dc mtt sre2l"   the sets evaluated on them
 #                             (one per family by default: on CPU a 1000-epoch ResNet-18 or VGG11
 #                             evaluation costs ~6x ConvNet's; "${!PROTOCOL[@]}" = every method)
-#   SMOKE=1                   proof at a tiny budget: digits, IPC 1, protocol quick for every
-#                             run, 2 outer iterations, a width-16 ConvNet (set BOARD elsewhere)
+#   SMOKE=1                   proof at a tiny budget: digits, IPC 1 (SMOKE_IPCS="1 2": more),
+#                             protocol quick for every run, 2 outer iterations, a width-16
+#                             ConvNet (set BOARD and OUT elsewhere)
 #
 # The budgets are CPU budgets, far below the papers' (each entry says so on the page: "CPU
 # budget: ..."); they follow bench/reproduce_matching.sh, reproduce_trajectory.sh,
@@ -33,10 +35,13 @@ DATASETS=${DATASETS:-fashion_mnist mnist}
 IPCS=${IPCS:-1 10}
 SMOKE=${SMOKE:-0}
 CROSS_METHODS=${CROSS_METHODS:-random herding dm dc mtt sre2l}
+CROSS_MODELS=${CROSS_MODELS:-convnet_bn lenet alexnet vgg11 resnet18}
 COMMON=(precision=fp32 progress=false)
+MODEL=()  # the entries' own model settings (the protocol's model by default)
 if [[ $SMOKE == 1 ]]; then
-  DATASETS=digits IPCS=1
-  COMMON+=(model.kwargs.net_width=16)
+  DATASETS=digits IPCS=${SMOKE_IPCS:-1}
+  MODEL=(model.kwargs.net_width=16)
+  CROSS_MODELS=${SMOKE_CROSS_MODELS:-convnet_bn mlp}  # LeNet, AlexNet, VGG need more than 8x8
 fi
 [[ $# -ge 1 ]] || { sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2; }
 stages=("$@")
@@ -150,8 +155,8 @@ entry() {
     return 0
   fi
   [[ -f $dir/.submitted ]] && { echo "done: $dir"; return 0; }
-  ddbench run method="$m" dataset="$ds" ipc="$ipc" protocol="$protocol" "${COMMON[@]}" "$@" \
-    hydra.run.dir="$dir"
+  ddbench run method="$m" dataset="$ds" ipc="$ipc" protocol="$protocol" "${COMMON[@]}" \
+    ${MODEL[@]+"${MODEL[@]}"} "$@" hydra.run.dir="$dir"
   submit "$dir/result.json" "$dir/synset.safetensors" "$dir"
 }
 submit() {  # result set dir: submit once (a set already there under this view is not an error)
@@ -176,7 +181,9 @@ view() {
     return 0
   fi
   [[ -f $vdir/.submitted ]] && { echo "done: $vdir"; return 0; }
-  ddbench evaluate synset="$dir/synset.safetensors" protocol="$protocol" ${model:+model=$model} \
+  local how=(model="$model")
+  [[ -n $model ]] || how=(${MODEL[@]+"${MODEL[@]}"})
+  ddbench evaluate synset="$dir/synset.safetensors" protocol="$protocol" "${how[@]}" \
     "${COMMON[@]}" hydra.run.dir="$vdir"
   submit "$vdir/result.json" "$dir/synset.safetensors" "$vdir"
 }
@@ -217,7 +224,7 @@ run_stage() {
             local p
             p=$(proto_for "${PROTOCOL[$m]}")
             budget "$m" "$ipc"
-            for model in convnet_bn lenet alexnet vgg11 resnet18; do
+            for model in $CROSS_MODELS; do
               view crossarch "$OUT/$ds/ipc$ipc/$p/$m" "$p" "$model" "$ipc"
             done
           done ;;

@@ -7,6 +7,7 @@ seed: a few seconds there) with a narrow ConvNet (the model is reported beside t
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 import shutil
@@ -20,6 +21,7 @@ from cli_runner import run_cli
 
 from ddbench import leaderboard, synset
 from ddbench.cli import main
+from ddbench.errors import DDBenchError
 
 RUN = ["method=random", "dataset=digits", "ipc=1", "protocol=quick", "model.kwargs.net_width=16",
        "progress=false"]  # fmt: skip
@@ -505,7 +507,7 @@ def dm_run(tmp_path_factory, ddbench_data_root) -> Path:
 
 @pytest.fixture(scope="module")
 def rich_board(runs, dm_run, tmp_path_factory) -> Path:
-    """The two random runs, the DM run and a LeNet view of the first random set, built."""
+    """The two random runs, the DM run and a ConvNet-BN view of the first random set, built."""
     from ddbench.protocol import evaluate, write_result
 
     b = tmp_path_factory.mktemp("rich") / "board"
@@ -513,13 +515,13 @@ def rich_board(runs, dm_run, tmp_path_factory) -> Path:
         leaderboard.submit(d / "result.json", d / "synset.safetensors", b, budget="CPU budget")
     s = synset.load(runs[0] / "synset.safetensors")
     s.meta["_path"] = str(runs[0] / "synset.safetensors")
-    r = evaluate(s, leaderboard._pinned_protocol("quick"), "lenet", {}, device="cpu",
-                 progress=False)  # fmt: skip
-    view = write_result(r, b.parent / "lenet" / "result.json")
+    r = evaluate(s, leaderboard._pinned_protocol("quick"), "convnet_bn", {"net_width": 16},
+                 device="cpu", progress=False)  # fmt: skip
+    view = write_result(r, b.parent / "view" / "result.json")
     entry = leaderboard.submit(view, runs[0] / "synset.safetensors", b)
     assert len(leaderboard.entries(b)) == 3  # the view joined its set's entry
     assert [x["model"] for x in leaderboard.results_of(json.loads(entry.read_text()))] == [
-        "convnet", "lenet"]  # fmt: skip
+        "convnet", "convnet_bn"]  # fmt: skip
     leaderboard.build(b)
     return b
 
@@ -544,7 +546,7 @@ def test_board_scores_costs_thumbnails_plots_and_cross_architecture(rich_board, 
         w, h = Image.open(png).size
         assert h == 10 * 9 + 1 and w == 9 + 1  # ten 8x8 classes, one image each, 1-pixel lines
     page = (b / "index.html").read_text()
-    assert "http://" not in page and "https://" not in page  # nothing from the network
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing from the network
     assert page.count('<img class="thumb"') == 3 and page.count('<svg class="plot"') == 2
     assert page.count("ddbench leaderboard reproduce ") == 3
     # in Chromium: every thumbnail decodes, every plot draws, the IOR column sorts
@@ -577,13 +579,12 @@ def test_verify_flags_an_edited_cross_architecture_view(rich_board, runs, tmp_pa
     reports = leaderboard.verify(b, 1.0, device="cpu", out=lines.append)
     flagged = [r for r in reports if r["flags"]]
     assert [r["entry"] for r in flagged] == [str(f)], lines
-    assert flagged[0]["flags"][0].startswith("quick/lenet: re-evaluated"), flagged[0]["flags"]
+    assert flagged[0]["flags"][0].startswith("quick/convnet_bn (net_width=16): re-evaluated"), (
+        flagged[0]["flags"])  # fmt: skip
     # the same view submitted again is refused, and changes nothing
-    from ddbench.errors import DDBenchError
-
     before = snapshot(b)
     with pytest.raises(DDBenchError, match="already on the board"):
-        leaderboard.submit(rich_board.parent / "lenet" / "result.json",
+        leaderboard.submit(rich_board.parent / "view" / "result.json",
                            runs[0] / "synset.safetensors", b)  # fmt: skip
     assert snapshot(b) == before
 
@@ -600,3 +601,31 @@ def test_reproduce_reruns_the_distillation_and_lands_within_the_tolerance(rich_b
     assert "method.iterations=2" in rep["command"] and rep["tolerance"] == 1.0
     assert rep["within"] and abs(rep["difference"]) <= 1.0
     assert f"REPRODUCED {f}" in p.stdout
+    # a random subset: the same indices again, the same score
+    from ddbench import reproduce
+
+    f = next(f for f, e in leaderboard.entries(b) if e["method"] == "random")
+    rep = reproduce.reproduce(b, f.name, tmp_path / "work_random", device="cpu", out=print)
+    assert rep["same_set"] and rep["within"] and rep["difference"] == 0.0
+
+
+def test_reproduce_tolerance_and_the_recorded_config_as_overrides():
+    from ddbench import reproduce
+
+    four = {"mean": 50.0, "std": 1.0, "per_seed": [{}] * 4}  # standard error 0.5
+    assert reproduce.tolerance(four, four) == pytest.approx(2 * math.sqrt(0.5))
+    assert reproduce.tolerance({**four, "std": 0.1}, {**four, "std": 0.5}) == 1.0  # at least 1
+    meta = {"dataset": "digits", "ipc": 1, "seed": 3, "space": {"zca": False},
+            "method": {"name": "dm", "config": {"_target_": "x.DM", "name": "dm",
+                                                "iterations": 2, "init": "real's",
+                                                "nested": {"a": [1, 2.5], "b": None}}},
+            "distill_config": {"model": "convnet", "model_kwargs": {"net_width": 16},
+                               "precision": "bf16", "kernels": "off", "zca": False}}  # fmt: skip
+    e = {"model": "lenet", "model_kwargs": {}}
+    assert reproduce.distill_overrides(e, meta) == [
+        "method=dm", "dataset=digits", "ipc=1", "seed=3", "model=convnet", "precision=bf16",
+        "model.kwargs.net_width=16", "kernels=off", "method.iterations=2",
+        "method.init='real\\'s'", "method.nested.a=[1,2.5]", "method.nested.b=null",
+    ]  # fmt: skip
+    with pytest.raises(DDBenchError, match="does not record its seed"):
+        reproduce.distill_overrides(e, {k: v for k, v in meta.items() if k != "seed"})
