@@ -470,12 +470,29 @@ th { cursor: pointer; user-select: none; background: #f4f4f4; }
 th[aria-sort=ascending]::after { content: " \\25B2"; }
 th[aria-sort=descending]::after { content: " \\25BC"; }
 tbody tr:hover { background: #fafae8; }
-img.thumb { image-rendering: pixelated; height: 64px; display: block; }
-code.cmd { font-size: 0.85em; white-space: nowrap; }
+img.thumb { image-rendering: pixelated; display: block; }
+code.cmd { font-size: 0.8em; white-space: nowrap; color: #555; }
 .note { color: #a15c00; } code { background: #f4f4f4; padding: 0 0.2em; }
 figure.plots { display: flex; flex-wrap: wrap; gap: 1em; margin: 1em 0; }
 figure.plots figcaption { width: 100%; font-weight: 600; }
 """
+
+
+def _thumbnail_img(x: Row, b: Board) -> str:
+    """The ``<img>`` of a set's thumbnail, drawn at up to twice its size and 120 pixels high."""
+    thumb = thumbnail_path(x)
+    if not thumb.is_file():
+        return "–"
+    shape = x.meta.get("image_shape") or [1, 28, 28]
+    classes = int(x.meta.get("num_classes") or 10)
+    height = min(120, 2 * (classes * (int(shape[1]) + 1) + 1))
+    src = esc_url(thumb.relative_to(b.board).as_posix())
+    return (f'<img class="thumb" style="height: {height}px" src="{src}" '
+            f'alt="{html.escape(x.r["method"])}: one row per class">')  # fmt: skip
+
+
+def esc_url(path: str) -> str:
+    return html.escape(urllib.parse.quote(path))
 
 
 def page(b: Board) -> str:
@@ -511,7 +528,8 @@ def page(b: Board) -> str:
             sort = ' aria-sort="descending"' if k == "accuracy" else ""
             parts.append(f'<th data-key="{k}" data-type="{kind}" class="{kind}" '
                          f'title="{esc(tip)}"{sort}>{esc(head)}</th>')  # fmt: skip
-        parts.append('<th class="str">images</th><th class="str">reproduce</th>')
+            if k == "method":
+                parts.append('<th class="str" title="one row per class">images</th>')
         parts.append("</tr></thead><tbody>")
         for i, x in enumerate(rows, 1):
             c = cells(i, x, b)
@@ -520,16 +538,14 @@ def page(b: Board) -> str:
                 value, text, tip = c[k]
                 shown = esc(text)
                 if k == "set":
-                    shown = f'<a href="{esc(urllib.parse.quote(text))}">{esc(Path(text).name)}</a>'
+                    shown = (f'<a href="{esc(urllib.parse.quote(text))}">{esc(Path(text).name)}'
+                             f'</a><br><code class="cmd" title="reproduce this entry">'
+                             f"{esc(reproduce_command(x))}</code>")  # fmt: skip
                 tip = f' title="{esc(tip)}"' if tip else ""
                 out.append(f'<td data-key="{k}" data-value="{esc(value)}" class="{kinds[k]}"'
                            f"{tip}>{shown}</td>")  # fmt: skip
-            thumb = thumbnail_path(x)
-            img = (f'<img class="thumb" alt="{esc(x.r["method"])}: one row per class" '
-                   f'src="{esc(urllib.parse.quote(thumb.relative_to(b.board).as_posix()))}">'
-                   if thumb.is_file() else "–")  # fmt: skip
-            out.append(f'<td class="str">{img}</td>')
-            out.append(f'<td class="str"><code class="cmd">{esc(reproduce_command(x))}</code></td>')
+                if k == "method":
+                    out.append(f'<td class="str">{_thumbnail_img(x, b)}</td>')
             parts.append("<tr>" + "".join(out) + "</tr>")
         parts.append("</tbody></table></section>")
     for key, sets in b.cross.items():

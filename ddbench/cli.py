@@ -15,7 +15,7 @@
     ddbench expert   export DATASET OUT_DIR [--method mtt --num N --epochs E --source NAME]
     ddbench aggregate DIR... [--out table.md] [--csv table.csv]
     ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
-    ddbench leaderboard build | verify [--tolerance 1.0]   [--board leaderboard]
+    ddbench leaderboard build | verify [--tolerance 1.0] | reproduce ENTRY   [--board leaderboard]
 """
 
 from __future__ import annotations

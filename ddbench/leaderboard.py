@@ -2,17 +2,22 @@
 
     ddbench submit RESULT.json --synset SET.safetensors [--board leaderboard]
     ddbench leaderboard build  [--board leaderboard]
-    ddbench leaderboard verify [--board leaderboard] [--tolerance 1.0]
+    ddbench leaderboard verify [--board leaderboard] [--tolerance 1.0] [--own-only]
+    ddbench leaderboard reproduce ENTRY [--board leaderboard]
 
 A submission is a ``result.json`` (as ``ddbench run``/``evaluate`` wrote it) and the set file it
 scored. ``submit`` checks both (see :func:`check_submission` and ``leaderboard/SCHEMA.md``) and
 on success writes one entry, ``submissions/<dataset>/ipc<N>/<protocol>/<method>-<sha12>.json``,
 with the set copied beside it; a set already on the board (same tensors) is refused whatever
-its metadata says. A rejected submission changes nothing. ``build`` regenerates ``README.md``
-and ``index.html`` from the well-formed entries (:func:`scan`), listing the others as excluded;
+its metadata says, unless the result is another view of it (another pinned protocol or
+model: it joins the entry's ``other_results``). A rejected submission changes nothing.
+``build`` regenerates ``README.md``, ``index.html`` and the sets' thumbnails from the
+well-formed entries (:func:`scan`; ``ddbench.board_page``, scores from ``ddbench.scores``),
+listing the others as excluded;
 ``verify`` recomputes from each set what its entry claims, looks for test-set near-copies, and
-re-evaluates it under its pinned protocol. A malformed entry is flagged with its reason and
-never stops the others.
+re-evaluates it under its pinned protocol; ``reproduce`` reruns an entry's distillation
+(``ddbench.reproduce``). A malformed entry is flagged with its reason and never stops the
+others.
 """
 
 from __future__ import annotations

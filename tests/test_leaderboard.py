@@ -553,7 +553,8 @@ def test_board_scores_costs_thumbnails_plots_and_cross_architecture(rich_board, 
     dom = _dump_dom_raw((b / "index.html").as_uri() + "#sort=ior:asc", tmp_path)
     assert 'data-thumbs="3:0"' in dom and 'data-plots="2:0"' in dom, dom[-500:]
     iors = [float(v) for v in re.findall(r'data-key="ior" data-value="([-0-9.e]+)"', dom)]
-    assert len(iors) == 3 and iors == sorted(iors) and iors[-1] == pytest.approx(ior, abs=1e-6)
+    assert len(iors) == 3 and iors == sorted(iors) and min(abs(v - ior) for v in iors) < 1e-5
+    assert sum(iors) == pytest.approx(ior, abs=1e-5)  # the two random subsets' IORs cancel
 
 
 def _dump_dom_raw(url: str, tmp: Path) -> str:
