@@ -18,10 +18,12 @@
 #   CROSS_METHODS="random herding dm dc mtt sre2l"   the sets evaluated on them
 #                             (one per family by default: on CPU a 1000-epoch ResNet-18 or VGG11
 #                             evaluation costs ~6x ConvNet's; "${!PROTOCOL[@]}" = every method)
-#   SMOKE=1                   proof at a tiny budget: digits, IPC 1 (SMOKE_IPCS="1 2": more),
+#   SMOKE=1                   proof at a tiny budget: digits, IPC 1 (SMOKE_IPCS="1 10": both),
 #                             protocol quick for every run, 2 outer iterations, a width-16
 #                             ConvNet (set BOARD and OUT elsewhere)
 #
+# A method added to conf/method/ later joins the `matching` stage at its own defaults (its
+# entry says "CPU budget: the method's defaults"): give it a CPU budget in budget() below.
 # The budgets are CPU budgets, far below the papers' (each entry says so on the page: "CPU
 # budget: ..."); they follow bench/reproduce_matching.sh, reproduce_trajectory.sh,
 # reproduce_sre2l.sh and reproduce_selection.sh. Estimates are CPU minutes on a 2-core AMD EPYC
