@@ -472,7 +472,8 @@ def test_readme_and_page_show_names_literally(runs, tmp_path):
     _place(b, r, path, "odd")
     leaderboard.build(b)
     readme, index = (b / "README.md").read_text(), (b / "index.html").read_text()
-    assert "<img" not in readme and "<img" not in index
+    assert "<img" not in readme and "<img src=x" not in index
+    assert index.count("<img") == index.count('<img class="thumb"') == 1  # the set's thumbnail
     md = '&lt;img src=x onerror="alert(1)"&gt;\\|\\*b\\*\\[l\\](j)'
     assert f"| {md} |" in readme
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;|*b*[l](j)" in index
