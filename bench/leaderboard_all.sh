@@ -67,10 +67,17 @@ with initialize_config_module("ddbench.conf", version_base=None):
                                                 resolve=True))
         if getattr(m, "kind", "image") == "image" and name != "full":
             print(name, getattr(m, "protocol", None) or "standard")
+from ddbench.protocol import Protocol, protocol_config
+folder = importlib.resources.files("ddbench.conf") / "protocol"
+for f in sorted(folder.iterdir(), key=lambda f: f.name):
+    if f.name.endswith(".yaml") and Protocol.from_config(protocol_config(f.name[:-5])).lr_from_set:
+        print("lr-from-set", f.name[:-5])
 EOF
 )
-declare -A PROTOCOL
-for line in "${METHODS[@]}"; do PROTOCOL[${line%% *}]=${line#* }; done
+declare -A PROTOCOL LR_FROM_SET
+for line in "${METHODS[@]}"; do
+  if [[ $line == lr-from-set* ]]; then LR_FROM_SET[${line#* }]=1; else PROTOCOL[${line%% *}]=${line#* }; fi
+done
 
 # CPU budgets: method -> overrides (IPC-dependent ones are set in budget()).
 TRAJ=(method.num_experts=1 method.expert_epochs=2 method.iterations=200 method.syn_steps=20
@@ -201,6 +208,8 @@ run_stage() {
           [[ $SMOKE == 1 ]] && protos=quick
           NOTE="no distillation budget"
           for p in $protos; do
+            # a random subset stores no learned lr: no random reference (IOR "-") under these
+            [[ -z ${LR_FROM_SET[$p]:-} ]] || continue
             entry refs "$OUT/$ds/ipc$ipc/$p/random" "$p" random "$ds" "$ipc" seed=0
           done ;;
         selection | matching | trajectory | recover)
