@@ -16,7 +16,7 @@
     ddbench transfer [SET] --pair NAME | --target DATASET [--protocol transfer] [--out r.json]
     ddbench aggregate DIR... [--out table.md] [--csv table.csv]
     ddbench submit   RESULT.json --synset SET.safetensors [--board leaderboard]
-    ddbench leaderboard build | verify [--tolerance 1.0]   [--board leaderboard]
+    ddbench leaderboard build | verify [--tolerance 1.0] | reproduce ENTRY   [--board leaderboard]
 """
 
 from __future__ import annotations
@@ -487,6 +487,9 @@ def _distill(cfg, run_dir: Path, tracker) -> Any:
     torch.manual_seed(int(cfg.seed))
     s = run_distill(method, task)
     s.meta["config_key"] = key
+    # what the key covers besides the set's own metadata (ddbench leaderboard reproduce)
+    s.meta["distill_config"] = {"model": cfg.model.name, "model_kwargs": model_kwargs,
+                                "precision": precision, "kernels": str(cfg.kernels), **zca}  # fmt: skip
     synset.save(s, out)
     task.checkpointer.clear()
     log.info("saved %s (%d images, %.1fs)", out, len(s), s.meta["cost"]["wall_seconds"])

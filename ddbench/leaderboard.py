@@ -2,24 +2,28 @@
 
     ddbench submit RESULT.json --synset SET.safetensors [--board leaderboard]
     ddbench leaderboard build  [--board leaderboard]
-    ddbench leaderboard verify [--board leaderboard] [--tolerance 1.0]
+    ddbench leaderboard verify [--board leaderboard] [--tolerance 1.0] [--own-only]
+    ddbench leaderboard reproduce ENTRY [--board leaderboard]
 
 A submission is a ``result.json`` (as ``ddbench run``/``evaluate`` wrote it) and the set file it
 scored. ``submit`` checks both (see :func:`check_submission` and ``leaderboard/SCHEMA.md``) and
 on success writes one entry, ``submissions/<dataset>/ipc<N>/<protocol>/<method>-<sha12>.json``,
 with the set copied beside it; a set already on the board (same tensors) is refused whatever
-its metadata says. A rejected submission changes nothing. ``build`` regenerates ``README.md``
-and ``index.html`` from the well-formed entries (:func:`scan`), listing the others as excluded;
+its metadata says, unless the result is another view of it (another pinned protocol or
+model: it joins the entry's ``other_results``). A rejected submission changes nothing.
+``build`` regenerates ``README.md``, ``index.html`` and the sets' thumbnails from the
+well-formed entries (:func:`scan`; ``ddbench.board_page``, scores from ``ddbench.scores``),
+listing the others as excluded;
 ``verify`` recomputes from each set what its entry claims, looks for test-set near-copies, and
-re-evaluates it under its pinned protocol. A malformed entry is flagged with its reason and
-never stops the others.
+re-evaluates it under its pinned protocol; ``reproduce`` reruns an entry's distillation
+(``ddbench.reproduce``). A malformed entry is flagged with its reason and never stops the
+others.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import html
 import json
 import math
 import os
@@ -27,8 +31,6 @@ import re
 import shutil
 import sys
 import unicodedata
-import urllib.parse
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -517,26 +519,36 @@ def entry_path(board: Path, result: dict) -> Path:
 
 def submit(
     result_path: str | Path, synset_path: str | Path, board: str | Path = DEFAULT_BOARD,
-    limits: Limits | None = None,
+    limits: Limits | None = None, budget: str | None = None,
 ) -> Path:  # fmt: skip
     """Validate and add a submission to ``board``; returns the entry's path.
 
     One set, one entry: a set whose tensors (``synset.sha256``) are already on the board is
-    refused, whatever its method name or other metadata say.
+    refused, whatever its method name or other metadata say, unless the result is a new view
+    of it (the same method's set under another pinned protocol or on another model): that
+    result joins the entry's ``other_results``. ``budget``: the distillation budget as a short
+    text (e.g. ``CPU budget: 200 of 20000 iterations``), stored in the entry.
     """
     from ddbench.synset import atomic_write
 
     board = Path(board)
+    if budget is not None:
+        errors = text_errors(budget, "--budget")
+        if errors or len(budget) > 200:
+            raise DDBenchError(errors[0] if errors else "--budget is over 200 characters")
     result, _, checks = check_submission(result_path, synset_path, limits)
     sha = result["synset"]["sha256"]
     entry = entry_path(board, result)
     if not entry.resolve().is_relative_to(board.resolve()):
         raise DDBenchError(f"{entry.parent} leads outside the board (a symlinked folder?)")
     good, bad = scan(board, limits)
-    known = [f for f, e, _ in good if e["synset"]["sha256"] == sha]
-    known += [f for f, _ in bad if f.stem.endswith(f"-{sha[:12]}")]
+    same = [(f, e) for f, e, _ in good if e["synset"]["sha256"] == sha]
+    known = [f for f, _ in same] + [f for f, _ in bad if f.stem.endswith(f"-{sha[:12]}")]
+    if same and len(known) == 1 and _attachable(same[0][1], result):
+        return _attach(same[0][0], same[0][1], result, result_path)
     if known:
         raise DDBenchError(f"this set is already on the board: {known[0]} (one set, one entry)")
+    checks["set"]["train_images"] = _train_images(result["dataset"])
     set_file = entry.with_suffix(".safetensors")
     stored = dict(result)
     stored["synset"] = {"path": set_file.name, "sha256": sha}
@@ -546,6 +558,7 @@ def submit(
         "set_file": set_file.name,
         "set_file_bytes": Path(synset_path).stat().st_size,
         "checked_by": f"ddbench {ddbench.__version__}",
+        **({"budget": budget} if budget else {}),
         "set": checks["set"],
         "checks": {"near_copies": checks["near_copies"]},
     }
@@ -557,6 +570,55 @@ def submit(
         set_file.unlink(missing_ok=True)
         raise
     return entry
+
+
+def _view(r: dict) -> tuple:
+    """What makes two results of one set different views: protocol (hash) and model."""
+    kw = r.get("model_kwargs") or {}
+    return (r["protocol"]["hash"], r["model"], json.dumps(kw, sort_keys=True))
+
+
+def results_of(e: dict) -> list[dict]:
+    """An entry's results: its own, then the other views of its set (``other_results``: the
+    same set under another pinned protocol or on another model)."""
+    others = e.get("other_results")
+    return [e, *(others if isinstance(others, list) else [])]
+
+
+def _attachable(e: dict, result: dict) -> bool:
+    """A result of a set already on the board joins its entry when it is a new view (another
+    protocol or model) of the same method's set."""
+    if (result["method"], result["dataset"], result["ipc"]) != (e["method"], e["dataset"],
+                                                                e["ipc"]):  # fmt: skip
+        return False
+    return _view(result) not in {_view(r) for r in results_of(e)}
+
+
+def _attach(f: Path, e: dict, result: dict, result_path: str | Path) -> Path:
+    """Add ``result`` (checked by :func:`check_submission`) to entry ``f`` as another view."""
+    from ddbench.synset import atomic_write
+
+    view = dict(result)
+    view["synset"] = {"path": e["synset"]["path"], "sha256": e["synset"]["sha256"]}
+    view["submission"] = {
+        "submitted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "result_file": _safe(Path(result_path).name),
+        "checked_by": f"ddbench {ddbench.__version__}",
+    }
+    stored = dict(e, other_results=[*e.get("other_results", []), view])
+    text = json.dumps(stored, indent=2) + "\n"
+    atomic_write(f, lambda tmp: Path(tmp).write_text(text))
+    return f
+
+
+def _train_images(dataset: str) -> int | None:
+    """Images in the dataset's train split (the compression ratio's reference)."""
+    from ddbench import data
+
+    try:
+        return len(data.load_split(dataset, "train"))
+    except DDBenchError:
+        return None
 
 
 # ----------------------------------------------------------------------------- build
@@ -628,9 +690,9 @@ def scan(
             if errors:
                 raise DDBenchError("; ".join(errors[:3]))
             meta = _set_header(_set_file(root, f, e), limits.max_set_bytes)
-            errors = _header_errors(e, meta)
+            errors = _header_errors(e, meta) + _other_results_errors(e, meta)
             if errors:
-                raise DDBenchError("; ".join(errors))
+                raise DDBenchError("; ".join(errors[:3]))
             sha = e["synset"]["sha256"]
             if sha in seen:
                 raise DDBenchError(f"the same set as {seen[sha]} (one set, one entry)")
@@ -647,34 +709,30 @@ def _graph_schema() -> dict[str, Any]:
     return GRAPH_SCHEMA
 
 
+def _other_results_errors(e: dict, meta: dict) -> list[str]:
+    """What is wrong with an entry's ``other_results`` (each a result of the entry's set)."""
+    others = e.get("other_results", [])
+    if not isinstance(others, list):
+        return ["'other_results' must be a list"]
+    errors, views = [], {_view(e)}
+    for i, r in enumerate(others):
+        where = f"other_results[{i}]"
+        found = [f"{where}: {x}" for x in schema_errors(r)]
+        if not found:
+            found = text_errors(r, where, skip=(f"{where}.synset.path", f"{where}.submission"))
+            found += [f"{where}: {x}" for x in _header_errors(r, meta)]
+            if r["synset"]["path"] != e["synset"]["path"]:
+                found.append(f"{where} scored another set file than the entry's")
+            if _view(r) in views:
+                found.append(f"{where} repeats a protocol and model of the entry")
+            views.add(_view(r))
+        errors += found
+    return errors
+
+
 def entries(board: str | Path = DEFAULT_BOARD) -> list[tuple[Path, dict]]:
     """The board's well-formed entries, as ``(path, entry)`` (see :func:`scan`)."""
     return [(f, e) for f, e, _ in scan(board)[0]]
-
-
-def _table_key(e: dict, meta: dict) -> tuple:
-    """(dataset, split, budget, protocol name, hash); budget: the IPC, or "full" for a set
-    holding the whole train split. Test-split IPC tables sort first."""
-    budget = "full" if meta.get("full_dataset") else int(e["ipc"])
-    budget = "graphs" if _graph(e) else budget  # graph sets: one table per dataset x protocol
-    return (e["dataset"], e.get("split", "test"), budget, e["protocol"]["name"],
-            e["protocol"]["hash"])  # fmt: skip
-
-
-def _order(key: tuple) -> tuple:
-    ds, split, budget, name, h = key
-    n = budget if isinstance(budget, int) else 0
-    return (ds, split != "test", split, budget == "full", n, name, h)
-
-
-def _groups(board: Path) -> tuple[dict[tuple, list[tuple[Path, dict]]], list[tuple[Path, str]]]:
-    good, bad = scan(board)
-    groups: dict[tuple, list] = defaultdict(list)
-    for f, e, meta in good:
-        groups[_table_key(e, meta)].append((f, e))
-    for rows in groups.values():
-        rows.sort(key=lambda fe: -fe[1]["accuracy"]["mean"])
-    return dict(sorted(groups.items(), key=lambda kv: _order(kv[0]))), bad
 
 
 def _model_label(e: dict) -> str:
@@ -694,207 +752,12 @@ def _model_label(e: dict) -> str:
     return e["model"] + (f" ({diff})" if diff else "")
 
 
-_COLUMNS = (  # key, header, type
-    ("rank", "#", "num"), ("method", "method", "str"), ("accuracy", "accuracy (%)", "num"),
-    ("std", "std", "num"), ("distill", "distill (s)", "num"), ("eval", "eval (s)", "num"),
-    ("bytes", "storage (bytes)", "num"), ("model", "model", "str"), ("set", "set", "str"),
-)  # fmt: skip
+def build(board: str | Path = DEFAULT_BOARD, out=None) -> tuple[Path, Path]:
+    """Regenerate ``README.md``, ``index.html`` and the missing thumbnails of ``board``
+    (``ddbench.board_page``)."""
+    from ddbench import board_page
 
-
-def _row(rank: int, f: Path, e: dict, board: Path) -> dict[str, tuple[str, str]]:
-    """column key -> (sort value, display text)."""
-    c = e.get("cost") or {}
-    d = c.get("distill_seconds")
-    link = f.with_name(e["synset"]["path"]).relative_to(board).as_posix()
-    acc = e["accuracy"]
-    return {
-        "rank": (str(rank), str(rank)),
-        "method": (e["method"], e["method"]),
-        "accuracy": (f"{acc['mean']:.4f}", f"{acc['mean']:.2f}"),
-        "std": (f"{acc['std']:.4f}", f"{acc['std']:.2f}"),
-        "distill": ("" if d is None else f"{d:.3f}", "–" if d is None else f"{d:.1f}"),
-        "eval": (f"{c['eval_seconds']:.3f}", f"{c['eval_seconds']:.1f}"),
-        "bytes": (str(c["synset_bytes"]), f"{c['synset_bytes']:,}"),
-        "model": (_model_label(e), _model_label(e)),
-        "set": (link, link),
-    }
-
-
-def _title(key: tuple) -> str:
-    ds, split, budget, name, h = key
-    size = {"full": "full dataset", "graphs": "graph sets"}.get(budget, f"IPC {budget}")
-    other = "" if split == "test" else f" · {split} split, not a test score"
-    return f"{ds} · {size} · {name} ({h}){other}"
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
-
-
-def _md(text: Any) -> str:
-    """``text`` shown literally in Markdown: HTML escaped, Markdown punctuation backslashed."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False)).replace("\n", " ")
-
-
-_EXCLUDED = ("These entries fail the board's checks and are left out of the tables "
-             "(`ddbench leaderboard verify` flags them too):")  # fmt: skip
-
-
-def markdown(board: Path) -> str:
-    groups, bad = _groups(board)
-    lines = [
-        "# ddbench leaderboard",
-        "",
-        "Generated by `ddbench leaderboard build` from `submissions/`; do not edit by hand.",
-        "One table per dataset × IPC (or full dataset) × pinned protocol, test split; results on",
-        "another split have tables of their own. Accuracy: the protocol's final-epoch accuracy,",
-        "mean and std over its seeds. `index.html` has the same tables, sortable.",
-        "Submitting: `docs/leaderboard.md`; entry schema: `SCHEMA.md`.",
-        "",
-    ]
-    if not groups:
-        lines += ["No submissions yet.", ""]
-    for key, rows in groups.items():
-        lines += [f"## {_md(_title(key))}", ""]
-        if not all(e["protocol"].get("comparable", True) for _, e in rows):
-            lines += ["*Smoke protocol: not comparable with papers or other protocols.*", ""]
-        lines.append("| " + " | ".join(h for _, h, _ in _COLUMNS) + " |")
-        lines.append("|" + "---|" * len(_COLUMNS))
-        for i, (f, e) in enumerate(rows, 1):
-            r = _row(i, f, e, board)
-            cells = [r[k][1] if kind == "num" else _md(r[k][1]) for k, _, kind in _COLUMNS]
-            link = r["set"][1]
-            cells[-1] = f"[{_md(Path(link).name)}]({urllib.parse.quote(link)})"
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-    if bad:
-        lines += ["## Excluded entries", "", _EXCLUDED, ""]
-        lines += [f"- {_md(f.relative_to(board).as_posix())}: {_md(why)}" for f, why in bad]
-        lines.append("")
-    return "\n".join(lines)
-
-
-_JS = r"""
-(function () {
-  function sortTable(table, key, dir) {
-    var ths = Array.prototype.slice.call(table.tHead.rows[0].cells);
-    var col = -1;
-    ths.forEach(function (th, i) { if (th.dataset.key === key) col = i; });
-    if (col < 0) return false;
-    var num = ths[col].dataset.type === "num";
-    var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value, c;
-      if (num) {
-        var fx = parseFloat(x), fy = parseFloat(y);
-        if (isNaN(fx) || isNaN(fy)) return (isNaN(fx) ? 1 : 0) - (isNaN(fy) ? 1 : 0);
-        c = fx - fy;
-      } else { c = x.localeCompare(y); }
-      return dir === "asc" ? c : -c;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-    ths.forEach(function (th) { th.removeAttribute("aria-sort"); });
-    ths[col].setAttribute("aria-sort", dir === "asc" ? "ascending" : "descending");
-    table.dataset.sort = key + ":" + dir;
-    return true;
-  }
-  function fromHash() {
-    var m = /(?:^#|&)sort=([A-Za-z_]+)(?::(asc|desc))?/.exec(location.hash);
-    if (!m) return;
-    document.querySelectorAll("table.board").forEach(function (t) {
-      sortTable(t, m[1], m[2] || "desc");
-    });
-  }
-  document.querySelectorAll("table.board").forEach(function (t) {
-    Array.prototype.forEach.call(t.tHead.rows[0].cells, function (th) {
-      th.addEventListener("click", function () {
-        var cur = (t.dataset.sort || "").split(":");
-        var dir = cur[0] === th.dataset.key && cur[1] === "desc" ? "asc" : "desc";
-        if (sortTable(t, th.dataset.key, dir)) {
-          history.replaceState(null, "", "#sort=" + th.dataset.key + ":" + dir);
-        }
-      });
-    });
-  });
-  window.addEventListener("hashchange", fromHash);
-  fromHash();
-})();
-"""
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table.board { border-collapse: collapse; min-width: 60%; }
-th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
-td:nth-child(2), td:nth-child(8), td:nth-child(9), th:nth-child(2), th:nth-child(8),
-th:nth-child(9) { text-align: left; }
-th { cursor: pointer; user-select: none; background: #f4f4f4; }
-th[aria-sort=ascending]::after { content: " \\25B2"; }
-th[aria-sort=descending]::after { content: " \\25BC"; }
-tbody tr:hover { background: #fafae8; }
-.note { color: #a15c00; } code { background: #f4f4f4; padding: 0 0.2em; }
-"""
-
-
-def page(board: Path) -> str:
-    esc = html.escape
-    groups, bad = _groups(board)
-    parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>ddbench leaderboard</title>", f"<style>{_CSS}</style></head><body>",
-        "<h1>ddbench leaderboard</h1>",
-        "<p>One table per dataset × IPC (or full dataset) × pinned protocol, test split; results "
-        "on another split have tables of their own. Accuracy: final-epoch accuracy, "
-        "mean and std over the protocol's seeds. Click a column header to sort; a link such as "
-        "<code>#sort=accuracy:asc</code> sorts on load. Generated by "
-        "<code>ddbench leaderboard build</code>.</p>",
-    ]  # fmt: skip
-    if not groups:
-        parts.append("<p>No submissions yet.</p>")
-    for key, rows in groups.items():
-        ds, split, budget, name, h = key
-        parts.append(f'<section data-dataset="{esc(ds)}" data-ipc="{budget}" '
-                     f'data-split="{esc(split)}" data-protocol="{esc(name)}">')  # fmt: skip
-        parts.append(f"<h2>{esc(_title(key))}</h2>")
-        if not all(e["protocol"].get("comparable", True) for _, e in rows):
-            parts.append('<p class="note">Smoke protocol: not comparable with papers.</p>')
-        parts.append('<table class="board" data-sort="accuracy:desc"><thead><tr>')
-        for k, head, kind in _COLUMNS:
-            sort = ' aria-sort="descending"' if k == "accuracy" else ""
-            parts.append(f'<th data-key="{k}" data-type="{kind}"{sort}>{esc(head)}</th>')
-        parts.append("</tr></thead><tbody>")
-        for i, (f, e) in enumerate(rows, 1):
-            r = _row(i, f, e, board)
-            cells = []
-            for k, _, _ in _COLUMNS:
-                value, text = r[k]
-                href = esc(urllib.parse.quote(text))
-                shown = (f'<a href="{href}">{esc(Path(text).name)}</a>' if k == "set"
-                         else esc(text))  # fmt: skip
-                cells.append(f'<td data-key="{k}" data-value="{esc(value)}">{shown}</td>')
-            parts.append("<tr>" + "".join(cells) + "</tr>")
-        parts.append("</tbody></table></section>")
-    if bad:
-        parts += ['<section id="excluded"><h2>Excluded entries</h2>', f"<p>{esc(_EXCLUDED)}</p>",
-                  "<ul>"]  # fmt: skip
-        parts += [f"<li><code>{esc(f.relative_to(board).as_posix())}</code>: {esc(why)}</li>"
-                  for f, why in bad]  # fmt: skip
-        parts.append("</ul></section>")
-    parts += [f"<script>{_JS}</script>", "</body></html>", ""]
-    return "\n".join(parts)
-
-
-def build(board: str | Path = DEFAULT_BOARD) -> tuple[Path, Path]:
-    """Regenerate ``README.md`` and ``index.html`` of ``board``."""
-    from ddbench.synset import atomic_write
-
-    board = Path(board)
-    md, page_html = markdown(board), page(board)
-    readme, index = board / "README.md", board / "index.html"
-    atomic_write(readme, lambda tmp: Path(tmp).write_text(md))
-    atomic_write(index, lambda tmp: Path(tmp).write_text(page_html))
-    return readme, index
+    return board_page.write(board, out)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -903,7 +766,7 @@ def build(board: str | Path = DEFAULT_BOARD) -> tuple[Path, Path]:
 def verify(
     board: str | Path = DEFAULT_BOARD, tolerance: float = 1.0, *, epochs: int | None = None,
     seeds: list[int] | None = None, device: str = "auto", limits: Limits | None = None,
-    out=print,
+    out=print, all_results: bool = True,
 ) -> list[dict]:  # fmt: skip
     """Check every entry against its set and re-evaluate it; returns one report per entry.
 
@@ -915,11 +778,11 @@ def verify(
     by more than ``tolerance`` points. Every entry prints one line, ``OK`` or ``FLAG`` with the
     reasons. ``epochs``/``seeds`` change the protocol for tests only: seeds restricts the
     comparison to those seeds' accuracies; an epochs override makes the check meaningless and
-    is marked as such.
+    is marked as such. Every result of an entry (:func:`results_of`: its own and the other
+    views of its set) is checked and re-evaluated; ``all_results=False``: its own only.
     """
     from ddbench import synset as synset_io
     from ddbench.engine import pick_device
-    from ddbench.protocol import evaluate
 
     board = Path(board)
     limits = limits or Limits()
@@ -942,11 +805,14 @@ def verify(
             continue
         rep: dict[str, Any] = {"entry": str(f), "flags": [], "override": override or None}
         reports.append(rep)
+        views = results_of(e) if all_results else [e]
         try:
-            proto = _check_protocol(e)
+            protos = [_check_protocol(r) for r in views]
             path = _set_file(root, f, e)
             s = synset_io.load(path)
-            rep["flags"] += claim_errors(e, set_facts(s), proto.labels)
+            facts = set_facts(s)
+            for r, proto in zip(views, protos):
+                rep["flags"] += claim_errors(r, facts, proto.labels)
         except DDBenchError as err:
             rep["flags"].append(str(err))
         if rep["flags"]:
@@ -959,39 +825,51 @@ def verify(
             rep["flags"].append(f"could not look for near-copies: {err}")
         if nc["copies"]:
             rep["flags"].append(_copies_message(nc))
-        if epochs is not None:
-            proto.epochs = int(epochs)
-        if seeds is not None:
-            proto.seeds = [int(x) for x in seeds]
-        submitted = {d["seed"]: d["accuracy"] for d in e["accuracy"]["per_seed"]}
-        missing = [x for x in proto.seeds if x not in submitted]
-        if missing:
-            rep["flags"].append(f"the entry has no accuracy for seed(s) {missing}")
-            out(f"FLAG {f}: {'; '.join(rep['flags'])}")
-            continue
         s.meta["_path"] = str(path)
-        try:
-            r = evaluate(s, proto, e["model"], e.get("model_kwargs") or {}, device=device,
-                         progress=False, split=e.get("split", "test"))  # fmt: skip
-        except (DDBenchError, TypeError, ValueError, KeyError) as err:
-            rep["flags"].append(f"could not re-evaluate: {err}")
-            out(f"FLAG {f}: {'; '.join(rep['flags'])}")
-            continue
-        claimed = sum(submitted[x] for x in proto.seeds) / len(proto.seeds)
-        rep.update(claimed=claimed, reevaluated=r["accuracy"]["mean"],
-                   difference=r["accuracy"]["mean"] - claimed)  # fmt: skip
-        if abs(rep["difference"]) > tolerance:
-            rep["flags"].append(
-                f"re-evaluated {r['accuracy']['mean']:.2f} % vs submitted {claimed:.2f} % "
-                f"(difference {rep['difference']:+.2f} > tolerance {tolerance})"
-            )
+        details, rep["results"] = [], []
+        for i, (r, proto) in enumerate(zip(views, protos)):
+            one = _reevaluate(s, r, proto, epochs, seeds, device, tolerance)
+            one["view"] = f"{r['protocol']['name']}/{_model_label(r)}"
+            rep["results"].append(one)
+            if i == 0:
+                rep.update({k: one[k] for k in ("claimed", "reevaluated", "difference")
+                            if k in one})  # fmt: skip
+            rep["flags"] += [f"{one['view']}: {x}" if i else x for x in one["flags"]]
+            details.append((f"{one['view']}: " if i else "") + one["detail"])
         status = "FLAG" if rep["flags"] else "OK  "
-        detail = "; ".join(rep["flags"]) or (
-            f"re-evaluated {rep['reevaluated']:.2f} % vs submitted {claimed:.2f} % "
-            f"(difference {rep['difference']:+.2f}, tolerance {tolerance})"
-        )
-        out(f"{status} {f}: {detail}{tag}")
+        out(f"{status} {f}: {'; '.join(rep['flags']) or '; '.join(details)}{tag}")
     return reports
+
+
+def _reevaluate(s, r: dict, proto, epochs, seeds, device, tolerance: float) -> dict[str, Any]:
+    """Re-evaluate set ``s`` as result ``r`` claims (its pinned protocol, model, split)."""
+    from ddbench.protocol import evaluate
+
+    one: dict[str, Any] = {"flags": [], "detail": ""}
+    if epochs is not None:
+        proto.epochs = int(epochs)
+    if seeds is not None:
+        proto.seeds = [int(x) for x in seeds]
+    submitted = {d["seed"]: d["accuracy"] for d in r["accuracy"]["per_seed"]}
+    missing = [x for x in proto.seeds if x not in submitted]
+    if missing:
+        one["flags"].append(f"the entry has no accuracy for seed(s) {missing}")
+        return one
+    try:
+        new = evaluate(s, proto, r["model"], r.get("model_kwargs") or {}, device=device,
+                       progress=False, split=r.get("split", "test"))  # fmt: skip
+    except (DDBenchError, TypeError, ValueError, KeyError) as err:
+        one["flags"].append(f"could not re-evaluate: {err}")
+        return one
+    claimed = sum(submitted[x] for x in proto.seeds) / len(proto.seeds)
+    got = new["accuracy"]["mean"]
+    one.update(claimed=claimed, reevaluated=got, difference=got - claimed)
+    if abs(got - claimed) > tolerance:
+        one["flags"].append(f"re-evaluated {got:.2f} % vs submitted {claimed:.2f} % "
+                            f"(difference {got - claimed:+.2f} > tolerance {tolerance})")  # fmt: skip
+    one["detail"] = (f"re-evaluated {got:.2f} % vs submitted {claimed:.2f} % "
+                     f"(difference {got - claimed:+.2f}, tolerance {tolerance})")  # fmt: skip
+    return one
 
 
 # ----------------------------------------------------------------------------- commands
@@ -1022,9 +900,12 @@ def main_submit(args: list[str]) -> None:
     p.add_argument("result", help="result.json written by ddbench run/evaluate")
     p.add_argument("--synset", required=True, help="the .safetensors set the result scored")
     p.add_argument("--board", default=DEFAULT_BOARD, help="the leaderboard directory")
+    p.add_argument("--budget", default=None,
+                   help="the distillation budget, shown on the page (e.g. 'CPU budget: 200 of "
+                        "the paper's 20000 iterations')")  # fmt: skip
     _limits_args(p)
     a = p.parse_args(args)
-    entry = submit(a.result, a.synset, a.board, _limits(a))
+    entry = submit(a.result, a.synset, a.board, _limits(a), budget=a.budget)
     print(f"accepted: {entry}")
     print(f"run `ddbench leaderboard build --board {a.board}` to update the tables")
 
@@ -1043,10 +924,30 @@ def main_leaderboard(args: list[str]) -> None:
                    help="TESTS ONLY: comma-separated seeds to re-evaluate (a subset)")  # fmt: skip
     v.add_argument("--device", default="auto")
     v.add_argument("--report", default=None, help="also write the reports as JSON")
+    v.add_argument("--own-only", action="store_true",
+                   help="re-evaluate each entry's own result only, not the other views of its "
+                        "set (other protocols, other models)")  # fmt: skip
     _limits_args(v)
+    r = sub.add_parser("reproduce", help="rerun an entry's distillation from its recorded "
+                                         "config and seed, evaluate the new set, compare")  # fmt: skip
+    r.add_argument("entry", help="the entry: its file, or its name (e.g. dm-0123456789ab)")
+    r.add_argument("--board", default=DEFAULT_BOARD)
+    r.add_argument("--workdir", default=None,
+                   help="where the rerun works (default: outputs/reproduce/<entry>); rerunning "
+                        "the same command resumes there")  # fmt: skip
+    r.add_argument("--device", default="auto")
+    r.add_argument("--report", default=None, help="also write the report as JSON")
     a = p.parse_args(args)
+    if a.action == "reproduce":
+        from ddbench import reproduce
+
+        rep = reproduce.main(a)
+        if not rep["within"]:
+            sys.stdout.flush()
+            raise SystemExit(1)
+        return
     if a.action == "build":
-        readme, index = build(a.board)
+        readme, index = build(a.board, out=print)
         good, bad = scan(a.board)
         for f, why in bad:
             print(f"EXCLUDED {f}: {why}")
@@ -1054,7 +955,7 @@ def main_leaderboard(args: list[str]) -> None:
         return
     seeds = [int(x) for x in a.seeds.split(",")] if a.seeds else None
     reports = verify(a.board, a.tolerance, epochs=a.epochs, seeds=seeds, device=a.device,
-                     limits=_limits(a))  # fmt: skip
+                     limits=_limits(a), all_results=not a.own_only)  # fmt: skip
     flagged = [r for r in reports if r["flags"]]
     if a.report:
         from ddbench.synset import atomic_write

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ddbench import engine
 from ddbench.data import DatasetSpec, RealDataset
 from ddbench.errors import DDBenchError
-from ddbench.provenance import peak_memory_bytes
+from ddbench.provenance import machine, peak_memory_bytes
 from ddbench.synset import SyntheticSet, atomic_write
 
 log = logging.getLogger("ddbench")
@@ -444,6 +444,7 @@ def run_distill(method: Method, task: Task) -> SyntheticSet:
         "resumed_seconds": before,
         "peak_memory_bytes": peak_memory_bytes(task.device),
         "device": task.device.type,
+        "machine": machine(task.device),
         "precision": task.precision,  # bf16 autocast changes the numbers, not only the time
     }
     return synset

@@ -7,7 +7,9 @@ seed: a few seconds there) with a narrow ConvNet (the model is reported beside t
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -19,6 +21,7 @@ from cli_runner import run_cli
 
 from ddbench import leaderboard, synset
 from ddbench.cli import main
+from ddbench.errors import DDBenchError
 
 RUN = ["method=random", "dataset=digits", "ipc=1", "protocol=quick", "model.kwargs.net_width=16",
        "progress=false"]  # fmt: skip
@@ -469,7 +472,8 @@ def test_readme_and_page_show_names_literally(runs, tmp_path):
     _place(b, r, path, "odd")
     leaderboard.build(b)
     readme, index = (b / "README.md").read_text(), (b / "index.html").read_text()
-    assert "<img" not in readme and "<img" not in index
+    assert "<img" not in readme and "<img src=x" not in index
+    assert index.count("<img") == index.count('<img class="thumb"') == 1  # the set's thumbnail
     md = '&lt;img src=x onerror="alert(1)"&gt;\\|\\*b\\*\\[l\\](j)'
     assert f"| {md} |" in readme
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;|*b*[l](j)" in index
@@ -487,3 +491,143 @@ def test_submit_never_writes_outside_the_board(runs, tmp_path, capsys):
               "--board", str(b)])  # fmt: skip
     assert e.value.code != 0 and "leads outside the board" in capsys.readouterr().err
     assert list(outside.rglob("*")) == []
+
+
+# ----------------------------------------------------------------------------- the reference table
+
+
+@pytest.fixture(scope="module")
+def dm_run(tmp_path_factory, ddbench_data_root) -> Path:
+    """A cheap DM run (2 iterations) under the same protocol and model as the random runs."""
+    tmp = tmp_path_factory.mktemp("dm")
+    p = run_cli("run", *[a.replace("random", "dm") for a in RUN], "method.iterations=2",
+                "seed=0", f"hydra.run.dir={tmp}", cwd=tmp)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def rich_board(runs, dm_run, tmp_path_factory) -> Path:
+    """The two random runs, the DM run and a ConvNet-BN view of the first random set, built."""
+    from ddbench.protocol import evaluate, write_result
+
+    b = tmp_path_factory.mktemp("rich") / "board"
+    for d in [*runs, dm_run]:
+        leaderboard.submit(d / "result.json", d / "synset.safetensors", b, budget="CPU budget")
+    s = synset.load(runs[0] / "synset.safetensors")
+    s.meta["_path"] = str(runs[0] / "synset.safetensors")
+    r = evaluate(s, leaderboard._pinned_protocol("quick"), "convnet_bn", {"net_width": 16},
+                 device="cpu", progress=False)  # fmt: skip
+    view = write_result(r, b.parent / "view" / "result.json")
+    entry = leaderboard.submit(view, runs[0] / "synset.safetensors", b)
+    assert len(leaderboard.entries(b)) == 3  # the view joined its set's entry
+    assert [x["model"] for x in leaderboard.results_of(json.loads(entry.read_text()))] == [
+        "convnet", "convnet_bn"]  # fmt: skip
+    leaderboard.build(b)
+    return b
+
+
+def test_board_scores_costs_thumbnails_plots_and_cross_architecture(rich_board, tmp_path):
+    b = rich_board
+    es = leaderboard.entries(b)
+    rnd = [e["accuracy"]["mean"] for _, e in es if e["method"] == "random"]
+    dm = next(e for _, e in es if e["method"] == "dm")
+    readme = (b / "README.md").read_text()
+    ior = (dm["accuracy"]["mean"] - sum(rnd) / len(rnd)) / 100
+    row = next(ln for ln in readme.splitlines() if ln.startswith("| ") and "| dm |" in ln)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[4] == f"{ior:+.3f}" and cells[5:8] == ["-", "-", "-"]  # no full-data reference
+    assert "CPU budget" in row and "2 it." in row
+    assert "## Cross-architecture: digits · IPC 1 · quick" in readme
+    # a thumbnail per set (one row per class) beside it, and nothing else new in the folders
+    from PIL import Image
+
+    for f, _ in es:
+        png = f.with_suffix(".png")
+        w, h = Image.open(png).size
+        assert h == 10 * 9 + 1 and w == 9 + 1  # ten 8x8 classes, one image each, 1-pixel lines
+    page = (b / "index.html").read_text()
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing from the network
+    assert page.count('<img class="thumb"') == 3 and page.count('<svg class="plot"') == 2
+    assert page.count("ddbench leaderboard reproduce ") == 3
+    # in Chromium: every thumbnail decodes, every plot draws, the IOR column sorts
+    dom = _dump_dom_raw((b / "index.html").as_uri() + "#sort=ior:asc", tmp_path)
+    assert 'data-thumbs="3:0"' in dom and 'data-plots="2:0"' in dom, dom[-500:]
+    iors = [float(v) for v in re.findall(r'data-key="ior" data-value="([-0-9.e]+)"', dom)]
+    assert len(iors) == 3 and iors == sorted(iors) and min(abs(v - ior) for v in iors) < 1e-5
+    assert sum(iors) == pytest.approx(ior, abs=1e-5)  # the two random subsets' IORs cancel
+
+
+def _dump_dom_raw(url: str, tmp: Path) -> str:
+    p = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                        f"--user-data-dir={tmp / 'profile'}", "--dump-dom", url],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0 and "</html>" in p.stdout, p.stderr[-2000:]
+    return p.stdout
+
+
+def test_verify_flags_an_edited_cross_architecture_view(rich_board, runs, tmp_path):
+    b = tmp_path / "board"
+    shutil.copytree(rich_board, b)
+    f = next(f for f, e in leaderboard.entries(b) if e.get("other_results"))
+    e = json.loads(f.read_text())
+    view = e["other_results"][0]
+    bump = 15.0 if view["accuracy"]["mean"] < 80 else -15.0
+    for d in view["accuracy"]["per_seed"]:
+        d["accuracy"] += bump
+    view["accuracy"]["mean"] += bump
+    f.write_text(json.dumps(e))
+    lines = []
+    reports = leaderboard.verify(b, 1.0, device="cpu", out=lines.append)
+    flagged = [r for r in reports if r["flags"]]
+    assert [r["entry"] for r in flagged] == [str(f)], lines
+    assert flagged[0]["flags"][0].startswith("quick/convnet_bn (net_width=16): re-evaluated"), (
+        flagged[0]["flags"])  # fmt: skip
+    # the same view submitted again is refused, and changes nothing
+    before = snapshot(b)
+    with pytest.raises(DDBenchError, match="already on the board"):
+        leaderboard.submit(rich_board.parent / "view" / "result.json",
+                           runs[0] / "synset.safetensors", b)  # fmt: skip
+    assert snapshot(b) == before
+
+
+def test_reproduce_reruns_the_distillation_and_lands_within_the_tolerance(rich_board, tmp_path):
+    b = tmp_path / "board"
+    shutil.copytree(rich_board, b)
+    f = next(f for f, e in leaderboard.entries(b) if e["method"] == "dm")
+    p = run_cli("leaderboard", "reproduce", f.stem, "--board", str(b), "--workdir",
+                str(tmp_path / "work"), "--report", str(tmp_path / "rep.json"), cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["config_key"]["recorded"] == rep["config_key"]["rerun"]
+    assert "method.iterations=2" in rep["command"] and rep["tolerance"] == 1.0
+    assert rep["within"] and abs(rep["difference"]) <= 1.0
+    assert f"REPRODUCED {f}" in p.stdout
+    # a random subset: the same indices again, the same score
+    from ddbench import reproduce
+
+    f = next(f for f, e in leaderboard.entries(b) if e["method"] == "random")
+    rep = reproduce.reproduce(b, f.name, tmp_path / "work_random", device="cpu", out=print)
+    assert rep["same_set"] and rep["within"] and rep["difference"] == 0.0
+
+
+def test_reproduce_tolerance_and_the_recorded_config_as_overrides():
+    from ddbench import reproduce
+
+    four = {"mean": 50.0, "std": 1.0, "per_seed": [{}] * 4}  # standard error 0.5
+    assert reproduce.tolerance(four, four) == pytest.approx(2 * math.sqrt(0.5))
+    assert reproduce.tolerance({**four, "std": 0.1}, {**four, "std": 0.5}) == 1.0  # at least 1
+    meta = {"dataset": "digits", "ipc": 1, "seed": 3, "space": {"zca": False},
+            "method": {"name": "dm", "config": {"_target_": "x.DM", "name": "dm",
+                                                "iterations": 2, "init": "real's",
+                                                "nested": {"a": [1, 2.5], "b": None}}},
+            "distill_config": {"model": "convnet", "model_kwargs": {"net_width": 16},
+                               "precision": "bf16", "kernels": "off", "zca": False}}  # fmt: skip
+    e = {"model": "lenet", "model_kwargs": {}}
+    assert reproduce.distill_overrides(e, meta) == [
+        "method=dm", "dataset=digits", "ipc=1", "seed=3", "model=convnet", "precision=bf16",
+        "model.kwargs.net_width=16", "kernels=off", "method.iterations=2",
+        "method.init='real\\'s'", "method.nested.a=[1,2.5]", "method.nested.b=null",
+    ]  # fmt: skip
+    with pytest.raises(DDBenchError, match="does not record its seed"):
+        reproduce.distill_overrides(e, {k: v for k, v in meta.items() if k != "seed"})

@@ -37,6 +37,7 @@ PINNED = {
     "nrr_dbr": "7fe65ebcee302b1d",
     "hard_rrc": "85bd1ac8dfde95d5",
     "pca_hard": "76a904fbcd023b8b",
+    "noaug": "3222cc66059a3369",
 }
 
 
