@@ -27,17 +27,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ddbench import data, engine
 from ddbench.augment import make_augment
-from ddbench.cache import CachedConfig, cache_root, lock
+from ddbench.cache import CachedConfig, cache_root, load_net, lock
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
-from ddbench.synset import atomic_write, read_header
+from ddbench.synset import atomic_write
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1
@@ -108,17 +107,12 @@ def _build(dataset: str, cfg: EncoderConfig) -> nn.Module:
 
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A cached encoder (in eval mode, its ``embed`` the representation) and its metadata."""
-    path = Path(path)
-    meta = read_header(path) if path.exists() else None
-    if meta is None or meta.get("kind") != "encoder":
-        raise DDBenchError(f"{path}: not a ddbench encoder file")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise DDBenchError(f"{path}: unreadable encoder file ({e})") from e
-    net = _build(meta["dataset"], EncoderConfig.from_config(meta["config"]))
-    net.load_state_dict(state)
-    return net.to(device).eval(), meta
+    return load_net(
+        path,
+        "encoder",
+        lambda meta: _build(meta["dataset"], EncoderConfig.from_config(meta["config"])),
+        device,
+    )
 
 
 def get_encoder(

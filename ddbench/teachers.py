@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ddbench import data, engine
-from ddbench.cache import CachedConfig, cache_root, lock
+from ddbench.cache import CachedConfig, cache_root, load_net, lock
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
@@ -77,17 +76,12 @@ def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A cached teacher (in eval mode) and its metadata."""
-    path = Path(path)
-    meta = read_header(path) if path.exists() else None
-    if meta is None or meta.get("kind") != "teacher":
-        raise DDBenchError(f"{path}: not a ddbench teacher file")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise DDBenchError(f"{path}: unreadable teacher file ({e})") from e
-    net = _build(meta["dataset"], TeacherConfig.from_config(meta["config"]))
-    net.load_state_dict(state)
-    return net.to(device).eval(), meta
+    return load_net(
+        path,
+        "teacher",
+        lambda meta: _build(meta["dataset"], TeacherConfig.from_config(meta["config"])),
+        device,
+    )
 
 
 def get_teacher(
