@@ -593,10 +593,15 @@ def page(b: Board) -> str:
 
 
 def thumbnails(b: Board, out=None) -> list[Path]:
-    """Make the thumbnail of every listed set that has none (``<entry>.png`` beside it: the
-    entry's name holds the set's checksum, so an existing one is current)."""
+    """Make the thumbnail of every listed image set that has none (``<entry>.png`` beside it:
+    the entry's name holds the set's checksum, so an existing one is current). Graph sets have
+    no image grid."""
     made = []
-    todo = {x.f: x for x in b.rows if x.own and not thumbnail_path(x).is_file()}
+    todo = {
+        x.f: x
+        for x in b.rows
+        if x.own and x.e.get("kind") != "graph" and not thumbnail_path(x).is_file()
+    }
     if not todo:
         return made
     from ddbench import synset as synset_io
