@@ -25,6 +25,7 @@ import math
 import re
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,18 +69,27 @@ def _order(key: tuple) -> tuple:
     return (ds, split != "test", split, budget == "full", n, name, h)
 
 
+@dataclass(frozen=True)
+class Entries:
+    """How the board's entries are read (``ddbench.leaderboard`` provides them: ``scan``,
+    ``results_of`` and the model label of a result), so that this module renders without
+    importing the leaderboard's checks."""
+
+    scan: Callable[[Path], tuple[list, list]]
+    results_of: Callable[[dict], list[dict]]
+    model_label: Callable[[dict], str]
+
+
 class Board:
     """The board's rows, tables, cross-architecture tables and scores."""
 
-    def __init__(self, board: Path):
-        from ddbench import leaderboard as lb
-
+    def __init__(self, board: Path, entries: Entries):
         self.board = Path(board)
-        good, self.bad = lb.scan(self.board)
+        good, self.bad = entries.scan(self.board)
         self.rows: list[Row] = []
         for f, e, meta in good:
-            for i, r in enumerate(lb.results_of(e)):
-                row = Row(f, e, r, meta, own=i == 0, model=lb._model_label(r))
+            for i, r in enumerate(entries.results_of(e)):
+                row = Row(f, e, r, meta, own=i == 0, model=entries.model_label(r))
                 row.result = _scores.result_of(self.rel(f), r, _budget(e, meta), row.model)
                 self.rows.append(row)
         tested = [x.result for x in self.rows if x.r.get("split", "test") == "test"]
@@ -618,12 +628,12 @@ def thumbnails(b: Board, out=None) -> list[Path]:
     return made
 
 
-def write(board: str | Path, out=None) -> tuple[Path, Path]:
+def write(board: str | Path, entries: Entries, out=None) -> tuple[Path, Path]:
     """Regenerate ``README.md``, ``index.html`` and the missing thumbnails of ``board``."""
     from ddbench.synset import atomic_write
 
     board = Path(board)
-    b = Board(board)
+    b = Board(board, entries)
     thumbnails(b, out)
     md_text, page_html = markdown(b), page(b)
     readme, index = board / "README.md", board / "index.html"

@@ -66,25 +66,3 @@ class CachedConfig:
                 del fields[name]
         canon = json.dumps({"dataset": dataset, **fields}, sort_keys=True, default=str)
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-
-def load_net(path: str | Path, kind: str, build: Any, device: Any = "cpu") -> tuple[Any, dict]:
-    """A cached network file of ``kind`` (``teacher``, ``encoder``): its weights loaded into
-    ``build(meta)``, in eval mode on ``device``, and the file's metadata. One clear error for a
-    missing file, a file of another kind, or unreadable weights."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ddbench.synset import read_header
-
-    path = Path(path)
-    meta = read_header(path) if path.exists() else None
-    if meta is None or meta.get("kind") != kind:
-        raise DDBenchError(f"{path}: not a ddbench {kind} file")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise DDBenchError(f"{path}: unreadable {kind} file ({e})") from e
-    net = build(meta)
-    net.load_state_dict(state)
-    return net.to(device).eval(), meta

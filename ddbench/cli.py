@@ -1045,9 +1045,9 @@ def cmd_submit(args: list[str]) -> None:
 
 
 def cmd_leaderboard(args: list[str]) -> None:
-    from ddbench import leaderboard
+    from ddbench import leaderboard, reproduce
 
-    leaderboard.main_leaderboard(args)
+    leaderboard.main_leaderboard(args, reproduce_main=reproduce.main)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,12 @@ from torch import nn
 
 from ddbench import data, engine
 from ddbench.augment import make_augment
-from ddbench.cache import CachedConfig, cache_root, load_net, lock
+from ddbench.cache import CachedConfig, cache_root, lock
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
 from ddbench.synset import atomic_write
+from ddbench.teachers import load_net
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1

@@ -757,7 +757,8 @@ def build(board: str | Path = DEFAULT_BOARD, out=None) -> tuple[Path, Path]:
     (``ddbench.board_page``)."""
     from ddbench import board_page
 
-    return board_page.write(board, out)
+    entries = board_page.Entries(scan=scan, results_of=results_of, model_label=_model_label)
+    return board_page.write(board, entries, out)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -910,7 +911,10 @@ def main_submit(args: list[str]) -> None:
     print(f"run `ddbench leaderboard build --board {a.board}` to update the tables")
 
 
-def main_leaderboard(args: list[str]) -> None:
+def main_leaderboard(args: list[str], reproduce_main: Any = None) -> None:
+    """``ddbench leaderboard build|verify|reproduce``; ``reproduce_main``: the reproduce action
+    (``ddbench.reproduce.main``, which reads the board through this module), given by the
+    command line."""
     p = argparse.ArgumentParser(prog="ddbench leaderboard")
     sub = p.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="regenerate README.md and index.html from the submissions")
@@ -939,9 +943,9 @@ def main_leaderboard(args: list[str]) -> None:
     r.add_argument("--report", default=None, help="also write the report as JSON")
     a = p.parse_args(args)
     if a.action == "reproduce":
-        from ddbench import reproduce
-
-        rep = reproduce.main(a)
+        if reproduce_main is None:
+            raise DDBenchError("leaderboard reproduce: no reproduce action was given")
+        rep = reproduce_main(a)
         if not rep["within"]:
             sys.stdout.flush()
             raise SystemExit(1)

@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddbench import data, engine
-from ddbench.cache import CachedConfig, cache_root, load_net, lock
+from ddbench.cache import CachedConfig, cache_root, lock
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
@@ -72,6 +73,23 @@ def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
     return create_model(
         cfg.model, spec.channels, spec.num_classes, spec.im_size, **cfg.model_kwargs
     )
+
+
+def load_net(path: str | Path, kind: str, build: Any, device: Any = "cpu") -> tuple[Any, dict]:
+    """A cached network file of ``kind`` (``teacher``, ``encoder``): its weights loaded into
+    ``build(meta)``, in eval mode on ``device``, and the file's metadata. One clear error for a
+    missing file, a file of another kind, or unreadable weights."""
+    path = Path(path)
+    meta = read_header(path) if path.exists() else None
+    if meta is None or meta.get("kind") != kind:
+        raise DDBenchError(f"{path}: not a ddbench {kind} file")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise DDBenchError(f"{path}: unreadable {kind} file ({e})") from e
+    net = build(meta)
+    net.load_state_dict(state)
+    return net.to(device).eval(), meta
 
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
