@@ -415,18 +415,25 @@ def _check_protocol(result: dict):
         raise DDBenchError(
             f"protocol {p['name']!r:.60} is not pinned (no conf/protocol/<name>.yaml)"
         )
-    if p["hash"] != pinned:
+    return check_pinned(result, _pinned_protocol(p["name"]), pinned)
+
+
+def check_pinned(result: dict, proto: Any, pinned_hash: str, what: str = "protocol") -> Any:
+    """``result`` was scored under ``proto`` as pinned (its hash ``pinned_hash``), unmodified,
+    with its seeds and a mean that matches them; returns ``proto``. Image and graph protocols
+    (``what``) share this check."""
+    p = result["protocol"]
+    if p["hash"] != pinned_hash:
         raise DDBenchError(
-            f"protocol {p['name']!r} hash {p['hash']} differs from the pinned hash {pinned}: "
+            f"{what} {p['name']!r} hash {p['hash']} differs from the pinned hash {pinned_hash}: "
             "the recipe was overridden (e.g. protocol.epochs=...) or is out of date"
         )
-    proto = _pinned_protocol(p["name"])
     if p["comparable"] != proto.comparable:
-        raise DDBenchError(f"protocol {p['name']!r}: 'comparable' is {p['comparable']}, the pinned "
+        raise DDBenchError(f"{what} {p['name']!r}: 'comparable' is {p['comparable']}, the pinned "
                            f"protocol says {proto.comparable}")  # fmt: skip
     seeds = [s["seed"] for s in result["accuracy"]["per_seed"]]
     if seeds != list(proto.seeds):
-        raise DDBenchError(f"per-seed accuracies are for seeds {seeds}; protocol {p['name']!r} "
+        raise DDBenchError(f"per-seed accuracies are for seeds {seeds}; {what} {p['name']!r} "
                            f"uses seeds {list(proto.seeds)}")  # fmt: skip
     _check_accuracy_consistent(result)
     return proto

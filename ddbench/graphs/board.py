@@ -91,7 +91,7 @@ def claim_errors(e: dict, facts: dict) -> list[str]:
 def check_protocol(result: dict) -> Any:
     """The result's graph protocol is pinned and unmodified, with its seeds; returns it."""
     from ddbench.graphs.run import pinned_protocol
-    from ddbench.leaderboard import _BAD_TEXT, _check_accuracy_consistent
+    from ddbench.leaderboard import _BAD_TEXT, check_pinned
 
     p = result["protocol"]
     proto = None if _BAD_TEXT.search(p["name"]) else pinned_protocol(p["name"])
@@ -99,20 +99,7 @@ def check_protocol(result: dict) -> Any:
         raise DDBenchError(
             f"graph protocol {p['name']!r:.60} is not pinned (no conf/graph_protocol/<name>.yaml)"
         )
-    if p["hash"] != proto.hash:
-        raise DDBenchError(
-            f"graph protocol {p['name']!r} hash {p['hash']} differs from the pinned hash "
-            f"{proto.hash}: the recipe was overridden or is out of date"
-        )
-    if p["comparable"] != proto.comparable:
-        raise DDBenchError(f"graph protocol {p['name']!r}: 'comparable' is {p['comparable']}, "
-                           f"the pinned protocol says {proto.comparable}")  # fmt: skip
-    seeds = [s["seed"] for s in result["accuracy"]["per_seed"]]
-    if seeds != list(proto.seeds):
-        raise DDBenchError(f"per-seed accuracies are for seeds {seeds}; graph protocol "
-                           f"{p['name']!r} uses seeds {list(proto.seeds)}")  # fmt: skip
-    _check_accuracy_consistent(result)
-    return proto
+    return check_pinned(result, proto, proto.hash, "graph protocol")
 
 
 def _signatures(s: Any, hops: int) -> list[tuple[int, ...]]:
