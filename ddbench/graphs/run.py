@@ -144,6 +144,7 @@ def distill(cfg: Any, run_dir: Path) -> tuple[GraphSet, Path]:
     torch.manual_seed(int(cfg.seed))
     s = run_distill(method, task)
     s.meta["config_key"] = key
+    s.meta["distill_config"] = {"ipc": task.ipc}  # the run's ipc; meta["ipc"] is the set's own
     gformat.save(s, out)
     log.info("saved %s (%d graphs, %d bytes, %.1fs)", out, len(s), s.nbytes(),
              s.meta["cost"]["wall_seconds"])  # fmt: skip
