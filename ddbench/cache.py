@@ -1,4 +1,5 @@
-"""The on-disk cache shared by trained teachers and expert trajectories: its root and a lock."""
+"""The on-disk cache shared by trained teachers, encoders and expert trajectories: its root, a
+lock, the fetch-or-train of a cached network and the read of its training checkpoint."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ddbench.errors import DDBenchError
 
@@ -40,6 +44,57 @@ def lock(path: Path, what: str = "this entry"):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def get_or_train(
+    path: Path,
+    key: str,
+    load: Callable[[Path], tuple[Any, dict]],
+    train: Callable[[], tuple[Any, dict]],
+    what: str,
+    *,
+    may_train: bool = True,
+    missing: str = "",
+) -> tuple[Any, dict, bool]:
+    """The ``what`` (``teacher``, ``encoder``) cached at ``path``, or the one ``train()`` makes
+    and stores there: ``(value, meta, hit)``. ``load(path)`` gives ``(value, meta)``; the file
+    counts only when ``meta["key"]`` is ``key``, and one that fails to load is retrained (a
+    warning). Parallel jobs that all miss train once: one trains under ``path``'s lock, the
+    others wait for it and load its file. ``may_train=False``: the error ``missing`` instead of
+    training."""
+    if path.exists():
+        try:
+            value, meta = load(path)
+            if meta.get("key") == key:
+                return value, meta, True
+        except DDBenchError as e:
+            log.warning("retraining %s: %s", what, e)
+    if not may_train:
+        raise DDBenchError(missing or f"no cached {what} at {path}")
+    with lock(path.with_suffix(".lock"), f"this {what}"):
+        if path.exists():  # trained by the process this one waited for
+            return get_or_train(path, key, load, train, what, may_train=False, missing=missing)
+        value, meta = train()
+        return value, meta, False
+
+
+def resume_state(
+    path: Path, what: str, restore: Callable[[dict], None] | None = None
+) -> dict | None:
+    """The engine state of ``what``'s training checkpointed at ``path``, to resume from, after
+    ``restore(state)`` took what the caller keeps in it; None when there is none, or when it or
+    ``restore`` fails (a warning: a damaged checkpoint must not block a fresh start)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+        if restore is not None:
+            restore(state)
+        log.info("resuming %s training from epoch %d (%s)", what, state["epoch"], path)
+        return state
+    except Exception as e:
+        log.warning("ignoring unreadable %s checkpoint %s (%s)", what, path, e)
+        return None
 
 
 class CachedConfig:

@@ -160,6 +160,8 @@ class CropReplay(nn.Module):
     transform runs once per model and batch); ``batches``: batches per epoch. A student epoch
     ``e`` replays stored epoch ``e mod E``."""
 
+    what = "crop replay"  # names the replay in its errors
+
     def __init__(
         self, labels: CropLabels, images: torch.Tensor, classes: torch.Tensor, *,
         models: int, batches: int,
@@ -180,10 +182,16 @@ class CropReplay(nn.Module):
             rows
         ]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def take(self, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The stored epoch and rows of the batch ``x`` (the oldest one :meth:`transform` gave
+        whose labels are not yet taken)."""
         if not self.pending:
-            raise DDBenchError("crop replay: the teacher was called before the batch transform")
+            raise DDBenchError(f"{self.what}: labels asked for before the batch transform")
         epoch, rows = self.pending.pop(0)
         if len(rows) != len(x):
-            raise DDBenchError(f"crop replay: a batch of {len(x)} for {len(rows)} stored labels")
+            raise DDBenchError(f"{self.what}: a batch of {len(x)} for {len(rows)} stored labels")
+        return epoch, rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        epoch, rows = self.take(x)
         return self.labels.logits[epoch, rows].to(x.device).float()

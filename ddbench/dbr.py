@@ -115,12 +115,10 @@ class DBRReplay(CropReplay):
         super().__init__(crops, images, classes, models=models, batches=batches)
         self.distances = distances.float()
 
+    what = "DBR replay"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.pending:
-            raise DDBenchError("DBR replay: the targets were asked for before the batch transform")
-        epoch, rows = self.pending.pop(0)
-        if len(rows) != len(x):
-            raise DDBenchError(f"DBR replay: a batch of {len(x)} for {len(rows)} stored labels")
+        epoch, rows = self.take(x)
         partners = self.labels.partners[epoch, rows]
         out = torch.cat(
             [

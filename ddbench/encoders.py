@@ -18,7 +18,6 @@ every field of :class:`EncoderConfig`; a killed training resumes from its per-ep
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,17 +26,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from ddbench import data, engine
 from ddbench.augment import make_augment
-from ddbench.cache import CachedConfig, cache_root, lock
+from ddbench.cache import CachedConfig, cache_root, get_or_train, resume_state
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
 from ddbench.synset import atomic_write
-from ddbench.teachers import load_net
+from ddbench.teachers import load_net, save_net
 
 log = logging.getLogger("ddbench")
 SCHEMA = 1
@@ -108,12 +106,7 @@ def _build(dataset: str, cfg: EncoderConfig) -> nn.Module:
 
 def load_encoder(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A cached encoder (in eval mode, its ``embed`` the representation) and its metadata."""
-    return load_net(
-        path,
-        "encoder",
-        lambda meta: _build(meta["dataset"], EncoderConfig.from_config(meta["config"])),
-        device,
-    )
+    return load_net(path, EncoderConfig, _build, device)
 
 
 def get_encoder(
@@ -127,20 +120,13 @@ def get_encoder(
     metadata says whether this call hit the cache (``cache_hit``)."""
     device = engine.pick_device(device) if isinstance(device, str) else device
     path = encoder_path(dataset, cfg)
-    if path.exists():
-        try:
-            net, meta = load_encoder(path, device)
-            if meta.get("key") == cfg.key(dataset):
-                log.info("encoder cache hit: %s", path)
-                return net, {**meta, "cache_hit": True}
-        except DDBenchError as e:
-            log.warning("retraining encoder: %s", e)
-    with lock(path.with_suffix(".lock"), "this encoder"):
-        if path.exists():
-            net, meta = load_encoder(path, device)
-            return net, {**meta, "cache_hit": True}
-        net, meta = train_encoder(dataset, cfg, device=device, progress=progress)
-        return net, {**meta, "cache_hit": False}
+    net, meta, hit = get_or_train(
+        path, cfg.key(dataset), lambda p: load_encoder(p, device),
+        lambda: train_encoder(dataset, cfg, device=device, progress=progress), "encoder",
+    )  # fmt: skip
+    if hit:
+        log.info("encoder cache hit: %s", path)
+    return net, {**meta, "cache_hit": hit}
 
 
 def train_encoder(
@@ -155,16 +141,9 @@ def train_encoder(
     tr = data.load_split(dataset, "train")
     augment = make_augment(spec.dsa_strategy if cfg.augment == "dsa" else cfg.augment)
     views = torch.Generator().manual_seed(cfg.seed + 1)  # the views' draws, apart from the engine's
-    resume = None
-    if state_path.exists():
-        try:
-            resume = torch.load(state_path, weights_only=True)
-            views.set_state(resume["views"])
-            log.info("resuming encoder training from epoch %d (%s)", resume["epoch"], state_path)
-        except Exception as e:  # a damaged checkpoint must not block a fresh start
-            log.warning("ignoring unreadable encoder checkpoint %s (%s)", state_path, e)
-            resume = None
-            views.manual_seed(cfg.seed + 1)
+    resume = resume_state(state_path, "encoder", lambda state: views.set_state(state["views"]))
+    if resume is None:  # a fresh start, whatever a damaged checkpoint left in the generator
+        views.manual_seed(cfg.seed + 1)
 
     def two_views(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = [augment(augment(x, views), views) for _ in range(2)]
@@ -200,9 +179,7 @@ def train_encoder(
         "train_seconds": before + time.perf_counter() - t0,
         "versions": versions(),
     }
-    weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata={"ddbench": json.dumps(meta)}))
-    state_path.unlink(missing_ok=True)
+    save_net(path, net, meta)
     log.info("encoder %s: final NT-Xent %.4f -> %s", dataset, result.losses[-1], path)
     return net.eval(), meta
 

@@ -36,8 +36,11 @@ _DATA_STREAM = 7919  # offsets the data generator's seed from the init seed
 
 
 @dataclass
-class Recipe:
-    """How to train a model: optimiser, schedule, epochs, batch, augmentation, precision."""
+class BaseRecipe:
+    """The training settings every recipe has: epochs, batch, optimiser, schedule, augmentation.
+    :class:`Recipe` adds the loss and precision; the pinned recipes (an evaluation protocol, a
+    transfer protocol's stage) add their own fields, name the augmentation their way and make
+    the engine's :class:`Recipe` with :meth:`to_recipe`."""
 
     epochs: int
     batch_size: int = 256
@@ -46,9 +49,39 @@ class Recipe:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "step"  # step | cosine | constant
-    milestones: tuple[float, ...] = (0.5,)  # fractions of the epochs where lr *= gamma (step)
+    # fractions of the epochs where lr *= gamma (step); a tuple in a Recipe
+    milestones: Sequence[float] = field(default_factory=lambda: [0.5])
     gamma: float = 0.1
-    augment: str | None = None  # a DSA strategy string, "dc:<ops>" (DC's own), or None
+    augment: str | None = None  # Recipe: a DSA strategy string, "dc:<ops>" (DC's own), or None
+
+    def to_recipe(self, augment: str | None, **more) -> Recipe:
+        """The engine's recipe of these settings, training with the DSA strategy ``augment``
+        (or None) and the other :class:`Recipe` fields ``more`` (``lr`` among them replaces
+        this one)."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(BaseRecipe)}
+        return Recipe(**{**own, "augment": augment, **more})
+
+    def check(self, where: str, positive: Sequence[str] = ("lr",)) -> None:
+        """Refuse the numbers a pinned recipe cannot train with: no epoch, an empty batch, or a
+        field of ``positive`` that is not a positive number; one error naming ``where``."""
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DDBenchError(f"{where}: {key} must be a whole number >= 1, got {value!r}")
+        for key in positive:
+            value = getattr(self, key)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not (math.isfinite(value) and value > 0)
+            ):
+                raise DDBenchError(f"{where}: {key} must be a positive number, got {value!r}")
+
+
+@dataclass
+class Recipe(BaseRecipe):
+    """How to train a model: optimiser, schedule, epochs, batch, augmentation, precision."""
+
     # ce (hard or soft targets) | kd (temperature-scaled KL to soft targets) | mse (to target
     # vectors [N,D], e.g. representations: the mean squared error over their D entries)
     loss: str = "ce"
@@ -921,3 +954,17 @@ def accuracy(
     logits = predict(models, images, **kw)
     correct = (logits.argmax(-1).cpu() == labels.view(1, -1)).float().mean(1) * 100
     return correct.tolist()
+
+
+def accuracy_summary(
+    seeds: Sequence[int], accs: Sequence[float], dtype: torch.dtype | None = None
+) -> dict:
+    """A result's ``accuracy`` entry for the accuracies ``accs`` of the models of ``seeds``:
+    their mean and (population) std, computed in ``dtype`` (None: torch's default), and each
+    seed's accuracy."""
+    acc = torch.tensor(accs, dtype=dtype)
+    return {
+        "mean": float(acc.mean()),
+        "std": float(acc.std(unbiased=False)) if len(acc) > 1 else 0.0,
+        "per_seed": [{"seed": int(s), "accuracy": float(a)} for s, a in zip(seeds, accs)],
+    }

@@ -347,20 +347,29 @@ def _header_errors(e: dict, meta: dict) -> list[str]:
     return errors
 
 
+def set_errors(e: dict, facts: dict, unit: str) -> list[str]:
+    """What an entry claims about its set of ``unit`` (``images``, ``graphs``) that the set's
+    facts contradict, whatever the set holds: its header, a class over the ipc budget (a view's
+    budget is checked on load) and the submission's own ``set`` claims (``full_dataset``,
+    ``num_<unit>``, ``per_class``)."""
+    errors = _header_errors(e, {**facts, "method": {"name": facts["method"]}})
+    most = max(facts["per_class"], default=0)
+    if most > e["ipc"] and not facts.get("view"):
+        errors.append(f"a class has {most} {unit}, over the ipc budget of {e['ipc']}")
+    claimed = (e.get("submission") or {}).get("set")
+    if isinstance(claimed, dict):
+        for key in ("full_dataset", f"num_{unit}", "per_class"):
+            if key in claimed and claimed[key] != facts[key]:
+                errors.append(f"'submission.set.{key}' is {claimed[key]!r:.60}, the set's is "
+                              f"{facts[key]!r:.60}")  # fmt: skip
+    return errors
+
+
 def claim_errors(e: dict, facts: dict, protocol_labels: str | None = None) -> list[str]:
     """What a result or entry claims about its set that the set (``set_facts``) contradicts:
     checksum, dataset, ipc, method, the per-class budget, full-dataset status, label kind and
     byte counts. ``protocol_labels``: the pinned protocol's ``labels`` (the kind it implies)."""
-    errors = _header_errors(e, {**facts, "method": {"name": facts["method"]}})
-    most = max(facts["per_class"], default=0)
-    if most > e["ipc"] and not facts.get("view"):
-        errors.append(f"a class has {most} images, over the ipc budget of {e['ipc']}")
-    claimed = (e.get("submission") or {}).get("set")
-    if isinstance(claimed, dict):
-        for key in ("full_dataset", "num_images", "per_class"):
-            if key in claimed and claimed[key] != facts[key]:
-                errors.append(f"'submission.set.{key}' is {claimed[key]!r:.60}, the set's is "
-                              f"{facts[key]!r:.60}")  # fmt: skip
+    errors = set_errors(e, facts, "images")
     crops = e["labels"].get("crop_label_bytes", 0)  # labels=crops: the stored per-crop labels
     crops = crops if _type_ok(crops, _INT) and crops >= 0 else 0
     want = {

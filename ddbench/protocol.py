@@ -50,19 +50,11 @@ _HASHED_IF_SET = (
 
 
 @dataclass
-class Protocol:
-    """A named, pinned evaluation recipe."""
+class Protocol(engine.BaseRecipe):
+    """A named, pinned evaluation recipe: the training settings of
+    :class:`ddbench.engine.BaseRecipe` (``epochs`` required) and the fields below."""
 
-    name: str
-    epochs: int
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    milestones: list[float] = field(default_factory=lambda: [0.5])
-    gamma: float = 0.1
+    name: str = field(kw_only=True)
     # dsa (the dataset's default strategy) | none | an explicit DSA strategy | rrc: the student's
     # RandomResizedCrop (scale 0.08-1) + horizontal flip where the dataset's strategy flips
     augment: str = "dsa"
@@ -140,7 +132,8 @@ class Protocol:
         if not all(_whole(s, 0) for s in p.seeds) or len(set(p.seeds)) != len(p.seeds):
             raise DDBenchError(f"protocol {p.name!r}: seeds must be distinct whole numbers >= 0")
         for ds in ("", *p.per_dataset):
-            _check_numbers(p.for_dataset(ds), f"protocol {p.name!r}" + (ds and f" ({ds})"))
+            where = f"protocol {p.name!r}" + (ds and f" ({ds})")
+            p.for_dataset(ds).check(where, positive=("lr", "temperature"))
         return p
 
     def for_dataset(self, dataset: str | None) -> Protocol:
@@ -162,35 +155,15 @@ class Protocol:
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def recipe(self, augment: str | None, lr: float | None = None) -> engine.Recipe:
-        return engine.Recipe(
-            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer,
-            lr=self.lr if lr is None else lr, momentum=self.momentum, weight_decay=self.weight_decay,
-            schedule=self.schedule, milestones=tuple(self.milestones), gamma=self.gamma,
-            augment=augment, loss="ce" if self.loss == "dbr" else self.loss,
-            temperature=self.temperature,
+        return self.to_recipe(
+            augment, lr=self.lr if lr is None else lr,
+            loss="ce" if self.loss == "dbr" else self.loss, temperature=self.temperature,
             hard_weight=self.hard_weight, mixup=self.mixup, cutmix=self.cutmix,
         )  # fmt: skip
 
 
 def _whole(value: Any, minimum: int) -> bool:
     return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
-
-
-def _check_numbers(p: Protocol, where: str) -> None:
-    """Refuse the numbers that make no sense (no epoch to train, a zero batch, a learning
-    rate that is not a positive number, a temperature <= 0)."""
-    if not _whole(p.epochs, 1):
-        raise DDBenchError(f"{where}: epochs must be a whole number >= 1, got {p.epochs!r}")
-    if not _whole(p.batch_size, 1):
-        raise DDBenchError(f"{where}: batch_size must be a whole number >= 1, got {p.batch_size!r}")
-    for key in ("lr", "temperature"):
-        value = getattr(p, key)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not (math.isfinite(value) and value > 0)
-        ):
-            raise DDBenchError(f"{where}: {key} must be a positive number, got {value!r}")
 
 
 def set_space_transform(synset_meta, train_split, zca=None):
@@ -411,7 +384,6 @@ def evaluate(
             "this set declares protocol %r and is scored under %r: a cross-protocol score, "
             "not the set's own (result.json says so)", declared, protocol.name,
         )  # fmt: skip
-    acc = torch.tensor(accs)
     nbytes = synset.nbytes()
     crops = None
     if crop_labels is not None:  # what a set storing its per-crop labels holds besides
@@ -438,13 +410,7 @@ def evaluate(
             "comparable": protocol.comparable,
             **({"set_declares": declared, "cross_protocol": True} if cross else {}),
         },
-        "accuracy": {
-            "mean": float(acc.mean()),
-            "std": float(acc.std(unbiased=False)) if len(acc) > 1 else 0.0,
-            "per_seed": [
-                {"seed": int(s), "accuracy": float(a)} for s, a in zip(protocol.seeds, accs)
-            ],
-        },
+        "accuracy": engine.accuracy_summary(protocol.seeds, accs),
         "labels": _labels_used(synset, protocol, teacher_meta, nbytes["labels"], crops),
         "cost": {
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
@@ -672,18 +638,22 @@ def protocol_config(name: str) -> dict[str, Any] | None:
     """``conf/protocol/<name>.yaml`` as shipped, composed as Hydra composes the ``protocol``
     group: the protocols named in its ``defaults`` list first, in order, then its own keys
     (``_self_``, last unless placed); None if there is no such protocol."""
-    node = _protocol_node(name, ())
+    node = compose_shipped("protocol", name, "protocol")
     return None if node is None else OmegaConf.to_container(node)
 
 
-def _protocol_node(name: str, seen: tuple[str, ...]):
+def compose_shipped(group: str, name: str, what: str, seen: tuple[str, ...] = ()):
+    """``conf/<group>/<name>.yaml`` as shipped (an OmegaConf node), composed as Hydra composes
+    a config group: the configs its ``defaults`` list names first, in order, each composed the
+    same way, then its own keys (``_self_``, last unless placed); None if there is no such
+    file. ``what`` names the group's configs in the error for a defaults entry that is none."""
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
-    f = importlib.resources.files("ddbench.conf") / "protocol" / f"{name}.yaml"
+    f = importlib.resources.files("ddbench.conf") / group / f"{name}.yaml"
     if not f.is_file():
         return None
     if name in seen:
-        raise DDBenchError(f"conf/protocol: {' -> '.join((*seen, name))} is a cycle")
+        raise DDBenchError(f"conf/{group}: {' -> '.join((*seen, name))} is a cycle")
     own = OmegaConf.load(str(f))
     defaults = list(own.pop("defaults", []))
     if "_self_" not in defaults:
@@ -693,10 +663,12 @@ def _protocol_node(name: str, seen: tuple[str, ...]):
         if entry == "_self_":
             merged = OmegaConf.merge(merged, own)
             continue
-        base = _protocol_node(entry, (*seen, name)) if isinstance(entry, str) else None
+        base = (
+            compose_shipped(group, entry, what, (*seen, name)) if isinstance(entry, str) else None
+        )
         if base is None:
             raise DDBenchError(
-                f"conf/protocol/{name}.yaml: defaults entry {entry!r} is not a protocol"
+                f"conf/{group}/{name}.yaml: defaults entry {entry!r} is not a {what}"
             )
         merged = OmegaConf.merge(merged, base)
     return merged

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ddbench import data, engine
-from ddbench.cache import CachedConfig, cache_root, lock
+from ddbench.cache import CachedConfig, cache_root, get_or_train, resume_state
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
 from ddbench.provenance import versions
@@ -75,11 +75,14 @@ def _build(dataset: str, cfg: TeacherConfig) -> nn.Module:
     )
 
 
-def load_net(path: str | Path, kind: str, build: Any, device: Any = "cpu") -> tuple[Any, dict]:
-    """A cached network file of ``kind`` (``teacher``, ``encoder``): its weights loaded into
-    ``build(meta)``, in eval mode on ``device``, and the file's metadata. One clear error for a
-    missing file, a file of another kind, or unreadable weights."""
-    path = Path(path)
+def load_net(
+    path: str | Path, config: type[CachedConfig], build: Any, device: Any = "cpu"
+) -> tuple[Any, dict]:
+    """A cached network file of ``config.kind`` (``teacher``, ``encoder``): its weights loaded
+    into ``build(dataset, cfg)`` (the file's dataset and its ``config`` read back), in eval mode
+    on ``device``, and the file's metadata. One clear error for a missing file, a file of
+    another kind, or unreadable weights."""
+    path, kind = Path(path), config.kind
     meta = read_header(path) if path.exists() else None
     if meta is None or meta.get("kind") != kind:
         raise DDBenchError(f"{path}: not a ddbench {kind} file")
@@ -87,19 +90,23 @@ def load_net(path: str | Path, kind: str, build: Any, device: Any = "cpu") -> tu
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise DDBenchError(f"{path}: unreadable {kind} file ({e})") from e
-    net = build(meta)
+    net = build(meta["dataset"], config.from_config(meta["config"]))
     net.load_state_dict(state)
     return net.to(device).eval(), meta
 
 
+def save_net(path: Path, net: nn.Module, meta: dict) -> None:
+    """Store a trained network in the cache as :func:`load_net` reads it: its weights and
+    ``meta`` in one safetensors file, written atomically; its training checkpoint
+    (``.train_state.pt`` next to it) is removed."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata={"ddbench": json.dumps(meta)}))
+    path.with_suffix(".train_state.pt").unlink(missing_ok=True)
+
+
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """A cached teacher (in eval mode) and its metadata."""
-    return load_net(
-        path,
-        "teacher",
-        lambda meta: _build(meta["dataset"], TeacherConfig.from_config(meta["config"])),
-        device,
-    )
+    return load_net(path, TeacherConfig, _build, device)
 
 
 def get_teacher(
@@ -113,24 +120,16 @@ def get_teacher(
     """The cached teacher for ``(dataset, cfg)``; trained (or resumed) first if missing."""
     device = engine.pick_device(device) if isinstance(device, str) else device
     path = teacher_path(dataset, cfg)
-    if path.exists():
-        try:
-            net, meta = load_teacher(path, device)
-            if meta.get("key") == cfg.key(dataset):
-                log.info("teacher cache hit: %s (val %.2f%%)", path, meta["val_accuracy"])
-                _warn_if_not_converged(meta)
-                return net, meta
-        except DDBenchError as e:
-            log.warning("retraining teacher: %s", e)
-    if not train:
-        raise DDBenchError(
-            f"no cached teacher for {dataset} {cfg}; run `ddbench teacher train {dataset}`"
-        )
-    # Parallel jobs of a sweep may all miss at once: one trains, the others wait for it.
-    with lock(path.with_suffix(".lock"), "this teacher"):
-        if path.exists():
-            return get_teacher(dataset, cfg, device=device, train=False)
-        return train_teacher(dataset, cfg, device=device, progress=progress)
+    net, meta, hit = get_or_train(
+        path, cfg.key(dataset), lambda p: load_teacher(p, device),
+        lambda: train_teacher(dataset, cfg, device=device, progress=progress), "teacher",
+        may_train=train,
+        missing=f"no cached teacher for {dataset} {cfg}; run `ddbench teacher train {dataset}`",
+    )  # fmt: skip
+    if hit:
+        log.info("teacher cache hit: %s (val %.2f%%)", path, meta["val_accuracy"])
+        _warn_if_not_converged(meta)
+    return net, meta
 
 
 def train_teacher(
@@ -148,14 +147,7 @@ def train_teacher(
         momentum=cfg.momentum, weight_decay=cfg.weight_decay, schedule=cfg.schedule,
         augment=strategy,
     )  # fmt: skip
-    resume = None
-    if state_path.exists():
-        try:
-            resume = torch.load(state_path, weights_only=True)
-            log.info("resuming teacher training from epoch %d (%s)", resume["epoch"], state_path)
-        except Exception as e:  # a damaged checkpoint must not block a fresh start
-            log.warning("ignoring unreadable teacher checkpoint %s (%s)", state_path, e)
-
+    resume = resume_state(state_path, "teacher")
     t0 = time.perf_counter()
     before = float((resume or {}).get("seconds", 0.0))
     # val accuracy (%) after each epoch, kept in the checkpoint so that a resumed run has it all
@@ -192,9 +184,7 @@ def train_teacher(
         "final_train_loss": result.losses[-1] if result.losses else None,
         "versions": versions(),
     }
-    weights = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(weights, tmp, metadata={"ddbench": json.dumps(meta)}))
-    state_path.unlink(missing_ok=True)
+    save_net(path, net, meta)
     log.info("teacher %s: val accuracy %.2f%% -> %s", dataset, val_acc, path)
     _warn_if_not_converged(meta)
     return net.eval(), meta

@@ -26,7 +26,6 @@ import hashlib
 import importlib.resources
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 from ddbench import data, engine
 from ddbench.errors import DDBenchError
 from ddbench.models import create_model
+from ddbench.protocol import compose_shipped
 from ddbench.provenance import versions
 
 log = logging.getLogger("ddbench")
@@ -87,20 +87,12 @@ register_pair(
 
 
 @dataclass
-class Stage:
-    """One training stage of a transfer protocol (an :class:`ddbench.engine.Recipe` without its
-    loss, which the stage implies). ``augment``: ``none``, ``dsa`` (the strategy of the dataset
-    trained on) or a DSA strategy string."""
+class Stage(engine.BaseRecipe):
+    """One training stage of a transfer protocol: the training settings of
+    :class:`ddbench.engine.BaseRecipe` (``epochs`` required), its loss implied by the stage.
+    ``augment``: ``none``, ``dsa`` (the strategy of the dataset trained on) or a DSA strategy
+    string."""
 
-    epochs: int
-    batch_size: int = 256
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    milestones: list[float] = field(default_factory=lambda: [0.5])
-    gamma: float = 0.1
     augment: str = "none"
 
     @classmethod
@@ -111,10 +103,7 @@ class Stage:
         if extra:
             raise DDBenchError(f"{where} has unknown keys {extra}")
         stage = cls(**{k: list(v) if isinstance(v, (list, tuple)) else v for k, v in cfg.items()})
-        if isinstance(stage.epochs, bool) or not isinstance(stage.epochs, int) or stage.epochs < 1:
-            raise DDBenchError(f"{where}: epochs must be a whole number >= 1, got {stage.epochs!r}")
-        if not (isinstance(stage.lr, (int, float)) and math.isfinite(stage.lr) and stage.lr > 0):
-            raise DDBenchError(f"{where}: lr must be a positive number, got {stage.lr!r}")
+        stage.check(where)
         stage.recipe("ce", None)  # the engine's own checks of the other keys
         return stage
 
@@ -124,11 +113,7 @@ class Stage:
         return spec.dsa_strategy if self.augment == "dsa" else self.augment
 
     def recipe(self, loss: str, augment: str | None) -> engine.Recipe:
-        return engine.Recipe(
-            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-            momentum=self.momentum, weight_decay=self.weight_decay, schedule=self.schedule,
-            milestones=tuple(self.milestones), gamma=self.gamma, augment=augment, loss=loss,
-        )  # fmt: skip
+        return self.to_recipe(augment, loss=loss)
 
 
 _STAGES = ("pretrain_labels", "pretrain_representation", "finetune")
@@ -218,25 +203,12 @@ class TransferProtocol:
 def transfer_protocol_config(name: str) -> dict[str, Any]:
     """``conf/transfer_protocol/<name>.yaml`` as shipped: the protocols its ``defaults`` list
     names first (in order), then its own keys."""
-    return OmegaConf.to_container(_node(name, ()))
-
-
-def _node(name: str, seen: tuple[str, ...]):
-    folder = importlib.resources.files("ddbench.conf") / "transfer_protocol"
-    f = folder / f"{name}.yaml"
-    if not name or "/" in name or "\\" in name or name.startswith(".") or not f.is_file():
+    node = compose_shipped("transfer_protocol", name, "transfer protocol")
+    if node is None:
+        folder = importlib.resources.files("ddbench.conf") / "transfer_protocol"
         known = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
         raise DDBenchError(f"unknown transfer protocol {name!r}; known: {', '.join(known)}")
-    if name in seen:
-        raise DDBenchError(f"conf/transfer_protocol: {' -> '.join((*seen, name))} is a cycle")
-    own = OmegaConf.load(str(f))
-    defaults = list(own.pop("defaults", []))
-    if "_self_" not in defaults:
-        defaults.append("_self_")
-    merged = OmegaConf.create()
-    for entry in defaults:
-        merged = OmegaConf.merge(merged, own if entry == "_self_" else _node(entry, (*seen, name)))
-    return merged
+    return OmegaConf.to_container(node)
 
 
 def load_protocol(name: str) -> TransferProtocol:
@@ -375,7 +347,6 @@ def evaluate(
             ).models  # fmt: skip
             test_feats = encode(net, test.images, train.normalize)
             accs += engine.accuracy(probe, test_feats, test.labels)
-    acc = torch.tensor(accs, dtype=torch.float64)
     nbytes = synset.nbytes() if synset is not None else {"images": 0, "labels": 0}
     return {
         "track": "transfer",
@@ -394,11 +365,7 @@ def evaluate(
             "mode": pinned.mode,
             "label_fraction": pinned.label_fraction,
         },
-        "accuracy": {
-            "mean": float(acc.mean()),
-            "std": float(acc.std(unbiased=False)) if len(acc) > 1 else 0.0,
-            "per_seed": [{"seed": int(s), "accuracy": float(a)} for s, a in zip(seeds, accs)],
-        },
+        "accuracy": engine.accuracy_summary(seeds, accs, torch.float64),
         "cost": {
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
             "eval_seconds": time.perf_counter() - t0,

@@ -1,4 +1,5 @@
-"""Shared fixtures: a test data root, the digits train split, and a builder of valid sets; and
+"""Shared fixtures: a test data root, the digits train split, tiny digits teachers trained once
+per session (``with_teachers``), and a builder of valid sets; and
 the helpers of the image-distillation tests (test_matching.py, test_datadam_fyi.py): a task on
 digits with a tiny ConvNet, a method's loss on fixed draws, the saved-set check, the resume check.
 
@@ -11,6 +12,7 @@ their own (image folders, tiny IDX files) point ``DDBENCH_DATA`` at a ``tmp_path
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,43 @@ def split_cache(ddbench_data_root: Path) -> Callable[[str, str], RealDataset]:
 @pytest.fixture(scope="session")
 def digits_train(split_cache) -> RealDataset:
     return split_cache("digits", "train")
+
+
+@pytest.fixture(scope="session")
+def teacher_store(tmp_path_factory, ddbench_data_root) -> Callable[..., None]:
+    """``install(cache, *configs)``: copy the digits teachers of ``configs`` (fields of
+    :class:`ddbench.teachers.TeacherConfig`) into the cache folder ``cache``; each is trained
+    once per session, into a cache of its own."""
+    from ddbench.teachers import TeacherConfig, get_teacher, teacher_path
+
+    root = tmp_path_factory.mktemp("teachers")
+    trained: dict[str, Path] = {}  # the config's key -> its file under root
+
+    def install(cache: Path, *configs: dict) -> None:
+        for cfg in map(TeacherConfig.from_config, configs):
+            key = cfg.key("digits")
+            if key not in trained:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setenv("DDBENCH_CACHE", str(root))
+                    get_teacher("digits", cfg, device="cpu", progress=False)
+                    trained[key] = teacher_path("digits", cfg)
+            dest = cache / trained[key].relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(trained[key], dest)
+
+    return install
+
+
+def with_teachers(*configs: dict):
+    """An autouse fixture for a test module (``cached_teachers = with_teachers(A, B)``): each
+    test's fresh cache starts with the digits teachers ``configs``, trained once per session
+    (a cache hit, no training)."""
+
+    @pytest.fixture(autouse=True)
+    def cached_teachers(teacher_store, isolated_cache) -> None:
+        teacher_store(isolated_cache, *configs)
+
+    return cached_teachers
 
 
 class FixtureMethod(Method):
@@ -137,6 +176,21 @@ class Rec:
 
     def metrics(self, values, step=None):
         self.seen.append((step, dict(values)))
+
+
+def task_maker(train, ipc: int, model_factory: Callable = lambda: None) -> Callable[..., Task]:
+    """``build(seed=0, ipc=ipc, checkpointer=None)``: a CPU task on ``train`` with its generator
+    seeded by ``seed``, no augmentation and no checkpoints unless given (``model_factory``:
+    None for teacher-based methods, which build no network from the task)."""
+
+    def build(seed: int = 0, ipc: int = ipc, checkpointer: Checkpointer | None = None) -> Task:
+        return Task(
+            train=train, ipc=ipc, model_factory=model_factory,
+            generator=torch.Generator().manual_seed(seed), seed=seed, device=torch.device("cpu"),
+            checkpointer=checkpointer or Checkpointer(None),
+        )  # fmt: skip
+
+    return build
 
 
 def make_task(

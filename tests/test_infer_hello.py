@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import task_maker, with_teachers
 from safetensors.torch import load_file, save_file
 
 from ddbench import synset as synset_io
 from ddbench.errors import DDBenchError
-from ddbench.method import Checkpointer, Task, run_distill
+from ddbench.method import Checkpointer, run_distill
 from ddbench.methods.infer import INFER, budget_split
 from ddbench.protocol import Protocol, evaluate, protocol_config
 from ddbench.teachers import TeacherConfig, get_teacher
@@ -22,31 +20,12 @@ TEACHER_B = {**TEACHER_A, "model_kwargs": {"net_width": 8}, "seed": 1}
 SMALL_INFER = dict(teachers=[TEACHER_A, TEACHER_B], iterations=6, jitter=1, r_bn=0.1)
 
 
-@pytest.fixture(scope="module")
-def trained_teachers(tmp_path_factory, ddbench_data_root) -> Path:
-    root = tmp_path_factory.mktemp("infer_teachers")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDBENCH_CACHE", str(root))
-        for cfg in (TEACHER_A, TEACHER_B):
-            get_teacher("digits", TeacherConfig(**cfg), device="cpu", progress=False)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def cached_teachers(trained_teachers, isolated_cache) -> None:
-    shutil.copytree(trained_teachers / "teachers", isolated_cache / "teachers")
+cached_teachers = with_teachers(TEACHER_A, TEACHER_B)
 
 
 @pytest.fixture
 def make_task(digits_train):
-    def build(seed: int = 0, ipc: int = 3, checkpointer: Checkpointer | None = None) -> Task:
-        return Task(
-            train=digits_train, ipc=ipc, model_factory=lambda: None,
-            generator=torch.Generator().manual_seed(seed), seed=seed, device=torch.device("cpu"),
-            checkpointer=checkpointer or Checkpointer(None),
-        )  # fmt: skip
-
-    return build
+    return task_maker(digits_train, 3)
 
 
 # ------------------------------------------------------------------------------------- extras

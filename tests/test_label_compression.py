@@ -4,12 +4,12 @@ what it keeps, the bytes it takes (counted = stored), loading, evaluation on sto
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import with_teachers
 from torch.utils.data import DataLoader
 
 from ddbench import synset as synset_io
@@ -26,18 +26,7 @@ TEACHER = {"model": "convnet_bn", "model_kwargs": {"net_width": 16}, "epochs": 1
 SMALL = dict(teacher=TEACHER, crop_scale=[0.5, 1.0], jitter=1, init="real", iterations=20)
 
 
-@pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory, ddbench_data_root) -> Path:
-    root = tmp_path_factory.mktemp("topk_teacher")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDBENCH_CACHE", str(root))
-        get_teacher("digits", TeacherConfig(**TEACHER), device="cpu", progress=False)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def cached_teacher(trained_teacher, isolated_cache) -> None:
-    shutil.copytree(trained_teacher / "teachers", isolated_cache / "teachers")
+cached_teacher = with_teachers(TEACHER)
 
 
 @pytest.fixture

@@ -4,19 +4,16 @@ tile-preserving crops) on the real digits dataset with a tiny BatchNorm teacher.
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import check_resume
+from conftest import check_resume, task_maker, with_teachers
 
 from ddbench import synset as synset_io
 from ddbench.augment import TileCrop, make_augment, stitch
 from ddbench.dbr import distances
 from ddbench.errors import DDBenchError
 from ddbench.leaderboard import claim_errors, set_facts
-from ddbench.method import Checkpointer, Task
 from ddbench.methods.nrr_dd import NRRDD, class_activation_maps
 from ddbench.methods.pca import PCA
 from ddbench.models import create_model
@@ -32,33 +29,14 @@ SMALL = dict(teacher=TEACHER, crop_scale=[0.5, 1.0], jitter=1, candidates=40, r_
              dbr_epochs=3, patch_scale=[0.25, 1.0])  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def trained_teacher(tmp_path_factory, ddbench_data_root) -> Path:
-    root = tmp_path_factory.mktemp("nrr_teacher")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDBENCH_CACHE", str(root))
-        get_teacher("digits", TeacherConfig(**TEACHER), device="cpu", progress=False)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def cached_teacher(trained_teacher, isolated_cache) -> None:
-    shutil.copytree(trained_teacher / "teachers", isolated_cache / "teachers")
+cached_teacher = with_teachers(TEACHER)
 
 
 @pytest.fixture
 def make_task(digits_train):
-    def build(seed: int = 0, ipc: int = IPC, checkpointer: Checkpointer | None = None) -> Task:
-        def factory():
-            return create_model("convnet", 1, 10, (8, 8), net_width=8)
-
-        return Task(
-            train=digits_train, ipc=ipc, model_factory=factory,
-            generator=torch.Generator().manual_seed(seed), seed=seed, device=torch.device("cpu"),
-            checkpointer=checkpointer or Checkpointer(None),
-        )  # fmt: skip
-
-    return build
+    return task_maker(
+        digits_train, IPC, lambda: create_model("convnet", 1, 10, (8, 8), net_width=8)
+    )
 
 
 def _teacher() -> torch.nn.Module:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import task_maker, with_teachers
 
 import ddbench.methods.sre2l as sre2l_mod
 from ddbench import engine
 from ddbench import synset as synset_io
 from ddbench.data import get_spec
 from ddbench.errors import DDBenchError
-from ddbench.method import Checkpointer, Task, build_method
+from ddbench.method import Checkpointer, build_method
 from ddbench.methods import packaged_config
 from ddbench.methods.cda import CDA, cda_min_scale
 from ddbench.methods.cvdd import CVDD, voting_weights
@@ -41,21 +41,7 @@ TEACHER_B = {**TEACHER_A, "model_kwargs": {"net_width": 8}, "seed": 1}
 SMALL = dict(teacher=TEACHER_A, crop_scale=[0.5, 1.0], jitter=1)
 
 
-@pytest.fixture(scope="module")
-def trained_teachers(tmp_path_factory, ddbench_data_root) -> Path:
-    """The two teachers, trained once for this module into a cache of their own."""
-    root = tmp_path_factory.mktemp("sre2l_teachers")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DDBENCH_CACHE", str(root))
-        for cfg in (TEACHER_A, TEACHER_B):
-            get_teacher("digits", TeacherConfig(**cfg), device="cpu", progress=False)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def cached_teachers(trained_teachers, isolated_cache) -> None:
-    """Each test's fresh cache starts with the two teachers (a cache hit, no training)."""
-    shutil.copytree(trained_teachers / "teachers", isolated_cache / "teachers")
+cached_teachers = with_teachers(TEACHER_A, TEACHER_B)
 
 
 def _teacher(cfg: dict) -> torch.nn.Module:
@@ -64,14 +50,7 @@ def _teacher(cfg: dict) -> torch.nn.Module:
 
 @pytest.fixture
 def make_task(digits_train):
-    def build(seed: int = 0, ipc: int = IPC, checkpointer: Checkpointer | None = None) -> Task:
-        return Task(
-            train=digits_train, ipc=ipc, model_factory=lambda: None,
-            generator=torch.Generator().manual_seed(seed), seed=seed, device=torch.device("cpu"),
-            checkpointer=checkpointer or Checkpointer(None),
-        )  # fmt: skip
-
-    return build
+    return task_maker(digits_train, IPC)
 
 
 def test_recovery_from_noise_lowers_the_bn_statistics_loss(make_task):

@@ -122,6 +122,17 @@ def test_shipped_transfer_protocols_load_and_differ():
     bad["finetune"]["epochs"] = 0
     with pytest.raises(DDBenchError, match="finetune: epochs must be a whole number >= 1"):
         transfer.TransferProtocol.from_config(bad)
+    for key, value, why in (("batch_size", 0, "a whole number >= 1"), ("lr", True, "a positive")):
+        bad = transfer.transfer_protocol_config("transfer")
+        bad["pretrain_labels"][key] = value
+        with pytest.raises(DDBenchError, match=f"pretrain_labels: {key} must be {why}"):
+            transfer.TransferProtocol.from_config(bad)
+    # a stage's engine recipe: the YAML's training fields, the stage's loss and augmentation
+    r = full.pretrain_representation.recipe("mse", None)
+    assert (r.epochs, r.lr, r.weight_decay, r.schedule, r.milestones) == (
+        1000, 0.1, 0.001, "constant", (0.5,)
+    )  # fmt: skip
+    assert (r.loss, r.augment) == ("mse", None)
     bad = transfer.transfer_protocol_config("transfer")
     bad["per_target"] = {"digits28": {"seeds": [0]}}
     with pytest.raises(DDBenchError, match=r"per_target.digits28 cannot set \['seeds'\]"):

@@ -68,23 +68,14 @@ def set_facts(s: Any) -> dict[str, Any]:
 
 def claim_errors(e: dict, facts: dict) -> list[str]:
     """What a graph result or entry claims about its set that the set contradicts."""
-    from ddbench.leaderboard import _header_errors
+    from ddbench.leaderboard import set_errors
 
-    errors = _header_errors(e, {**facts, "method": {"name": facts["method"]}})
-    most = max(facts["per_class"], default=0)
-    if most > e["ipc"]:
-        errors.append(f"a class has {most} graphs, over the ipc of {e['ipc']}")
+    errors = set_errors(e, facts, "graphs")
     want = {"synset_bytes": facts["bytes"], "num_graphs": facts["num_graphs"],
             "num_nodes": facts["num_nodes"]}  # fmt: skip
     for key, value in want.items():
         if e["cost"][key] != value:
             errors.append(f"'cost.{key}' is {e['cost'][key]}, the set's is {value}")
-    claimed = (e.get("submission") or {}).get("set")
-    if isinstance(claimed, dict):
-        for key in ("full_dataset", "num_graphs", "per_class"):
-            if key in claimed and claimed[key] != facts[key]:
-                errors.append(f"'submission.set.{key}' is {claimed[key]!r:.60}, the set's is "
-                              f"{facts[key]!r:.60}")  # fmt: skip
     return errors
 
 

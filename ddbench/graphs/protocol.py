@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ddbench.engine import accuracy_summary
 from ddbench.errors import DDBenchError
 from ddbench.graphs.format import GraphSet
 from ddbench.graphs.models import CONVS, POOLS, create_gnn
@@ -142,7 +143,6 @@ def evaluate(
         net, loss = train_one(s, protocol, model, seed, device, num_classes)
         accs.append(accuracy(net, test, device, protocol.eval_batch_size))
         losses.append(loss)
-    acc = torch.tensor(accs)
     meta = s.meta
     return {
         "method": (meta.get("method") or {}).get("name"),
@@ -157,13 +157,7 @@ def evaluate(
             "hash": protocol.hash,
             "comparable": protocol.comparable,
         },  # fmt: skip
-        "accuracy": {
-            "mean": float(acc.mean()),
-            "std": float(acc.std(unbiased=False)) if len(acc) > 1 else 0.0,
-            "per_seed": [
-                {"seed": int(k), "accuracy": float(a)} for k, a in zip(protocol.seeds, accs)
-            ],  # fmt: skip
-        },
+        "accuracy": accuracy_summary(protocol.seeds, accs),
         "cost": {
             "distill_seconds": (meta.get("cost") or {}).get("wall_seconds"),
             "eval_seconds": time.perf_counter() - t0,
