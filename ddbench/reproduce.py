@@ -138,7 +138,7 @@ def _score(e: dict, new: Any, path: Path, work: Path, device: str) -> dict:
         from ddbench.graphs.protocol import evaluate as evaluate_graphs
 
         proto = graph_board.check_protocol(e)
-        test, _ = graph_board._splits(new)
+        test, _ = graph_board.dataset_splits(new)
         return evaluate_graphs(new, proto, test, e["model"], device=pick_device(device),
                                split=e.get("split", "test"))  # fmt: skip
     from ddbench import leaderboard

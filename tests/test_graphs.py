@@ -538,9 +538,12 @@ def test_reproduce_reruns_a_graph_entry(tmp_path, monkeypatch):
     for k in ("train", "val", "test"):  # built here, where the fake wheel's files are pinned
         gdata.load_graph_split("mutag", k)
     out = tmp_path / "r"
+    # a byte budget decides the set's size, so its largest class is not the run's ipc
     p = run_cli("run", "method=graph_random", "dataset=mutag", "ipc=3", "seed=1",
-                "graph_protocol=gnn_quick", f"hydra.run.dir={out}", cwd=tmp_path)  # fmt: skip
+                "method.budget_bytes=1500", "graph_protocol=gnn_quick", f"hydra.run.dir={out}",
+                cwd=tmp_path)  # fmt: skip
     assert p.returncode == 0, p.stderr
+    assert ddbench.load(out / "synset.safetensors").meta["ipc"] != 3
     board = tmp_path / "board"
     lb.submit(out / "result.json", out / "synset.safetensors", board)
     name = next(board.rglob("graph_random-*.json")).stem

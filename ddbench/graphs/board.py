@@ -142,7 +142,7 @@ def graph_copies(s: Any, test: Any, train: Any, hops: int = COPY_HOPS) -> list[d
     return [{"graph": i, "test_graph": j} for i, j in hits if j is not None]
 
 
-def _splits(s: Any) -> tuple[Any, Any]:
+def dataset_splits(s: Any) -> tuple[Any, Any]:
     """``(test, train)`` of the set's dataset."""
     from ddbench.graphs import data as gdata
     from ddbench.graphs.run import load_split
@@ -182,7 +182,7 @@ def check_submission(result: dict, result_path: Path, synset_path: Path) -> tupl
     errors = claim_errors(result, facts)
     if errors:
         raise DDBenchError("; ".join(errors))
-    copies = graph_copies(s, *_splits(s))
+    copies = graph_copies(s, *dataset_splits(s))
     if copies:
         raise DDBenchError(_copies_message(copies))
     near = {"copies": copies, "check": "graph_copies", "hops": COPY_HOPS}
@@ -225,7 +225,7 @@ def _verify(
         s = load(set_path)
         rep["flags"] += claim_errors(e, set_facts(s))
         if not rep["flags"]:
-            test, train = _splits(s)
+            test, train = dataset_splits(s)
             copies = graph_copies(s, test, train)
             if copies:
                 rep["flags"].append(_copies_message(copies))
