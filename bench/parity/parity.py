@@ -9,16 +9,19 @@ output exists, so an interrupted run resumes.
 Methods whose authors' code is another repository (DataDAM, MTT, FTD) take their command,
 result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's and FTD's parity
 start both sides from the same experts: the replay buffers of ``PARITY_BUFFER``, imported into
-ddbench's expert cache.
+ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity recovers on both sides from the same
+teacher(s), ddbench's cached ones exported for their scripts (``prepare_teachers``,
+``sre2l_shim.py``), and checks that both sets are scored by that teacher.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa | datadam | mtt | ftd; DATASET mnist | fashion_mnist; SEEDS
-  comma-separated
+  METHOD dm | dc | dsa | datadam | mtt | ftd | sre2l | cda | cvdd; DATASET mnist |
+  fashion_mnist (sre2l, cda, cvdd: any ddbench dataset, e.g. digits); SEEDS comma-separated
   METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
   DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
   method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
 Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
-standard; dc -> dc; datadam -> datadam; mtt, ftd -> learned_lr), PARITY_BUFFER and
+standard; dc -> dc; datadam -> datadam; mtt, ftd -> learned_lr; sre2l, cda, cvdd -> sre2l),
+PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS), PARITY_BUFFER and
 PARITY_MTT_SETTINGS (mtt, ftd: the shared experts, and overrides of TRAJECTORY_SETTINGS),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
@@ -214,7 +217,6 @@ OTHER_OFFICIAL["datadam_paper_net"] = dict(
 )
 
 
-
 # The SRe2L family (SRe2L and CDA: VILA-Lab/SRe2L; CV-DD: Jiacheng8/CV-DD) on a SHARED teacher:
 # ddbench's cached teacher(s), exported as state_dict + config (sre2l_shim.export_teacher) and
 # loaded by the patched scripts (official_sre2l_setup.sh S3). The settings given to both sides
@@ -295,7 +297,9 @@ def recovery_command(
 
     k = get_spec(dataset).num_classes
     teachers = _teachers_dir(save) / dataset
-    flags = [x for key, v in recovery_settings(method).items() for x in (RECOVERY_FLAGS[key], repr(v))]
+    flags = [
+        x for key, v in recovery_settings(method).items() for x in (RECOVERY_FLAGS[key], repr(v))
+    ]
     common = ["--exp-name", "parity", "--syn-data-path", str(save / "syn"), "--batch-size", str(k),
               "--iteration", str(iters), *flags, "--ipc-start", "0", "--ipc-end", str(ipc),
               "--seed", str(seed), "--parity-save", str(save)]  # fmt: skip
@@ -346,7 +350,7 @@ def shared_start(d: Path, seed: int, dataset: str, ipc: int) -> list[str]:
     start = d / "start" / "synset.safetensors"
     if not start.exists():
         subprocess.run([*DDBENCH, "distill", "method=random", f"dataset={dataset}", f"ipc={ipc}",
-                        f"seed={seed}", "device=cpu", "progress=false",
+                        f"seed={seed}", "device=cpu", "precision=fp32", "progress=false",
                         f"hydra.run.dir={start.parent}"], check=True, cwd=ROOT)  # fmt: skip
     if not (d / "start.pt").exists():
         torch.save(synset.load(start).images.float().contiguous(), d / "start.pt")
@@ -412,6 +416,7 @@ def teacher_of(result: dict) -> dict:
     if "committee" in t:
         t["committee"] = [{**m, "weight": round(m["weight"], 9)} for m in t["committee"]]
     return t
+
 
 # FYI (cvlab-yonsei/FYI): its DC_DSA_DM/ is a fork of the code above with FYI always on.
 FYI_BASE = {"fyi_dm": "dm", "fyi_dsa": "dsa"}
@@ -489,15 +494,14 @@ def main() -> None:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
         # a start shared by both sides (CV-DD: real images): ddbench's overrides that read it
-        seed_args = other["seed_setup"](d, seed, dataset, ipc) if other and "seed_setup" in other else []
+        seed_args = (
+            other["seed_setup"](d, seed, dataset, ipc) if other and "seed_setup" in other else []
+        )
         # the authors' side
-        res = d / "official" / f"res_{base.upper()}_{OFFICIAL_NAME.get(dataset, dataset)}_ConvNet_{ipc}ipc.pt"
+        name = OFFICIAL_NAME.get(dataset, dataset)
+        res = d / "official" / f"res_{base.upper()}_{name}_ConvNet_{ipc}ipc.pt"
         if other:
-            res = (
-                d
-                / "official"
-                / other["res"].format(name=OFFICIAL_NAME.get(dataset, dataset), ipc=ipc, iters=iters)
-            )
+            res = d / "official" / other["res"].format(name=name, ipc=ipc, iters=iters)
             cmd = [PY, *other["command"](dataset, ipc, iters, seed, d / "official")]
         elif method in FYI_BASE:  # the fork saves to DC_DSA_DM/logs/<run name>; copied to res
             run_name = f"ddbench_parity/{work.name}_seed{seed}"

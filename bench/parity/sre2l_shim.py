@@ -155,7 +155,10 @@ def collect(save_dir: Path, ipc: int, num_classes: int) -> tuple[torch.Tensor, t
             raise SystemExit(f"{f}: missing (their run saved {len(slots)} of {ipc} batches)")
         d = torch.load(f, map_location="cpu", weights_only=True)
         if not torch.equal(d["labels"].long(), torch.arange(num_classes)):
-            raise SystemExit(f"{f}: targets {d['labels'].tolist()}, not classes 0..{num_classes - 1}")
+            raise SystemExit(
+                f"{f}: targets {d['labels'].tolist()}, not classes 0..{num_classes - 1}"
+            )
         slots.append(d["images"])
     x = torch.stack(slots, 1)  # [K, ipc, C, H, W]
-    return x.reshape(-1, *x.shape[2:]).contiguous(), torch.arange(num_classes).repeat_interleave(ipc)
+    labels = torch.arange(num_classes).repeat_interleave(ipc)
+    return x.reshape(-1, *x.shape[2:]).contiguous(), labels
