@@ -155,7 +155,7 @@ def test_their_patched_script_recovers_on_the_shared_teacher(method, shim, tmp_p
     setup = [str(PARITY / "official_sre2l_setup.sh"), str(off)]
     subprocess.run(["bash", *setup], check=True, capture_output=True)
     patched = (off / folder / script).read_text()
-    assert "ddbench-parity S3" in patched and "ddbench-parity S6" in patched
+    assert "ddbench-parity S1" in patched and "ddbench-parity S6" in patched
     subprocess.run(["bash", *setup], check=True, capture_output=True)  # idempotent
     assert (off / folder / script).read_text() == patched
 
