@@ -9,16 +9,19 @@ output exists, so an interrupted run resumes.
 Methods whose authors' code is another repository (DataDAM, MTT, FTD) take their command,
 result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's and FTD's parity
 start both sides from the same experts: the replay buffers of ``PARITY_BUFFER``, imported into
-ddbench's expert cache.
+ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity recovers on both sides from the same
+teacher(s), ddbench's cached ones exported for their scripts (``prepare_teachers``,
+``sre2l_shim.py``), and checks that both sets are scored by that teacher.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa | datadam | mtt | ftd; DATASET mnist | fashion_mnist; SEEDS
-  comma-separated
+  METHOD dm | dc | dsa | datadam | mtt | ftd | sre2l | cda | cvdd; DATASET mnist |
+  fashion_mnist (sre2l, cda, cvdd: any ddbench dataset, e.g. digits); SEEDS comma-separated
   METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
   DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
   method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
 Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
-standard; dc -> dc; datadam -> datadam; mtt, ftd -> learned_lr), PARITY_BUFFER and
+standard; dc -> dc; datadam -> datadam; mtt, ftd -> learned_lr; sre2l, cda, cvdd -> sre2l),
+PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS), PARITY_BUFFER and
 PARITY_MTT_SETTINGS (mtt, ftd: the shared experts, and overrides of TRAJECTORY_SETTINGS),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
@@ -139,7 +142,9 @@ def trajectory_ddbench_args(method: str, dataset: str, ipc: int) -> list[str]:
     return [f"method.{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
 
 
-def prepare_experts(method: str, off: Path, dataset: str) -> tuple[list[str], dict]:
+def prepare_experts(
+    method: str, off: Path, dataset: str, work: Path | None = None
+) -> tuple[list[str], dict]:
     """The shared experts: the replay buffers of PARITY_BUFFER (a folder of replay_buffer_<n>.pt,
     MTT's buffer.py format; `ddbench expert export` writes ddbench's experts in it) become the
     only buffers of their distillation (linked into buffers/<NAME>/ConvNet) and are imported
@@ -212,6 +217,207 @@ OTHER_OFFICIAL["datadam_paper_net"] = dict(
 )
 
 
+# The SRe2L family (SRe2L and CDA: VILA-Lab/SRe2L; CV-DD: Jiacheng8/CV-DD) on a SHARED teacher:
+# ddbench's cached teacher(s), exported as state_dict + config (sre2l_shim.export_teacher) and
+# loaded by the patched scripts (official_sre2l_setup.sh S3). The settings given to both sides
+# are the authors' published commands: SRe2L *small_dataset/recover_cifar.sh (lr 0.25, r_bn
+# 0.01), CDA's README Tiny-ImageNet command (lr 0.4, r_bn 0.05, --easy2hard-mode cosine
+# --milestone 1), CV-DD recover/scripts/cifar10_experiments/recover_voter_ipc*.sh (lr 0.25, r_bn
+# 0.01, --selected-size 2, --voter-type prior, --apply-data-augmentation); their argparse
+# defaults otherwise (first_bn_multiplier 10, jitter 4, CV-DD's weight temperature 5).
+# PARITY_SRE2L_SETTINGS="lr_img=...,r_bn=..." overrides them on both sides.
+RECOVERY_SETTINGS = {
+    "sre2l": {"lr_img": 0.25, "r_bn": 0.01},
+    "cda": {"lr_img": 0.4, "r_bn": 0.05},
+    "cvdd": {"lr_img": 0.25, "r_bn": 0.01},
+}
+RECOVERY_FLAGS = {"lr_img": "--lr", "r_bn": "--r-bn"}
+# CV-DD's committee: the members of bench/reproduce_sre2l.sh (keys left out: SRe2L's teacher)
+CVDD_MEMBERS = [{"model": "convnet_bn", "seed": 0},
+                {"model": "convnet_bn", "model_kwargs": {"net_width": 64}, "seed": 2}]  # fmt: skip
+# ddbench's settings made equal to the authors' where ddbench's defaults differ (recorded in the
+# result as `aligned_settings`), and the ones written out though equal, so no recipe moves them.
+RECOVERY_DDBENCH = {
+    "sre2l": {
+        "method.first_bn_multiplier=10.0": "their argparse default (= ddbench's)",
+        "method.jitter=4": "their argparse default (= ddbench's)",
+        "method.init=noise": "their torch.randn start (= ddbench's)",
+        "method.crop=false": "recover_cifar.py only rolls (= ddbench's crop: auto at 28 px)",
+    },
+    "cda": {
+        "method.first_bn_multiplier=10.0": "their argparse default (= ddbench's)",
+        "method.jitter=4": "their argparse default (= ddbench's)",
+        "method.init=noise": "their torch.randn start (= ddbench's)",
+        "method.crop=true": "their RandomResizedCrop at every size (= ddbench's CDA)",
+        "method.flip=true": "their RandomHorizontalFlip always; ddbench's flip: auto does "
+        "not flip MNIST",
+        "method.curriculum=cosine": "--easy2hard-mode cosine (= ddbench's)",
+        "method.milestone=1.0": "--milestone 1 (= ddbench's)",
+    },
+    "cvdd": {
+        "method.first_bn_multiplier=10.0": "their argparse default (= ddbench's)",
+        "method.jitter=4": "their per-dataset jitter at 32 px (= ddbench's)",
+        "method.crop=true": "--apply-data-augmentation: RandomResizedCrop (= ddbench's CV-DD)",
+        "method.flip=true": "their RandomHorizontalFlip always; ddbench's flip: auto does "
+        "not flip MNIST",
+        "method.voting=prior": "--voter-type prior (= ddbench's)",
+        "method.weight_temperature=5.0": "--weight-temperature 5 (= ddbench's)",
+        "method.members_per_step=2": "--selected-size 2: both members of the 2-member pool "
+        "vote on every batch on both sides",
+        "method.committee=" + json.dumps(CVDD_MEMBERS).replace('"', ""): "their pool "
+        "(--model-setting 8) = these members, exported",
+    },
+}
+
+
+def recovery_settings(method: str) -> dict[str, float]:
+    out = dict(RECOVERY_SETTINGS[method])
+    for item in filter(None, os.environ.get("PARITY_SRE2L_SETTINGS", "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out:
+            raise SystemExit(f"PARITY_SRE2L_SETTINGS: unknown setting {key!r}; known {sorted(out)}")
+        out[key] = float(value)
+    return out
+
+
+def _teachers_dir(save: Path) -> Path:
+    """The exported teachers of a run: OUT/work/teachers/<dataset> (``prepare_teachers``)."""
+    return save.parents[2] / "teachers"
+
+
+def recovery_command(
+    method: str, dataset: str, ipc: int, iters: int, seed: int, save: Path
+) -> list[str]:
+    """The authors' recovery script with their published flags (``RECOVERY_SETTINGS``), the
+    shared teacher(s), ddbench's number of classes as the batch (one image per class, as their
+    scripts' --batch-size 100 on CIFAR-100 and 10 on CIFAR-10), IPC as --ipc-start 0 --ipc-end K,
+    and the setup's --seed / --parity-save (official_sre2l_setup.sh S1, S6). No
+    --store-best-images: their 8-bit JPEGs are not the set."""
+    from ddbench.data import get_spec
+
+    k = get_spec(dataset).num_classes
+    teachers = _teachers_dir(save) / dataset
+    flags = [
+        x for key, v in recovery_settings(method).items() for x in (RECOVERY_FLAGS[key], repr(v))
+    ]
+    common = ["--exp-name", "parity", "--syn-data-path", str(save / "syn"), "--batch-size", str(k),
+              "--iteration", str(iters), *flags, "--ipc-start", "0", "--ipc-end", str(ipc),
+              "--seed", str(seed), "--parity-save", str(save)]  # fmt: skip
+    if method == "sre2l":
+        return ["recover_cifar.py", "--arch-path", str(teachers / "teacher.pth"), *common]
+    if method == "cda":
+        return ["recover_cda_tiny.py", "--arch-path", str(teachers / "teacher.pth"),
+                "--easy2hard-mode", "cosine", "--milestone", "1", *common]  # fmt: skip
+    return ["recover.py", "--dataset-name", "ddbench", "--apply-data-augmentation",
+            "--pretrained-model-type", "offline", "--model-pool-dir", str(teachers / "committee"),
+            "--model-setting", "8", "--voter-type", "prior", "--selected-size", "2",
+            "--initialisation-method", "Patches", "--parity-init", str(save.parent / "start.pt"),
+            *common]  # fmt: skip
+
+
+def recovery_ddbench_args(method: str, dataset: str, ipc: int) -> list[str]:
+    return [*(f"method.{k}={v}" for k, v in recovery_settings(method).items()),
+            *RECOVERY_DDBENCH[method]]  # fmt: skip
+
+
+def prepare_teachers(method: str, off: Path, dataset: str, work: Path) -> tuple[list[str], dict]:
+    """The shared teacher(s): ddbench's cached teacher (SRe2L's default, the ``sre2l``
+    protocol's teacher for sets that name none) or CV-DD's members (``CVDD_MEMBERS``), trained
+    once by ddbench's teacher cache and exported for their scripts into
+    OUT/work/teachers/<dataset>/ (``teacher.pth`` / ``committee/m<i>.pth``, each with its
+    ``.json``). Returns no extra ddbench overrides, and what the result records."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sre2l_shim import export_teacher
+
+    from ddbench.recover import DEFAULT_TEACHER
+
+    out = work.parent / "teachers" / dataset
+    if method == "cvdd":
+        infos = [export_teacher(dataset, {**DEFAULT_TEACHER, **m}, out / "committee", f"m{i}")
+                 for i, m in enumerate(CVDD_MEMBERS)]  # fmt: skip
+    else:
+        infos = [export_teacher(dataset, DEFAULT_TEACHER, out, "teacher")]
+    return [], {"teachers": [{k: i[k] for k in ("key", "config", "val_accuracy")} for i in infos],
+                "exported_to": str(out)}  # fmt: skip
+
+
+def shared_start(d: Path, seed: int, dataset: str, ipc: int) -> list[str]:
+    """CV-DD's start, the same on both sides: ``ddbench distill method=random`` (ipc real train
+    images per class, seed S) as ddbench's ``method.init_from`` and, saved as a tensor
+    (``start.pt``), their --parity-init (setup S9: in place of their patch files)."""
+    from ddbench import synset
+
+    start = d / "start" / "synset.safetensors"
+    if not start.exists():
+        subprocess.run([*DDBENCH, "distill", "method=random", f"dataset={dataset}", f"ipc={ipc}",
+                        f"seed={seed}", "device=cpu", "precision=fp32", "progress=false",
+                        f"hydra.run.dir={start.parent}"], check=True, cwd=ROOT)  # fmt: skip
+    if not (d / "start.pt").exists():
+        torch.save(synset.load(start).images.float().contiguous(), d / "start.pt")
+    return [f"method.init_from={start}"]
+
+
+def collect_slots(save: Path, res: Path, dataset: str, ipc: int) -> None:
+    """Their per-batch tensors (setup S6) as the files `ddbench import mtt` reads:
+    ``images_parity.pt`` (ordered by class) and ``labels_parity.pt`` (hard labels)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sre2l_shim import collect
+
+    from ddbench.data import get_spec
+
+    images, labels = collect(save, ipc, get_spec(dataset).num_classes)
+    torch.save(labels, save / "labels_parity.pt")
+    torch.save(images, res)
+
+
+def recovery_eval_args(method: str) -> list[str]:
+    """CV-DD: the committee labels an imported set (which names no teacher) as it labels
+    ddbench's set (from the set's metadata): the protocol's committee teacher, weights
+    softmax(val accuracy / 10), batch statistics (docs/methods.md, `sre2l` protocol)."""
+    if method != "cvdd":
+        return []
+    members = json.dumps(CVDD_MEMBERS).replace('"', "")
+    return [f"++protocol.teacher={{committee: {members}, temperature: 10, bn: batch}}"]
+
+
+def _recovery_entry(method: str, repo: str, cwd: str) -> dict:
+    return {
+        "command": functools.partial(recovery_command, method),
+        "res": "images_parity.pt",  # with labels_parity.pt beside it (collect_slots)
+        "import": "mtt",  # exact float tensors: images_*.pt + labels_*.pt
+        "protocol": "sre2l",
+        "ddbench_args": functools.partial(recovery_ddbench_args, method),
+        "prepare": functools.partial(prepare_teachers, method),
+        "collect": collect_slots,
+        "eval_args": recovery_eval_args(method),
+        "same_teacher": True,
+        "aligned": RECOVERY_DDBENCH[method],
+        "cwd": cwd,
+        "repo": repo,
+        "edits": "bench/parity/official_sre2l_setup.sh (S0-S10)",
+        **({"seed_setup": shared_start} if method == "cvdd" else {}),
+    }
+
+
+OTHER_OFFICIAL.update({
+    "sre2l": _recovery_entry("sre2l", "VILA-Lab/SRe2L (SRe2L/*small_dataset)",
+                             "SRe2L/*small_dataset"),
+    "cda": _recovery_entry("cda", "VILA-Lab/SRe2L (CDA)", "CDA"),
+    "cvdd": _recovery_entry("cvdd", "Jiacheng8/CV-DD", "recover"),
+})  # fmt: skip
+
+
+def teacher_of(result: dict) -> dict:
+    """The teacher that labelled a result's students (``labels.teacher``), without where it
+    came from (``source``: the set's metadata or the protocol): the same for both sides of a
+    parity run on a shared teacher."""
+    t = dict(result["labels"]["teacher"])
+    t.pop("source", None)
+    if "committee" in t:
+        t["committee"] = [{**m, "weight": round(m["weight"], 9)} for m in t["committee"]]
+    return t
+
+
 # FYI (cvlab-yonsei/FYI): its DC_DSA_DM/ is a fork of the code above with FYI always on.
 FYI_BASE = {"fyi_dm": "dm", "fyi_dsa": "dsa"}
 
@@ -243,12 +449,15 @@ def run(cmd: list[str], cwd: Path, log: Path) -> float:
 EVAL_EPOCHS = [f"protocol.epochs={e}"] if (e := os.environ.get("PARITY_EVAL_EPOCHS")) else []
 
 
-def evaluate(synset: Path, protocol: str, seeds: str, out: Path, log: Path, timings: dict):
+def evaluate(
+    synset: Path, protocol: str, seeds: str, out: Path, log: Path, timings: dict,
+    extra: list[str] = (),
+):  # fmt: skip
     result = out / "result.json"
     if not result.exists():
         cmd = [*DDBENCH, "evaluate", f"synset={synset}", f"protocol={protocol}",
                f"protocol.seeds=[{seeds}]", "precision=fp32", "device=cpu", "progress=true",
-               f"hydra.run.dir={out}", *EVAL_EPOCHS]  # fmt: skip
+               f"hydra.run.dir={out}", *EVAL_EPOCHS, *extra]  # fmt: skip
         timings[str(out)] = run(cmd, ROOT, log)
     return json.loads(result.read_text())
 
@@ -275,22 +484,24 @@ def main() -> None:
     rows, commands = [], {}
     extra_args, prepared = [], {}
     if other and "prepare" in other:
-        extra_args, prepared = other["prepare"](off, dataset)
+        extra_args, prepared = other["prepare"](off, dataset, work)
     if other and callable(other["ddbench_args"]):
         extra_args = [*other["ddbench_args"](dataset, ipc), *extra_args]
     elif other:
         extra_args = [*other["ddbench_args"], *extra_args]
+    eval_args = list(other.get("eval_args", [])) if other else []
     for seed in seeds:
         d = work / f"seed{seed}"
         d.mkdir(exist_ok=True)
+        # a start shared by both sides (CV-DD: real images): ddbench's overrides that read it
+        seed_args = (
+            other["seed_setup"](d, seed, dataset, ipc) if other and "seed_setup" in other else []
+        )
         # the authors' side
-        res = d / "official" / f"res_{base.upper()}_{OFFICIAL_NAME[dataset]}_ConvNet_{ipc}ipc.pt"
+        name = OFFICIAL_NAME.get(dataset, dataset)
+        res = d / "official" / f"res_{base.upper()}_{name}_ConvNet_{ipc}ipc.pt"
         if other:
-            res = (
-                d
-                / "official"
-                / other["res"].format(name=OFFICIAL_NAME[dataset], ipc=ipc, iters=iters)
-            )
+            res = d / "official" / other["res"].format(name=name, ipc=ipc, iters=iters)
             cmd = [PY, *other["command"](dataset, ipc, iters, seed, d / "official")]
         elif method in FYI_BASE:  # the fork saves to DC_DSA_DM/logs/<run name>; copied to res
             run_name = f"ddbench_parity/{work.name}_seed{seed}"
@@ -305,6 +516,8 @@ def main() -> None:
             if method in FYI_BASE:
                 res.parent.mkdir(exist_ok=True)
                 shutil.copyfile(saved, res)
+            if other and "collect" in other:  # their per-batch tensors -> the importer's files
+                other["collect"](d / "official", res, dataset, ipc)
         theirs = d / "official.safetensors"
         if not theirs.exists():
             fmt = other["import"] if other else "dc"
@@ -316,7 +529,7 @@ def main() -> None:
         ours_dir = d / "ddbench"
         cmd = [*DDBENCH, "distill", f"method={base}", f"dataset={dataset}", f"ipc={ipc}",
                f"method.iterations={iters}", f"seed={seed}", "precision=fp32", "device=cpu",
-               "progress=false", f"hydra.run.dir={ours_dir}", *extra_args,
+               "progress=false", f"hydra.run.dir={ours_dir}", *extra_args, *seed_args,
                *os.environ.get("PARITY_DDBENCH_ARGS", "").format(seed=seed).split()]  # fmt: skip
         if method in FYI_BASE:
             cmd.insert(5, "method.fyi=true")
@@ -324,16 +537,22 @@ def main() -> None:
         ours = ours_dir / "synset.safetensors"
         if not ours.exists():
             timings[f"ddbench_seed{seed}"] = run(cmd, ROOT, d / "ddbench.log")
-        ev = {}
+        ev, labelled_by = {}, {}
         for side, path in (("official", theirs), ("ddbench", ours)):
             r = evaluate(path, protocol, eval_seeds, d / f"eval_{side}", d / f"eval_{side}.log",
-                         timings)  # fmt: skip
+                         timings, eval_args)  # fmt: skip
             ev[side] = r["accuracy"]
+            if other and other.get("same_teacher"):
+                labelled_by[side] = teacher_of(r)
+        if labelled_by and labelled_by["official"] != labelled_by["ddbench"]:
+            raise SystemExit(f"seed {seed}: the two sets were labelled by different teachers: "
+                             f"{json.dumps(labelled_by)}")  # fmt: skip
         rows.append({"seed": seed, "official": ev["official"], "ddbench": ev["ddbench"],
-                     "official_own_evaluate_synset": [100 * a for a in own_eval]})  # fmt: skip
+                     "official_own_evaluate_synset": [100 * a for a in own_eval],
+                     **({"teacher": labelled_by["ddbench"]} if labelled_by else {})})  # fmt: skip
     commands["evaluate"] = shlex.join([*DDBENCH[2:], "evaluate", "synset=SET", f"protocol={protocol}",
                                        f"protocol.seeds=[{eval_seeds}]", "precision=fp32",
-                                       *EVAL_EPOCHS])  # fmt: skip
+                                       *EVAL_EPOCHS, *eval_args])  # fmt: skip
 
     def pooled(side):
         return [p["accuracy"] for r in rows for p in r[side]["per_seed"]]
@@ -367,7 +586,10 @@ def main() -> None:
             "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7, E8)"}
            if method in FYI_BASE else {}),
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
-        **({"experts": prepared} if prepared else {}),
+        **({"experts": prepared} if prepared and method in ("mtt", "ftd") else {}),
+        **({"shared_teacher": prepared, "aligned_settings": other["aligned"],
+            "recovery_settings": recovery_settings(method)}
+           if other and "aligned" in other else {}),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), OMP_NUM_THREADS=1",
         "torch": torch.__version__, "commands": commands, "seconds": timings,
     }  # fmt: skip
