@@ -25,6 +25,10 @@
 #      Image, Histogram and finish do nothing; run.name is "parity"), so no account or network.
 #   M7 buffer.py (their expert training, expert_parity.sh): --seed S as M2 (torch, numpy; the
 #      network seed of M3 then comes from numpy).
+#   M8 networks.py ConvNet.forward: out.view(out.size(0), -1) -> out.reshape(out.size(0), -1)
+#      (the same values; with torch 2.14 on CPU the convolution's output can come back in a
+#      channels-last layout, which view refuses: "view size is not compatible with input
+#      tensor's size and stride"). FTD's fork reads the same networks.py.
 # FTD's fork (AngusDujw/FTD-distillation, recognised by distill/distill_FTD.py) gets the same
 # edits in its files: M1 and M3 in utils/utils_baseline.py, M2, M4 and M5 in
 # distill/distill_FTD.py (M4 saves its image EMA, ema.module[0], as images_<N>.pt: FTD's set;
@@ -132,6 +136,16 @@ if not ftd:
         "        np.random.seed(args.seed)\n",
         "ddbench-parity M7",
     )
+# M8 (ConvNet.forward only; their other networks are not used here)
+edit(
+    "networks.py",
+    "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
+    "        out = self.classifier(out)\n        return out\n",
+    "        out = self.features(x)\n"
+    "        out = out.reshape(out.size(0), -1)  # ddbench-parity M8: view -> reshape, same values\n"
+    "        out = self.classifier(out)\n        return out\n",
+    "ddbench-parity M8",
+)
 # M6
 stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd else off / "wandb.py"
 write_wandb_standin(

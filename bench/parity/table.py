@@ -14,6 +14,11 @@ NAMES = {
     "fyi_dsa": "DSA + FYI",
     "datadam": "DataDAM (the code's BN network)",
     "datadam_paper_net": "DataDAM (the paper's IN network)",
+    "sre2l": "SRe2L (shared teacher)",
+    "cda": "CDA (shared teacher)",
+    "cvdd": "CV-DD (shared teacher, shared start)",
+    "mtt": "MTT (shared experts)",
+    "ftd": "FTD (shared experts)",
 }
 
 
