@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,81 @@ def test_the_parity_run_gives_both_sides_the_same_settings(method, monkeypatch, 
     monkeypatch.setenv("PARITY_MTT_SETTINGS", "no_such=1")
     with pytest.raises(SystemExit, match="unknown setting"):
         parity.trajectory_settings(method, 1)
+
+
+def test_the_ast_parity_run_turns_on_the_same_parts_and_start_on_both_sides(monkeypatch, tmp_path):
+    parity = _parity_module()
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "syn_steps=4,max_start_epoch=1")
+    for ipc, (their_init, our_init) in {1: ("real", None), 10: ("avg", "kmeans")}.items():
+        theirs = parity.OTHER_OFFICIAL["ast"]["command"]("fashion_mnist", ipc, 5, 0, tmp_path)
+        ours = parity.OTHER_OFFICIAL["ast"]["ddbench_args"]("fashion_mnist", ipc)
+        assert theirs[0] == "distill.py"
+        assert theirs[theirs.index("--pix_init") + 1] == their_init
+        switches = {a for a in theirs if a.startswith("--") and "=" not in a}
+        assert {"--balance_loss", "--agg_middle_loss", "--weight_perturb"} <= switches
+        m = build_method(packaged_config("ast", [*ours, "method.experts.epochs=50"]))
+        assert (m.balance_loss, m.agg_middle_loss, m.weight_perturb) == (True, True, True)
+        assert m.representative_init == our_init and m.syn_steps == 4
+        # --mom is left at their argparse default, which is ddbench's student momentum
+        assert "--mom" not in " ".join(theirs) and m.student_momentum == 0.9
+        flags = dict(a[2:].split("=", 1) for a in theirs if a.startswith("--") and "=" in a)
+        assert float(flags["lr_img"]) == m.lr_img and int(flags["max_start_epoch"]) == 1
+
+
+def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
+    """official_mtt_setup.sh on a stand-in of AST's files (the lines it patches, as at 8030869):
+    every edit lands once, a second run changes nothing, and the import of their missing
+    generator.py then succeeds (A1)."""
+    import subprocess
+
+    off = tmp_path / "AST"
+    off.mkdir()
+    (off / "utils.py").write_text(
+        "import os\nimport time\nimport numpy as np\nimport torch\n"
+        "from torch.utils.data import TensorDataset\n\n\n"
+        'def get_dataset(dataset, data_path, batch_size=1, subset="imagenette", args=None):\n'
+        "    pass\n\n\n"
+        "def get_network(model, channel, num_classes, im_size=(32, 32), dist=True):\n"
+        "    torch.random.manual_seed(int(time.time() * 1000) % 100000)\n"
+    )
+    (off / "distill.py").write_text(
+        "import random\nfrom generator import Generator\n\n\ndef main(args):\n"
+        "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
+        "    def get_repre_images(ipc):\n        for c in range(3):\n"
+        "            kmeans = KMeans(n_clusters=ipc_visual, random_state=0).fit(logist)\n"
+        "            logist_per_class = expert_net(images_per_class)\n"
+        "            kmeans_ipc = KMeans(n_clusters=ipc, random_state=0).fit(logist)\n"
+        "    for it in range(0, args.Iteration+1):\n"
+        '        wandb.log({"Synthetic_LR": syn_lr.detach().cpu()}, step=it)\n\n\n'
+        "if __name__ == '__main__':\n"
+        "    parser.add_argument('--agg_middle_loss', action='store_true')\n"
+        "    args = parser.parse_args()\n"
+    )
+    (off / "buffer.py").write_text("if True:\n    args = parser.parse_args()\n")
+    (off / "networks.py").write_text(
+        "class ConvNet:\n    def forward(self, x):\n"
+        "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
+        "        out = self.classifier(out)\n        return out\n"
+    )
+    (off / "data").mkdir()
+    for name in ("MNIST", "FashionMNIST"):  # the data files exist: no export
+        (off / "data" / f"parity_{name}.pt").write_bytes(b"")
+    script = Path(__file__).parents[1] / "bench" / "parity" / "official_mtt_setup.sh"
+    out = subprocess.run(["bash", str(script), str(off)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(AST's code)" in out.stdout
+    once = {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"}
+    for marker in ("M1", "M2", "M3", "M4", "M4 save", "A2.0", "A2.1", "A3"):
+        files = [n for n, s in once.items() if f"ddbench-parity {marker}" in s]
+        assert len(files) == 1, marker
+    assert once["distill.py"].count("n_init=10") == 2
+    assert "with torch.no_grad():" in once["distill.py"]
+    assert "reshape" in once["networks.py"] and "M7" in once["buffer.py"]
+    assert "class Generator" in once["generator.py"] and "def log" in once["wandb.py"]
+    subprocess.run(["bash", str(script), str(off)], check=True, capture_output=True)
+    assert {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"} == once
+    gen = subprocess.run(
+        [sys.executable, "-c", "from generator import Generator\nGenerator()"],
+        cwd=off, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "--pix_init gan" in gen.stderr

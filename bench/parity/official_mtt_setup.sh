@@ -34,6 +34,18 @@
 # distill/distill_FTD.py (M4 saves its image EMA, ema.module[0], as images_<N>.pt: FTD's set;
 # M5 also edits the EMA's ema_image_syn.cuda()), M6 as distill/wandb.py (their script runs in
 # distill/); M7 is not applied (its experts come from buffer/buffer_FTD.py, not run here).
+# AST's code (shenjiyuan123/AST-Alignment-with-Smooth-Expert, MTT's files with AST's parts,
+# recognised by --agg_middle_loss in distill.py) gets M1-M4 and M6-M8 in the same files (its
+# save block has no .cuda(), so no M5), and:
+#   A1 generator.py next to distill.py: their distill.py imports Generator from a generator.py
+#      the repository does not have (used only by --pix_init gan); a stand-in that refuses to
+#      be built, so the import succeeds and nothing else changes.
+#   A2 distill.py get_repre_images (--pix_init avg): KMeans(..., random_state=0) ->
+#      KMeans(..., random_state=0, n_init=10): scikit-learn's default when their code was
+#      released (before 1.4; the installed version runs one init), ddbench's kmeans_rows too.
+#   A3 distill.py get_repre_images: the expert's logits on all 5,400 images of a class are
+#      computed under torch.no_grad() (the same values; their code keeps the autograd graph of
+#      the whole batch, about 9 GB per class on CPU, two classes' worth alive at once).
 # The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
 # written by ddbench's python (DDBENCH_PY, default python3).
 set -euo pipefail
@@ -49,6 +61,8 @@ sys.path.insert(0, sys.argv[2])
 from patching import make_edit, write_wandb_standin  # noqa: E402
 # FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
 ftd = (off / "distill" / "distill_FTD.py").exists()
+# AST's code: MTT's files with AST's parts (A1, A2 below)
+ast = not ftd and "--agg_middle_loss" in (off / "distill.py").read_text()
 UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
 DISTILL = "distill/distill_FTD.py" if ftd else "distill.py"
 
@@ -115,8 +129,8 @@ edit(
     "        wandb.log({\"Synthetic_LR\": syn_lr.detach().cpu()}, step=it)\n",
     "ddbench-parity M4 save",
 )
-# M5
-for i, name in enumerate(("image", "ema_image") if ftd else ("image",)):
+# M5 (AST's save block has no .cuda())
+for i, name in enumerate(("image", "ema_image") if ftd else () if ast else ("image",)):
     edit(
         DISTILL,
         f"                {name}_save = {name}_syn.cuda()\n",
@@ -146,13 +160,39 @@ edit(
     "        out = self.classifier(out)\n        return out\n",
     "ddbench-parity M8",
 )
+# A1-A3 (AST)
+if ast:
+    stand_in = off / "generator.py"
+    if not stand_in.exists():
+        stand_in.write_text(
+            '"""ddbench-parity A1: stand-in for the generator.py their distill.py imports."""\n\n\n'
+            "class Generator:\n"
+            "    def __init__(self, *args, **kwargs):\n"
+            "        raise RuntimeError('ddbench-parity A1: --pix_init gan needs a generator.py "
+            "the repository does not have')\n"
+        )
+    for i, (var, k) in enumerate((("kmeans", "ipc_visual"), ("kmeans_ipc", "ipc"))):
+        line = f"            {var} = KMeans(n_clusters={k}, random_state=0"
+        edit(
+            "distill.py",
+            f"{line}).fit(logist)\n",
+            f"{line}, n_init=10).fit(logist)  # ddbench-parity A2.{i}\n",
+            f"ddbench-parity A2.{i}",
+        )
+    edit(
+        "distill.py",
+        "            logist_per_class = expert_net(images_per_class)\n",
+        "            with torch.no_grad():  # ddbench-parity A3: the same values, no graph\n"
+        "                logist_per_class = expert_net(images_per_class)\n",
+        "ddbench-parity A3",
+    )
 # M6
 stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd else off / "wandb.py"
 write_wandb_standin(
     stub, "ddbench-parity M6: offline stand-in for the wandb calls of the distillation.",
     "parity", "Histogram",
 )
-print(f"patched {off}" + (" (FTD's fork)" if ftd else ""))
+print(f"patched {off}" + (" (FTD's fork)" if ftd else " (AST's code)" if ast else ""))
 PYEOF
 mkdir -p "$OFF/data"
 for d in mnist:MNIST fashion_mnist:FashionMNIST; do

@@ -6,23 +6,23 @@ the same settings and ``seed=S``, then score both sets with ``ddbench evaluate``
 protocol and write ``OUT/<method>_<dataset>_ipc<K>.json``. Every step is skipped when its
 output exists, so an interrupted run resumes.
 
-Methods whose authors' code is another repository (DataDAM, MTT, FTD) take their command,
-result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's and FTD's parity
+Methods whose authors' code is another repository (DataDAM, MTT, FTD, AST) take their command,
+result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's, FTD's and AST's parity
 start both sides from the same experts: the replay buffers of ``PARITY_BUFFER``, imported into
 ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity recovers on both sides from the same
 teacher(s), ddbench's cached ones exported for their scripts (``prepare_teachers``,
 ``sre2l_shim.py``), and checks that both sets are scored by that teacher.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa | datadam | mtt | ftd | sre2l | cda | cvdd; DATASET mnist |
+  METHOD dm | dc | dsa | datadam | mtt | ftd | ast | sre2l | cda | cvdd; DATASET mnist |
   fashion_mnist (sre2l, cda, cvdd: any ddbench dataset, e.g. digits); SEEDS comma-separated
   METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
   DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
   method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
 Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
-standard; dc -> dc; datadam -> datadam; mtt, ftd -> learned_lr; sre2l, cda, cvdd -> sre2l),
+standard; dc -> dc; datadam -> datadam; mtt, ftd, ast -> learned_lr; sre2l, cda, cvdd -> sre2l),
 PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS), PARITY_BUFFER and
-PARITY_MTT_SETTINGS (mtt, ftd: the shared experts, and overrides of TRAJECTORY_SETTINGS),
+PARITY_MTT_SETTINGS (mtt, ftd, ast: the shared experts, and overrides of TRAJECTORY_SETTINGS),
 PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
@@ -103,7 +103,26 @@ MTT_SETTINGS = {
 TRAJECTORY_SETTINGS = {
     "mtt": MTT_SETTINGS,
     "ftd": {ipc: {**v, "ema_decay": 0.99} for ipc, v in MTT_SETTINGS.items()},
+    "ast": MTT_SETTINGS,
 }
+# AST's parts, all on, on both sides: their store_true flags and ddbench's settings (methods/ast.py)
+# (--mom is left at their default 0.9, ddbench's student_momentum)
+AST_PARTS = {
+    "--balance_loss": "method.balance_loss=true",
+    "--agg_middle_loss": "method.agg_middle_loss=true",
+    "--weight_perturb": "method.weight_perturb=true",
+}
+AST_CLUSTERS = 10  # their ipc_visual (distill.py 113): --pix_init avg picks ipc / 10 per centre
+
+
+def ast_init(ipc: int) -> tuple[str, str]:
+    """AST's initialisation on both sides: their --pix_init avg (k-means on an expert's logits)
+    where the IPC is a multiple of their 10 clusters; below it their code picks int(ipc / 10) = 0
+    images per centre, so both sides start from random real images (--pix_init real, ddbench's
+    representative_init=null: MTT's initialisation)."""
+    if ipc % AST_CLUSTERS == 0:
+        return "avg", "method.representative_init=kmeans"
+    return "real", "method.representative_init=null"
 
 
 def trajectory_settings(method: str, ipc: int) -> dict[str, str]:
@@ -120,17 +139,21 @@ def trajectory_settings(method: str, ipc: int) -> dict[str, str]:
 def trajectory_command(
     method: str, dataset: str, ipc: int, iters: int, seed: int, save: Path
 ) -> list[str]:
-    """MTT's distill.py (FTD: distill/distill_FTD.py, run in distill/) with the settings of
-    ``trajectory_settings`` (both sides get them), the shared experts in buffers/<NAME>/ConvNet
-    (``prepare_experts``), ddbench's DSA strategy for the dataset, real initialisation and all
-    images per student step (their defaults), and the setup's --seed / --parity_eval /
-    --parity_save (official_mtt_setup.sh)."""
+    """MTT's distill.py (FTD: distill/distill_FTD.py, run in distill/; AST: its distill.py with
+    ``AST_PARTS`` and ``ast_init``) with the settings of ``trajectory_settings`` (both sides get
+    them), the shared experts in buffers/<NAME>/ConvNet (``prepare_experts``), ddbench's DSA
+    strategy for the dataset, real initialisation and all images per student step (their
+    defaults), and the setup's --seed / --parity_eval / --parity_save (official_mtt_setup.sh)."""
     up = "../" if method == "ftd" else ""
     flags = [f"--{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
+    pix_init = "real"
+    if method == "ast":
+        flags += list(AST_PARTS)
+        pix_init = ast_init(ipc)[0]
     return [
         "distill_FTD.py" if method == "ftd" else "distill.py",
         "--dataset", OFFICIAL_NAME[dataset], "--model", "ConvNet",
-        "--ipc", str(ipc), "--Iteration", str(iters), *flags, "--pix_init", "real",
+        "--ipc", str(ipc), "--Iteration", str(iters), *flags, "--pix_init", pix_init,
         "--dsa", "True", "--dsa_strategy", DSA_STRATEGY[dataset], "--eval_mode", "S",
         "--num_eval", "1", "--data_path", f"{up}data", "--buffer_path", f"{up}buffers",
         "--seed", str(seed), "--parity_save", str(save),
@@ -139,7 +162,10 @@ def trajectory_command(
 
 
 def trajectory_ddbench_args(method: str, dataset: str, ipc: int) -> list[str]:
-    return [f"method.{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
+    args = [f"method.{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
+    if method == "ast":
+        args += [*AST_PARTS.values(), "method.student_momentum=0.9", ast_init(ipc)[1]]
+    return args
 
 
 def prepare_experts(
@@ -190,14 +216,19 @@ def _trajectory_entry(method: str, repo: str, edits: str, cwd: str = "") -> dict
 # optionally a `prepare` run once before the seeds (the shared experts of trajectory matching).
 OTHER_OFFICIAL = {
     "mtt": _trajectory_entry(
-        "mtt", "GeorgeCazenavette/mtt-distillation", "bench/parity/official_mtt_setup.sh (M1-M6)"
+        "mtt", "GeorgeCazenavette/mtt-distillation", "bench/parity/official_mtt_setup.sh (M1-M8)"
     ),
     "ftd": _trajectory_entry(
         "ftd",
         "AngusDujw/FTD-distillation",
-        "bench/parity/official_mtt_setup.sh (M1-M6, FTD's files)",
+        "bench/parity/official_mtt_setup.sh (M1-M6, M8, FTD's files)",
         cwd="distill",
     ),  # fmt: skip
+    "ast": _trajectory_entry(
+        "ast",
+        "shenjiyuan123/AST-Alignment-with-Smooth-Expert",
+        "bench/parity/official_mtt_setup.sh (M1-M4, M6-M8, A1-A3)",
+    ),
     "datadam": {
         "command": datadam_command,
         "res": "res_DataDAM_{name}_ConvNet_{ipc}ipc_.pt",
@@ -586,7 +617,7 @@ def main() -> None:
             "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7, E8)"}
            if method in FYI_BASE else {}),
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
-        **({"experts": prepared} if prepared and method in ("mtt", "ftd") else {}),
+        **({"experts": prepared} if prepared and method in ("mtt", "ftd", "ast") else {}),
         **({"shared_teacher": prepared, "aligned_settings": other["aligned"],
             "recovery_settings": recovery_settings(method)}
            if other and "aligned" in other else {}),

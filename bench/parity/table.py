@@ -19,6 +19,7 @@ NAMES = {
     "cvdd": "CV-DD (shared teacher, shared start)",
     "mtt": "MTT (shared experts)",
     "ftd": "FTD (shared experts)",
+    "ast": "AST (shared experts)",
 }
 
 

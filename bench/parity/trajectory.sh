@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# Parity run for MTT or FTD on shared experts: the authors' distillation (MTT's distill.py,
+# Parity run for MTT, FTD or AST on shared experts: the authors' distillation (MTT's distill.py,
 # GeorgeCazenavette/mtt-distillation; FTD's distill/distill_FTD.py, AngusDujw/FTD-distillation;
-# both patched by official_mtt_setup.sh) and `ddbench distill method=METHOD` at the same budget
-# and settings (parity.py TRAJECTORY_SETTINGS), both matching against the SAME expert
-# trajectories: the replay_buffer_<n>.pt files of BUFFER_DIR (MTT's buffer.py format; `ddbench
-# expert export DATASET BUFFER_DIR` writes ddbench's experts so), linked as their only buffers
+# AST's distill.py, shenjiyuan123/AST-Alignment-with-Smooth-Expert, its parts on: parity.py
+# AST_PARTS, ast_init; all patched by official_mtt_setup.sh) and `ddbench distill
+# method=METHOD` at the same budget and settings (parity.py TRAJECTORY_SETTINGS), both
+# matching against the SAME expert trajectories: the replay_buffer_<n>.pt files of BUFFER_DIR
+# (MTT's buffer.py format; `ddbench expert export DATASET BUFFER_DIR` writes ddbench's experts
+# so), linked as their only buffers
 # and imported into ddbench's cache (`ddbench expert import`). Their images (FTD: the image EMA),
 # labels and learned lr are imported with `ddbench import mtt`; both sets are scored under
 # learned_lr. Writes OUT/<method>_<dataset>_ipc<K>.json (parity.py).
-# Usage: bench/parity/trajectory.sh mtt|ftd OFFICIAL_CHECKOUT OUT BUFFER_DIR [DATASET] [IPC]
+# Usage: bench/parity/trajectory.sh mtt|ftd|ast OFFICIAL_CHECKOUT OUT BUFFER_DIR [DATASET] [IPC]
 #        [ITERATIONS] [SEEDS]   (defaults: fashion_mnist, IPC 1, 200 iterations, seeds 0,1)
 # OFFICIAL_CHECKOUT: a work tree of the method's repository with its commit in COMMIT.
 # PARITY_MTT_SETTINGS="syn_steps=2,..." overrides the settings given to both sides.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/../.." && pwd)
-USAGE="usage: trajectory.sh mtt|ftd OFFICIAL_CHECKOUT OUT BUFFER_DIR [DATASET] [IPC] [ITERATIONS] [SEEDS]"
+USAGE="usage: trajectory.sh mtt|ftd|ast OFFICIAL_CHECKOUT OUT BUFFER_DIR [DATASET] [IPC] [ITERATIONS] [SEEDS]"
 METHOD=${1:?$USAGE}
-case $METHOD in mtt | ftd) ;; *) echo "$USAGE" >&2; exit 2 ;; esac
+case $METHOD in mtt | ftd | ast) ;; *) echo "$USAGE" >&2; exit 2 ;; esac
 OFF=${2:?$USAGE}
 OUT=${3:?$USAGE}
 export PARITY_BUFFER=${4:?$USAGE}
