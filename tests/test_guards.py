@@ -172,12 +172,22 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_the_signal_handlers_are_restored_after_the_app():
-    before = signal.getsignal(signal.SIGTERM)
-    with guard.stop_workers_on_signal():
-        assert signal.getsignal(signal.SIGTERM) is guard._on_signal
-        assert signal.getsignal(signal.SIGINT) is guard._on_signal
-    assert signal.getsignal(signal.SIGTERM) is before
+@pytest.mark.parametrize("sigint", [signal.default_int_handler, signal.SIG_IGN])
+def test_the_signal_handlers_are_restored_after_the_app(sigint):
+    """SIGINT as an interactive run has it, and ignored (a job started in the background with
+    `&` or nohup), whatever the launching shell gave this process."""
+    launched = signal.signal(signal.SIGINT, sigint)
+    try:
+        before = signal.getsignal(signal.SIGTERM)
+        with guard.stop_workers_on_signal():
+            assert signal.getsignal(signal.SIGTERM) is guard._on_signal
+            # a signal set to be ignored stays ignored
+            want = signal.SIG_IGN if sigint is signal.SIG_IGN else guard._on_signal
+            assert signal.getsignal(signal.SIGINT) is want
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert signal.getsignal(signal.SIGINT) is sigint
+    finally:
+        signal.signal(signal.SIGINT, launched)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
