@@ -61,7 +61,7 @@ sys.path.insert(0, sys.argv[2])
 from patching import make_edit, write_wandb_standin  # noqa: E402
 # FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
 ftd = (off / "distill" / "distill_FTD.py").exists()
-# AST's code: MTT's files with AST's parts (A1, A2 below)
+# AST's code: MTT's files with AST's parts (A1-A3 below)
 ast = not ftd and "--agg_middle_loss" in (off / "distill.py").read_text()
 UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
 DISTILL = "distill/distill_FTD.py" if ftd else "distill.py"
