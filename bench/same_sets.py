@@ -61,8 +61,8 @@ numbers depend on no default of the method's class or YAML. Each node pins (besi
   expert); ftd: MTT's and ``ema_decay``, ``experts.step: gsam`` with ``sam_rho``/``gsam_alpha``/``sam_adaptive``;
   datm: MTT's (``max_start_epoch`` the initial bound) and ``min_start_epoch``,
   ``max_start_epoch_final``, ``expansion_iterations``, ``soft_labels``, ``lr_y``,
-  ``momentum_y``, ``label_expert``, ``label_epoch``, ``correct_init``, ``threshold``, the GSAM
-  experts; ast: MTT's and ``representative_init``/``_expert``/``_epoch``/``_clusters``,
+  ``momentum_y``, ``label_expert``, ``label_epoch``, ``label_average``, ``correct_init``,
+  ``threshold``, the GSAM experts; ast: MTT's and ``representative_init``/``_expert``/``_epoch``/``_clusters``,
   ``balance_loss``, ``student_momentum``, ``agg_middle_loss``, ``weight_perturb``,
   ``experts.step: smooth`` with ``grad_penalty``/``loss_decay``/``reset_momentum``;
 * sre2l: ``iterations``, ``lr_img``, ``img_betas``, ``r_bn``, ``first_bn_multiplier``,
@@ -266,6 +266,7 @@ def nodes(budget: str) -> dict[str, dict[str, Any]]:
             "momentum_y": 0.9,
             "label_expert": 0,
             "label_epoch": -1,
+            "label_average": True,
             "correct_init": True,
             "threshold": 10.0,
             "experts": gsam,

@@ -1220,17 +1220,38 @@ def import_datadam(path: str | Path, dataset: str, entry: int = -1) -> Synthetic
 
 def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> SyntheticSet:
     """MTT/FTD/DATM ``images_best.pt`` with ``labels_best.pt`` (and ``lr_best.pt``, one
-    number, the learned lr) beside it."""
+    number, the learned lr) beside it.
+
+    MTT's and FTD's labels are class indices. DATM's are its learned label logits ``[N,K]``
+    (``label_syn``, saved before any softmax), which its evaluation trains on with a soft cross
+    entropy to their softmax (``distill/DATM.py`` ``SoftCrossEntropy``); the set stores that
+    softmax, the soft targets ddbench's ``set`` labels train on, and declares ``datm`` (DATM's
+    evaluation, which uses the learned lr). Rows that are already distributions are kept as
+    they are."""
     images_path = Path(images_path)
+    where = str(images_path)
     images = _torch_load(images_path)
     labels = _torch_load(images_path.with_name(images_path.name.replace("images", "labels")))
     lr_path = images_path.with_name(images_path.name.replace("images", "lr"))
     lr = _torch_load(lr_path) if os.path.lexists(lr_path) else None
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise DDBenchError(f"{images_path}: expected tensors in images_*.pt / labels_*.pt")
-    protocol = "learned_lr" if lr is not None else "standard"
+    origin, protocol = "mtt", "learned_lr" if lr is not None else "standard"
+    if labels.dim() == 2 and labels.is_floating_point():  # DATM's learned logits
+        labels = labels.detach().cpu().float()
+        if not torch.isfinite(labels).all():
+            raise DDBenchError(f"{where}: soft labels contain NaN or Inf")
+        rows = labels.sum(1)
+        distributions = bool((labels >= 0).all()) and torch.allclose(
+            rows, torch.ones_like(rows), atol=1e-4
+        )
+        if not distributions:
+            log.info("%s: [N,K] labels taken as DATM's learned logits and stored as their softmax",
+                     where)  # fmt: skip
+            labels = torch.softmax(labels, 1)
+        origin, protocol = "datm", "datm"
     return _imported(
-        images, labels, dataset, "mtt", lr=lr, zca=zca, protocol=protocol, where=str(images_path)
+        images, labels, dataset, origin, lr=lr, zca=zca, protocol=protocol, where=where
     )
 
 

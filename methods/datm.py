@@ -8,8 +8,10 @@ DATM is MTT (:class:`ddbench.methods.mtt.MTT`) with four changes, and only these
   ``[min_start_epoch, upper)``, ``upper`` growing linearly from ``max_start_epoch`` to
   ``max_start_epoch_final`` over ``expansion_iterations``: the early (easy) parts of the
   trajectories first, later (harder) ones as the set improves;
-* **learned soft labels**: per image a logit vector, initialised with the outputs of an expert
-  (``label_expert`` at ``label_epoch``) on the initial images and optimised with the images;
+* **learned soft labels**: per image a logit vector, initialised with the mean outputs (at
+  ``label_epoch``) of the experts that classify the initial image correctly (``label_average``;
+  off, or without ``correct_init``: the outputs of ``label_expert`` alone) and optimised with the
+  images;
   the student's inner loss is the soft cross entropy to ``softmax(logits)``, which the set
   stores, made class-consistent first (:func:`ddbench.relabel.class_consistent`);
 * **correct-only initialisation** (``correct_init``): the initial real images of each class are
@@ -73,6 +75,9 @@ class DATM(MTT):
         momentum_y: float = 0.9
         label_expert: int = 0  # the expert whose logits initialise the labels ...
         label_epoch: int = -1  # ... at this epoch (Label_Model_Timestamp, -1: the trained expert)
+        # with correct_init: the initial logits are the mean of every expert's (at label_epoch)
+        # that classifies the image correctly (DATM.py 269-307); false: label_expert's alone
+        label_average: bool = True
         correct_init: bool = True  # pix_init samples_predicted_correctly: real images it gets right
         threshold: float | None = 1.0  # skip an iteration whose loss exceeds it (null: never)
         # DATM trains its experts with FTD's buffer_FTD.py (GSAM), 100 epochs, alpha 0.3
@@ -183,7 +188,7 @@ class DATM(MTT):
             images, labels = super().init_images(task)
         if self.soft_labels:
             with torch.no_grad():
-                logits = net(w, images).float()
+                logits = self.initial_logits(task, images, labels, net, w)
             agree = float((logits.argmax(1) == labels).float().mean()) * 100
             log.info("datm: the label expert agrees with %.1f %% of the initial labels", agree)
             self.label_logits = logits.clone().requires_grad_(True)
@@ -191,6 +196,37 @@ class DATM(MTT):
                 [self.label_logits], lr=self.lr_y, momentum=self.momentum_y
             )
         return images, labels
+
+    def initial_logits(
+        self,
+        task: Task,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        net: FlatModel,
+        w: torch.Tensor,
+    ) -> torch.Tensor:
+        """The labels' initial logits. DATM's ``samples_predicted_correctly`` (``correct_init``
+        with ``label_average``): per image, the mean logits of the experts (every one, at
+        ``label_epoch``) whose prediction is its class (``distill/DATM.py`` 269-307); an image
+        none of them gets right (a topped-up one) takes the mean of all, where DATM's would be
+        0 / 0. Otherwise the label expert's logits (DATM's ``pix_init real``: one expert)."""
+        if not (self.label_average and self.correct_init and self.init == "real"):
+            return net(w, images).float()
+        outs = torch.stack(
+            [net(t[self.label_epoch].to(task.device), images).float() for t in self.trajectories]
+        )  # [E, N, K]
+        right = (outs.argmax(2) == labels).unsqueeze(2).float()
+        count = right.sum(0)
+        logits = (outs * right).sum(0) / count.clamp_min(1)
+        none = count.squeeze(1) == 0
+        if none.any():
+            log.warning(
+                "datm: no expert classifies %d initial image(s) correctly; their labels start "
+                "from the mean logits of all %d experts",
+                int(none.sum()), len(outs),
+            )  # fmt: skip
+            logits[none] = outs.mean(0)[none]
+        return logits
 
     # ------------------------------------------------------------------------------ the loop
 

@@ -440,6 +440,35 @@ def test_import_mtt_with_learned_lr(make_set, tmp_path: Path) -> None:
         synset.import_mtt(tmp_path / "images_best.pt", "digits")
 
 
+def test_import_mtt_reads_datm_learned_logits_as_their_softmax(make_set, tmp_path: Path) -> None:
+    """DATM saves its learned label logits (label_syn) and trains on their softmax; the set
+    must hold that softmax, declare DATM's protocol, and keep each image's class."""
+    s = make_set(ipc=2)
+    k = int(s.labels.max()) + 1
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(len(s.labels), k, generator=g) * 3
+    logits[torch.arange(len(s.labels)), s.labels] += 20  # each row favours its class
+    torch.save(s.images, tmp_path / "images_7.pt")
+    torch.save(logits, tmp_path / "labels_7.pt")
+    torch.save(torch.tensor(0.02), tmp_path / "lr_7.pt")
+
+    imp = synset.import_mtt(tmp_path / "images_7.pt", "digits")
+    assert torch.allclose(imp.labels, torch.softmax(logits, 1))
+    assert torch.allclose(imp.labels.sum(1), torch.ones(len(s.labels)))
+    assert torch.equal(imp.hard_labels, s.labels)
+    assert imp.meta["protocol"] == "datm" and imp.meta["method"]["name"] == "imported:datm"
+
+    probs = torch.softmax(logits, 1)  # rows that are already distributions are kept
+    torch.save(probs, tmp_path / "labels_7.pt")
+    assert torch.allclose(synset.import_mtt(tmp_path / "images_7.pt", "digits").labels, probs)
+
+    bad = logits.clone()
+    bad[0, 0] = float("nan")
+    torch.save(bad, tmp_path / "labels_7.pt")
+    with pytest.raises(DDBenchError, match="NaN or Inf"):
+        synset.import_mtt(tmp_path / "images_7.pt", "digits")
+
+
 @pytest.mark.parametrize("payload", ["custom_class", "code_on_load"])
 def test_import_refuses_pickled_objects(payload: str, make_set, tmp_path: Path) -> None:
     s = make_set(ipc=1)

@@ -323,7 +323,7 @@ def test_datm_inits_images_the_expert_gets_right_and_labels_from_its_logits(
     digits_train, cached_experts, caplog
 ):
     with caplog.at_level(logging.WARNING, logger="ddbench"):
-        m, task, images, labels = _ready(DATM, digits_train)
+        m, task, images, labels = _ready(DATM, digits_train, label_average=False)
     net, w = m.label_model(task)
     torch.testing.assert_close(w, m.trajectories[0][-1])
     with torch.no_grad():
@@ -339,6 +339,28 @@ def test_datm_inits_images_the_expert_gets_right_and_labels_from_its_logits(
     with caplog.at_level(logging.WARNING, logger="ddbench"):
         _ready(DATM, digits_train, label_epoch=0)
     assert "classifies only" in caplog.text and "filling" in caplog.text
+
+
+def test_datm_labels_start_from_the_mean_logits_of_the_experts_right_on_each_image(
+    digits_train, cached_experts
+):
+    """DATM's samples_predicted_correctly: per image, the mean of the logits of the experts
+    (all of them, at the label epoch) that classify it correctly; none right: all experts' mean."""
+    m, task, images, labels = _ready(DATM, digits_train)
+    net, _ = m.label_model(task)
+    with torch.no_grad():
+        outs = torch.stack([net(t[-1], images) for t in m.trajectories])
+    right = outs.argmax(2) == labels
+    # both kinds of image occur: ones both experts get right, ones only one does
+    assert len(m.trajectories) == 2 and right.all(0).any() and not right.all(0).all()
+    want = torch.stack([
+        outs[right[:, i], i].mean(0) if right[:, i].any() else outs[:, i].mean(0)
+        for i in range(len(labels))
+    ])  # fmt: skip
+    torch.testing.assert_close(m.label_logits.detach(), want)
+    # only the images both experts get right differ from the label expert's own logits
+    differs = (m.label_logits.detach() - outs[0]).abs().amax(1) > 1e-5
+    assert torch.equal(differs, right.all(0) | ~right[0])
 
 
 def test_datm_soft_labels_are_stored_loaded_and_evaluated_under_its_protocol(
