@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -425,3 +426,115 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
         cwd=off, capture_output=True, text=True,
     )  # fmt: skip
     assert "--pix_init gan" in gen.stderr
+
+
+def test_the_datm_parity_run_gives_both_sides_the_same_settings(monkeypatch, tmp_path):
+    """Their yacs config (their names, their CFG types) and ddbench's overrides say the same,
+    for a fixed range (IPC 1) and a growing one (IPC 10), and ddbench builds from them."""
+    import yaml
+
+    parity = _parity_module()
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "syn_steps=4")
+    names = {"syn_steps": "syn_steps", "expert_epochs": "expert_epochs", "lr_img": "lr_img",
+             "lr_teacher": "lr_teacher", "lr_lr": "lr_lr", "lr_y": "lr_y",
+             "momentum_y": "Momentum_y", "threshold": "threshold", "batch_syn": "batch_syn",
+             "min_start_epoch": "min_start_epoch", "label_epoch": "Label_Model_Timestamp"}  # fmt: skip
+    for ipc in (1, 10):
+        cmd = parity.OTHER_OFFICIAL["datm"]["command"]("mnist", ipc, 5, 3, tmp_path / "official")
+        assert cmd[0] == "DATM.py" and cmd[cmd.index("--seed") + 1] == "3"
+        theirs = yaml.safe_load(Path(cmd[cmd.index("--cfg") + 1]).read_text())
+        ours = parity.OTHER_OFFICIAL["datm"]["ddbench_args"]("mnist", ipc)
+        m = build_method(packaged_config("datm", [*ours, "method.experts.epochs=50"]))
+        for key, their_key in names.items():
+            assert float(theirs[their_key]) == float(getattr(m, key)), key
+        assert type(theirs["lr_img"]) is int and theirs["Iteration"] == 5 and not theirs["zca"]
+        assert m.syn_steps == 4 and m.soft_labels and m.correct_init and m.label_average
+        assert theirs["pix_init"] == "samples_predicted_correctly" and theirs["parall_eva"]
+        # the start-epoch range: fixed at IPC 1, DATM's growing one at IPC 10
+        assert theirs["current_max_start_epoch"] == m.max_start_epoch
+        assert theirs["max_start_epoch"] == m.settings.final_start_epoch
+        assert theirs["Sequential_Generation"] == (ipc == 10)
+        assert (m.max_start_epoch_final is None) == (ipc == 1)
+        if ipc == 10:
+            assert theirs["expansion_end_epoch"] == m.expansion_iterations == 1000
+            assert m.upper_start_epoch(500) == 15  # their Upper_Bound at it 500: 10 + 10 * 0.5
+    assert parity.OTHER_OFFICIAL["datm"]["protocol"] == "datm"
+    monkeypatch.setenv("PARITY_MTT_SETTINGS", "lr_img=100.5")
+    with pytest.raises(SystemExit, match="whole number"):
+        parity.datm_config("mnist", 1, 5)
+
+
+def test_the_datm_setup_patches_their_code_once(tmp_path):
+    """official_mtt_setup.sh on a stand-in of DATM's files (the lines it patches, as at
+    97ae510): D1, D2 and the shared edits land once each, a second run changes nothing, and the
+    patched command line takes --cfg and then the parity flags."""
+    import subprocess
+
+    off = tmp_path / "DATM"
+    (off / "distill").mkdir(parents=True)
+    (off / "utils").mkdir()
+    (off / "utils" / "utils_baseline.py").write_text(
+        "import os\nimport time\nimport torch\n\n\n"
+        'def get_dataset(dataset, data_path, batch_size=1, subset="imagenette", args=None, '
+        "baseline=False):\n    pass\n\n\n"
+        "def get_network(model, channel, num_classes, im_size=(32, 32), dist=True):\n"
+        "    torch.random.manual_seed(int(time.time() * 1000) % 100000)\n"
+    )
+    (off / "distill" / "DATM.py").write_text(
+        "import argparse\n\n\ndef manual_seed(seed=0):\n    pass\n\n\ndef main(args):\n\n"
+        "    manual_seed()\n"
+        "    if args.skip_first_eva==False:\n"
+        "        eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
+        "    else:\n"
+        "        eval_it_pool = np.arange(args.eval_it, args.Iteration + 1, args.eval_it).tolist()\n"
+        "    for it in range(0, args.Iteration+1):\n"
+        "        if it in eval_it_pool:\n"
+        "            with torch.no_grad():\n"
+        "                image_save = image_syn.cuda()\n"
+        '        wandb.log({"Synthetic_LR": syn_lr.detach().cpu()}, step=it)\n\n\n'
+        "if __name__ == '__main__':\n"
+        "    parser = argparse.ArgumentParser(description='Parameter Processing')\n"
+        '    parser.add_argument("--cfg", type=str, default="")\n'
+        "    args = parser.parse_args()\n"
+        "    cfg = {'ipc': 1}\n"
+        "    for key, value in cfg.items():\n"
+        "        parser.add_argument('--' + key, type=type(value), default=value)\n"
+        "    args = parser.parse_args()\n"
+        "    main(args)\n"
+    )
+    (off / "networks.py").write_text(
+        "class ConvNet:\n    def forward(self, x):\n"
+        "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
+        "        out = self.classifier(out)\n        return out\n"
+    )
+    (off / "data").mkdir()
+    for name in ("MNIST", "FashionMNIST"):  # the data files exist: no export
+        (off / "data" / f"parity_{name}.pt").write_bytes(b"")
+    script = Path(__file__).parents[1] / "bench" / "parity" / "official_mtt_setup.sh"
+    out = subprocess.run(["bash", str(script), str(off)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(DATM's code)" in out.stdout
+    files = [off / "utils" / "utils_baseline.py", off / "distill" / "DATM.py", off / "networks.py"]
+    once = {f: f.read_text() for f in files}
+    text = "".join(once.values())
+    for marker in ("M1", "M3", "M4", "M4 save", "M5.0", "M8", "D1: --cfg", "D1: the config", "D2"):
+        assert len(re.findall(rf"ddbench-parity {re.escape(marker)}(?!\w| save)", text)) == 1, (
+            marker
+        )
+    assert "M2" not in text and "M7" not in text  # MTT's argument edit and buffer.py: not DATM's
+    distill = once[off / "distill" / "DATM.py"]
+    # the parity's pool comes after both of their branches, at the function's level
+    assert distill.index("ddbench-parity M4\n") > distill.index("np.arange(args.eval_it")
+    assert "\n    if args.parity_eval >= 0:  # ddbench-parity M4\n" in distill
+    assert "manual_seed(args.seed if args.seed >= 0 else 0)" in distill
+    assert (off / "distill" / "wandb.py").exists()
+    subprocess.run(["bash", str(script), str(off)], check=True, capture_output=True)
+    assert {f: f.read_text() for f in files} == once
+    # their __main__ now reads --cfg first and the parity flags with the config's keys
+    main = distill.split("if __name__ == '__main__':\n", 1)[1].replace("    main(args)\n", "")
+    code = "import argparse, sys\nsys.argv = ['DATM.py', '--cfg', 'c.yaml', '--seed', '4', "
+    code += (
+        "'--parity_eval', '0']\nif True:\n" + main + "    print(args.cfg, args.seed, args.ipc)\n"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert got.stdout.split() == ["c.yaml", "4", "1"], got.stderr

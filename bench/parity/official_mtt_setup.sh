@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Prepare a checkout of MTT's code (GeorgeCazenavette/mtt-distillation) or of FTD's fork of it
-# (AngusDujw/FTD-distillation) for the parity runs of trajectory matching (trajectory.sh,
-# expert_parity.sh).
+# Prepare a checkout of MTT's code (GeorgeCazenavette/mtt-distillation), of FTD's fork of it
+# (AngusDujw/FTD-distillation), of AST's or of DATM's (NUS-HPC-AI-Lab/DATM) for the parity runs
+# of trajectory matching (trajectory.sh, expert_parity.sh).
 # Usage: bench/parity/official_mtt_setup.sh OFFICIAL_CHECKOUT
 #
 # The same local edits for every run, applied idempotently (each marked "ddbench-parity M<n>" in
@@ -46,6 +46,17 @@
 #   A3 distill.py get_repre_images: the expert's logits on all 5,400 images of a class are
 #      computed under torch.no_grad() (the same values; their code keeps the autograd graph of
 #      the whole batch, about 9 GB per class on CPU, two classes' worth alive at once).
+# DATM's code (NUS-HPC-AI-Lab/DATM, FTD's layout, recognised by distill/DATM.py) reads every
+# setting from a yacs config (--cfg, written by parity.py datm_config) and gets M1 (its
+# get_dataset has an extra baseline=False), M3, M4 (the pool after its skip_first_eva branch;
+# the save keeps label_syn, its learned label logits), M5, M6 (distill/wandb.py) and M8, and:
+#   D1 distill/DATM.py __main__: the first parse, which knows --cfg only, is parse_known_args,
+#      and --seed / --parity_eval / --parity_save (M2, M4) are added to the second, the one
+#      built from the config's keys (their only command line is --cfg, every setting is in it).
+#   D2 distill/DATM.py main: manual_seed() (seed 0 for random, numpy and torch on every run) ->
+#      manual_seed(S) with --seed S >= 0 (-1: their 0).
+# Their config sets parall_eva: True, their switch that runs the label initialisation and the
+# evaluation on args.device rather than cuda:0, so that part needs no edit.
 # The device needs no edit: their code picks 'cpu' when CUDA is absent. The data files are
 # written by ddbench's python (DDBENCH_PY, default python3).
 set -euo pipefail
@@ -61,20 +72,24 @@ sys.path.insert(0, sys.argv[2])
 from patching import make_edit, write_wandb_standin  # noqa: E402
 # FTD's fork (AngusDujw/FTD-distillation): distill/distill_FTD.py over utils/utils_baseline.py
 ftd = (off / "distill" / "distill_FTD.py").exists()
+# DATM's code: FTD's layout, distill/DATM.py with a yacs config (D1, D2 below)
+datm = (off / "distill" / "DATM.py").exists()
 # AST's code: MTT's files with AST's parts (A1-A3 below)
-ast = not ftd and "--agg_middle_loss" in (off / "distill.py").read_text()
-UTILS = "utils/utils_baseline.py" if ftd else "utils.py"
-DISTILL = "distill/distill_FTD.py" if ftd else "distill.py"
+ast = not ftd and not datm and "--agg_middle_loss" in (off / "distill.py").read_text()
+UTILS = "utils/utils_baseline.py" if ftd or datm else "utils.py"
+DISTILL = "distill/DATM.py" if datm else "distill/distill_FTD.py" if ftd else "distill.py"
 
 edit = make_edit(off)  # bench/parity/patching.py
 
 
 # M1
+sig = "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None"
+sig += ", baseline=False):\n" if datm else "):\n"
 edit(
     UTILS,
-    "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None):\n",
-    "def get_dataset(dataset, data_path, batch_size=1, subset=\"imagenette\", args=None):\n"
-    "    # ddbench-parity M1: ddbench's splits of MNIST/FashionMNIST, normalised, from a local file\n"
+    sig,
+    sig
+    + "    # ddbench-parity M1: ddbench's splits of MNIST/FashionMNIST, normalised, from a local file\n"
     "    _parity = os.path.join(data_path, 'parity_%s.pt' % dataset)\n"
     "    if dataset in ('MNIST', 'FashionMNIST') and os.path.exists(_parity):\n"
     "        _d = torch.load(_parity)\n"
@@ -87,20 +102,44 @@ edit(
     "        return channel, im_size, num_classes, class_names, mean, std, dst_train, dst_test, testloader, None, class_map, dict(class_map)\n",
     "ddbench-parity M1",
 )
-# M2 + M4 (arguments)
-edit(
-    DISTILL,
-    "    args = parser.parse_args()\n",
+# M2 + M4 (arguments; DATM: D1 and D2)
+PARITY_ARGS = (
     "    parser.add_argument('--seed', type=int, default=-1, help='ddbench-parity: fixed seed (-1: unseeded)')\n"
     "    parser.add_argument('--parity_eval', type=int, default=-1, help='ddbench-parity: -1 their eval_it_pool, 0 none, 1 last iteration')\n"
     "    parser.add_argument('--parity_save', type=str, default='parity_out', help='ddbench-parity: where the final set goes')\n"
-    "    args = parser.parse_args()\n"
-    "    if args.seed >= 0:  # ddbench-parity M2\n"
-    "        torch.manual_seed(args.seed)\n"
-    "        np.random.seed(args.seed)\n"
-    "        random.seed(args.seed)\n",
-    "ddbench-parity M2",
 )
+if datm:
+    edit(
+        DISTILL,
+        "    parser.add_argument(\"--cfg\", type=str, default=\"\")\n    args = parser.parse_args()\n",
+        "    parser.add_argument(\"--cfg\", type=str, default=\"\")\n"
+        "    args, _ = parser.parse_known_args()  # ddbench-parity D1: --cfg first\n",
+        "ddbench-parity D1",
+    )
+    edit(
+        DISTILL,
+        "    args = parser.parse_args()\n    main(args)\n",
+        PARITY_ARGS + "    args = parser.parse_args()  # ddbench-parity D1: the config's keys and the above\n"
+        "    main(args)\n",
+        "ddbench-parity D1: the config",
+    )
+    edit(
+        DISTILL,
+        "    manual_seed()\n",
+        "    manual_seed(args.seed if args.seed >= 0 else 0)  # ddbench-parity D2\n",
+        "ddbench-parity D2",
+    )
+else:
+    edit(
+        DISTILL,
+        "    args = parser.parse_args()\n",
+        PARITY_ARGS + "    args = parser.parse_args()\n"
+        "    if args.seed >= 0:  # ddbench-parity M2\n"
+        "        torch.manual_seed(args.seed)\n"
+        "        np.random.seed(args.seed)\n"
+        "        random.seed(args.seed)\n",
+        "ddbench-parity M2",
+    )
 # M3
 edit(
     UTILS,
@@ -108,12 +147,17 @@ edit(
     "    torch.random.manual_seed(int(np.random.randint(100000)))  # ddbench-parity M3\n",
     "ddbench-parity M3",
 )
-# M4 (the evaluation pool, the save and stop; FTD's set is its image EMA)
+# M4 (the evaluation pool, the save and stop; FTD's set is its image EMA; DATM's pool is set in
+# two branches, the parity's after both)
+pool = (
+    "        eval_it_pool = np.arange(args.eval_it, args.Iteration + 1, args.eval_it).tolist()\n"
+    if datm
+    else "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
+)
 edit(
     DISTILL,
-    "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n",
-    "    eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
-    "    if args.parity_eval >= 0:  # ddbench-parity M4\n"
+    pool,
+    pool + "    if args.parity_eval >= 0:  # ddbench-parity M4\n"
     "        eval_it_pool = [args.Iteration] if args.parity_eval == 1 else []\n",
     "ddbench-parity M4",
 )
@@ -138,7 +182,7 @@ for i, name in enumerate(("image", "ema_image") if ftd else () if ast else ("ima
         f"ddbench-parity M5.{i}",
     )
 # M7
-if not ftd:
+if not ftd and not datm:
     edit(
         "buffer.py",
         "    args = parser.parse_args()\n",
@@ -187,12 +231,13 @@ if ast:
         "ddbench-parity A3",
     )
 # M6
-stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd else off / "wandb.py"
+stub = off / DISTILL.rpartition("/")[0] / "wandb.py" if ftd or datm else off / "wandb.py"
 write_wandb_standin(
     stub, "ddbench-parity M6: offline stand-in for the wandb calls of the distillation.",
     "parity", "Histogram",
 )
-print(f"patched {off}" + (" (FTD's fork)" if ftd else " (AST's code)" if ast else ""))
+print(f"patched {off}" + (" (FTD's fork)" if ftd else " (AST's code)" if ast else
+                          " (DATM's code)" if datm else ""))
 PYEOF
 mkdir -p "$OFF/data"
 for d in mnist:MNIST fashion_mnist:FashionMNIST; do

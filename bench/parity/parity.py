@@ -6,24 +6,24 @@ the same settings and ``seed=S``, then score both sets with ``ddbench evaluate``
 protocol and write ``OUT/<method>_<dataset>_ipc<K>.json``. Every step is skipped when its
 output exists, so an interrupted run resumes.
 
-Methods whose authors' code is another repository (DataDAM, MTT, FTD, AST) take their command,
-result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's, FTD's and AST's parity
-start both sides from the same experts: the replay buffers of ``PARITY_BUFFER``, imported into
-ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity recovers on both sides from the same
+Methods whose authors' code is another repository (DataDAM, MTT, FTD, AST, DATM) take their
+command, result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's, FTD's, AST's
+and DATM's parity start both sides from the same experts: the replay buffers of
+``PARITY_BUFFER``, imported into ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity recovers on both sides from the same
 teacher(s), ddbench's cached ones exported for their scripts (``prepare_teachers``,
 ``sre2l_shim.py``), and checks that both sets are scored by that teacher.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa | datadam | mtt | ftd | ast | sre2l | cda | cvdd; DATASET mnist |
+  METHOD dm | dc | dsa | datadam | mtt | ftd | ast | datm | sre2l | cda | cvdd; DATASET mnist |
   fashion_mnist (sre2l, cda, cvdd: any ddbench dataset, e.g. digits); SEEDS comma-separated
   METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
   DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
   method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
 Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
-standard; dc -> dc; datadam -> datadam; mtt, ftd, ast -> learned_lr; sre2l, cda, cvdd -> sre2l),
-PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS), PARITY_BUFFER and
-PARITY_MTT_SETTINGS (mtt, ftd, ast: the shared experts, and overrides of TRAJECTORY_SETTINGS),
-PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
+standard; dc -> dc; datadam -> datadam; mtt, ftd, ast -> learned_lr; datm -> datm; sre2l, cda,
+cvdd -> sre2l), PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS),
+PARITY_BUFFER and PARITY_MTT_SETTINGS (mtt, ftd, ast, datm: the shared experts, and overrides of
+TRAJECTORY_SETTINGS), PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
 model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
 marked not comparable), PARITY_DDBENCH_ARGS: extra overrides of ddbench's side, space-separated,
@@ -100,10 +100,21 @@ MTT_SETTINGS = {
     10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_img": 100.0,
          "lr_lr": 1e-05, "lr_teacher": 0.01},
 }  # fmt: skip
+# DATM (NUS-HPC-AI-Lab/DATM): MTT's settings and, in ddbench's names, DATM's own from its CIFAR-10
+# configs: configs/CIFAR-10/ConvIN/IPC1.yaml lr_y 5., Momentum_y 0.9, threshold 1.1,
+# Sequential_Generation False (a fixed range: max_start_epoch_final null); IPC10.yaml lr_y 2.0,
+# threshold 1., current_max_start_epoch 10 -> max_start_epoch 20 over expansion_end_epoch 1000.
+DATM_SETTINGS = {
+    1: {**MTT_SETTINGS[1], "lr_y": 5.0, "momentum_y": 0.9, "threshold": 1.1,
+        "max_start_epoch_final": None, "expansion_iterations": None},
+    10: {**MTT_SETTINGS[10], "max_start_epoch": 10, "max_start_epoch_final": 20,
+         "expansion_iterations": 1000, "lr_y": 2.0, "momentum_y": 0.9, "threshold": 1.0},
+}  # fmt: skip
 TRAJECTORY_SETTINGS = {
     "mtt": MTT_SETTINGS,
     "ftd": {ipc: {**v, "ema_decay": 0.99} for ipc, v in MTT_SETTINGS.items()},
     "ast": MTT_SETTINGS,
+    "datm": DATM_SETTINGS,
 }
 # AST's parts, all on, on both sides: their store_true flags and ddbench's settings (methods/ast.py)
 # (--mom is left at their default 0.9, ddbench's student_momentum)
@@ -127,7 +138,7 @@ def ast_init(ipc: int) -> tuple[str, str]:
 
 def trajectory_settings(method: str, ipc: int) -> dict[str, str]:
     table = TRAJECTORY_SETTINGS[method]
-    out = {k: repr(v) for k, v in table.get(ipc, table[10]).items()}
+    out = {k: "null" if v is None else repr(v) for k, v in table.get(ipc, table[10]).items()}
     for item in filter(None, os.environ.get("PARITY_MTT_SETTINGS", "").split(",")):
         key, _, value = item.partition("=")
         if key not in out:
@@ -165,7 +176,70 @@ def trajectory_ddbench_args(method: str, dataset: str, ipc: int) -> list[str]:
     args = [f"method.{k}={v}" for k, v in trajectory_settings(method, ipc).items()]
     if method == "ast":
         args += [*AST_PARTS.values(), "method.student_momentum=0.9", ast_init(ipc)[1]]
+    if method == "datm":
+        args += [f"method.{k}={v}" for k, v in DATM_FIXED.items()]
+        args.append(f"method.batch_syn={DATM_CLASSES * ipc}")
     return args
+
+
+# DATM's parts both sides run (DATM.py's samples_predicted_correctly, soft labels, expert 0 of
+# file 0 at Label_Model_Timestamp -1 choosing the images, the mean of the right experts' logits
+# as the labels), the range from epoch 0, all images per student step (their batch_syn at IPC 1
+# and 10: ipc x classes)
+DATM_FIXED = {"soft_labels": "true", "correct_init": "true", "label_average": "true",
+              "label_expert": 0, "label_epoch": -1, "min_start_epoch": 0}  # fmt: skip
+DATM_CLASSES = 10  # MNIST, Fashion-MNIST
+
+
+def datm_config(dataset: str, ipc: int, iters: int) -> dict:
+    """DATM's yacs config (their only command-line input) for the settings both sides get, in
+    their names and with their CFG defaults' types (utils/cfg.py: lr_img an int; yacs refuses
+    another type), run from distill/ (data and buffers one level up), no ZCA, their evaluation
+    (when asked) on args.device with batch 128 (parall_eva, their configs' batch_train)."""
+    st = trajectory_settings("datm", ipc)
+
+    def num(key):
+        return None if st[key] in ("null", "None") else float(st[key])
+
+    def whole(key):
+        v = num(key)
+        if v is None or not v.is_integer():
+            raise SystemExit(f"datm: {key}={st[key]} must be a whole number in their config")
+        return int(v)
+
+    final = num("max_start_epoch_final")
+    return {
+        "dataset": OFFICIAL_NAME[dataset], "model": "ConvNet", "ipc": ipc, "Iteration": iters,
+        "syn_steps": whole("syn_steps"), "expert_epochs": whole("expert_epochs"),
+        "lr_img": whole("lr_img"), "lr_teacher": num("lr_teacher"), "lr_lr": num("lr_lr"),
+        "lr_y": num("lr_y"), "Momentum_y": num("momentum_y"), "threshold": num("threshold"),
+        "min_start_epoch": DATM_FIXED["min_start_epoch"],
+        "current_max_start_epoch": whole("max_start_epoch"),
+        "max_start_epoch": whole("max_start_epoch" if final is None else "max_start_epoch_final"),
+        "Sequential_Generation": final is not None,
+        **({} if final is None else {"expansion_end_epoch": whole("expansion_iterations")}),
+        "batch_syn": DATM_CLASSES * ipc, "pix_init": "samples_predicted_correctly",
+        "Label_Model_Timestamp": DATM_FIXED["label_epoch"],
+        "dsa": True, "dsa_strategy": DSA_STRATEGY[dataset], "zca": False,
+        "data_path": "../data", "buffer_path": "../buffers", "eval_mode": "S", "num_eval": 1,
+        "eval_it": max(iters, 1), "skip_first_eva": True, "parall_eva": True, "batch_train": 128,
+        "device": [0], "project": "ddbench_parity",
+    }  # fmt: skip
+
+
+def datm_command(dataset: str, ipc: int, iters: int, seed: int, save: Path) -> list[str]:
+    """DATM's distill/DATM.py on the config ``datm_config`` writes beside ``save``
+    (``<seed dir>/datm_config.yaml``), with the setup's --seed / --parity_eval / --parity_save
+    (official_mtt_setup.sh D1, D2, M4)."""
+    import yaml
+
+    cfg = Path(save).parent / "datm_config.yaml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(yaml.safe_dump(datm_config(dataset, ipc, iters), sort_keys=False))
+    return [
+        "DATM.py", "--cfg", str(cfg), "--seed", str(seed), "--parity_save", str(save),
+        "--parity_eval", "1" if os.environ.get("PARITY_OFFICIAL_EVAL") == "1" else "0",
+    ]  # fmt: skip
 
 
 def prepare_experts(
@@ -198,10 +272,12 @@ def prepare_experts(
 
 def _trajectory_entry(method: str, repo: str, edits: str, cwd: str = "") -> dict:
     return {
-        "command": functools.partial(trajectory_command, method),
+        "command": datm_command
+        if method == "datm"
+        else functools.partial(trajectory_command, method),
         "res": "images_{iters}.pt",  # with labels_<N>.pt and lr_<N>.pt beside it (setup M4)
-        "import": "mtt",
-        "protocol": "learned_lr",
+        "import": "mtt",  # DATM's label logits -> their softmax, protocol datm
+        "protocol": "datm" if method == "datm" else "learned_lr",
         "ddbench_args": functools.partial(trajectory_ddbench_args, method),
         "prepare": functools.partial(prepare_experts, method),
         "cwd": cwd,
@@ -228,6 +304,12 @@ OTHER_OFFICIAL = {
         "ast",
         "shenjiyuan123/AST-Alignment-with-Smooth-Expert",
         "bench/parity/official_mtt_setup.sh (M1-M4, M6-M8, A1-A3)",
+    ),
+    "datm": _trajectory_entry(
+        "datm",
+        "NUS-HPC-AI-Lab/DATM",
+        "bench/parity/official_mtt_setup.sh (M1, M3-M6, M8, D1, D2; DATM's files)",
+        cwd="distill",
     ),
     "datadam": {
         "command": datadam_command,
@@ -617,7 +699,7 @@ def main() -> None:
             "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7, E8)"}
            if method in FYI_BASE else {}),
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
-        **({"experts": prepared} if prepared and method in ("mtt", "ftd", "ast") else {}),
+        **({"experts": prepared} if prepared and method in TRAJECTORY_SETTINGS else {}),
         **({"shared_teacher": prepared, "aligned_settings": other["aligned"],
             "recovery_settings": recovery_settings(method)}
            if other and "aligned" in other else {}),
