@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -369,12 +370,29 @@ def test_the_ast_parity_run_turns_on_the_same_parts_and_start_on_both_sides(monk
         assert float(flags["lr_img"]) == m.lr_img and int(flags["max_start_epoch"]) == 1
 
 
+SETUP = Path(__file__).parents[1] / "bench" / "parity" / "official_mtt_setup.sh"
+
+
+def _run_mtt_setup(off: Path) -> subprocess.CompletedProcess:
+    """official_mtt_setup.sh on a stand-in checkout, with the networks.py ConvNet.forward lines
+    it patches (M8) and the data files in place (no export); it must succeed."""
+    (off / "networks.py").write_text(
+        "class ConvNet:\n    def forward(self, x):\n"
+        "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
+        "        out = self.classifier(out)\n        return out\n"
+    )
+    (off / "data").mkdir()
+    for name in ("MNIST", "FashionMNIST"):
+        (off / "data" / f"parity_{name}.pt").write_bytes(b"")
+    out = subprocess.run(["bash", str(SETUP), str(off)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
     """official_mtt_setup.sh on a stand-in of AST's files (the lines it patches, as at 8030869):
     every edit lands once, a second run changes nothing, and the import of their missing
     generator.py then succeeds (A1)."""
-    import subprocess
-
     off = tmp_path / "AST"
     off.mkdir()
     (off / "utils.py").write_text(
@@ -399,17 +417,7 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
         "    args = parser.parse_args()\n"
     )
     (off / "buffer.py").write_text("if True:\n    args = parser.parse_args()\n")
-    (off / "networks.py").write_text(
-        "class ConvNet:\n    def forward(self, x):\n"
-        "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
-        "        out = self.classifier(out)\n        return out\n"
-    )
-    (off / "data").mkdir()
-    for name in ("MNIST", "FashionMNIST"):  # the data files exist: no export
-        (off / "data" / f"parity_{name}.pt").write_bytes(b"")
-    script = Path(__file__).parents[1] / "bench" / "parity" / "official_mtt_setup.sh"
-    out = subprocess.run(["bash", str(script), str(off)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    out = _run_mtt_setup(off)
     assert "(AST's code)" in out.stdout
     once = {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"}
     for marker in ("M1", "M2", "M3", "M4", "M4 save", "A2.0", "A2.1", "A3"):
@@ -419,7 +427,7 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
     assert "with torch.no_grad():" in once["distill.py"]
     assert "reshape" in once["networks.py"] and "M7" in once["buffer.py"]
     assert "class Generator" in once["generator.py"] and "def log" in once["wandb.py"]
-    subprocess.run(["bash", str(script), str(off)], check=True, capture_output=True)
+    subprocess.run(["bash", str(SETUP), str(off)], check=True, capture_output=True)
     assert {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"} == once
     gen = subprocess.run(
         [sys.executable, "-c", "from generator import Generator\nGenerator()"],
@@ -468,8 +476,6 @@ def test_the_datm_setup_patches_their_code_once(tmp_path):
     """official_mtt_setup.sh on a stand-in of DATM's files (the lines it patches, as at
     97ae510): D1, D2 and the shared edits land once each, a second run changes nothing, and the
     patched command line takes --cfg and then the parity flags."""
-    import subprocess
-
     off = tmp_path / "DATM"
     (off / "distill").mkdir(parents=True)
     (off / "utils").mkdir()
@@ -502,17 +508,7 @@ def test_the_datm_setup_patches_their_code_once(tmp_path):
         "    args = parser.parse_args()\n"
         "    main(args)\n"
     )
-    (off / "networks.py").write_text(
-        "class ConvNet:\n    def forward(self, x):\n"
-        "        out = self.features(x)\n        out = out.view(out.size(0), -1)\n"
-        "        out = self.classifier(out)\n        return out\n"
-    )
-    (off / "data").mkdir()
-    for name in ("MNIST", "FashionMNIST"):  # the data files exist: no export
-        (off / "data" / f"parity_{name}.pt").write_bytes(b"")
-    script = Path(__file__).parents[1] / "bench" / "parity" / "official_mtt_setup.sh"
-    out = subprocess.run(["bash", str(script), str(off)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    out = _run_mtt_setup(off)
     assert "(DATM's code)" in out.stdout
     files = [off / "utils" / "utils_baseline.py", off / "distill" / "DATM.py", off / "networks.py"]
     once = {f: f.read_text() for f in files}
@@ -528,7 +524,7 @@ def test_the_datm_setup_patches_their_code_once(tmp_path):
     assert "\n    if args.parity_eval >= 0:  # ddbench-parity M4\n" in distill
     assert "manual_seed(args.seed if args.seed >= 0 else 0)" in distill
     assert (off / "distill" / "wandb.py").exists()
-    subprocess.run(["bash", str(script), str(off)], check=True, capture_output=True)
+    subprocess.run(["bash", str(SETUP), str(off)], check=True, capture_output=True)
     assert {f: f.read_text() for f in files} == once
     # their __main__ now reads --cfg first and the parity flags with the config's keys
     main = distill.split("if __name__ == '__main__':\n", 1)[1].replace("    main(args)\n", "")
