@@ -190,7 +190,7 @@ class DATM(MTT):
             with torch.no_grad():
                 logits = self.initial_logits(task, images, labels, net, w)
             agree = float((logits.argmax(1) == labels).float().mean()) * 100
-            log.info("datm: the label expert agrees with %.1f %% of the initial labels", agree)
+            log.info("datm: the initial label logits agree with %.1f %% of the classes", agree)
             self.label_logits = logits.clone().requires_grad_(True)
             self._y_opt = torch.optim.SGD(
                 [self.label_logits], lr=self.lr_y, momentum=self.momentum_y
