@@ -20,6 +20,7 @@ NAMES = {
     "mtt": "MTT (shared experts)",
     "ftd": "FTD (shared experts)",
     "ast": "AST (shared experts)",
+    "datm": "DATM (shared experts)",
 }
 
 
