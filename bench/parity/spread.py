@@ -55,6 +55,7 @@ def main() -> None:
     first = row["per_seed"][0]
     command = row["commands"][f"ddbench_seed{first['seed']}"]
     means = {first["seed"]: first["ddbench"]["mean"]}
+    models = {first["seed"]: [m["accuracy"] for m in first["ddbench"].get("per_seed", [])]}
     for seed in (int(s) for s in seeds.split(",")):
         d = out / f"seed{seed}"
         d.mkdir(parents=True, exist_ok=True)
@@ -65,13 +66,16 @@ def main() -> None:
                  f"protocol={row['protocol']}", f"protocol.seeds=[{row['eval_seeds']}]",
                  "precision=fp32", "device=cpu", "progress=false",
                  f"hydra.run.dir={d / 'eval'}"], out / f"seed{seed}.log")  # fmt: skip
-        means[seed] = json.loads((d / "eval" / "result.json").read_text())["accuracy"]["mean"]
+        accuracy = json.loads((d / "eval" / "result.json").read_text())["accuracy"]
+        means[seed] = accuracy["mean"]
+        models[seed] = [m["accuracy"] for m in accuracy["per_seed"]]
     values = list(means.values())
     result = {
         "source": str(source), "method": row["method"], "dataset": row["dataset"],
         "ipc": row["ipc"], "iterations": row["iterations"], "protocol": row["protocol"],
         "eval_seeds": row["eval_seeds"], "command": command,
         "ddbench_set_means": {str(k): v for k, v in means.items()},
+        "ddbench_model_accuracies": {str(k): v for k, v in models.items()},
         "range": max(values) - min(values),
         "std_over_sets": statistics.stdev(values) if len(values) > 1 else 0.0,
         "official_mean": row["official"]["mean"],
