@@ -108,9 +108,18 @@ class ImageDistillation(Method):
 
     name = "image_distillation"
     protocol = "standard"  # the evaluation protocol the sets expect
+    # whether the method's start honours ``init_from``; a method whose set is not ``ipc`` images
+    # per class started from images (compensators, stitched patches, learned targets) says no,
+    # and ``init_from`` is then refused rather than silently ignored
+    supports_init_from = True
 
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
+        if self.init_from and not self.supports_init_from:
+            raise DDBenchError(
+                f"{self.name}: init_from is not supported (its set does not start from ipc "
+                "images per class); drop method.init_from"
+            )
         self._opt: torch.optim.Optimizer | None = None
         self._sched: torch.optim.lr_scheduler.LRScheduler | None = None
         self._modifier: modifiers.Modifier | None = None

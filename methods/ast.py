@@ -202,8 +202,9 @@ class AST(MTT):
     # ------------------------------------------------------------------------------ init
 
     def init_images(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        """Representative real images per class, or MTT's initialisation."""
-        if self.representative_init is None:
+        """Representative real images per class, or MTT's initialisation (also when
+        ``init_from`` gives the start)."""
+        if self.representative_init is None or self.init_from:
             return super().init_images(task)
         net = task.model_factory().to(task.device)
         flat = self.trajectories[self.representative_expert][self.representative_epoch]

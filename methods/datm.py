@@ -172,9 +172,10 @@ class DATM(MTT):
         return task.normalize(task.train.images[right_t].to(task.device))
 
     def init_images(self, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
-        """MTT's images (or correctly classified real ones), plus the label logits."""
+        """MTT's images (or correctly classified real ones; ``init_from``: that set's images),
+        plus the label logits, computed on them."""
         net, w = self.label_model(task)
-        if self.correct_init and self.init == "real":
+        if self.correct_init and self.init == "real" and not self.init_from:
             k, ipc = task.num_classes, task.ipc
             short = [c for c in range(k) if len(task.train.indices_of(c)) < ipc]
             if short:

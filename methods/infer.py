@@ -117,6 +117,7 @@ class INFER(SRe2L):
                 TeacherConfig.from_config(t)  # a bad teacher fails here
 
     name = "infer"
+    supports_init_from = False  # real images plus compensators, not ipc started images
     protocol = "infer"
     recipes = "infer"
 

@@ -107,6 +107,7 @@ class KRRST(ImageDistillation):
                 )
 
     name = "krr_st"
+    supports_init_from = False  # images with learned representation targets
     protocol = "transfer"  # conf/transfer_protocol/transfer.yaml
 
     def __init__(self, **overrides: Any):

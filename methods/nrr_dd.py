@@ -125,6 +125,7 @@ class NRRDD(SRe2L):
                 )
 
     name = "nrr_dd"
+    supports_init_from = False  # stitched patches picked by the teacher
     recipes = None  # no published recipe for these datasets: the documented defaults
 
     def __init__(self, **overrides: Any):

@@ -429,3 +429,29 @@ def test_the_configs_build_the_methods_with_the_runs_model_and_their_experts(cls
     else:  # FTD's GSAM buffers (DATM trains its experts with FTD's script)
         assert e.step == "gsam" and e.step_kwargs["sam_rho"] > 0
         assert e.step_kwargs["gsam_alpha"] > 0
+
+
+@pytest.mark.parametrize("cls", [DATM, AST])
+def test_a_start_given_by_init_from_is_the_start_of_datm_and_ast(
+    cls, digits_train, cached_experts, tmp_path
+):
+    """init_from replaces DATM's correct-only draw (its labels then come from those images) and
+    AST's representative start, as it replaces MTT's real draw."""
+    kw = {"representative_init": "kmeans"} if cls is AST else {}
+    m, task, images, labels = _ready(cls, digits_train, **kw)
+    start = (images.detach() + 0.5).cpu()  # not what either start would draw
+    path = synset.save(task.make_set(start, labels.cpu(), method=m), tmp_path / "s.safetensors")
+    m2, task2, images2, labels2 = _ready(cls, digits_train, init_from=str(path), **kw)
+    torch.testing.assert_close(images2.detach().cpu(), start)
+    if cls is DATM:  # the labels start from the logits on the start images
+        net, w = m2.label_model(task2)
+        with torch.no_grad():
+            want = m2.initial_logits(task2, images2.detach(), labels2, net, w)
+        torch.testing.assert_close(m2.label_logits.detach(), want)
+
+
+def test_methods_whose_start_is_not_images_refuse_init_from():
+    from ddbench.methods.infer import INFER
+
+    with pytest.raises(DDBenchError, match="infer: init_from is not supported"):
+        INFER(init_from="x.safetensors")
