@@ -10,6 +10,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -410,6 +411,7 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
         "            kmeans = KMeans(n_clusters=ipc_visual, random_state=0).fit(logist)\n"
         "            logist_per_class = expert_net(images_per_class)\n"
         "            kmeans_ipc = KMeans(n_clusters=ipc, random_state=0).fit(logist)\n"
+        "    image_syn = image_syn.detach().to(args.device).requires_grad_(True)\n"
         "    for it in range(0, args.Iteration+1):\n"
         '        wandb.log({"Synthetic_LR": syn_lr.detach().cpu()}, step=it)\n\n\n'
         "if __name__ == '__main__':\n"
@@ -420,7 +422,7 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
     out = _run_mtt_setup(off)
     assert "(AST's code)" in out.stdout
     once = {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"}
-    for marker in ("M1", "M2", "M3", "M4", "M4 save", "A2.0", "A2.1", "A3"):
+    for marker in ("M1", "M2", "M3", "M4", "M4 save", "M9 arg", "M9 start", "A2.0", "A2.1", "A3"):
         files = [n for n, s in once.items() if f"ddbench-parity {marker}" in s]
         assert len(files) == 1, marker
     assert once["distill.py"].count("n_init=10") == 2
@@ -493,6 +495,7 @@ def test_the_datm_setup_patches_their_code_once(tmp_path):
         "        eval_it_pool = np.arange(0, args.Iteration + 1, args.eval_it).tolist()\n"
         "    else:\n"
         "        eval_it_pool = np.arange(args.eval_it, args.Iteration + 1, args.eval_it).tolist()\n"
+        "    image_syn = image_syn.detach().to(args.device).requires_grad_(True)\n"
         "    for it in range(0, args.Iteration+1):\n"
         "        if it in eval_it_pool:\n"
         "            with torch.no_grad():\n"
@@ -513,7 +516,8 @@ def test_the_datm_setup_patches_their_code_once(tmp_path):
     files = [off / "utils" / "utils_baseline.py", off / "distill" / "DATM.py", off / "networks.py"]
     once = {f: f.read_text() for f in files}
     text = "".join(once.values())
-    for marker in ("M1", "M3", "M4", "M4 save", "M5.0", "M8", "D1: --cfg", "D1: the config", "D2"):
+    for marker in ("M1", "M3", "M4", "M4 save", "M5.0", "M8", "M9 arg", "M9 start", "D1: --cfg",
+                   "D1: the config", "D2"):  # fmt: skip
         assert len(re.findall(rf"ddbench-parity {re.escape(marker)}(?!\w| save)", text)) == 1, (
             marker
         )
@@ -529,8 +533,15 @@ def test_the_datm_setup_patches_their_code_once(tmp_path):
     # their __main__ now reads --cfg first and the parity flags with the config's keys
     main = distill.split("if __name__ == '__main__':\n", 1)[1].replace("    main(args)\n", "")
     code = "import argparse, sys\nsys.argv = ['DATM.py', '--cfg', 'c.yaml', '--seed', '4', "
-    code += (
-        "'--parity_eval', '0']\nif True:\n" + main + "    print(args.cfg, args.seed, args.ipc)\n"
-    )
+    code += "'--parity_eval', '0', '--parity_init', 's.pt']\nif True:\n" + main
+    code += "    print(args.cfg, args.seed, args.ipc, args.parity_init)\n"
     got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert got.stdout.split() == ["c.yaml", "4", "1"], got.stderr
+    assert got.stdout.split() == ["c.yaml", "4", "1", "s.pt"], got.stderr
+    # M9: the start file replaces the images their initialisation drew
+    block = distill[distill.index("    if args.parity_init:") :].split("    for it in", 1)[0]
+    torch.save(torch.full((2, 1, 3, 3), 7.0), tmp_path / "s.pt")
+    ns = {"torch": torch, "image_syn": torch.zeros(2, 1, 3, 3),
+          "args": type("A", (), {"parity_init": str(tmp_path / "s.pt"), "device": "cpu"})}  # fmt: skip
+    exec(textwrap.dedent(block), ns)
+    assert torch.equal(ns["image_syn"], torch.full((2, 1, 3, 3), 7.0))
+    assert ns["image_syn"].requires_grad

@@ -22,8 +22,12 @@
 #   E6 utils.py DiffAugment's siamese lines ``x[:] = x[0]`` -> ``x[:] = x[0].clone()`` (the same
 #      values; the installed torch refuses the self-overlapping copy when the batch has one
 #      image, i.e. IPC 1).
+#   E9 main.py, main_DM.py: --parity_init FILE (default none): the synthetic images start from
+#      the tensor in FILE (parity.py PARITY_OFFICIAL_INIT), set after their initialisation,
+#      which still draws its images, so the random streams after it are those of --seed; both
+#      sides can then run several seeds from one start.
 # FYI's fork (cvlab-yonsei/FYI, folder DC_DSA_DM: the same files, recognised by BatchAug in
-# utils.py) gets E1, E2, E3 and E5 as above; its own code differs where:
+# utils.py) gets E1, E2, E3, E5 and E9 as above; its own code differs where:
 #   E4 is not applied: the fork evaluates at the last iteration only (their `it == args.Iteration`);
 #      parity.py passes --num_eval 0 (no evaluation) or 1 (PARITY_OFFICIAL_EVAL=1) instead.
 #   E6 is not needed: the fork already has x[0].clone().
@@ -97,6 +101,22 @@ for f in ("main.py", "main_DM.py"):
         "seed = int(time.time() * 1000) % 100000\n",
         "seed = int(np.random.randint(100000)) if args.seed >= 0 else int(time.time() * 1000) % 100000  # ddbench-parity E3\n",
         "ddbench-parity E3",
+    )
+    # E9
+    arg = "    parser.add_argument('--parity_eval', type=int, default=-1, help='ddbench-parity: -1 their eval_it_pool, 0 none, 1 last iteration')\n"
+    edit(
+        f,
+        arg,
+        arg + "    parser.add_argument('--parity_init', type=str, default='', help='start images')  # ddbench-parity E9 arg\n",
+        "ddbench-parity E9 arg",
+    )
+    edit(
+        f,
+        "        ''' training '''\n",
+        "        if args.parity_init:  # ddbench-parity E9 start: the images from a file (their draw above is still made)\n"
+        "            image_syn.data[:] = torch.load(args.parity_init).to(image_syn.device)\n"
+        "        ''' training '''\n",
+        "ddbench-parity E9 start",
     )
 # E5
 p = off / "networks.py"

@@ -25,17 +25,21 @@
 #      Image, Histogram and finish do nothing; run.name is "parity"), so no account or network.
 #   M7 buffer.py (their expert training, expert_parity.sh): --seed S as M2 (torch, numpy; the
 #      network seed of M3 then comes from numpy).
+#   M9 distill.py: --parity_init FILE (default none): the synthetic images start from the tensor
+#      in FILE (parity.py PARITY_OFFICIAL_INIT), set after their initialisation (which still
+#      draws, so the random streams after it are those of --seed); FTD's EMA and DATM's labels
+#      are made from those images. Both sides can then run several seeds from one start.
 #   M8 networks.py ConvNet.forward: out.view(out.size(0), -1) -> out.reshape(out.size(0), -1)
 #      (the same values; with torch 2.14 on CPU the convolution's output can come back in a
 #      channels-last layout, which view refuses: "view size is not compatible with input
 #      tensor's size and stride"). FTD's fork reads the same networks.py.
 # FTD's fork (AngusDujw/FTD-distillation, recognised by distill/distill_FTD.py) gets the same
-# edits in its files: M1 and M3 in utils/utils_baseline.py, M2, M4 and M5 in
+# edits in its files: M1 and M3 in utils/utils_baseline.py, M2, M4, M5 and M9 in
 # distill/distill_FTD.py (M4 saves its image EMA, ema.module[0], as images_<N>.pt: FTD's set;
 # M5 also edits the EMA's ema_image_syn.cuda()), M6 as distill/wandb.py (their script runs in
 # distill/); M7 is not applied (its experts come from buffer/buffer_FTD.py, not run here).
 # AST's code (shenjiyuan123/AST-Alignment-with-Smooth-Expert, MTT's files with AST's parts,
-# recognised by --agg_middle_loss in distill.py) gets M1-M4 and M6-M8 in the same files (its
+# recognised by --agg_middle_loss in distill.py) gets M1-M4 and M6-M9 in the same files (its
 # save block has no .cuda(), so no M5), and:
 #   A1 generator.py next to distill.py: their distill.py imports Generator from a generator.py
 #      the repository does not have (used only by --pix_init gan); a stand-in that refuses to
@@ -49,7 +53,7 @@
 # DATM's code (NUS-HPC-AI-Lab/DATM, FTD's layout, recognised by distill/DATM.py) reads every
 # setting from a yacs config (--cfg, written by parity.py datm_config) and gets M1 (its
 # get_dataset has an extra baseline=False), M3, M4 (the pool after its skip_first_eva branch;
-# the save keeps label_syn, its learned label logits), M5, M6 (distill/wandb.py) and M8, and:
+# the save keeps label_syn, its learned label logits), M5, M6 (distill/wandb.py), M8 and M9, and:
 #   D1 distill/DATM.py __main__: the first parse, which knows --cfg only, is parse_known_args,
 #      and --seed / --parity_eval / --parity_save (M2, M4) are added to the second, the one
 #      built from the config's keys (their only command line is --cfg, every setting is in it).
@@ -181,6 +185,22 @@ for i, name in enumerate(("image", "ema_image") if ftd else () if ast else ("ima
         f"                {name}_save = {name}_syn.to(args.device)  # ddbench-parity M5.{i}\n",
         f"ddbench-parity M5.{i}",
     )
+# M9 (every one of the four codes)
+arg = "    parser.add_argument('--parity_save', type=str, default='parity_out', help='ddbench-parity: where the final set goes')\n"
+edit(
+    DISTILL,
+    arg,
+    arg + "    parser.add_argument('--parity_init', type=str, default='', help='start images')  # ddbench-parity M9 arg\n",
+    "ddbench-parity M9 arg",
+)
+start = "    image_syn = image_syn.detach().to(args.device).requires_grad_(True)\n"
+edit(
+    DISTILL,
+    start,
+    "    if args.parity_init:  # ddbench-parity M9 start: the images from a file (their draw above is still made)\n"
+    "        image_syn = torch.load(args.parity_init)\n" + start,
+    "ddbench-parity M9 start",
+)
 # M7
 if not ftd and not datm:
     edit(

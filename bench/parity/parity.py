@@ -28,7 +28,9 @@ model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
 marked not comparable), PARITY_DDBENCH_ARGS: extra overrides of ddbench's side, space-separated,
 ``{seed}`` replaced by the distillation seed (e.g. ``method.init_from=DIR/seed{seed}/start.safetensors``
-to start ddbench from the authors' images; recorded in the JSON's commands).
+to start ddbench from the authors' images; recorded in the JSON's commands),
+PARITY_OFFICIAL_INIT: a ddbench set file (``{seed}`` replaced) whose images start the authors'
+side (their ``--parity_init``, setup edits E9 / M9; DC's family and MTT's).
 """
 
 import functools
@@ -575,6 +577,28 @@ def evaluate(
     return json.loads(result.read_text())
 
 
+# the authors' codes patched to take a start file (official_dc_setup.sh E9,
+# official_mtt_setup.sh M9)
+TAKES_PARITY_INIT = ("dc", "dsa", "dm", "fyi_dm", "fyi_dsa", "mtt", "ftd", "ast", "datm")
+
+
+def official_start(method: str, d: Path, seed: int) -> list[str]:
+    """PARITY_OFFICIAL_INIT (a ddbench set file, ``{seed}`` replaced): its images, in the
+    normalised space both sides share, written as ``<seed dir>/official_start.pt`` for the
+    authors' ``--parity_init``; with the same file as ddbench's ``method.init_from``
+    (PARITY_DDBENCH_ARGS) both sides start every seed from one set."""
+    src = os.environ.get("PARITY_OFFICIAL_INIT")
+    if not src:
+        return []
+    if method not in TAKES_PARITY_INIT:
+        raise SystemExit(f"PARITY_OFFICIAL_INIT: the authors' {method} code takes no start file")
+    from ddbench.synset import load
+
+    start = d / "official_start.pt"
+    torch.save(load(src.format(seed=seed)).images.float().contiguous(), start)
+    return ["--parity_init", str(start)]
+
+
 def main() -> None:
     method, off, out, dataset, ipc, iters, seeds = sys.argv[1:8]
     off, out, ipc, iters = Path(off).resolve(), Path(out).resolve(), int(ipc), int(iters)
@@ -622,6 +646,7 @@ def main() -> None:
             saved = off / "DC_DSA_DM" / "logs" / run_name / res.name
         else:
             cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
+        cmd += official_start(method, d, seed)
         commands[f"official_seed{seed}"] = shlex.join(cmd)
         if not res.exists():
             cwd = off / "DC_DSA_DM" if method in FYI_BASE else off / (other or {}).get("cwd", "")
