@@ -9,9 +9,10 @@ output exists, so an interrupted run resumes.
 Methods whose authors' code is another repository (DataDAM, MTT, FTD, AST, DATM) take their
 command, result file, importer and default protocol from ``OTHER_OFFICIAL``. MTT's, FTD's, AST's
 and DATM's parity start both sides from the same experts: the replay buffers of
-``PARITY_BUFFER``, imported into ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity recovers on both sides from the same
-teacher(s), ddbench's cached ones exported for their scripts (``prepare_teachers``,
-``sre2l_shim.py``), and checks that both sets are scored by that teacher.
+``PARITY_BUFFER``, imported into ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity
+recovers on both sides from the same teacher(s), ddbench's cached ones exported for their
+scripts (``prepare_teachers``, ``sre2l_shim.py``), and checks that both sets are scored by that
+teacher.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
   METHOD dm | dc | dsa | datadam | mtt | ftd | ast | datm | sre2l | cda | cvdd; DATASET mnist |
@@ -23,8 +24,8 @@ Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa
 standard; dc -> dc; datadam -> datadam; mtt, ftd, ast -> learned_lr; datm -> datm; sre2l, cda,
 cvdd -> sre2l), PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS),
 PARITY_BUFFER and PARITY_MTT_SETTINGS (mtt, ftd, ast, datm: the shared experts, and overrides of
-TRAJECTORY_SETTINGS), PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one final evaluate_synset
-model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
+TRAJECTORY_SETTINGS), PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one
+final evaluate_synset model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
 PARITY_EVAL_EPOCHS to override the protocol's epochs (smoke tests only: the results are then
 marked not comparable), PARITY_DDBENCH_ARGS: extra overrides of ddbench's side, space-separated,
 ``{seed}`` replaced by the distillation seed (e.g. ``method.init_from=DIR/seed{seed}/start.safetensors``
@@ -294,23 +295,23 @@ def _trajectory_entry(method: str, repo: str, edits: str, cwd: str = "") -> dict
 # optionally a `prepare` run once before the seeds (the shared experts of trajectory matching).
 OTHER_OFFICIAL = {
     "mtt": _trajectory_entry(
-        "mtt", "GeorgeCazenavette/mtt-distillation", "bench/parity/official_mtt_setup.sh (M1-M8)"
+        "mtt", "GeorgeCazenavette/mtt-distillation", "bench/parity/official_mtt_setup.sh (M1-M9)"
     ),
     "ftd": _trajectory_entry(
         "ftd",
         "AngusDujw/FTD-distillation",
-        "bench/parity/official_mtt_setup.sh (M1-M6, M8, FTD's files)",
+        "bench/parity/official_mtt_setup.sh (M1-M6, M8, M9, FTD's files)",
         cwd="distill",
     ),  # fmt: skip
     "ast": _trajectory_entry(
         "ast",
         "shenjiyuan123/AST-Alignment-with-Smooth-Expert",
-        "bench/parity/official_mtt_setup.sh (M1-M4, M6-M8, A1-A3)",
+        "bench/parity/official_mtt_setup.sh (M1-M4, M6-M9, A1-A3)",
     ),
     "datm": _trajectory_entry(
         "datm",
         "NUS-HPC-AI-Lab/DATM",
-        "bench/parity/official_mtt_setup.sh (M1, M3-M6, M8, D1, D2; DATM's files)",
+        "bench/parity/official_mtt_setup.sh (M1, M3-M6, M8, M9, D1, D2; DATM's files)",
         cwd="distill",
     ),
     "datadam": {
@@ -719,9 +720,9 @@ def main() -> None:
         "within_bound": abs(diff) <= bound, "per_seed": rows,
         "official_repo": other["repo"] if other else "VICO-UoE/DatasetCondensation",
         "official_commit": commit,
-        "official_edits": other["edits"] if other else "bench/parity/official_dc_setup.sh (E1-E6)",
+        "official_edits": other["edits"] if other else "bench/parity/official_dc_setup.sh (E1-E6, E9)",
         **({"official_repo": "cvlab-yonsei/FYI (DC_DSA_DM)",
-            "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7, E8)"}
+            "official_edits": "bench/parity/official_dc_setup.sh (E1-E3, E5, E7-E9)"}
            if method in FYI_BASE else {}),
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
         **({"experts": prepared} if prepared and method in TRAJECTORY_SETTINGS else {}),
