@@ -1226,8 +1226,8 @@ def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> Synt
     (``label_syn``, saved before any softmax), which its evaluation trains on with a soft cross
     entropy to their softmax (``distill/DATM.py`` ``SoftCrossEntropy``); the set stores that
     softmax, the soft targets ddbench's ``set`` labels train on, and declares ``datm`` (DATM's
-    evaluation, which uses the learned lr). Rows that are already distributions are kept as
-    they are."""
+    evaluation, which uses the learned lr). ``[N,K]`` rows that are already distributions are
+    not DATM's logits: they are kept as they are, as soft labels of an MTT-format file."""
     images_path = Path(images_path)
     where = str(images_path)
     images = _torch_load(images_path)
@@ -1237,7 +1237,7 @@ def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> Synt
     if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise DDBenchError(f"{images_path}: expected tensors in images_*.pt / labels_*.pt")
     origin, protocol = "mtt", "learned_lr" if lr is not None else "standard"
-    if labels.dim() == 2 and labels.is_floating_point():  # DATM's learned logits
+    if labels.dim() == 2 and labels.is_floating_point():
         labels = labels.detach().cpu().float()
         if not torch.isfinite(labels).all():
             raise DDBenchError(f"{where}: soft labels contain NaN or Inf")
@@ -1245,11 +1245,11 @@ def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> Synt
         distributions = bool((labels >= 0).all()) and torch.allclose(
             rows, torch.ones_like(rows), atol=1e-4
         )
-        if not distributions:
+        if not distributions:  # DATM's learned logits
             log.info("%s: [N,K] labels taken as DATM's learned logits and stored as their softmax",
                      where)  # fmt: skip
             labels = torch.softmax(labels, 1)
-        origin, protocol = "datm", "datm"
+            origin, protocol = "datm", "datm"
     return _imported(
         images, labels, dataset, origin, lr=lr, zca=zca, protocol=protocol, where=where
     )

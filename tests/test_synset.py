@@ -458,9 +458,11 @@ def test_import_mtt_reads_datm_learned_logits_as_their_softmax(make_set, tmp_pat
     assert torch.equal(imp.hard_labels, s.labels)
     assert imp.meta["protocol"] == "datm" and imp.meta["method"]["name"] == "imported:datm"
 
-    probs = torch.softmax(logits, 1)  # rows that are already distributions are kept
+    probs = torch.softmax(logits, 1)  # rows that are distributions are kept: not DATM's logits
     torch.save(probs, tmp_path / "labels_7.pt")
-    assert torch.allclose(synset.import_mtt(tmp_path / "images_7.pt", "digits").labels, probs)
+    kept = synset.import_mtt(tmp_path / "images_7.pt", "digits")
+    assert torch.allclose(kept.labels, probs) and kept.meta["protocol"] == "learned_lr"
+    assert kept.meta["method"]["name"] == "imported:mtt"
 
     bad = logits.clone()
     bad[0, 0] = float("nan")
