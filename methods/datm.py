@@ -189,7 +189,7 @@ class DATM(MTT):
             images, labels = super().init_images(task)
         if self.soft_labels:
             with torch.no_grad():
-                logits = self.initial_logits(task, images, labels, net, w)
+                logits = self.initial_logits(images, labels, net, w)
             agree = float((logits.argmax(1) == labels).float().mean()) * 100
             log.info("datm: the initial label logits agree with %.1f %% of the classes", agree)
             self.label_logits = logits.clone().requires_grad_(True)
@@ -199,12 +199,7 @@ class DATM(MTT):
         return images, labels
 
     def initial_logits(
-        self,
-        task: Task,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        net: FlatModel,
-        w: torch.Tensor,
+        self, images: torch.Tensor, labels: torch.Tensor, net: FlatModel, w: torch.Tensor
     ) -> torch.Tensor:
         """The labels' initial logits. DATM's ``samples_predicted_correctly`` (``correct_init``
         with ``label_average``): per image, the mean logits of the experts (every one, at
@@ -214,7 +209,7 @@ class DATM(MTT):
         if not (self.label_average and self.correct_init and self.init == "real"):
             return net(w, images).float()
         outs = torch.stack(
-            [net(t[self.label_epoch].to(task.device), images).float() for t in self.trajectories]
+            [net(t[self.label_epoch].to(images.device), images).float() for t in self.trajectories]
         )  # [E, N, K]
         right = (outs.argmax(2) == labels).unsqueeze(2).float()
         count = right.sum(0)

@@ -446,7 +446,7 @@ def test_a_start_given_by_init_from_is_the_start_of_datm_and_ast(
     if cls is DATM:  # the labels start from the logits on the start images
         net, w = m2.label_model(task2)
         with torch.no_grad():
-            want = m2.initial_logits(task2, images2.detach(), labels2, net, w)
+            want = m2.initial_logits(images2.detach(), labels2, net, w)
         torch.testing.assert_close(m2.label_logits.detach(), want)
 
 

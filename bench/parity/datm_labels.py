@@ -40,9 +40,8 @@ def main() -> None:
         ]))  # fmt: skip
         m.trajectories = get_experts(dataset, m.experts, m.num_experts, "cpu", train=False)
         net = FlatModel(build_expert_model(dataset, m.experts).eval())
-        task = type("Task", (), {"device": torch.device("cpu")})()
         with torch.no_grad():
-            ours = m.initial_logits(task, images, hard, net, m.trajectories[m.label_expert][-1])
+            ours = m.initial_logits(images, hard, net, m.trajectories[m.label_expert][-1])
         diff = (ours - theirs).abs().max().item()
         print(
             f"label_average={average}: max |ddbench - DATM| = {diff:.3g} over {len(images)} images"
