@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -135,3 +136,58 @@ def test_the_authors_start_file_holds_the_sets_images(make_set, tmp_path, monkey
     assert torch.equal(torch.load(flags[1], weights_only=True), s.images.float())
     with pytest.raises(SystemExit, match="datadam code takes no start file"):
         parity.official_start("datadam", tmp_path, 3)
+
+
+FAKE_DC_MAIN = """
+import argparse, json, torch
+p = argparse.ArgumentParser()
+for a in ("--dataset", "--model", "--ipc", "--num_exp", "--num_eval", "--eval_mode", "--Iteration",
+          "--seed", "--save_path", "--parity_eval", "--method", "--init", "--dsa_strategy"):
+    p.add_argument(a)
+a = p.parse_args()
+json.dump({"Iteration": int(a.Iteration)}, open(a.save_path + "/argv.json", "w"))
+g = torch.Generator().manual_seed(0)
+ipc = int(a.ipc)
+imgs = torch.randn(10 * ipc, 1, 28, 28, generator=g)
+labels = torch.arange(10).repeat_interleave(ipc)
+torch.save({"data": [[imgs, labels]], "accs_all_exps": {"ConvNet": []}},
+           f"{a.save_path}/res_{a.method}_{a.dataset}_ConvNet_{ipc}ipc.pt")
+"""
+
+
+@pytest.mark.parametrize("official_iterations", [None, 4])
+def test_the_authors_iteration_argument_can_differ_from_ddbenchs(
+    make_set, tmp_path, official_iterations
+):
+    """PARITY_OFFICIAL_ITERATIONS: the authors' script gets that --Iteration (DC's family updates
+    N + 1 times for N), the row's work folder and JSON say so; without it both get ITERATIONS.
+    The authors' script here is a stand-in that writes a DC result file; ddbench's set and both
+    scores are already in place, so the row is assembled without training."""
+    off, out = tmp_path / "official", tmp_path / "out"
+    off.mkdir()
+    (off / "main.py").write_text(FAKE_DC_MAIN)
+    (off / "COMMIT").write_text("0" * 40)
+    row = "dsa_fashion_mnist_ipc1_it5" + ("_official_it4" if official_iterations else "")
+    seed_dir = out / "work" / row / "seed0"
+    synset.save(make_set(ipc=1), seed_dir / "ddbench" / "synset.safetensors")
+    for side, acc in (("official", 60.0), ("ddbench", 61.0)):
+        (seed_dir / f"eval_{side}").mkdir(parents=True)
+        per = [{"seed": 0, "accuracy": acc}]
+        (seed_dir / f"eval_{side}" / "result.json").write_text(
+            json.dumps({"accuracy": {"mean": acc, "std": 0.0, "per_seed": per}})
+        )
+    (seed_dir / "official").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PARITY_OFFICIAL_ITERATIONS"}
+    if official_iterations is not None:
+        env["PARITY_OFFICIAL_ITERATIONS"] = str(official_iterations)
+    script = ROOT / "bench" / "parity" / "parity.py"
+    args = ["dsa", str(off), str(out), "fashion_mnist", "1", "5", "0"]
+    subprocess.run([sys.executable, str(script), *args], check=True, env=env, cwd=ROOT)
+    got = json.loads((seed_dir / "official" / "argv.json").read_text())
+    assert got["Iteration"] == (official_iterations or 5)
+    result = json.loads((out / "dsa_fashion_mnist_ipc1.json").read_text())
+    assert result["iterations"] == 5
+    assert result.get("official_iterations") == official_iterations
+    assert "--Iteration " + str(official_iterations or 5) in result["commands"]["official_seed0"]
+    assert "method.iterations=5" in result["commands"]["ddbench_seed0"]
+    assert (seed_dir / "official.safetensors").exists()  # their output was imported

@@ -32,6 +32,9 @@ marked not comparable), PARITY_DDBENCH_ARGS: extra overrides of ddbench's side, 
 to start ddbench from the authors' images; recorded in the JSON's commands),
 PARITY_OFFICIAL_INIT: a ddbench set file (``{seed}`` replaced) whose images start the authors'
 side (their ``--parity_init``, setup edits E9 / M9; DC's family and MTT's).
+PARITY_OFFICIAL_ITERATIONS: the authors' iteration argument when it must differ from ddbench's
+``ITERATIONS`` (DC/DSA/DM's ``--Iteration N`` updates N + 1 times: N - 1 gives both sides N);
+recorded as ``official_iterations``.
 """
 
 import functools
@@ -603,6 +606,9 @@ def official_start(method: str, d: Path, seed: int) -> list[str]:
 def main() -> None:
     method, off, out, dataset, ipc, iters, seeds = sys.argv[1:8]
     off, out, ipc, iters = Path(off).resolve(), Path(out).resolve(), int(ipc), int(iters)
+    # the authors' iteration argument, where it must differ from ddbench's to give both sides
+    # the same number of updates (DC/DSA/DM: --Iteration N updates N+1 times)
+    off_iters = int(os.environ.get("PARITY_OFFICIAL_ITERATIONS", iters))
     seeds = [int(s) for s in seeds.split(",")]
     other = OTHER_OFFICIAL.get(method)
     declared = other["protocol"] if other else "dc" if method == "dc" else "standard"
@@ -610,7 +616,10 @@ def main() -> None:
     eval_seeds = os.environ.get("PARITY_EVAL_SEEDS", "0,1,2")
     # ddbench's method: the one FYI modifies (fyi_dm -> dm), or the table's
     base = FYI_BASE.get(method, other.get("method", method) if other else method)
-    work = out / "work" / f"{method}_{dataset}_ipc{ipc}_it{iters}"
+    row = f"{method}_{dataset}_ipc{ipc}_it{iters}"
+    if off_iters != iters:
+        row += f"_official_it{off_iters}"
+    work = out / "work" / row
     work.mkdir(parents=True, exist_ok=True)
     commit = (
         subprocess.run(
@@ -639,14 +648,14 @@ def main() -> None:
         name = OFFICIAL_NAME.get(dataset, dataset)
         res = d / "official" / f"res_{base.upper()}_{name}_ConvNet_{ipc}ipc.pt"
         if other:
-            res = d / "official" / other["res"].format(name=name, ipc=ipc, iters=iters)
-            cmd = [PY, *other["command"](dataset, ipc, iters, seed, d / "official")]
+            res = d / "official" / other["res"].format(name=name, ipc=ipc, iters=off_iters)
+            cmd = [PY, *other["command"](dataset, ipc, off_iters, seed, d / "official")]
         elif method in FYI_BASE:  # the fork saves to DC_DSA_DM/logs/<run name>; copied to res
             run_name = f"ddbench_parity/{work.name}_seed{seed}"
-            cmd = [PY, *fyi_official_command(method, dataset, ipc, iters, seed, run_name)]
+            cmd = [PY, *fyi_official_command(method, dataset, ipc, off_iters, seed, run_name)]
             saved = off / "DC_DSA_DM" / "logs" / run_name / res.name
         else:
-            cmd = [PY, *official_command(method, dataset, ipc, iters, seed, d / "official")]
+            cmd = [PY, *official_command(method, dataset, ipc, off_iters, seed, d / "official")]
         cmd += official_start(method, d, seed)
         commands[f"official_seed{seed}"] = shlex.join(cmd)
         if not res.exists():
@@ -714,6 +723,7 @@ def main() -> None:
     bound = max(1.0, 2 * se)
     result = {
         "method": method, "dataset": dataset, "ipc": ipc, "iterations": iters,
+        **({"official_iterations": off_iters} if off_iters != iters else {}),
         "distillation_seeds": seeds, "protocol": protocol, "eval_seeds": eval_seeds,
         "official": summary["official"], "ddbench": summary["ddbench"],
         "difference_ddbench_minus_official": diff, "bound": bound, "standard_error": se,

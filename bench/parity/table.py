@@ -25,12 +25,26 @@ NAMES = {
 
 
 def name(r: dict) -> str:
-    """The row's method, marked where ddbench's side started from the authors' images
+    """The row's method, marked where both sides started from one given set (the authors'
+    ``--parity_init``: PARITY_OFFICIAL_INIT) or ddbench's side from the authors' images
     (``method.init_from`` in its command: PARITY_DDBENCH_ARGS)."""
     label = NAMES.get(r["method"], r["method"].upper())
-    if any("method.init_from=" in c for k, c in r["commands"].items() if k.startswith("ddbench")):
+    side = {
+        k: any(c in v for c in ("--parity_init", "method.init_from="))
+        for k, v in r["commands"].items()
+    }
+    if any(v for k, v in side.items() if k.startswith("official")):
+        label += " (both sides from one start)"
+    elif any(v for k, v in side.items() if k.startswith("ddbench")):
         label += " (ddbench from the authors' start)"
     return label
+
+
+def iterations(r: dict) -> str:
+    """ddbench's iterations, and the authors' argument where it differs (PARITY_OFFICIAL_ITERATIONS)."""
+    if "official_iterations" in r:
+        return f"{r['iterations']} (authors' argument {r['official_iterations']})"
+    return str(r["iterations"])
 
 
 def own_evaluation(r: dict) -> str:
@@ -63,7 +77,7 @@ def main() -> None:
             continue
         o, d = r["official"], r["ddbench"]
         print(
-            f"| {name(r)} | {r['dataset']} | {r['ipc']} | {r['iterations']} "
+            f"| {name(r)} | {r['dataset']} | {r['ipc']} | {iterations(r)} "
             f"| {','.join(map(str, r['distillation_seeds']))} | {r['protocol']} "
             f"({r['eval_seeds']}) | {o['mean']:.2f} ± {o['std']:.2f} "
             f"| {d['mean']:.2f} ± {d['std']:.2f} | {r['difference_ddbench_minus_official']:+.2f} "
