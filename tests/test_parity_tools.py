@@ -191,3 +191,37 @@ def test_the_authors_iteration_argument_can_differ_from_ddbenchs(
     assert "--Iteration " + str(official_iterations or 5) in result["commands"]["official_seed0"]
     assert "method.iterations=5" in result["commands"]["ddbench_seed0"]
     assert (seed_dir / "official.safetensors").exists()  # their output was imported
+
+
+def test_moves_measures_each_sets_change_from_the_start_and_their_agreement(make_set, tmp_path):
+    """bench/parity/moves.py: the rms change of each set from the start and the cosine between
+    two sets' changes (opposite moves: -1; the same direction at two sizes: 1); a set of other
+    labels is refused."""
+    import dataclasses
+
+    start = make_set(ipc=2)
+    g = torch.Generator().manual_seed(1)
+    d = torch.randn(start.images.shape, generator=g) * 0.1
+    paths = {"start": tmp_path / "start.safetensors"}
+    synset.save(start, paths["start"])
+    for name, images in (("up", start.images + d), ("down", start.images - d),
+                         ("twice", start.images + 2 * d)):  # fmt: skip
+        paths[name] = tmp_path / f"{name}.safetensors"
+        synset.save(dataclasses.replace(start, images=images), paths[name])
+    script = ROOT / "bench" / "parity" / "moves.py"
+    cmd = [sys.executable, str(script), str(paths["start"])]
+    out = subprocess.run(
+        [*cmd, *(f"{n}={paths[n]}" for n in ("up", "down", "twice"))],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    ).stdout  # fmt: skip
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| set")}  # fmt: skip
+    assert float(rows["up"]) == pytest.approx(d.pow(2).mean().sqrt().item(), abs=1e-4)
+    assert float(rows["twice"]) == pytest.approx(2 * float(rows["up"]), abs=2e-4)
+    assert float(rows["up / down"]) == pytest.approx(-1.0, abs=1e-3)
+    assert float(rows["up / twice"]) == pytest.approx(1.0, abs=1e-3)
+    other = dataclasses.replace(start, labels=start.labels.roll(1))
+    synset.save(other, tmp_path / "other.safetensors")
+    bad = subprocess.run([*cmd, f"x={tmp_path / 'other.safetensors'}"], capture_output=True,
+                         text=True, cwd=ROOT)  # fmt: skip
+    assert bad.returncode != 0 and "not the start's shape and labels" in bad.stderr
