@@ -29,13 +29,10 @@ def name(r: dict) -> str:
     ``--parity_init``: PARITY_OFFICIAL_INIT) or ddbench's side from the authors' images
     (``method.init_from`` in its command: PARITY_DDBENCH_ARGS)."""
     label = NAMES.get(r["method"], r["method"].upper())
-    side = {
-        k: any(c in v for c in ("--parity_init", "method.init_from="))
-        for k, v in r["commands"].items()
-    }
-    if any(v for k, v in side.items() if k.startswith("official")):
+    commands = r["commands"].items()
+    if any("--parity_init" in c for k, c in commands if k.startswith("official")):
         label += " (both sides from one start)"
-    elif any(v for k, v in side.items() if k.startswith("ddbench")):
+    elif any("method.init_from=" in c for k, c in commands if k.startswith("ddbench")):
         label += " (ddbench from the authors' start)"
     return label
 
