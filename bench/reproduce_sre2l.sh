@@ -10,7 +10,7 @@
 # iteration counts (conf/recipes: SRe2L 1000, CV-DD 4000; CDA SRe2L's 1000) unless
 # SRE2L_ITERATIONS sets one for all three or CVDD_ITERATIONS one for CV-DD. CV-DD runs a 2-member
 # committee (that teacher + a width-64 ConvNet-BN, seed 2) instead of the default 3. None of the
-# three papers reports (Fashion-MNIST) or MNIST. A run whose result.json exists is skipped, so
+# three papers reports Fashion-MNIST or MNIST. A run whose result.json exists is skipped, so
 # the script resumes.
 #
 # Usage: [SRE2L_PROTOCOL=sre2l] [SRE2L_IPC=10] [SRE2L_ITERATIONS=N] [CVDD_ITERATIONS=N]
