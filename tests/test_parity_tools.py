@@ -194,9 +194,9 @@ def test_the_authors_iteration_argument_can_differ_from_ddbenchs(
 
 
 def test_moves_measures_each_sets_change_from_the_start_and_their_agreement(make_set, tmp_path):
-    """bench/parity/moves.py: the rms change of each set from the start and the cosine between
-    two sets' changes (opposite moves: -1; the same direction at two sizes: 1); a set of other
-    labels is refused."""
+    """bench/parity/moves.py: the rms change of each set from the start, its pixel std and learned
+    lr, and the cosine between two sets' changes (opposite moves: -1; the same direction at two
+    sizes: 1); a set of other labels is refused."""
     import dataclasses
 
     start = make_set(ipc=2)
@@ -207,15 +207,19 @@ def test_moves_measures_each_sets_change_from_the_start_and_their_agreement(make
     for name, images in (("up", start.images + d), ("down", start.images - d),
                          ("twice", start.images + 2 * d)):  # fmt: skip
         paths[name] = tmp_path / f"{name}.safetensors"
-        synset.save(dataclasses.replace(start, images=images), paths[name])
+        lr = torch.tensor([0.002]) if name == "twice" else None  # a learned lr, shown as stored
+        synset.save(dataclasses.replace(start, images=images, lr=lr), paths[name])
     script = ROOT / "bench" / "parity" / "moves.py"
     cmd = [sys.executable, str(script), str(paths["start"])]
     out = subprocess.run(
         [*cmd, *(f"{n}={paths[n]}" for n in ("up", "down", "twice"))],
         check=True, capture_output=True, text=True, cwd=ROOT,
     ).stdout  # fmt: skip
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
-            if line.startswith("| ") and not line.startswith("| set")}  # fmt: skip
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in out.splitlines() if line.startswith("| ") and not line.startswith("| set")}  # fmt: skip
+    rows = {name: c[0] for name, c in cells.items()}
+    assert float(cells["down"][2]) == pytest.approx((start.images - d).std().item(), abs=1e-3)
+    assert (cells["up"][3], float(cells["twice"][3])) == ("-", 0.002)  # pixel std, learned lr
     assert float(rows["up"]) == pytest.approx(d.pow(2).mean().sqrt().item(), abs=1e-4)
     assert float(rows["twice"]) == pytest.approx(2 * float(rows["up"]), abs=2e-4)
     assert float(rows["up / down"]) == pytest.approx(-1.0, abs=1e-3)
