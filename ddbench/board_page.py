@@ -186,7 +186,24 @@ def machine(x: Row) -> str:
     return str(cost.get("machine") or cost.get("device") or "–")
 
 
+def method_label(r: dict, meta: dict) -> tuple[str, str]:
+    """The method as the board shows it, and a tooltip. A set imported from another code's
+    output (``imported:<method>``) is marked as such: "<method> (authors' set)" where the set
+    names the code it came from (``ddbench import --method M --code REPO@COMMIT``), else
+    "<method> (imported)"."""
+    name = r["method"]
+    if not name.startswith("imported:"):
+        return name, ""
+    code = ((meta.get("method") or {}).get("config") or {}).get("code")
+    base = name.partition(":")[2]
+    if isinstance(code, str) and code:
+        return f"{base} (authors' set)", f"the authors' code's output, imported: {code}"
+    return f"{base} (imported)", "another code's output, imported"
+
+
 def reproduce_command(x: Row) -> str:
+    if x.r["method"].startswith("imported:"):  # not ddbench's to rerun: re-evaluated by verify
+        return "ddbench leaderboard verify"
     return f"ddbench leaderboard reproduce {x.f.with_suffix('').name}"
 
 
@@ -223,9 +240,10 @@ def cells(rank: int, x: Row, board: Board) -> dict[str, tuple[str, str, str]]:
     b = stored_bytes(x)
     ratio = compression(x)
     link = x.f.with_name(x.e["synset"]["path"]).relative_to(board.board).as_posix()
+    label, why = method_label(x.r, x.meta)
     out = {
         "rank": (str(rank), str(rank), ""),
-        "method": (x.r["method"], x.r["method"], ""),
+        "method": (label, label, why),
         "accuracy": (f"{acc['mean']:.4f}", f"{acc['mean']:.2f}", ""),
         "std": (f"{acc['std']:.4f}", f"{acc['std']:.2f}", ""),
         "distill": (*_num(d, ".1f"), ""),
@@ -311,7 +329,8 @@ def markdown(b: Board) -> str:
         for f, per in sets.items():
             first = next(iter(per.values()))
             accs = [f"{per[m].r['accuracy']['mean']:.2f}" if m in per else "–" for m in models]
-            lines.append(f"| {md(first.r['method'])} | {md(f.stem)} | " + " | ".join(accs) + " |")
+            label = method_label(first.r, first.meta)[0]
+            lines.append(f"| {md(label)} | {md(f.stem)} | " + " | ".join(accs) + " |")
         lines.append("")
     if b.bad:
         lines += ["## Excluded entries", "", EXCLUDED, ""]
@@ -390,7 +409,7 @@ def plots(b: Board) -> dict[tuple[str, str, str], dict[str, dict]]:
         if split != "test" or not isinstance(budget, int):  # IPC budgets only
             continue
         for x in rows:
-            out[ds, name, h][x.r["method"]][budget].append((x.r["accuracy"]["mean"],
+            out[ds, name, h][method_label(x.r, x.meta)[0]][budget].append((x.r["accuracy"]["mean"],
                                                             stored_bytes(x)["total"]))  # fmt: skip
     return out
 
@@ -508,7 +527,7 @@ def _thumbnail_img(x: Row, b: Board) -> str:
     height = min(120, 2 * (classes * (int(shape[1]) + 1) + 1))
     src = esc_url(thumb.relative_to(b.board).as_posix())
     return (f'<img class="thumb" style="height: {height}px" src="{src}" '
-            f'alt="{html.escape(x.r["method"])}: one row per class">')  # fmt: skip
+            f'alt="{html.escape(method_label(x.r, x.meta)[0])}: one row per class">')  # fmt: skip
 
 
 def esc_url(path: str) -> str:
@@ -581,8 +600,8 @@ def page(b: Board) -> str:
         parts.append("</tr></thead><tbody>")
         for f, per in sets.items():
             first = next(iter(per.values()))
-            row = [f'<td class="str" data-value="{esc(first.r["method"])}">'
-                   f'{esc(first.r["method"])}</td>',
+            label = method_label(first.r, first.meta)[0]
+            row = [f'<td class="str" data-value="{esc(label)}">{esc(label)}</td>',
                    f'<td class="str" data-value="{esc(f.stem)}">{esc(f.stem)}</td>']  # fmt: skip
             for m in models:
                 a = per[m].r["accuracy"]["mean"] if m in per else None

@@ -757,7 +757,18 @@ def cmd_import(args: list[str]) -> None:
         "--split-size", type=int, default=None,
         help="(indices) size of the train set the indices index; must be ddbench's train split's",
     )  # fmt: skip
+    p.add_argument(
+        "--method", default=None,
+        help="the method whose authors' code wrote the file (a name of conf/method/): the set "
+        "becomes imported:<method>, declares that method's protocol, and the leaderboard shows "
+        "it as the authors' set (a reference row)",
+    )  # fmt: skip
+    p.add_argument("--code", default=None,
+                   help="(with --method) the code and commit the file came from, e.g. "
+                   "VILA-Lab/SRe2L@8d00cba; stored in the set, shown on the leaderboard")  # fmt: skip
     a = p.parse_args(args)
+    if a.code is not None and a.method is None:
+        raise DDBenchError("--code names the authors' code of a --method: give --method too")
     readers = {
         "dc": lambda: synset.import_dc(a.path, a.dataset, a.experiment, protocol=a.protocol),
         "datadam": lambda: synset.import_datadam(a.path, a.dataset, a.entry),
@@ -768,8 +779,26 @@ def cmd_import(args: list[str]) -> None:
     if a.format != "imagefolder":  # a FIFO, a link loop, ...: refused before any reader opens it
         synset.check_file(a.path)
     s = readers[a.format]()
+    if a.method is not None:
+        s = synset.as_authors_set(s, a.method, _declared_protocol(a.method, s), a.code)
     synset.save(s, a.out)
     print(f"wrote {a.out} ({len(s)} images, ipc {s.ipc}, expects protocol {s.meta['protocol']})")
+
+
+def _declared_protocol(method: str, s) -> str:
+    """The protocol ``method`` declares (its class's ``protocol``), checked against what the
+    imported set ``s`` holds: a protocol that trains with the set's learned lr needs one."""
+    from ddbench.method import build_method
+    from ddbench.methods import packaged_config
+    from ddbench.protocol import Protocol, protocol_config
+
+    name = getattr(build_method(packaged_config(method)), "protocol", None) or "standard"
+    if Protocol.from_config(protocol_config(name)).lr_from_set and s.lr is None:
+        raise DDBenchError(
+            f"{method} sets are scored under {name}, which trains with the set's learned lr; "
+            "the imported file has none (lr_*.pt beside images_*.pt)"
+        )
+    return name
 
 
 def cmd_export(args: list[str]) -> None:

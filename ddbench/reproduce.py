@@ -73,9 +73,14 @@ def distill_overrides(e: dict, meta: dict) -> list[str]:
     name, config = method.get("name"), method.get("config")
     if not isinstance(name, str) or not isinstance(config, dict):
         raise DDBenchError("the set does not record its method's config: it cannot be rerun")
+    if name.startswith("imported:"):
+        raise DDBenchError(
+            f"a set imported from another code's output ({name}) is not ddbench's to rerun: "
+            "`ddbench leaderboard verify` re-evaluates it"
+        )
     if meta.get("seed") is None:
         raise DDBenchError("the set does not record its seed: it cannot be rerun")
-    if meta.get("full_dataset") or name == "imported":
+    if meta.get("full_dataset"):
         raise DDBenchError(f"a {name} set is not distilled: nothing to rerun")
     rec = meta.get("distill_config") or {}
     model = rec.get("model", e["model"])

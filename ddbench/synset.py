@@ -54,7 +54,7 @@ import stat
 import struct
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1121,6 +1121,29 @@ def _imported(
         "seed": None,
     }
     return SyntheticSet(images, labels, meta, lr)
+
+
+def as_authors_set(
+    s: SyntheticSet, method: str, protocol: str, code: str | None = None
+) -> SyntheticSet:
+    """An imported set marked as the authors' set of ``method`` (a reference row of the board):
+    its method becomes ``imported:<method>``, it declares ``protocol`` (the method's own), and
+    ``code`` (where it came from, e.g. ``VILA-Lab/SRe2L@8d00cba``) is kept in ``method.config``."""
+    name = (s.meta.get("method") or {}).get("name", "")
+    if not str(name).startswith("imported:"):
+        raise DDBenchError(f"only an imported set can be marked as the authors' set, not {name!r}")
+    if not re.fullmatch(r"[a-z0-9_]+", method):
+        raise DDBenchError(f"--method {method!r}: a method name of conf/method/ is expected")
+    if code is not None and (
+        not code.strip() or len(code) > 200 or not all(c.isprintable() for c in code)
+    ):
+        raise DDBenchError("--code: one line of at most 200 printable characters is expected")
+    config = dict(s.meta["method"].get("config") or {})
+    if code is not None:
+        config["code"] = code
+    meta = {**s.meta, "method": {"name": f"imported:{method}", "config": config},
+            "protocol": protocol}  # fmt: skip
+    return replace(s, meta=meta)
 
 
 # The protocol a DC/DSA/DM set declares, by the method in its file name

@@ -479,6 +479,43 @@ def test_readme_and_page_show_names_literally(runs, tmp_path):
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;|*b*[l](j)" in index
 
 
+def test_an_imported_authors_set_is_a_marked_reference_row(runs, tmp_path):
+    """`ddbench import --method M --code C` marks another code's output as the authors' set of
+    M (imported:M, declaring M's protocol, the code kept in the set); the board shows it as
+    "M (authors' set)" with the code, re-evaluated by verify rather than rerun; a method whose
+    protocol needs a learned lr the file lacks, --code alone and an unknown method are refused."""
+    from ddbench import reproduce
+
+    r, s = _honest(runs)
+    real = synset.load(s)
+    torch.save(real.images * 0.9, tmp_path / "images_best.pt")
+    torch.save(real.labels, tmp_path / "labels_best.pt")
+    imp = ["import", "mtt", str(tmp_path / "images_best.pt"), "--dataset", "digits", "--out"]
+    out, code = tmp_path / "ref.safetensors", "VICO-UoE/DatasetCondensation@53f63a6"
+    p = run_cli(*imp, str(out), "--method", "dm", "--code", code, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    ref = synset.load(out)
+    assert ref.meta["method"] == {"name": "imported:dm", "config": {"code": code}}
+    assert ref.meta["protocol"] == "standard" and ref.images.equal(real.images * 0.9)
+    bad = tmp_path / "bad.safetensors"
+    for args, why in ((["--method", "mtt"], "the imported file has none"),
+                      (["--code", code], "give --method too"),
+                      (["--method", "nosuch"], "unknown method 'nosuch'")):  # fmt: skip
+        p = run_cli(*imp, str(bad), *args, cwd=tmp_path)
+        assert p.returncode != 0 and why in p.stderr and not bad.exists(), p.stderr
+    b = tmp_path / "board"
+    (b / "submissions/digits/ipc1/quick").mkdir(parents=True)
+    e = dict(r, method="imported:dm", synset={"path": None, "sha256": ref.meta["sha256"]})
+    _place(b, e, out, "imported_dm")
+    leaderboard.build(b)
+    readme, index = (b / "README.md").read_text(), (b / "index.html").read_text()
+    assert "| dm (authors' set) |" in readme and "imported:dm" not in readme
+    assert "dm (authors&#x27; set)" in index and f"imported: {code}" in index
+    assert "ddbench leaderboard verify" in index and "reproduce imported_dm" not in index
+    with pytest.raises(DDBenchError, match="not ddbench's to rerun"):
+        reproduce.distill_overrides(e, ref.meta)
+
+
 def test_submit_never_writes_outside_the_board(runs, tmp_path, capsys):
     """A symlinked dataset folder in the board does not carry the entry outside it."""
     d = runs[0]

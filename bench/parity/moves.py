@@ -38,7 +38,9 @@ def main() -> None:
             if classes is not None
             else "-"
         )
-        print(f"| {name} | {d.pow(2).mean().sqrt():.4f} | {d.abs().max():.3f} | {extra[name]} | {per} |")
+        print(
+            f"| {name} | {d.pow(2).mean().sqrt():.4f} | {d.abs().max():.3f} | {extra[name]} | {per} |"
+        )
     print("\n| sets | cosine of their moves | rms difference |")
     print("|---|---|---|")
     for (a, da), (b, db) in itertools.combinations(moves.items(), 2):

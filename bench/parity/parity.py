@@ -669,8 +669,10 @@ def main() -> None:
         theirs = d / "official.safetensors"
         if not theirs.exists():
             fmt = other["import"] if other else "dc"
+            # marked as the authors' set of ddbench's method (a reference row for the board)
+            mark = ["--method", base, "--code", f"{other['repo']}@{commit[:7]}"] if other else []
             subprocess.run([*DDBENCH, "import", fmt, str(res), "--dataset", dataset,
-                            "--out", str(theirs)], check=True, cwd=ROOT)  # fmt: skip
+                            "--out", str(theirs), *mark], check=True, cwd=ROOT)  # fmt: skip
         saved = torch.load(res, weights_only=False)
         own_eval = saved["accs_all_exps"].get("ConvNet", []) if isinstance(saved, dict) else []
         # ddbench's side
