@@ -418,7 +418,10 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
         "    parser.add_argument('--agg_middle_loss', action='store_true')\n"
         "    args = parser.parse_args()\n"
     )
-    (off / "buffer.py").write_text("if True:\n    args = parser.parse_args()\n")
+    (off / "buffer.py").write_text(
+        "if True:\n    args = parser.parse_args()\n"
+        "    timestamps.append([p.detach().cpu() for p in teacher_net.parameters()])\n"
+    )
     out = _run_mtt_setup(off)
     assert "(AST's code)" in out.stdout
     once = {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"}
@@ -428,6 +431,7 @@ def test_the_ast_setup_patches_their_code_once_and_leaves_the_rest(tmp_path):
     assert once["distill.py"].count("n_init=10") == 2
     assert "with torch.no_grad():" in once["distill.py"]
     assert "reshape" in once["networks.py"] and "M7" in once["buffer.py"]
+    assert "p.detach().cpu().clone()" in once["buffer.py"]  # B1: each epoch stored as a copy
     assert "class Generator" in once["generator.py"] and "def log" in once["wandb.py"]
     subprocess.run(["bash", str(SETUP), str(off)], check=True, capture_output=True)
     assert {f.name: f.read_text() for f in off.iterdir() if f.suffix == ".py"} == once

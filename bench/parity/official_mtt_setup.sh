@@ -25,6 +25,10 @@
 #      Image, Histogram and finish do nothing; run.name is "parity"), so no account or network.
 #   M7 buffer.py (their expert training, expert_parity.sh): --seed S as M2 (torch, numpy; the
 #      network seed of M3 then comes from numpy).
+#   B1 buffer.py: p.detach().cpu() -> p.detach().cpu().clone() where each epoch's parameters
+#      are stored: on the CPU .cpu() returns the live tensor, so every stored epoch would be the
+#      last one (found by expert_parity.sh: their epochs 0 and 1 were identical); on a GPU
+#      .cpu() copies, so the values are theirs.
 #   M9 distill.py: --parity_init FILE (default none): the synthetic images start from the tensor
 #      in FILE (parity.py PARITY_OFFICIAL_INIT), set after their initialisation (which still
 #      draws, so the random streams after it are those of --seed); FTD's EMA and DATM's labels
@@ -213,6 +217,15 @@ if not ftd and not datm:
         "        torch.manual_seed(args.seed)\n"
         "        np.random.seed(args.seed)\n",
         "ddbench-parity M7",
+    )
+# B1: on the CPU `.cpu()` returns the parameter itself, so every stored epoch would alias the
+# live weights (all equal to the last epoch); a copy, as `.cpu()` makes from a GPU
+if not ftd and not datm:
+    make_edit(off, unique=False)(
+        "buffer.py",
+        "timestamps.append([p.detach().cpu() for p in teacher_net.parameters()])",
+        "timestamps.append([p.detach().cpu().clone() for p in teacher_net.parameters()])  # ddbench-parity B1",
+        "ddbench-parity B1",
     )
 # M8 (ConvNet.forward only; their other networks are not used here)
 edit(
