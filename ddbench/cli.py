@@ -748,8 +748,8 @@ def cmd_import(args: list[str]) -> None:
     p.add_argument(
         "--protocol",
         default=None,
-        help="(dc) the protocol the set declares; default from the file name: res_DC_* -> dc, "
-        "res_DSA_* / res_DM_* -> standard",
+        help="(dc, or any format with --method) the protocol the set declares; default from the "
+        "file name (res_DC_* -> dc, res_DSA_* / res_DM_* -> standard), or --method's protocol",
     )
     p.add_argument("--entry", type=int, default=-1,
                    help="(datadam) which saved set of res_DataDAM_*.pt (-1: the last)")  # fmt: skip
@@ -780,7 +780,8 @@ def cmd_import(args: list[str]) -> None:
         synset.check_file(a.path)
     s = readers[a.format]()
     if a.method is not None:
-        s = synset.as_authors_set(s, a.method, _declared_protocol(a.method, s), a.code)
+        protocol = a.protocol or _declared_protocol(a.method, s)  # an explicit --protocol wins
+        s = synset.as_authors_set(s, a.method, protocol, a.code)
     synset.save(s, a.out)
     print(f"wrote {a.out} ({len(s)} images, ipc {s.ipc}, expects protocol {s.meta['protocol']})")
 

@@ -497,6 +497,9 @@ def test_an_imported_authors_set_is_a_marked_reference_row(runs, tmp_path):
     ref = synset.load(out)
     assert ref.meta["method"] == {"name": "imported:dm", "config": {"code": code}}
     assert ref.meta["protocol"] == "standard" and ref.images.equal(real.images * 0.9)
+    p = run_cli(*imp, str(tmp_path / "q.safetensors"), "--method", "dm", "--protocol", "quick",
+                cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0 and synset.load(tmp_path / "q.safetensors").meta["protocol"] == "quick"
     bad = tmp_path / "bad.safetensors"
     for args, why in ((["--method", "mtt"], "the imported file has none"),
                       (["--code", code], "give --method too"),
