@@ -14,16 +14,24 @@ protocol (its seeds: 0, 1, 2). ``dp4tl``: on the pair's source, DP4TL keeps ``ke
 classes by label mapping (lm), feature mapping (fm) and at random (random class pruning, the
 baseline), ``ipc`` images per kept class; the full source is ``ipc`` images of every class; each
 is scored the same way. One JSON per table (every result, with the sets' costs) and a Markdown
-table beside it (``--keep-sets``: the sets too). ``--smoke`` shrinks every budget (encoders,
+table beside it, rewritten after every row. ``--smoke`` shrinks every budget (encoders,
 surrogate, herding features, the protocol's epochs, one seed) to prove the pipeline on CPU; its
 numbers mean nothing and the JSON says ``comparable: false``.
+
+Resumable: each set is saved to ``OUT/<tag>/sets/<name>.safetensors`` as it is made (KRR-ST
+checkpoints while it distils, in ``OUT/<tag>/checkpoints/``) and each row's result to
+``OUT/<tag>/rows/<name>.json`` as it is scored; a rerun with the same arguments loads both and
+does only what is missing. A stored row is reused only if its protocol hash and its set's
+checksum are the current ones; a stored set only if it was made with the same settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -32,12 +40,13 @@ from omegaconf import OmegaConf
 
 from ddbench import _alloc, data, synset, transfer
 from ddbench.augment import DSA
-from ddbench.method import Task, run_distill
+from ddbench.method import Checkpointer, Task, run_distill
 from ddbench.methods.dp4tl import DP4TL
 from ddbench.methods.herding import Herding
 from ddbench.methods.krr_st import KRRST
 from ddbench.methods.subset import Random
 from ddbench.models import create_model
+from ddbench.protocol import write_result
 
 SMOKE = {"epochs": 1, "model_kwargs": {"net_width": 16}}  # encoders and surrogates under --smoke
 
@@ -47,7 +56,14 @@ def dotlist(items: list[str]) -> dict:
     return OmegaConf.to_container(OmegaConf.from_dotlist(list(items)))
 
 
-def task(dataset: str, ipc: int, seed: int, model_kwargs: dict) -> Task:
+def task(
+    dataset: str,
+    ipc: int,
+    seed: int,
+    model_kwargs: dict,
+    checkpoints: Path | None = None,
+    key: str = "",
+) -> Task:
     spec = data.get_spec(dataset)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return Task(
@@ -57,15 +73,55 @@ def task(dataset: str, ipc: int, seed: int, model_kwargs: dict) -> Task:
         ).to(device),
         generator=torch.Generator().manual_seed(seed), augment=DSA(spec.dsa_strategy),
         val_loader=lambda: data.load_split(dataset, "val"),
+        checkpointer=Checkpointer(checkpoints, key, 50 if checkpoints else 0),
     )  # fmt: skip
 
 
+def settings_key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def make_set(out: Path, name: str, method, dataset: str, ipc: int, mk: dict, resumable=False):
+    """The set ``name``: loaded from ``OUT/sets`` if a run with the same settings saved it, else
+    distilled (seed 0; checkpointed if ``resumable``) and saved there."""
+    key = settings_key(name, type(method).__name__, method.settings, dataset, ipc, mk)
+    path = out / "sets" / f"{name}.safetensors"
+    if path.exists():
+        s = synset.load(path)
+        if s.meta.get("bench_key") == key:
+            logging.info("%s: reusing %s", name, path)
+            s.meta["_path"] = str(path)
+            return s
+        logging.warning("%s: %s was made with other settings; making it again", name, path)
+    ckpt = out / "checkpoints" / name if resumable else None
+    logging.info("%s: distilling (%s on %s, ipc %d)", name, type(method).__name__, dataset, ipc)
+    s = run_distill(method, task(dataset, ipc, 0, mk, ckpt, key))
+    s.meta["bench_key"] = key
+    s.meta["_path"] = str(synset.save(s, path))
+    s = synset.load(path)  # the checksum the rows record
+    s.meta["_path"] = str(path)
+    if ckpt is not None and ckpt.exists():
+        shutil.rmtree(ckpt)
+    return s
+
+
 def score(name: str, s, protocol, target: str, out: Path, model_kwargs: dict, source=None):
-    if s is not None and out.joinpath("sets").is_dir():  # --keep-sets
-        s.meta["_path"] = str(synset.save(s, out / "sets" / f"{name}.safetensors"))
+    """The row ``name``: loaded from ``OUT/rows`` if it was scored under this protocol on this
+    set, else scored and saved there."""
+    path = out / "rows" / f"{name}.json"
+    sha = s.meta.get("sha256") if s is not None else None
+    if path.exists():
+        r = json.loads(path.read_text())
+        if r["protocol"]["hash"] == protocol.hash and r["synset"]["sha256"] == sha:
+            logging.info("%s: reusing %s", name, path)
+            return r
+    t0 = time.perf_counter()
+    logging.info("%s: scoring on %s (%s)", name, target, protocol.name)
     r = transfer.evaluate(s, protocol, target, model_kwargs=model_kwargs, source=source)
+    write_result(r, path)
     acc = r["accuracy"]
-    logging.info("%s -> %s: %.2f +- %.2f", name, target, acc["mean"], acc["std"])
+    logging.info("%s -> %s: %.2f +- %.2f (%.0f s)", name, target, acc["mean"], acc["std"],
+                 time.perf_counter() - t0)  # fmt: skip
     return r
 
 
@@ -80,7 +136,7 @@ def table(rows: list[tuple[str, dict]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_krr(a, protocol, out: Path) -> tuple[dict, str]:
+def bench_krr(a, protocol, out: Path, report) -> None:
     results, text = {}, ""
     mk = SMOKE["model_kwargs"] if a.smoke else {}
     for name in a.pairs:
@@ -88,44 +144,46 @@ def bench_krr(a, protocol, out: Path) -> tuple[dict, str]:
         krr_kwargs = {"iterations": a.iterations, **dotlist(a.krr), "encoder": dotlist(a.encoder)}
         if a.smoke:
             krr_kwargs.update(num_models=2, online_iteration=5, batch_real=128, encoder=SMOKE)
-        t0 = time.perf_counter()
-        sets = {"krr_st": run_distill(KRRST(**krr_kwargs), task(pair.source, a.ipc, 0, mk))}
-        sets["krr_st"].meta["bench_seconds"] = time.perf_counter() - t0
-        sets["random"] = run_distill(Random(), task(pair.source, a.ipc, 0, mk))
         herding = {"features": "pixels"} if a.smoke else {}
-        sets["herding"] = run_distill(Herding(**herding), task(pair.source, a.ipc, 0, mk))
-        rows = [
-            (k, score(f"{name}_{k}", s, protocol, pair.target, out, mk)) for k, s in sets.items()
-        ]
-        rows.append(("no pre-training", score(f"{name}_scratch", None, protocol, pair.target, out,
-                                              mk, pair.source)))  # fmt: skip
-        results[name] = dict(rows)
-        text += table(rows, f"{pair.source} -> {pair.target}, ipc {a.ipc} ({protocol.name})")
-    return results, text
+        methods = {"krr_st": KRRST(**krr_kwargs), "random": Random(), "herding": Herding(**herding),
+                   "no pre-training": None}  # fmt: skip
+        rows = []
+        title = f"{pair.source} -> {pair.target}, ipc {a.ipc} ({protocol.name})"
+        for k, method in methods.items():
+            if method is None:
+                s, row = None, f"{name}_scratch"
+            else:
+                row = f"{name}_{k}"
+                s = make_set(out, row, method, pair.source, a.ipc, mk, resumable=k == "krr_st")
+            rows.append((k, score(row, s, protocol, pair.target, out, mk, pair.source)))
+            results[name] = dict(rows)
+            report(results, text + table(rows, title))
+        text += table(rows, title)
 
 
-def bench_dp4tl(a, protocol, out: Path) -> tuple[dict, str]:
+def bench_dp4tl(a, protocol, out: Path, report) -> None:
     pair = transfer.get_pair(a.pair)
     mk = SMOKE["model_kwargs"] if a.smoke else {}
     extra = {"surrogate": dotlist(a.surrogate), "encoder": dotlist(a.encoder)}
     if a.smoke:
         extra = {"surrogate": SMOKE, "encoder": SMOKE}
-    sets = {
-        f"dp4tl_{m}": run_distill(
-            DP4TL(target=pair.target, mapping=m, keep_classes=a.keep, **extra),
-            task(pair.source, a.ipc, 0, mk),
-        )
+    methods = {
+        f"dp4tl_{m}": DP4TL(target=pair.target, mapping=m, keep_classes=a.keep, **extra)
         for m in ("lm", "fm", "random")
     }
-    sets["full_source"] = run_distill(Random(), task(pair.source, a.ipc, 0, mk))
-    rows = [(k, score(f"{a.pair}_{k}", s, protocol, pair.target, out, mk)) for k, s in sets.items()]
-    rows.append(("no pre-training", score(f"{a.pair}_scratch", None, protocol, pair.target, out,
-                                          mk, pair.source)))  # fmt: skip
-    kept = {k: s.meta.get("kept_classes") for k, s in sets.items()}
-    text = table(rows, f"{pair.source} -> {pair.target}, keep {a.keep}, ipc {a.ipc} "
-                 f"({protocol.name})")  # fmt: skip
-    text += "\nkept classes: " + json.dumps(kept) + "\n"
-    return {"results": dict(rows), "kept_classes": kept}, text
+    methods.update({"full_source": Random(), "no pre-training": None})
+    rows, kept = [], {}
+    title = f"{pair.source} -> {pair.target}, keep {a.keep}, ipc {a.ipc} ({protocol.name})"
+    for k, method in methods.items():
+        if method is None:
+            s, row = None, f"{a.pair}_scratch"
+        else:
+            row = f"{a.pair}_{k}"
+            s = make_set(out, row, method, pair.source, a.ipc, mk)
+            kept[k] = s.meta.get("kept_classes")
+        rows.append((k, score(row, s, protocol, pair.target, out, mk, pair.source)))
+        text = table(rows, title) + "\nkept classes: " + json.dumps(kept) + "\n"
+        report({"results": dict(rows), "kept_classes": kept}, text)
 
 
 def main() -> None:
@@ -149,7 +207,6 @@ def main() -> None:
     p.add_argument("--protocol", default="transfer")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: proves the pipeline only")
     p.add_argument("--out", default="bench/results/transfer")
-    p.add_argument("--keep-sets", action="store_true", help="save the sets in OUT/<tag>/sets")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _alloc.configure()
@@ -162,15 +219,20 @@ def main() -> None:
     protocol = transfer.TransferProtocol.from_config(cfg)
     tag = f"{a.table}_ipc{a.ipc}" + ("_smoke" if a.smoke else "")
     out = Path(a.out) / tag
-    (out / "sets" if a.keep_sets else out).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results, text = (bench_krr if a.table == "krr" else bench_dp4tl)(a, protocol, out)
-    record = {"args": vars(a), "protocol": {"name": protocol.name, "hash": protocol.hash,
-              "comparable": protocol.comparable}, "seconds": time.perf_counter() - t0,
-              "results": results}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (out / "table.md").write_text(text)
-    print(text)
+    final = {}
+
+    def report(results: dict, text: str) -> None:  # after every row: a partial table
+        record = {"args": vars(a), "protocol": {"name": protocol.name, "hash": protocol.hash,
+                  "comparable": protocol.comparable}, "seconds": time.perf_counter() - t0,
+                  "results": results}  # fmt: skip
+        write_result(record, out / "results.json")
+        synset.atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(text))
+        final["text"] = text
+
+    (bench_krr if a.table == "krr" else bench_dp4tl)(a, protocol, out, report)
+    print(final.get("text", ""))
 
 
 if __name__ == "__main__":
