@@ -54,6 +54,8 @@ def _budget(e: dict, meta: dict) -> int | str:
     table per graph dataset x protocol)."""
     if e.get("kind") == "graph":
         return "graphs"
+    if e.get("track") == "transfer":  # one table per source x IPC x target x protocol
+        return f"ipc{int(e['ipc'])}_to_{e['target']}"
     return "full" if meta.get("full_dataset") else int(e["ipc"])
 
 
@@ -281,6 +283,9 @@ def md(text: Any) -> str:
 def title(key: tuple) -> str:
     ds, split, budget, name, h = key
     size = {"full": "full dataset", "graphs": "graph sets"}.get(budget, f"IPC {budget}")
+    if isinstance(budget, str) and "_to_" in budget:  # a transfer table
+        ipc, target = budget.split("_to_", 1)
+        size = f"IPC {ipc[3:]} → {target} (transfer: target test accuracy)"
     other = "" if split == "test" else f" · {split} split, not a test score"
     return f"{ds} · {size} · {name} ({h}){other}"
 

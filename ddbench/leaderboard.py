@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import ddbench
+from ddbench import transfer_board
 from ddbench.errors import DDBenchError
+from ddbench.transfer_board import is_transfer
 
 # The ddbench modules that import torch (data, protocol, synset) are imported where they are
 # used, so that `ddbench leaderboard build` and `ddbench aggregate` start in well under a second
@@ -232,8 +234,11 @@ def comparison_space(synset, dataset_split) -> tuple[Any, Any]:
     return x, real.float() / 255.0
 
 
-def near_copies(synset, limits: Limits | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Synthetic images that match a test image of their dataset within ``limits``.
+def near_copies(
+    synset, limits: Limits | None = None, device: str = "cpu", dataset: str | None = None
+) -> dict[str, Any]:
+    """Synthetic images that match a test image of their dataset (or of ``dataset``, which must
+    have the set's image shape) within ``limits``.
 
     The best match of each synthetic image over translations of up to ``limits.copy_shift``
     pixels and a mirror (:func:`best_matches`) in the dataset's normalised space; an image is a
@@ -244,7 +249,7 @@ def near_copies(synset, limits: Limits | None = None, device: str = "cpu") -> di
     from ddbench import data
 
     limits = limits or Limits()
-    dataset = synset.meta.get("dataset")
+    dataset = dataset or synset.meta.get("dataset")
     try:
         test = data.load_split(dataset, "test")
         x, t = comparison_space(synset, test)
@@ -467,7 +472,7 @@ def check_submission(
         if size > cap:
             raise DDBenchError(f"{path}: the {what} file is {size} bytes, over the limit of {cap}")
     result = _read_json(result_path, limits.max_json_bytes, "result")
-    errors = [] if _graph(result) else schema_errors(result)
+    errors = [] if _graph(result) or is_transfer(result) else schema_errors(result)
     if errors:
         raise DDBenchError(f"{result_path} does not follow the result schema: {'; '.join(errors)}")
     try:
@@ -482,6 +487,8 @@ def check_submission(
 
     if _graph(result) or is_graph_file(synset_path):  # a graph set: the graph track checks it
         return result, *graph_board.check_submission(result, result_path, synset_path)
+    if is_transfer(result):  # a set scored by transfer: the transfer track checks it
+        return result, *transfer_board.check_submission(result, result_path, synset_path, limits)
     split = result.get("split", "test")
     if split != "test":
         raise DDBenchError(f"{result_path} was scored on the {split!r} split; only test results "
@@ -529,6 +536,8 @@ def _graph(e: Any) -> bool:
 def entry_path(board: Path, result: dict) -> Path:
     sha12 = result["synset"]["sha256"][:12]
     budget = "graphs" if _graph(result) else f"ipc{int(result['ipc'])}"
+    if is_transfer(result):
+        budget = transfer_board.budget(result)
     return (board / "submissions" / _safe(result["dataset"]) / budget
             / _safe(result["protocol"]["name"]) / f"{_safe(result['method'])}-{sha12}.json")  # fmt: skip
 
@@ -604,6 +613,8 @@ def results_of(e: dict) -> list[dict]:
 def _attachable(e: dict, result: dict) -> bool:
     """A result of a set already on the board joins its entry when it is a new view (another
     protocol or model) of the same method's set."""
+    if is_transfer(result) or is_transfer(e):  # one transfer result per entry
+        return False
     if (result["method"], result["dataset"], result["ipc"]) != (e["method"], e["dataset"],
                                                                 e["ipc"]):  # fmt: skip
         return False
@@ -702,6 +713,8 @@ def scan(
                 raise DDBenchError("the entry file leads outside the board")
             e = _read_json(f, 2 * limits.max_json_bytes, "entry")
             schema = _graph_schema() if _graph(e) else RESULT_SCHEMA  # ddbench.graphs.board
+            if is_transfer(e):
+                schema = transfer_board.TRANSFER_SCHEMA
             errors = schema_errors(e, schema) or text_errors(e, skip=("synset.path", "submission"))
             if errors:
                 raise DDBenchError("; ".join(errors[:3]))
@@ -819,6 +832,11 @@ def verify(
 
             path = _set_file(root, f, e)
             reports.append(verify_entry(f, e, path, tolerance, seeds, epochs, device, out, tag))
+            continue
+        if is_transfer(e):  # so does the transfer track
+            path = _set_file(root, f, e)
+            reports.append(transfer_board.verify_entry(f, e, path, tolerance, seeds, epochs,
+                                                       device, limits, out, tag))  # fmt: skip
             continue
         rep: dict[str, Any] = {"entry": str(f), "flags": [], "override": override or None}
         reports.append(rep)

@@ -135,8 +135,9 @@ def _load_set(e: dict, path: Path) -> Any:
 
 
 def _score(e: dict, new: Any, path: Path, work: Path, device: str) -> dict:
-    """The result of the rerun's set under the entry's pinned protocol: the image protocol, or
-    for a graph entry the graph protocol on its dataset's split."""
+    """The result of the rerun's set under the entry's pinned protocol: the image protocol; for
+    a graph entry the graph protocol on its dataset's split; for a transfer entry the transfer
+    protocol on its target."""
     if e.get("kind") == "graph":
         from ddbench.engine import pick_device
         from ddbench.graphs import board as graph_board
@@ -146,9 +147,11 @@ def _score(e: dict, new: Any, path: Path, work: Path, device: str) -> dict:
         test, _ = graph_board.dataset_splits(new)
         return evaluate_graphs(new, proto, test, e["model"], device=pick_device(device),
                                split=e.get("split", "test"))  # fmt: skip
-    from ddbench import leaderboard
+    from ddbench import leaderboard, transfer_board
     from ddbench.protocol import evaluate
 
+    if transfer_board.is_transfer(e):  # the transfer protocol on the entry's target
+        return transfer_board.evaluate_as(e, new, transfer_board.check_protocol(e), device)
     proto = leaderboard._check_protocol(e)
     new.meta["_path"] = str(path)
     return evaluate(new, proto, e["model"], e.get("model_kwargs") or {}, device=device,

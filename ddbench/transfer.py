@@ -351,6 +351,7 @@ def evaluate(
     return {
         "track": "transfer",
         "method": (meta.get("method") or {}).get("name", "no_pretraining"),
+        "dataset": source,  # the set's dataset (the leaderboard files entries under it)
         "source": source,
         "target": target,
         "ipc": meta.get("ipc"),

@@ -335,3 +335,83 @@ def test_run_refuses_a_representation_method_before_any_work(tmp_path):
     assert p.returncode != 0
     assert "representation targets" in p.stderr and "ddbench transfer" in p.stderr
     assert not (tmp_path / "run" / "synset.safetensors").exists()
+
+
+# ----------------------------------------------------------------------------- the board
+
+
+def _digits_transposed(spec, raw):  # digits with rows and columns swapped: another 8x8 dataset
+    out = data.read_digits(data.get_spec("digits"), raw)
+    for split in ("train", "test"):
+        out[f"{split}_x"] = out[f"{split}_x"].transpose(-1, -2).contiguous()
+    return out
+
+
+def test_transfer_entries_are_checked_verified_and_tamper_flagged(digits_train, tmp_path):
+    from ddbench import leaderboard
+    from ddbench.protocol import write_result
+
+    s = run_distill(Random(), _task(digits_train, ipc=2))
+    set_path = synset.save(s, tmp_path / "r.safetensors")
+    s = synset.load(set_path)
+    s.meta["_path"] = str(set_path)
+    r = transfer.evaluate(s, transfer.load_protocol("transfer_quick"), "digits", device="cpu")
+    write_result(r, tmp_path / "result.json")
+    board = tmp_path / "board"
+    entry = leaderboard.submit(tmp_path / "result.json", set_path, board)
+    assert entry.parent.relative_to(board / "submissions").as_posix() == (
+        "digits/ipc2_to_digits/transfer_quick"
+    )
+    stored = json.loads(entry.read_text())
+    assert stored["submission"]["checks"]["near_copies"]["target"]["copies"] == []
+    lines = []
+    (rep,) = leaderboard.verify(board, out=lines.append)
+    assert rep["flags"] == [] and rep["difference"] == 0.0, lines  # deterministic on CPU
+    assert lines[0].startswith("OK")
+    leaderboard.build(board)
+    page = (board / "index.html").read_text()
+    assert "IPC 2 → digits (transfer" in page and "transfer_quick" in page
+    # a better score than the set gives is flagged; so is a changed claim about the set
+    stored["accuracy"]["per_seed"][0]["accuracy"] += 5.0
+    stored["accuracy"]["mean"] += 5.0
+    entry.write_text(json.dumps(stored))
+    (rep,) = leaderboard.verify(board, out=lines.append)
+    assert any("re-evaluated" in f for f in rep["flags"])
+    stored["num_images"] += 1
+    entry.write_text(json.dumps(stored))
+    (rep,) = leaderboard.verify(board, out=lines.append)
+    assert any("'num_images' is 21, the set's is 20" in f for f in rep["flags"])
+    # a result whose protocol is not the pinned one, or whose target fraction is not, is refused
+    for key, value, match in (("hash", "0" * 16, "hash"), ("label_fraction", 1.0, "gives 0.05")):
+        bad = json.loads((tmp_path / "result.json").read_text())
+        bad["protocol"][key] = value
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(DDBenchError, match=match):
+            leaderboard.check_submission(tmp_path / "bad.json", set_path)
+
+
+def test_a_set_holding_a_target_test_image_is_refused(digits_train, monkeypatch, tmp_path):
+    from ddbench import leaderboard, transfer_board
+    from ddbench.protocol import write_result
+
+    spec = data.get_spec("digits")
+    monkeypatch.setitem(data.CATALOGUE, "digits_t",
+                        data.DatasetSpec("digits_t", 1, (8, 8), spec.classes, spec.mean, spec.std,
+                                         "test"))  # fmt: skip
+    monkeypatch.setitem(data._READERS, "digits_t", _digits_transposed)
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path / "data"))
+    s = run_distill(Random(), _task(digits_train, ipc=2))
+    clean = transfer_board.copies(s, "digits_t")
+    assert clean["source"]["copies"] == [] and clean["target"]["copies"] == []
+    test_t = data.load_split("digits_t", "test")
+    same = int((test_t.labels == s.labels[0]).nonzero()[0])  # one target test image, its class
+    s.images[0] = test_t.normalize(test_t.images[same : same + 1])[0]
+    found = transfer_board.copies(s, "digits_t")
+    assert found["source"]["copies"] == []  # not a copy of a source test image
+    assert [c["image"] for c in found["target"]["copies"]] == [0]
+    set_path = synset.save(s, tmp_path / "s.safetensors")
+    s = synset.load(set_path)
+    r = transfer.evaluate(s, transfer.load_protocol("transfer_quick"), "digits_t", device="cpu")
+    write_result(r, tmp_path / "result.json")
+    with pytest.raises(DDBenchError, match="target test split: 1 synthetic image"):
+        leaderboard.submit(tmp_path / "result.json", set_path, tmp_path / "board")
