@@ -22,9 +22,15 @@ Settings and their source (db-Lee/selfsup_dd @4beb4b1): ``num_models`` 10, ``onl
 1e-3 of it over the run (train.py: ``outer_lr``, ``outer_opt``, ``LinearLR(end_factor=1e-3)``;
 its README uses 1e-4 for CIFAR-100); ``batch_real`` 1024 (``outer_batch_size``); the lambda rule
 ``1e-6 * trace(K_ss)`` and the bias feature (algorithms/distill.py); 160000 iterations
-(``outer_iteration``). One difference: the authors' ``ModelPool.update`` does not reset a
+(``outer_iteration``); the real batch augmented by kornia's ``RandomCrop(padding=4)`` and
+``RandomHorizontalFlip`` (data/augmentation.py ``get_aug``, whose one digit dataset, SVHN, is not
+flipped: nor are ddbench's digit datasets), ``real_augment: crop_flip``. One difference: the authors' ``ModelPool.update`` does not reset a
 replaced model's step count, so once a model reaches ``online_iteration`` it is replaced at
 every later draw; here the count restarts, so the replacement trains online as the first did.
+Two more: the authors' set images start as raw [0, 1] pixels while the real batch reaching the
+pool models is normalised (train.py, algorithms/distill.py); here both are in the dataset's
+normalised space. And their pool model is a ConvNet-BN of widths 128-256-512 (CIFAR-100); here
+it is the task's model (ddbench's ConvNet for MNIST-sized data, which the paper does not cover).
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from ddbench.method import Task
 from ddbench.synset import REPRESENTATION, SyntheticSet
 
 log = logging.getLogger("ddbench")
+
+REAL_AUGMENTS = ("crop_flip", "dsa", "none")
 
 
 def with_head(net: nn.Module, outputs: int) -> nn.Module:
@@ -89,7 +97,9 @@ class KRRST(ImageDistillation):
         online_wd: float = 1e-3
         batch_real: int = 1024
         lambda_scale: float = 1e-6
-        dsa: bool = True  # augment the real batch (the dataset's DSA strategy)
+        # the real batch's augmentation: "crop_flip" (the authors': RandomCrop(padding=4) and a
+        # horizontal flip, none for digit datasets), "dsa" (the dataset's DSA strategy), "none"
+        real_augment: str = "crop_flip"
         encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
         def __post_init__(self) -> None:
@@ -97,6 +107,10 @@ class KRRST(ImageDistillation):
             if self.num_models < 1 or self.online_iteration < 2 or self.batch_real < 1:
                 raise DDBenchError(
                     "krr_st needs num_models >= 1, online_iteration >= 2 and batch_real >= 1"
+                )
+            if self.real_augment not in REAL_AUGMENTS:
+                raise DDBenchError(
+                    f"krr_st: real_augment must be one of {REAL_AUGMENTS}, not {self.real_augment!r}"
                 )
             if not (self.online_lr > 0 and self.online_wd >= 0 and self.lambda_scale > 0):
                 raise DDBenchError("krr_st needs online_lr > 0, online_wd >= 0, lambda_scale > 0")
@@ -187,6 +201,26 @@ class KRRST(ImageDistillation):
 
     # ------------------------------------------------------------------------------ the step
 
+    def augment_real(self, task: Task, real: torch.Tensor) -> torch.Tensor:
+        """The real batch as the outer loss sees it (``real_augment``), seeded from the task."""
+        if self.real_augment == "none":
+            return real
+        seed = self.next_seed(task)
+        if self.real_augment == "dsa":
+            return real if task.augment is None else task.augment(
+                real, torch.Generator().manual_seed(seed)
+            )  # fmt: skip
+        import kornia.augmentation as K
+
+        from ddbench.augment import default_strategy
+
+        ops = [K.RandomCrop(tuple(real.shape[-2:]), padding=4)]
+        if "flip" in default_strategy(task.spec.name):  # digit datasets are not flipped
+            ops.append(K.RandomHorizontalFlip(p=0.5))
+        with torch.random.fork_rng(devices=[real.device] if real.is_cuda else []):
+            torch.manual_seed(seed)
+            return nn.Sequential(*ops)(real)
+
     def step(self, task: Task, images: torch.Tensor, labels: torch.Tensor, it: int) -> float:
         if not self._pool:  # built here: a resumed run builds it from the restored set
             self._init_pool(task, images, labels)
@@ -194,9 +228,7 @@ class KRRST(ImageDistillation):
         model = self._pool[k][0]
         model.eval()
         with torch.no_grad(), task.full_precision():
-            real = task.real_images(None, self.batch_real)
-            if self.dsa and task.augment is not None:
-                real = task.augment(real, torch.Generator().manual_seed(self.next_seed(task)))
+            real = self.augment_real(task, task.real_images(None, self.batch_real))
             y_real = self._encoder.embed(real).float()
             f_real = model.embed(real).float()
         f_syn = model.embed(images).float()

@@ -415,3 +415,29 @@ def test_a_set_holding_a_target_test_image_is_refused(digits_train, monkeypatch,
     write_result(r, tmp_path / "result.json")
     with pytest.raises(DDBenchError, match="target test split: 1 synthetic image"):
         leaderboard.submit(tmp_path / "result.json", set_path, tmp_path / "board")
+
+
+def test_krr_st_augments_the_real_batch_as_the_authors(digits_train):
+    """crop_flip (the default): kornia's RandomCrop(padding=4), no flip on digits; seeded from
+    the task, so a rerun draws the same crops; none leaves the batch as it is."""
+    real = digits_train.normalize(digits_train.images[:64])
+    outs = []
+    for _ in range(2):
+        m, task = KRRST(), _task(digits_train, ipc=1, seed=3)
+        outs.append(m.augment_real(task, real))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], real)
+
+    # a crop moves content: each output image is its input shifted by at most 4 pixels (the
+    # overlap equal), never mirrored on digits
+    def shifted(x, y, dy, dx):
+        h, w = x.shape
+        a = y[max(0, dy) : h + min(0, dy), max(0, dx) : w + min(0, dx)]
+        b = x[max(0, -dy) : h + min(0, -dy), max(0, -dx) : w + min(0, -dx)]
+        return torch.equal(a, b)
+
+    for x, y in zip(real[:, 0], outs[0][:, 0]):
+        assert any(shifted(x, y, dy, dx) for dy in range(-4, 5) for dx in range(-4, 5))
+    m = KRRST(real_augment="none")
+    assert torch.equal(m.augment_real(_task(digits_train, ipc=1), real), real)
+    with pytest.raises(DDBenchError, match="real_augment must be one of"):
+        KRRST(real_augment="mixup")
