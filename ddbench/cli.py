@@ -735,11 +735,12 @@ def cmd_import(args: list[str]) -> None:
     from ddbench.coreset import import_indices
 
     p = argparse.ArgumentParser(prog="ddbench import", description="convert a published set format")
-    p.add_argument("format", choices=["dc", "mtt", "datadam", "imagefolder", "indices"])
+    p.add_argument("format", choices=["dc", "mtt", "datadam", "imagefolder", "indices", "krr_st"])
     p.add_argument(
         "path",
-        help="res_*.pt (dc, datadam), images_best.pt (mtt), a folder (imagefolder) or a "
-        ".npy/.pt/.json list of train-split indices (indices: DeepCore's subset['indices'])",
+        help="res_*.pt (dc, datadam), images_best.pt (mtt), a folder (imagefolder), a "
+        ".npy/.pt/.json list of train-split indices (indices: DeepCore's subset['indices']) or "
+        "x_syn.pt with y_syn.pt beside it (krr_st: a label-free set of representation targets)",
     )
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", required=True)
@@ -775,8 +776,10 @@ def cmd_import(args: list[str]) -> None:
         "mtt": lambda: synset.import_mtt(a.path, a.dataset, zca=a.zca),
         "imagefolder": lambda: synset.import_image_folder(a.path, a.dataset),
         "indices": lambda: import_indices(a.path, a.dataset, split_size=a.split_size),
+        "krr_st": lambda: synset.import_krr_st(a.path, a.dataset),
     }
-    if a.format != "imagefolder":  # a FIFO, a link loop, ...: refused before any reader opens it
+    if a.format not in ("imagefolder", "krr_st"):  # a FIFO, a link loop, ...: refused before any
+        # reader opens it (imagefolder and krr_st take a folder; krr_st checks each file it reads)
         synset.check_file(a.path)
     s = readers[a.format]()
     if a.method is not None:
@@ -789,11 +792,20 @@ def cmd_import(args: list[str]) -> None:
 def _declared_protocol(method: str, s) -> str:
     """The protocol ``method`` declares (its class's ``protocol``), checked against what the
     imported set ``s`` holds: a protocol that trains with the set's learned lr needs one."""
+    from ddbench import synset
     from ddbench.method import build_method
     from ddbench.methods import packaged_config
     from ddbench.protocol import Protocol, protocol_config
 
-    name = getattr(build_method(packaged_config(method)), "protocol", None) or "standard"
+    built = build_method(packaged_config(method))
+    name = getattr(built, "protocol", None) or "standard"
+    label_free = getattr(built, "label_kind", None) == synset.REPRESENTATION
+    if label_free != s.representation:
+        kind = {True: "label-free", False: "labelled"}
+        raise DDBenchError(f"{method} sets are {kind[label_free]}; the imported set is "
+                           f"{kind[s.representation]}")  # fmt: skip
+    if label_free:
+        return name  # a transfer protocol (conf/transfer_protocol/), scored by `ddbench transfer`
     if Protocol.from_config(protocol_config(name)).lr_from_set and s.lr is None:
         raise DDBenchError(
             f"{method} sets are scored under {name}, which trains with the set's learned lr; "

@@ -1278,6 +1278,46 @@ def import_mtt(images_path: str | Path, dataset: str, zca: bool = False) -> Synt
     )
 
 
+def import_krr_st(path: str | Path, dataset: str) -> SyntheticSet:
+    """KRR-ST's ``x_syn.pt`` with ``y_syn.pt`` beside it (db-Lee/selfsup_dd ``train.py``, saved by
+    its ``Logger``; ``path`` is the file or its folder): images ``[N,C,H,W]`` and representation
+    targets ``[N,D]``. The authors' code feeds ``x_syn`` to its models as it is (learned from raw
+    [0, 1] pixels against a normalised real batch), so the images are taken as they are, as the
+    model-input space the transfer protocol feeds a set in. The set is label-free
+    (:data:`REPRESENTATION`) and declares the ``transfer`` protocol; its ``ipc`` is
+    ``ceil(N / classes)``."""
+    path = Path(path)
+    x_path = path / "x_syn.pt" if path.is_dir() else path
+    y_path = x_path.with_name(x_path.name.replace("x_syn", "y_syn"))
+    where = str(x_path)
+    if y_path == x_path:
+        raise DDBenchError(f"{where}: expected x_syn*.pt (with y_syn*.pt beside it)")
+    spec = get_spec(dataset)
+    images = _imported_images(_torch_load(x_path), spec, False, where)
+    targets = _torch_load(y_path)
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or len(targets) != len(images):
+        shape = (
+            tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        )
+        raise DDBenchError(f"{y_path}: expected representation targets [N, D] = "
+                           f"[{len(images)}, D], got {shape}")  # fmt: skip
+    if not targets.is_floating_point() or not torch.isfinite(targets).all():
+        raise DDBenchError(f"{y_path}: representation targets must be finite floats")
+    meta = {
+        "dataset": dataset,
+        "classes": list(spec.classes),
+        "num_classes": spec.num_classes,
+        "image_shape": list(images.shape[1:]),
+        "space": _space(dataset, False),
+        "ipc": -(-len(images) // spec.num_classes),
+        "label_kind": REPRESENTATION,
+        "method": {"name": "imported:krr_st", "config": {}},
+        "protocol": "transfer",
+        "seed": None,
+    }
+    return SyntheticSet(images, targets.detach().cpu().float().contiguous(), meta)
+
+
 def export_image_folder(synset: SyntheticSet, out_dir: str | Path) -> Path:
     """Write the set as ``out_dir/<class>/<i>.png`` in [0,1] pixel space (ZCA sets refused)."""
     from PIL import Image

@@ -441,3 +441,36 @@ def test_krr_st_augments_the_real_batch_as_the_authors(digits_train):
     assert torch.equal(m.augment_real(_task(digits_train, ipc=1), real), real)
     with pytest.raises(DDBenchError, match="real_augment must be one of"):
         KRRST(real_augment="mixup")
+
+
+def test_import_krr_st_reads_the_authors_files(digits_train, tmp_path, capsys):
+    """x_syn.pt / y_syn.pt as the authors' Logger saves them (tensors with requires_grad):
+    imported as a label-free set marked as the authors' KRR-ST set; bad files are refused."""
+    from ddbench import cli
+
+    x = digits_train.normalize(digits_train.images[:20]).clone().requires_grad_(True)
+    y = torch.randn(20, 9, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    run = tmp_path / "results" / "exp"
+    run.mkdir(parents=True)
+    torch.save(x, run / "x_syn.pt")
+    torch.save(y, run / "y_syn.pt")
+    out = tmp_path / "ref.safetensors"
+    cli.main(["import", "krr_st", str(run), "--dataset", "digits", "--out", str(out),
+              "--method", "krr_st", "--code", "db-Lee/selfsup_dd@4beb4b1"])  # fmt: skip
+    s = synset.load(out)
+    assert s.representation and torch.equal(s.labels, y.detach()) and torch.equal(s.images, x)
+    assert s.meta["method"] == {"name": "imported:krr_st",
+                                "config": {"code": "db-Lee/selfsup_dd@4beb4b1"}}  # fmt: skip
+    assert s.meta["protocol"] == "transfer" and s.ipc == 2
+    r = transfer.evaluate(s, _tiny_protocol(), "digits", model_kwargs=SMALL, device="cpu")
+    assert r["pretrained_on"] == "representation" and r["method"] == "imported:krr_st"
+    # a label-free file is not another method's set; targets of the wrong shape are refused
+    with pytest.raises(DDBenchError, match="mtt sets are labelled; the imported set is label-free"):
+        cli.cmd_import(["krr_st", str(run), "--dataset", "digits", "--out", str(out),
+                        "--method", "mtt"])  # fmt: skip
+    torch.save(y[:5], run / "y_syn.pt")
+    with pytest.raises(DDBenchError, match=r"expected representation targets \[N, D\] = \[20, D\]"):
+        synset.import_krr_st(run, "digits")
+    torch.save(y.detach().long(), run / "y_syn.pt")
+    with pytest.raises(DDBenchError, match="finite floats"):
+        synset.import_krr_st(run / "x_syn.pt", "digits")
