@@ -92,8 +92,9 @@ def main() -> None:
     p.add_argument("--batch-real", type=int, default=256)
     p.add_argument("--online-iteration", type=int, default=100)
     p.add_argument("--encoder", nargs="*", default=["epochs=5", "model_kwargs.net_width=64"])
-    p.add_argument("--protocol", default="transfer", help="the transfer protocol (a smoke run: "
-                   "transfer_quick)")
+    p.add_argument(
+        "--protocol", default="transfer", help="the transfer protocol (a smoke run: transfer_quick)"
+    )
     p.add_argument("--ddbench-set", type=Path)
     p.add_argument("--ddbench-result", type=Path)
     a = p.parse_args()
@@ -104,7 +105,9 @@ def main() -> None:
     off = a.official.resolve()
     subprocess.run(["bash", str(HERE / "official_krr_st_setup.sh"), str(off)], check=True)
     commit = (off / "COMMIT").read_text().strip()
-    work = a.out.resolve() / "work" / f"krr_st_{source}_ipc{a.ipc}_it{a.iterations}" / f"seed{a.seed}"
+    work = (
+        a.out.resolve() / "work" / f"krr_st_{source}_ipc{a.ipc}_it{a.iterations}" / f"seed{a.seed}"
+    )
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     datasets = krr_st_shim.export_data(source, work.parent / "datasets").parent
@@ -148,7 +151,9 @@ def main() -> None:
         r = json.loads(a.ddbench_result.read_text())
         sha = synset.load(ours).meta["sha256"]
         if (r["synset"]["sha256"], r["protocol"]["hash"], r["target"]) != (
-            sha, results["official"]["protocol"]["hash"], pair.target
+            sha,
+            results["official"]["protocol"]["hash"],
+            pair.target,
         ):
             raise SystemExit(f"{a.ddbench_result} is not a result of {ours} under "
                              f"{results['official']['protocol']['name']} on {pair.target}")  # fmt: skip
