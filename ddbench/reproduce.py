@@ -56,13 +56,16 @@ def _value(v: Any) -> str:
     raise DDBenchError(f"cannot pass {v!r:.40} on the command line")
 
 
-def _leaves(d: dict, prefix: str) -> list[str]:
+def _leaves(d: dict, prefix: str, add: bool = False) -> list[str]:
+    """``key=value`` overrides of every leaf of ``d``; a leaf inside a ``*kwargs`` dict (a
+    model's kwargs, empty in the method's schema, e.g. an encoder's ``model_kwargs``) as
+    ``++key=value``, which Hydra lets add a key."""
     out = []
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out += _leaves(v, f"{prefix}{k}.")
+            out += _leaves(v, f"{prefix}{k}.", add or str(k).endswith("kwargs"))
         else:
-            out.append(f"{prefix}{k}={_value(v)}")
+            out.append(f"{'++' if add else ''}{prefix}{k}={_value(v)}")
     return out
 
 

@@ -660,7 +660,9 @@ def test_reproduce_tolerance_and_the_recorded_config_as_overrides():
     meta = {"dataset": "digits", "ipc": 1, "seed": 3, "space": {"zca": False},
             "method": {"name": "dm", "config": {"_target_": "x.DM", "name": "dm",
                                                 "iterations": 2, "init": "real's",
-                                                "nested": {"a": [1, 2.5], "b": None}}},
+                                                "nested": {"a": [1, 2.5], "b": None},
+                                                "encoder": {"epochs": 5,
+                                                            "model_kwargs": {"net_width": 64}}}},
             "distill_config": {"model": "convnet", "model_kwargs": {"net_width": 16},
                                "precision": "bf16", "kernels": "off", "zca": False}}  # fmt: skip
     e = {"model": "lenet", "model_kwargs": {}}
@@ -668,6 +670,7 @@ def test_reproduce_tolerance_and_the_recorded_config_as_overrides():
         "method=dm", "dataset=digits", "ipc=1", "seed=3", "model=convnet", "precision=bf16",
         "model.kwargs.net_width=16", "kernels=off", "method.iterations=2",
         "method.init='real\\'s'", "method.nested.a=[1,2.5]", "method.nested.b=null",
+        "method.encoder.epochs=5", "++method.encoder.model_kwargs.net_width=64",
     ]  # fmt: skip
     with pytest.raises(DDBenchError, match="does not record its seed"):
         reproduce.distill_overrides(e, {k: v for k, v in meta.items() if k != "seed"})
