@@ -136,6 +136,21 @@ def table(rows: list[tuple[str, dict]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def scored_rows(prefix: str, methods: dict, pair, a, protocol, out: Path, mk: dict, on_row):
+    """Each method's set made (or loaded) and scored on the pair's target, in order (``None``:
+    no pre-training); ``on_row(rows, key, set)`` after each row."""
+    rows = []
+    for k, method in methods.items():
+        s, row = None, f"{prefix}_scratch"
+        if method is not None:
+            row = f"{prefix}_{k}"
+            resumable = isinstance(method, KRRST)  # the one long distillation: checkpointed
+            s = make_set(out, row, method, pair.source, a.ipc, mk, resumable=resumable)
+        rows.append((k, score(row, s, protocol, pair.target, out, mk, pair.source)))
+        on_row(rows, k, s)
+    return rows
+
+
 def bench_krr(a, protocol, out: Path, report) -> None:
     results, text = {}, ""
     mk = SMOKE["model_kwargs"] if a.smoke else {}
@@ -147,18 +162,13 @@ def bench_krr(a, protocol, out: Path, report) -> None:
         herding = {"features": "pixels"} if a.smoke else {}
         methods = {"krr_st": KRRST(**krr_kwargs), "random": Random(), "herding": Herding(**herding),
                    "no pre-training": None}  # fmt: skip
-        rows = []
         title = f"{pair.source} -> {pair.target}, ipc {a.ipc} ({protocol.name})"
-        for k, method in methods.items():
-            if method is None:
-                s, row = None, f"{name}_scratch"
-            else:
-                row = f"{name}_{k}"
-                s = make_set(out, row, method, pair.source, a.ipc, mk, resumable=k == "krr_st")
-            rows.append((k, score(row, s, protocol, pair.target, out, mk, pair.source)))
+
+        def on_row(rows, k, s, name=name, title=title, before=text):
             results[name] = dict(rows)
-            report(results, text + table(rows, title))
-        text += table(rows, title)
+            report(results, before + table(rows, title))
+
+        text += table(scored_rows(name, methods, pair, a, protocol, out, mk, on_row), title)
 
 
 def bench_dp4tl(a, protocol, out: Path, report) -> None:
@@ -172,18 +182,16 @@ def bench_dp4tl(a, protocol, out: Path, report) -> None:
         for m in ("lm", "fm", "random")
     }
     methods.update({"full_source": Random(), "no pre-training": None})
-    rows, kept = [], {}
+    kept = {}
     title = f"{pair.source} -> {pair.target}, keep {a.keep}, ipc {a.ipc} ({protocol.name})"
-    for k, method in methods.items():
-        if method is None:
-            s, row = None, f"{a.pair}_scratch"
-        else:
-            row = f"{a.pair}_{k}"
-            s = make_set(out, row, method, pair.source, a.ipc, mk)
+
+    def on_row(rows, k, s):
+        if s is not None:
             kept[k] = s.meta.get("kept_classes")
-        rows.append((k, score(row, s, protocol, pair.target, out, mk, pair.source)))
         text = table(rows, title) + "\nkept classes: " + json.dumps(kept) + "\n"
         report({"results": dict(rows), "kept_classes": kept}, text)
+
+    scored_rows(a.pair, methods, pair, a, protocol, out, mk, on_row)
 
 
 def main() -> None:

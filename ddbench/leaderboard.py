@@ -876,6 +876,36 @@ def verify(
     return reports
 
 
+def submitted_scores(e: dict, seeds: list[int], rep: dict) -> dict[int, float] | None:
+    """The entry's accuracy per seed; None, with a flag in ``rep``, if one of ``seeds`` (those
+    re-evaluated) has none."""
+    submitted = {d["seed"]: d["accuracy"] for d in e["accuracy"]["per_seed"]}
+    missing = [x for x in seeds if x not in submitted]
+    if missing:
+        rep["flags"].append(f"the entry has no accuracy for seed(s) {missing}")
+        return None
+    return submitted
+
+
+def compare(rep: dict, submitted: dict, seeds: list[int], got: float, tolerance: float) -> None:
+    """Record in ``rep`` the re-evaluated mean ``got`` against the submitted mean over ``seeds``
+    (``claimed``, ``reevaluated``, ``difference``, ``detail``), flagged beyond ``tolerance``."""
+    claimed = sum(submitted[x] for x in seeds) / len(seeds)
+    rep.update(claimed=claimed, reevaluated=got, difference=got - claimed)
+    text = f"re-evaluated {got:.2f} % vs submitted {claimed:.2f} % (difference {got - claimed:+.2f}"
+    if abs(got - claimed) > tolerance:
+        rep["flags"].append(f"{text} > tolerance {tolerance})")
+    rep["detail"] = f"{text}, tolerance {tolerance})"
+
+
+def print_verdict(path: Path, rep: dict, out: Any = print, tag: str = "") -> None:
+    """One line per entry: ``FLAG`` with the reasons, or ``OK`` with the comparison."""
+    if rep["flags"]:
+        out(f"FLAG {path}: {'; '.join(rep['flags'])}")
+    else:
+        out(f"OK   {path}: {rep['detail']}{tag}")
+
+
 def _reevaluate(s, r: dict, proto, epochs, seeds, device, tolerance: float) -> dict[str, Any]:
     """Re-evaluate set ``s`` as result ``r`` claims (its pinned protocol, model, split)."""
     from ddbench.protocol import evaluate
@@ -885,10 +915,8 @@ def _reevaluate(s, r: dict, proto, epochs, seeds, device, tolerance: float) -> d
         proto.epochs = int(epochs)
     if seeds is not None:
         proto.seeds = [int(x) for x in seeds]
-    submitted = {d["seed"]: d["accuracy"] for d in r["accuracy"]["per_seed"]}
-    missing = [x for x in proto.seeds if x not in submitted]
-    if missing:
-        one["flags"].append(f"the entry has no accuracy for seed(s) {missing}")
+    submitted = submitted_scores(r, proto.seeds, one)
+    if submitted is None:
         return one
     try:
         new = evaluate(s, proto, r["model"], r.get("model_kwargs") or {}, device=device,
@@ -896,14 +924,7 @@ def _reevaluate(s, r: dict, proto, epochs, seeds, device, tolerance: float) -> d
     except (DDBenchError, TypeError, ValueError, KeyError) as err:
         one["flags"].append(f"could not re-evaluate: {err}")
         return one
-    claimed = sum(submitted[x] for x in proto.seeds) / len(proto.seeds)
-    got = new["accuracy"]["mean"]
-    one.update(claimed=claimed, reevaluated=got, difference=got - claimed)
-    if abs(got - claimed) > tolerance:
-        one["flags"].append(f"re-evaluated {got:.2f} % vs submitted {claimed:.2f} % "
-                            f"(difference {got - claimed:+.2f} > tolerance {tolerance})")  # fmt: skip
-    one["detail"] = (f"re-evaluated {got:.2f} % vs submitted {claimed:.2f} % "
-                     f"(difference {got - claimed:+.2f}, tolerance {tolerance})")  # fmt: skip
+    compare(one, submitted, proto.seeds, new["accuracy"]["mean"], tolerance)
     return one
 
 

@@ -1109,18 +1109,24 @@ def _imported(
     labels = _imported_labels(labels, spec.num_classes, len(images), where)
     lr = _imported_lr(lr, where)
     hard = labels.argmax(1) if labels.dim() == 2 else labels
-    meta = {
-        "dataset": dataset,
+    ipc = int(torch.bincount(hard, minlength=spec.num_classes).max())
+    return SyntheticSet(
+        images, labels, _imported_meta(spec, images, zca, ipc, origin, protocol), lr
+    )
+
+
+def _imported_meta(spec: Any, images, zca: bool, ipc: int, origin: str, protocol: str) -> dict:
+    return {
+        "dataset": spec.name,
         "classes": list(spec.classes),
         "num_classes": spec.num_classes,
         "image_shape": list(images.shape[1:]),
-        "space": _space(dataset, zca),
-        "ipc": int(torch.bincount(hard, minlength=spec.num_classes).max()),
+        "space": _space(spec.name, zca),
+        "ipc": ipc,
         "method": {"name": f"imported:{origin}", "config": {}},
         "protocol": protocol,
         "seed": None,
     }
-    return SyntheticSet(images, labels, meta, lr)
 
 
 def as_authors_set(
@@ -1303,18 +1309,9 @@ def import_krr_st(path: str | Path, dataset: str) -> SyntheticSet:
                            f"[{len(images)}, D], got {shape}")  # fmt: skip
     if not targets.is_floating_point() or not torch.isfinite(targets).all():
         raise DDBenchError(f"{y_path}: representation targets must be finite floats")
-    meta = {
-        "dataset": dataset,
-        "classes": list(spec.classes),
-        "num_classes": spec.num_classes,
-        "image_shape": list(images.shape[1:]),
-        "space": _space(dataset, False),
-        "ipc": -(-len(images) // spec.num_classes),
-        "label_kind": REPRESENTATION,
-        "method": {"name": "imported:krr_st", "config": {}},
-        "protocol": "transfer",
-        "seed": None,
-    }
+    meta = _imported_meta(spec, images, False, -(-len(images) // spec.num_classes), "krr_st",
+                          "transfer")  # fmt: skip
+    meta["label_kind"] = REPRESENTATION
     return SyntheticSet(images, targets.detach().cpu().float().contiguous(), meta)
 
 

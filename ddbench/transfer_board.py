@@ -186,12 +186,9 @@ def verify_entry(
     ``ddbench.leaderboard.verify`` makes it (``flags`` empty when all holds). ``seeds`` /
     ``epochs`` (every stage's epochs) override the protocol for tests only."""
     rep = _verify(path, e, set_path, tolerance, seeds, epochs, device, limits)
-    if rep["flags"]:
-        out(f"FLAG {path}: {'; '.join(rep['flags'])}")
-    else:
-        out(f"OK   {path}: re-evaluated {rep['reevaluated']:.2f} % vs submitted "
-            f"{rep['claimed']:.2f} % (difference {rep['difference']:+.2f}, tolerance "
-            f"{tolerance}){tag}")  # fmt: skip
+    from ddbench.leaderboard import print_verdict
+
+    print_verdict(path, rep, out, tag)
     return rep
 
 
@@ -202,6 +199,7 @@ def _verify(
     from dataclasses import replace
 
     from ddbench import synset as synset_io
+    from ddbench.leaderboard import compare, submitted_scores
 
     override = {k: v for k, v in (("epochs", epochs), ("seeds", seeds)) if v is not None}
     rep: dict[str, Any] = {"entry": str(path), "flags": [], "override": override or None}
@@ -222,10 +220,8 @@ def _verify(
         stages = ("pretrain_labels", "pretrain_representation", "finetune")
         proto = replace(proto, **{k: replace(getattr(proto, k), epochs=int(epochs))
                                   for k in stages})  # fmt: skip
-    submitted = {d["seed"]: d["accuracy"] for d in e["accuracy"]["per_seed"]}
-    missing = [x for x in proto.seeds if x not in submitted]
-    if missing:
-        rep["flags"].append(f"the entry has no accuracy for seed(s) {missing}")
+    submitted = submitted_scores(e, proto.seeds, rep)
+    if submitted is None:
         return rep
     s.meta["_path"] = str(set_path)
     try:
@@ -233,10 +229,5 @@ def _verify(
     except DDBenchError as err:
         rep["flags"].append(f"could not re-evaluate: {err}")
         return rep
-    claimed = sum(submitted[x] for x in proto.seeds) / len(proto.seeds)
-    got = r["accuracy"]["mean"]
-    rep.update(claimed=claimed, reevaluated=got, difference=got - claimed)
-    if abs(rep["difference"]) > tolerance:
-        rep["flags"].append(f"re-evaluated {got:.2f} % vs submitted {claimed:.2f} % "
-                            f"(difference {rep['difference']:+.2f} > tolerance {tolerance})")  # fmt: skip
+    compare(rep, submitted, proto.seeds, r["accuracy"]["mean"], tolerance)
     return rep

@@ -26,7 +26,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,20 +35,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import krr_st_shim  # noqa: E402
+from parity import run  # noqa: E402  (the step runner of parity.py: one thread, a log)
 
 PY = os.environ.get("DDBENCH_PY", sys.executable)
 DDBENCH = [PY, "-m", "ddbench.cli"]
 REPO = "db-Lee/selfsup_dd"
-
-
-def run(cmd: list[str], cwd: Path, log: Path) -> float:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        f.write("$ " + shlex.join(cmd) + "\n")
-        f.flush()
-        subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env, check=True)
-    return time.perf_counter() - t0
 
 
 def settings(a) -> dict:

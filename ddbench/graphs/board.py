@@ -199,12 +199,9 @@ def verify_entry(
     ``seeds`` / ``steps`` override the protocol for tests only (``leaderboard verify
     --epochs`` sets the steps of a graph protocol)."""
     rep = _verify(path, e, set_path, tolerance, seeds, steps, device)
-    if rep["flags"]:
-        out(f"FLAG {path}: {'; '.join(rep['flags'])}")
-    else:
-        out(f"OK   {path}: re-evaluated {rep['reevaluated']:.2f} % vs submitted "
-            f"{rep['claimed']:.2f} % (difference {rep['difference']:+.2f}, tolerance "
-            f"{tolerance}){tag}")  # fmt: skip
+    from ddbench.leaderboard import print_verdict
+
+    print_verdict(path, rep, out, tag)
     return rep
 
 
@@ -217,6 +214,7 @@ def _verify(
     from ddbench.engine import pick_device
     from ddbench.graphs.format import load
     from ddbench.graphs.protocol import evaluate
+    from ddbench.leaderboard import compare, submitted_scores
 
     override = {k: v for k, v in (("steps", steps), ("seeds", seeds)) if v is not None}
     rep: dict[str, Any] = {"entry": str(path), "flags": [], "override": override or None}
@@ -234,10 +232,8 @@ def _verify(
     if rep["flags"]:
         return rep
     proto = replace(proto, **override)
-    submitted = {d["seed"]: d["accuracy"] for d in e["accuracy"]["per_seed"]}
-    missing = [x for x in proto.seeds if x not in submitted]
-    if missing:
-        rep["flags"].append(f"the entry has no accuracy for seed(s) {missing}")
+    submitted = submitted_scores(e, proto.seeds, rep)
+    if submitted is None:
         return rep
     s.meta["_path"] = str(set_path)
     try:
@@ -245,12 +241,5 @@ def _verify(
     except DDBenchError as err:
         rep["flags"].append(f"could not re-evaluate: {err}")
         return rep
-    claimed = sum(submitted[x] for x in proto.seeds) / len(proto.seeds)
-    rep.update(claimed=claimed, reevaluated=r["accuracy"]["mean"],
-               difference=r["accuracy"]["mean"] - claimed)  # fmt: skip
-    if abs(rep["difference"]) > tolerance:
-        rep["flags"].append(
-            f"re-evaluated {r['accuracy']['mean']:.2f} % vs submitted {claimed:.2f} % "
-            f"(difference {rep['difference']:+.2f} > tolerance {tolerance})"
-        )
+    compare(rep, submitted, proto.seeds, r["accuracy"]["mean"], tolerance)
     return rep
