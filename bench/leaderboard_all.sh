@@ -6,7 +6,9 @@
 # Fashion-MNIST IPC 10 sets. Each stage submits its entries into $BOARD and rebuilds the board.
 #
 # Usage: bash bench/leaderboard_all.sh STAGE...      (prints the plan and its estimate first)
-#   stages, in order:  refs selection matching trajectory recover views crossarch
+#   stages, in order:  refs selection matching trajectory recover views crossarch transfer
+#                      (transfer: bench/transfer.py's KRR-ST and DP4TL tables, every row with a
+#                      set submitted under the pinned transfer protocol; docs/transfer.md)
 #   all                every stage above, in order;   plan   the estimate only, runs nothing
 #   full               the whole train split under `standard` (HLR's reference): days of CPU,
 #                      not in `all`; needs --max-set-bytes above the set's ~170 MB (see docs)
@@ -47,7 +49,7 @@ if [[ $SMOKE == 1 ]]; then
 fi
 [[ $# -ge 1 ]] || { sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 2; }
 stages=("$@")
-[[ ${stages[*]} == all ]] && stages=(refs selection matching trajectory recover views crossarch)
+[[ ${stages[*]} == all ]] && stages=(refs selection matching trajectory recover views crossarch transfer)
 
 # The image methods of conf/method/ and their pinned protocols (methods added later included).
 mapfile -t METHODS < <("$PY" - <<'EOF'
@@ -65,7 +67,7 @@ with initialize_config_module("ddbench.conf", version_base=None):
         name = f.name[:-5]
         m = build_method(OmegaConf.to_container(compose("run", [f"method={name}"]).method,
                                                 resolve=True))
-        if getattr(m, "kind", "image") == "image" and name != "full":
+        if getattr(m, "kind", "image") == "image" and name != "full":  # graph, transfer: not here
             print(name, getattr(m, "protocol", None) or "standard")
 from ddbench.protocol import Protocol, protocol_config
 folder = importlib.resources.files("ddbench.conf") / "protocol"
@@ -197,8 +199,60 @@ view() {
   submit "$vdir/result.json" "$dir/synset.safetensors" "$vdir"
 }
 
+# The transfer track (stage `transfer`): bench/transfer.py's two tables at their CPU budgets
+# (docs/transfer.md), resumable row by row; each row with a set is submitted (its result is a
+# `ddbench transfer` result). SMOKE: the tables' smoke runs, whose protocol is not pinned, so
+# nothing is submitted.
+TRANSFER_OUT=${TRANSFER_OUT:-bench/results/transfer}
+KRR_ARGS=(--ipc 10 --iterations 1000 --krr batch_real=256 online_iteration=100
+  --encoder epochs=5 model_kwargs.net_width=64)
+DP4TL_ARGS=(--ipc 20 --encoder epochs=5 model_kwargs.net_width=64)
+run_transfer() {
+  local krr=$TRANSFER_OUT/krr_ipc10 dp=$TRANSFER_OUT/dp4tl_ipc20 row sfile n
+  if [[ $PLAN == 1 ]]; then  # 20 min a missing row, 45 a missing KRR-ST set, 60 DP4TL's models
+    n=0
+    for row in {fashion_mnist_to_mnist,mnist_to_fashion_mnist}_{krr_st,random,herding,scratch}; do
+      [[ -f $krr/rows/$row.json ]] || n=$((n + 20))
+      [[ $row != *krr_st || -f $krr/sets/$row.safetensors ]] || n=$((n + 45))
+    done
+    for row in mnist_fashion20_to_digits28_{dp4tl_lm,dp4tl_fm,dp4tl_random,full_source,scratch}; do
+      [[ -f $dp/rows/$row.json ]] || n=$((n + 20))
+    done
+    [[ -f $dp/sets/mnist_fashion20_to_digits28_dp4tl_fm.safetensors ]] || n=$((n + 60))
+    EST[transfer]=$n
+    return 0
+  fi
+  if [[ $SMOKE == 1 ]]; then
+    "$PY" bench/transfer.py krr --smoke --pairs mnist_to_digits28 --iterations 5 --out "$OUT/transfer"
+    "$PY" bench/transfer.py dp4tl --smoke --pair mnist_to_digits28 --out "$OUT/transfer"
+    echo "smoke: the transfer tables' smoke protocol is not pinned; nothing submitted"
+    return 0
+  fi
+  "$PY" bench/transfer.py krr "${KRR_ARGS[@]}" --out "$TRANSFER_OUT"
+  "$PY" bench/transfer.py dp4tl "${DP4TL_ARGS[@]}" --out "$TRANSFER_OUT"
+  for row in "$krr"/rows/*.json "$dp"/rows/*.json; do
+    [[ -f $row && $row != *_scratch.json ]] || continue  # no pre-training: no set to submit
+    sfile=$(dirname "$(dirname "$row")")/sets/$(basename "${row%.json}").safetensors
+    case $row in
+      *_krr_st.json) NOTE="CPU budget: 1000 of 160000 iterations, real batch 256 (1024), online 100 (1000); encoder: SimCLR ConvNet-64, 5 epochs (paper: Barlow Twins ResNet-18)" ;;
+      *_dp4tl_*) NOTE="no distillation budget; surrogate: ConvNet 5 epochs, encoder: SimCLR ConvNet-64 5 epochs" ;;
+      *) NOTE="no distillation budget" ;;
+    esac
+    local out
+    if out=$(ddbench submit "$row" --synset "$sfile" --board "$BOARD" --budget "$NOTE" 2>&1); then
+      echo "$out"
+    elif [[ $out == *"already on the board"* ]]; then
+      echo "already on the board: $row"
+    else
+      echo "$out" >&2
+      return 1
+    fi
+  done
+}
+
 run_stage() {
   local stage=$1 ds ipc m
+  if [[ $stage == transfer ]]; then run_transfer; return 0; fi
   for ds in $DATASETS; do
     for ipc in $IPCS; do
       case $stage in
@@ -247,7 +301,7 @@ run_stage() {
           ddbench submit "$OUT/$ds/full/standard/full/result.json" --board "$BOARD" \
             --synset "$OUT/$ds/full/standard/full/synset.safetensors" --max-set-bytes 400000000 \
             --budget "$NOTE" || true ;;
-        *) echo "unknown stage $stage (refs selection matching trajectory recover views crossarch all full plan)" >&2
+        *) echo "unknown stage $stage (refs selection matching trajectory recover views crossarch transfer all full plan)" >&2
           exit 2 ;;
       esac
     done
@@ -257,13 +311,13 @@ run_stage() {
 }
 
 # the plan: estimated CPU minutes of what is left in each stage
-for s in refs selection matching trajectory recover views crossarch full; do
+for s in refs selection matching trajectory recover views crossarch transfer full; do
   if [[ " ${stages[*]} " == *" $s "* || (" ${stages[*]} " == *" plan "* && $s != full) ]]; then
     run_stage "$s"
   fi
 done
 echo "estimated CPU time left per stage (2-core AMD EPYC; a guide only):"
-for s in refs selection matching trajectory recover views crossarch full; do
+for s in refs selection matching trajectory recover views crossarch transfer full; do
   [[ -z ${EST[$s]:-} ]] || awk -v s="$s" -v m="${EST[$s]}" 'BEGIN { printf "  %-11s %6d min (%.1f h)\n", s, m, m / 60 }'
 done
 if [[ " ${stages[*]} " == *" plan "* ]]; then exit 0; fi

@@ -81,6 +81,7 @@ class DP4TL(Method):
             data.get_spec(self.target)
 
     name = "dp4tl"
+    kind = "transfer"  # a source subset for pre-training, scored by `ddbench transfer`
 
     def class_counts(self, task: Task) -> torch.Tensor:
         """How many target train images map to each source class (:attr:`mapping`)."""

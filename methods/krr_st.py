@@ -123,6 +123,7 @@ class KRRST(ImageDistillation):
     name = "krr_st"
     supports_init_from = False  # images with learned representation targets
     protocol = "transfer"  # conf/transfer_protocol/transfer.yaml
+    kind = "transfer"  # scored by `ddbench transfer`, not a class protocol (leaderboard_all.sh)
 
     def __init__(self, **overrides: Any):
         super().__init__(**overrides)
