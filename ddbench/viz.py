@@ -26,17 +26,22 @@ def to_pixels(synset: SyntheticSet) -> torch.Tensor:
 
 def grid(synset: SyntheticSet, max_per_class: int = 10, scale: int = 2) -> torch.Tensor:
     """The ``[C,H,W]`` image of :func:`save_grid`: one row per class (up to ``max_per_class``
-    images each, blank cells where a class has fewer), white lines between the cells."""
+    images each, blank cells where a class has fewer), white lines between the cells; a
+    label-free set (representation targets) has no classes: its first images in order,
+    ``max_per_class`` a row."""
     from torchvision.utils import make_grid
 
     x = to_pixels(synset)
-    y = synset.hard_labels
-    classes = int(synset.meta.get("num_classes") or int(y.max()) + 1)
-    rows = []
-    for c in range(classes):
-        xc = x[y == c][:max_per_class]
-        pad = torch.zeros(max_per_class - len(xc), *x.shape[1:])
-        rows.append(torch.cat([xc, pad]))
+    if synset.representation:  # a label-free set: its images in order, as many rows as classes
+        rows = [x[: max_per_class * int(synset.meta.get("num_classes") or 10)]]
+    else:
+        y = synset.hard_labels
+        classes = int(synset.meta.get("num_classes") or int(y.max()) + 1)
+        rows = []
+        for c in range(classes):
+            xc = x[y == c][:max_per_class]
+            pad = torch.zeros(max_per_class - len(xc), *x.shape[1:])
+            rows.append(torch.cat([xc, pad]))
     out = make_grid(torch.cat(rows), nrow=max_per_class, padding=1, pad_value=1.0)
     if scale > 1:
         out = torch.nn.functional.interpolate(out[None], scale_factor=scale, mode="nearest")[0]

@@ -521,3 +521,18 @@ def test_the_transfer_bench_resumes_set_by_set_and_row_by_row(digits_train, tmp_
     changed = {p.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
     # the remade herding set has the same tensors (a seeded selection), so its row still holds
     assert changed == {"digits_to_digits_random.json", "digits_to_digits_herding.safetensors"}
+
+
+def test_a_label_free_set_has_a_thumbnail(digits_train, tmp_path):
+    """No classes to make rows of: the images in order, ipc of them a row (the board's page)."""
+    from PIL import Image
+
+    from ddbench.viz import save_thumbnail, to_pixels
+
+    s = _representation_set(digits_train, n=12)
+    s.meta.update(num_classes=10, ipc=4)
+    img = torch.tensor(list(Image.open(save_thumbnail(s, tmp_path / "t.png")).getdata()))
+    assert Image.open(tmp_path / "t.png").size == (1 + 4 * 9, 1 + 3 * 9)  # 3 rows of 4 cells
+    cells = img.view(28, 37, -1)[..., 0]  # grey: every channel the same
+    want = (to_pixels(s)[5, 0] * 255).round()  # image 5: row 1, column 1
+    assert torch.equal(cells[1 + 9 : 1 + 9 + 8, 1 + 9 : 1 + 9 + 8].float(), want)
