@@ -531,8 +531,10 @@ def test_a_label_free_set_has_a_thumbnail(digits_train, tmp_path):
 
     s = _representation_set(digits_train, n=12)
     s.meta.update(num_classes=10, ipc=4)
-    img = torch.tensor(list(Image.open(save_thumbnail(s, tmp_path / "t.png")).getdata()))
-    assert Image.open(tmp_path / "t.png").size == (1 + 4 * 9, 1 + 3 * 9)  # 3 rows of 4 cells
-    cells = img.view(28, 37, -1)[..., 0]  # grey: every channel the same
+    import numpy as np
+
+    png = Image.open(save_thumbnail(s, tmp_path / "t.png"))
+    assert png.size == (1 + 4 * 9, 1 + 3 * 9)  # 3 rows of 4 cells
+    cells = torch.from_numpy(np.asarray(png.convert("L")).copy()).long()  # grey
     want = (to_pixels(s)[5, 0] * 255).round()  # image 5: row 1, column 1
     assert torch.equal(cells[1 + 9 : 1 + 9 + 8, 1 + 9 : 1 + 9 + 8].float(), want)
