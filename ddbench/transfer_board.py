@@ -1,6 +1,7 @@
 """Transfer results on the leaderboard: what ``ddbench submit`` / ``leaderboard build`` /
 ``verify`` / ``reproduce`` check for a set scored by the transfer protocol
-(``ddbench.leaderboard`` hands such results here; docs/transfer.md, docs/leaderboard.md).
+(``ddbench.leaderboard`` hands such results here; docs/transfer.md, docs/leaderboard.md); the
+checks shared with the other tracks are ``ddbench.board_checks``.
 
 A transfer result (``track: transfer``, as :func:`ddbench.transfer.evaluate` writes it) follows
 :data:`TRANSFER_SCHEMA`; its protocol must be a pinned transfer protocol
@@ -106,7 +107,7 @@ def check_protocol(result: dict) -> Any:
     """The result's transfer protocol is pinned and unmodified (hash, seeds), with the mode and
     labelled fraction it gives the result's target; returns it."""
     from ddbench import data
-    from ddbench.leaderboard import _BAD_TEXT, check_pinned
+    from ddbench.board_checks import _BAD_TEXT, check_pinned
     from ddbench.transfer import load_protocol
 
     p = result["protocol"]
@@ -127,7 +128,7 @@ def check_protocol(result: dict) -> Any:
 def copies(s: Any, target: str, limits: Any = None, device: str = "cpu") -> dict[str, Any]:
     """Near-copies of the source's test images and of the target's
     (:func:`ddbench.leaderboard.near_copies` on each): ``{"source": ..., "target": ...}``."""
-    from ddbench.leaderboard import near_copies
+    from ddbench.board_checks import near_copies
 
     return {"source": near_copies(s, limits, device),
             "target": near_copies(s, limits, device, dataset=target)}  # fmt: skip
@@ -135,7 +136,7 @@ def copies(s: Any, target: str, limits: Any = None, device: str = "cpu") -> dict
 
 def copies_message(nc: dict[str, Any]) -> str | None:
     """The first split's near-copies as one message, or None when there are none."""
-    from ddbench.leaderboard import _copies_message
+    from ddbench.board_checks import _copies_message
 
     for split in ("source", "target"):
         if nc[split]["copies"]:
@@ -149,7 +150,7 @@ def check_submission(
     """Check a transfer result (already read and free of path parts) and its set; returns
     ``(set, checks)`` with ``checks = {"set": facts, "near_copies": {"source", "target"}}``."""
     from ddbench import synset as synset_io
-    from ddbench.leaderboard import schema_errors
+    from ddbench.board_checks import schema_errors
 
     errors = schema_errors(result, TRANSFER_SCHEMA)
     if errors:
@@ -186,7 +187,7 @@ def verify_entry(
     ``ddbench.leaderboard.verify`` makes it (``flags`` empty when all holds). ``seeds`` /
     ``epochs`` (every stage's epochs) override the protocol for tests only."""
     rep = _verify(path, e, set_path, tolerance, seeds, epochs, device, limits)
-    from ddbench.leaderboard import print_verdict
+    from ddbench.board_checks import print_verdict
 
     print_verdict(path, rep, out, tag)
     return rep
@@ -199,7 +200,7 @@ def _verify(
     from dataclasses import replace
 
     from ddbench import synset as synset_io
-    from ddbench.leaderboard import compare, submitted_scores
+    from ddbench.board_checks import compare, submitted_scores
 
     override = {k: v for k, v in (("epochs", epochs), ("seeds", seeds)) if v is not None}
     rep: dict[str, Any] = {"entry": str(path), "flags": [], "override": override or None}

@@ -81,8 +81,8 @@ def claim_errors(e: dict, facts: dict) -> list[str]:
 
 def check_protocol(result: dict) -> Any:
     """The result's graph protocol is pinned and unmodified, with its seeds; returns it."""
+    from ddbench.board_checks import _BAD_TEXT, check_pinned
     from ddbench.graphs.run import pinned_protocol
-    from ddbench.leaderboard import _BAD_TEXT, check_pinned
 
     p = result["protocol"]
     proto = None if _BAD_TEXT.search(p["name"]) else pinned_protocol(p["name"])
@@ -164,8 +164,8 @@ def check_submission(result: dict, result_path: Path, synset_path: Path) -> tupl
     """Check a graph result (already read and free of path parts) and its set; returns
     ``(set, checks)`` with ``checks = {"set": facts, "near_copies": {...}}`` (the copies of
     test graphs, :func:`graph_copies`: none, or it raises)."""
+    from ddbench.board_checks import schema_errors
     from ddbench.graphs.format import load
-    from ddbench.leaderboard import schema_errors
 
     errors = schema_errors(result, GRAPH_SCHEMA)
     if errors:
@@ -199,7 +199,7 @@ def verify_entry(
     ``seeds`` / ``steps`` override the protocol for tests only (``leaderboard verify
     --epochs`` sets the steps of a graph protocol)."""
     rep = _verify(path, e, set_path, tolerance, seeds, steps, device)
-    from ddbench.leaderboard import print_verdict
+    from ddbench.board_checks import print_verdict
 
     print_verdict(path, rep, out, tag)
     return rep
@@ -211,10 +211,10 @@ def _verify(
 ) -> dict[str, Any]:  # fmt: skip
     from dataclasses import replace
 
+    from ddbench.board_checks import compare, submitted_scores
     from ddbench.engine import pick_device
     from ddbench.graphs.format import load
     from ddbench.graphs.protocol import evaluate
-    from ddbench.leaderboard import compare, submitted_scores
 
     override = {k: v for k, v in (("steps", steps), ("seeds", seeds)) if v is not None}
     rep: dict[str, Any] = {"entry": str(path), "flags": [], "override": override or None}
