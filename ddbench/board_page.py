@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ddbench import scores as _scores
+from ddbench import transfer_board
 
 MiB = 1024 * 1024
 
@@ -54,8 +55,8 @@ def _budget(e: dict, meta: dict) -> int | str:
     table per graph dataset x protocol)."""
     if e.get("kind") == "graph":
         return "graphs"
-    if e.get("track") == "transfer":  # one table per source x IPC x target x protocol
-        return f"ipc{int(e['ipc'])}_to_{e['target']}"
+    if transfer_board.is_transfer(e):  # one table per source x IPC x target x protocol
+        return transfer_board.budget(e)
     return "full" if meta.get("full_dataset") else int(e["ipc"])
 
 

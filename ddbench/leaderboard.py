@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import ddbench
+from ddbench import transfer_board
 from ddbench.board_checks import (  # noqa: F401  (re-exported: the tracks' shared checks)
     _BAD_TEXT,
     _HEX16,
@@ -230,7 +231,7 @@ def check_submission(
         if size > cap:
             raise DDBenchError(f"{path}: the {what} file is {size} bytes, over the limit of {cap}")
     result = _read_json(result_path, limits.max_json_bytes, "result")
-    errors = [] if _graph(result) or _transfer(result) else schema_errors(result)
+    errors = [] if _graph(result) or transfer_board.is_transfer(result) else schema_errors(result)
     if errors:
         raise DDBenchError(f"{result_path} does not follow the result schema: {'; '.join(errors)}")
     try:
@@ -245,9 +246,7 @@ def check_submission(
 
     if _graph(result) or is_graph_file(synset_path):  # a graph set: the graph track checks it
         return result, *graph_board.check_submission(result, result_path, synset_path)
-    if _transfer(result):  # a set scored by transfer: the transfer track checks it
-        from ddbench import transfer_board
-
+    if transfer_board.is_transfer(result):  # a set scored by transfer: the transfer track checks it
         return result, *transfer_board.check_submission(result, result_path, synset_path, limits)
     split = result.get("split", "test")
     if split != "test":
@@ -276,12 +275,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name)).lstrip(".") or "_"
 
 
-def _transfer(e: Any) -> bool:
-    """A transfer result or entry (``track: transfer``; checked by ``ddbench.transfer_board``,
-    imported where used, as the graph track's module is)."""
-    return isinstance(e, dict) and e.get("track") == "transfer"
-
-
 def _graph(e: Any) -> bool:
     """A graph result or entry (``kind: graph``; checked by ``ddbench.graphs.board``)."""
     return isinstance(e, dict) and e.get("kind") == "graph"
@@ -290,8 +283,8 @@ def _graph(e: Any) -> bool:
 def entry_path(board: Path, result: dict) -> Path:
     sha12 = result["synset"]["sha256"][:12]
     budget = "graphs" if _graph(result) else f"ipc{int(result['ipc'])}"
-    if _transfer(result):
-        budget = f"ipc{int(result['ipc'])}_to_{_safe(result['target'])}"  # transfer_board.budget
+    if transfer_board.is_transfer(result):
+        budget = _safe(transfer_board.budget(result))
     return (board / "submissions" / _safe(result["dataset"]) / budget
             / _safe(result["protocol"]["name"]) / f"{_safe(result['method'])}-{sha12}.json")  # fmt: skip
 
@@ -367,7 +360,7 @@ def results_of(e: dict) -> list[dict]:
 def _attachable(e: dict, result: dict) -> bool:
     """A result of a set already on the board joins its entry when it is a new view (another
     protocol or model) of the same method's set."""
-    if _transfer(result) or _transfer(e):  # one transfer result per entry
+    if any(map(transfer_board.is_transfer, (result, e))):  # one transfer result per entry
         return False
     if (result["method"], result["dataset"], result["ipc"]) != (e["method"], e["dataset"],
                                                                 e["ipc"]):  # fmt: skip
@@ -467,8 +460,8 @@ def scan(
                 raise DDBenchError("the entry file leads outside the board")
             e = _read_json(f, 2 * limits.max_json_bytes, "entry")
             schema = _graph_schema() if _graph(e) else RESULT_SCHEMA  # ddbench.graphs.board
-            if _transfer(e):
-                from ddbench.transfer_board import TRANSFER_SCHEMA as schema
+            if transfer_board.is_transfer(e):
+                schema = transfer_board.TRANSFER_SCHEMA
             errors = schema_errors(e, schema) or text_errors(e, skip=("synset.path", "submission"))
             if errors:
                 raise DDBenchError("; ".join(errors[:3]))
@@ -587,9 +580,7 @@ def verify(
             path = _set_file(root, f, e)
             reports.append(verify_entry(f, e, path, tolerance, seeds, epochs, device, out, tag))
             continue
-        if _transfer(e):  # so does the transfer track
-            from ddbench import transfer_board
-
+        if transfer_board.is_transfer(e):  # so does the transfer track
             path = _set_file(root, f, e)
             reports.append(transfer_board.verify_entry(f, e, path, tolerance, seeds, epochs,
                                                        device, limits, out, tag))  # fmt: skip
