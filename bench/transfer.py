@@ -84,7 +84,11 @@ def settings_key(*parts) -> str:
 def make_set(out: Path, name: str, method, dataset: str, ipc: int, mk: dict, resumable=False):
     """The set ``name``: loaded from ``OUT/sets`` if a run with the same settings saved it, else
     distilled (seed 0; checkpointed if ``resumable``) and saved there."""
-    key = settings_key(name, type(method).__name__, method.settings, dataset, ipc, mk)
+    parts = [name, type(method).__name__, method.settings, dataset, ipc, mk]
+    target = getattr(method.settings, "target", None)
+    if target:  # a set chosen by its target's images: their recipe too
+        parts.append(data.get_spec(target).source)
+    key = settings_key(*parts)
     path = out / "sets" / f"{name}.safetensors"
     if path.exists():
         s = synset.load(path)
@@ -107,12 +111,14 @@ def make_set(out: Path, name: str, method, dataset: str, ipc: int, mk: dict, res
 
 def score(name: str, s, protocol, target: str, out: Path, model_kwargs: dict, source=None):
     """The row ``name``: loaded from ``OUT/rows`` if it was scored under this protocol on this
-    set, else scored and saved there."""
+    set and on the target's images as the catalogue now makes them, else scored and saved
+    there."""
     path = out / "rows" / f"{name}.json"
     sha = s.meta.get("sha256") if s is not None else None
     if path.exists():
         r = json.loads(path.read_text())
-        if r["protocol"]["hash"] == protocol.hash and r["synset"]["sha256"] == sha:
+        now = (protocol.hash, sha, data.get_spec(target).source)
+        if (r["protocol"]["hash"], r["synset"]["sha256"], r.get("target_data")) == now:
             logging.info("%s: reusing %s", name, path)
             return r
     t0 = time.perf_counter()

@@ -354,6 +354,7 @@ def evaluate(
         "dataset": source,  # the set's dataset (the leaderboard files entries under it)
         "source": source,
         "target": target,
+        "target_data": tspec.source,  # how the target's images are made (the catalogue's)
         "ipc": meta.get("ipc"),
         "num_images": len(synset) if synset is not None else 0,
         "pretrained_on": kind,
