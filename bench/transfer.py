@@ -4,7 +4,8 @@
         [--ipc 10] [--iterations 2000] [--protocol transfer] [--out bench/results/transfer]
     python bench/transfer.py dp4tl [--pair mnist_fashion20_to_digits28] [--ipc 20]
         [--keep 0.5] [--protocol transfer] [--out bench/results/transfer]
-    (both: [--encoder KEY=VALUE ...] the SimCLR encoder's settings, ddbench.encoders.EncoderConfig;
+    (both: [--rows NAME ...] only those rows, e.g. ``--rows full_source``;
+     [--encoder KEY=VALUE ...] the SimCLR encoder's settings, ddbench.encoders.EncoderConfig;
      dp4tl: [--surrogate KEY=VALUE ...] LM's surrogate teacher, ddbench.teachers.TeacherConfig)
 
 ``krr``: per pair, KRR-ST distils ``ipc * classes`` images from the source (seed 0), and a
@@ -21,8 +22,11 @@ numbers mean nothing and the JSON says ``comparable: false``.
 Resumable: each set is saved to ``OUT/<tag>/sets/<name>.safetensors`` as it is made (KRR-ST
 checkpoints while it distils, in ``OUT/<tag>/checkpoints/``) and each row's result to
 ``OUT/<tag>/rows/<name>.json`` as it is scored; a rerun with the same arguments loads both and
-does only what is missing. A stored row is reused only if its protocol hash and its set's
-checksum are the current ones; a stored set only if it was made with the same settings.
+does only what is missing. A stored row is reused only if its protocol hash, its set's checksum
+and its target's recipe are the current ones; a stored set only if it was made with the same
+settings (a DP4TL set: on the same target images). ``--rows NAME ...`` makes and scores only
+those rows, so two runs (one thread each) can build one table; each writes the table of every
+row stored so far, and a last run without ``--rows`` writes the whole table.
 """
 
 from __future__ import annotations
@@ -81,9 +85,12 @@ def settings_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_set(out: Path, name: str, method, dataset: str, ipc: int, mk: dict, resumable=False):
+def make_set(
+    out: Path, name: str, method, dataset: str, ipc: int, mk: dict, resumable=False, make=True
+):
     """The set ``name``: loaded from ``OUT/sets`` if a run with the same settings saved it, else
-    distilled (seed 0; checkpointed if ``resumable``) and saved there."""
+    distilled (seed 0; checkpointed if ``resumable``) and saved there (``make=False``: ``None``
+    instead)."""
     parts = [name, type(method).__name__, method.settings, dataset, ipc, mk]
     target = getattr(method.settings, "target", None)
     if target:  # a set chosen by its target's images: their recipe too
@@ -96,7 +103,10 @@ def make_set(out: Path, name: str, method, dataset: str, ipc: int, mk: dict, res
             logging.info("%s: reusing %s", name, path)
             s.meta["_path"] = str(path)
             return s
-        logging.warning("%s: %s was made with other settings; making it again", name, path)
+        if make:
+            logging.warning("%s: %s was made with other settings; making it again", name, path)
+    if not make:
+        return None
     ckpt = out / "checkpoints" / name if resumable else None
     logging.info("%s: distilling (%s on %s, ipc %d)", name, type(method).__name__, dataset, ipc)
     s = run_distill(method, task(dataset, ipc, 0, mk, ckpt, key))
@@ -109,10 +119,12 @@ def make_set(out: Path, name: str, method, dataset: str, ipc: int, mk: dict, res
     return s
 
 
-def score(name: str, s, protocol, target: str, out: Path, model_kwargs: dict, source=None):
+def score(
+    name: str, s, protocol, target: str, out: Path, model_kwargs: dict, source=None, make=True
+):
     """The row ``name``: loaded from ``OUT/rows`` if it was scored under this protocol on this
     set and on the target's images as the catalogue now makes them, else scored and saved
-    there."""
+    there (``make=False``: ``None`` instead)."""
     path = out / "rows" / f"{name}.json"
     sha = s.meta.get("sha256") if s is not None else None
     if path.exists():
@@ -121,6 +133,8 @@ def score(name: str, s, protocol, target: str, out: Path, model_kwargs: dict, so
         if (r["protocol"]["hash"], r["synset"]["sha256"], r.get("target_data")) == now:
             logging.info("%s: reusing %s", name, path)
             return r
+    if not make:
+        return None
     t0 = time.perf_counter()
     logging.info("%s: scoring on %s (%s)", name, target, protocol.name)
     r = transfer.evaluate(s, protocol, target, model_kwargs=model_kwargs, source=source)
@@ -148,13 +162,24 @@ def scored_rows(prefix: str, methods: dict, pair, a, protocol, out: Path, mk: di
     rows = []
     for k, method in methods.items():
         s, row = None, f"{prefix}_scratch"
+        # --rows: the others are only looked up (a row another run scored joins the table)
+        make = not a.rows or row_id(k) in a.rows
         if method is not None:
             row = f"{prefix}_{k}"
             resumable = isinstance(method, KRRST)  # the one long distillation: checkpointed
-            s = make_set(out, row, method, pair.source, a.ipc, mk, resumable=resumable)
-        rows.append((k, score(row, s, protocol, pair.target, out, mk, pair.source)))
-        on_row(rows, k, s)
+            s = make_set(out, row, method, pair.source, a.ipc, mk, resumable=resumable, make=make)
+            if s is None:
+                continue
+        r = score(row, s, protocol, pair.target, out, mk, pair.source, make=make)
+        if r is not None:
+            rows.append((k, r))
+            on_row(rows, k, s)
     return rows
+
+
+def row_id(key: str) -> str:
+    """A row's name on the command line (``--rows``) and in ``OUT/rows/<pair>_<name>.json``."""
+    return "scratch" if key == "no pre-training" else key
 
 
 def bench_krr(a, protocol, out: Path, report) -> None:
@@ -218,6 +243,14 @@ def main() -> None:
     p.add_argument("--encoder", nargs="*", default=[], help="EncoderConfig KEY=VALUE (both tables)")
     p.add_argument("--surrogate", nargs="*", default=[], help="DP4TL's TeacherConfig KEY=VALUE")
     p.add_argument("--keep", type=float, default=0.5)
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        choices=("krr_st", "random", "herding", "dp4tl_lm", "dp4tl_fm", "dp4tl_random",
+                 "full_source", "scratch"),
+        help="make and score only these rows (two runs can share a table); the table lists every "
+        "row scored so far",
+    )  # fmt: skip
     p.add_argument("--protocol", default="transfer")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: proves the pipeline only")
     p.add_argument("--out", default="bench/results/transfer")

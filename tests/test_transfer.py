@@ -521,6 +521,24 @@ def test_the_transfer_bench_resumes_set_by_set_and_row_by_row(digits_train, tmp_
     changed = {p.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
     # the remade herding set has the same tensors (a seeded selection), so its row still holds
     assert changed == {"digits_to_digits_random.json", "digits_to_digits_herding.safetensors"}
+    # a row scored on the target's images made by another recipe is scored again
+    r = json.loads(row.read_text())
+    r["target_data"] = "an older recipe"
+    row.write_text(json.dumps(r))
+    # --rows: only those rows are made; the others are looked up, and a missing one is left out
+    (out / "rows" / "digits_to_digits_scratch.json").unlink()
+    (out / "sets" / "digits_to_digits_herding.safetensors").unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--rows", "random"])
+    bench.main()
+    assert json.loads(row.read_text())["target_data"] == data.get_spec("digits").source
+    assert not (out / "rows" / "digits_to_digits_scratch.json").exists()
+    assert not (out / "sets" / "digits_to_digits_herding.safetensors").exists()
+    listed = (out / "table.md").read_text()
+    assert "| random |" in listed and "| krr_st |" in listed
+    assert "| herding |" not in listed and "no pre-training" not in listed  # set / row missing
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()  # without --rows: every row again, the same table as the first run's
+    assert (out / "table.md").read_text().count("\n|") == table.count("\n|")
 
 
 def test_a_label_free_set_has_a_thumbnail(digits_train, tmp_path):
