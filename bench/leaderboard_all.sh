@@ -209,14 +209,16 @@ KRR_ARGS=(--ipc 10 --iterations 1000 --krr batch_real=256 online_iteration=100
 DP4TL_ARGS=(--ipc 20 --encoder epochs=5 model_kwargs.net_width=64)
 run_transfer() {
   local krr=$TRANSFER_OUT/krr_ipc10 dp=$TRANSFER_OUT/dp4tl_ipc20 row sfile n
-  if [[ $PLAN == 1 ]]; then  # 20 min a missing row, 45 a missing KRR-ST set, 60 DP4TL's models
+  # minutes on one thread (AMD EPYC, docs/benchmarks.md section 7): 45 a missing row with
+  # pre-training, 20 a missing no-pre-training row, 35 a missing KRR-ST set, 60 DP4TL's models
+  if [[ $PLAN == 1 ]]; then
     n=0
     for row in {fashion_mnist_to_mnist,mnist_to_fashion_mnist}_{krr_st,random,herding,scratch}; do
-      [[ -f $krr/rows/$row.json ]] || n=$((n + 20))
-      [[ $row != *krr_st || -f $krr/sets/$row.safetensors ]] || n=$((n + 45))
+      [[ -f $krr/rows/$row.json ]] || { [[ $row == *scratch ]] && n=$((n + 20)) || n=$((n + 45)); }
+      [[ $row != *krr_st || -f $krr/sets/$row.safetensors ]] || n=$((n + 35))
     done
     for row in mnist_fashion20_to_digits28_{dp4tl_lm,dp4tl_fm,dp4tl_random,full_source,scratch}; do
-      [[ -f $dp/rows/$row.json ]] || n=$((n + 20))
+      [[ -f $dp/rows/$row.json ]] || { [[ $row == *scratch ]] && n=$((n + 20)) || n=$((n + 45)); }
     done
     [[ -f $dp/sets/mnist_fashion20_to_digits28_dp4tl_fm.safetensors ]] || n=$((n + 60))
     EST[transfer]=$n

@@ -12,7 +12,10 @@ pinned transfer protocol; the difference is held to max(1, 2 standard errors).
 ``--ddbench-set``: ddbench's set made with these settings elsewhere (bench/transfer.py's
 ``krr_st`` set), checked against them; ``--ddbench-result``: its ``ddbench transfer`` result
 (checked: that set, that protocol, that target). Writes OUT/krr_st_<source>_ipc<N>.json in
-parity.py's format (bench/parity/table.py prints it). Each step is skipped when its output
+parity.py's format (bench/parity/table.py prints it); under another ``--protocol`` (e.g.
+``transfer_probe``, a linear probe on the frozen pre-trained features, which tells
+representations apart where fine-tuning saturates) its name and the scores' files end in
+``_<protocol>``, so both protocols' results sit side by side. Each step is skipped when its output
 exists, so a rerun resumes.
 """
 
@@ -133,8 +136,9 @@ def main() -> None:
         if not ours.exists():
             timings["ddbench"] = run(ours_cmd, ROOT, work / "ddbench.log")
     # both scored on the target under the pinned transfer protocol
-    results = {"official": score(ref, a, work / "eval_official.json",
-                                 work / "eval_official.log", timings)}  # fmt: skip
+    tag = "" if a.protocol == "transfer" else f"_{a.protocol}"  # one file per protocol
+    results = {"official": score(ref, a, work / f"eval_official{tag}.json",
+                                 work / f"eval_official{tag}.log", timings)}  # fmt: skip
     if a.ddbench_result:
         from ddbench import synset
 
@@ -149,8 +153,8 @@ def main() -> None:
                              f"{results['official']['protocol']['name']} on {pair.target}")  # fmt: skip
         results["ddbench"] = r
     else:
-        results["ddbench"] = score(ours, a, work / "eval_ddbench.json",
-                                   work / "eval_ddbench.log", timings)  # fmt: skip
+        results["ddbench"] = score(ours, a, work / f"eval_ddbench{tag}.json",
+                                   work / f"eval_ddbench{tag}.log", timings)  # fmt: skip
     summary, pooled = {}, {}
     for side, r in results.items():
         pooled[side] = [x["accuracy"] for x in r["accuracy"]["per_seed"]]
@@ -184,7 +188,7 @@ def main() -> None:
             "evaluate": f"ddbench transfer SET --pair {a.pair} --protocol {a.protocol}"},
         "seconds": timings,
     }  # fmt: skip
-    path = a.out / f"krr_st_{source}_ipc{a.ipc}.json"
+    path = a.out / f"krr_st_{source}_ipc{a.ipc}{tag}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"{path}: official {summary['official']['mean']:.2f}, ddbench "
           f"{summary['ddbench']['mean']:.2f}, diff {diff:+.2f} (bound {bound:.2f})")  # fmt: skip
