@@ -123,18 +123,28 @@ def score(
     name: str, s, protocol, target: str, out: Path, model_kwargs: dict, source=None, make=True
 ):
     """The row ``name``: loaded from ``OUT/rows`` if it was scored under this protocol on this
-    set and on the target's images as the catalogue now makes them, else scored and saved
-    there (``make=False``: ``None`` instead)."""
+    set and on the target's images as the catalogue now makes them, or copied from a row of the
+    table scored on the same set (``same_set_as``), else scored and saved there (``make=False``:
+    ``None`` instead)."""
     path = out / "rows" / f"{name}.json"
     sha = s.meta.get("sha256") if s is not None else None
+    now = (protocol.hash, sha, data.get_spec(target).source)
     if path.exists():
         r = json.loads(path.read_text())
-        now = (protocol.hash, sha, data.get_spec(target).source)
         if (r["protocol"]["hash"], r["synset"]["sha256"], r.get("target_data")) == now:
             logging.info("%s: reusing %s", name, path)
             return r
     if not make:
         return None
+    twin = same_set_row(out, path, now) if s is not None else None
+    if twin is not None:  # an identical set (e.g. LM and FM keeping the same classes)
+        r = json.loads(twin.read_text())
+        r["same_set_as"] = twin.stem  # scored once: the protocol is seeded, the set the same
+        r["synset"]["path"] = s.meta.get("_path", r["synset"]["path"])
+        r["cost"]["distill_seconds"] = (s.meta.get("cost") or {}).get("wall_seconds")
+        write_result(r, path)
+        logging.info("%s: the same set as %s; its scores reused", name, twin.stem)
+        return r
     t0 = time.perf_counter()
     logging.info("%s: scoring on %s (%s)", name, target, protocol.name)
     r = transfer.evaluate(s, protocol, target, model_kwargs=model_kwargs, source=source)
@@ -143,6 +153,16 @@ def score(
     logging.info("%s -> %s: %.2f +- %.2f (%.0f s)", name, target, acc["mean"], acc["std"],
                  time.perf_counter() - t0)  # fmt: skip
     return r
+
+
+def same_set_row(out: Path, path: Path, now: tuple) -> Path | None:
+    """Another row of this table scored on the same set (checksum), protocol and target images."""
+    for other in sorted((out / "rows").glob("*.json")):
+        if other != path:
+            r = json.loads(other.read_text())
+            if (r["protocol"]["hash"], r["synset"]["sha256"], r.get("target_data")) == now:
+                return other
+    return None
 
 
 def table(rows: list[tuple[str, dict]], title: str) -> str:

@@ -521,6 +521,16 @@ def test_the_transfer_bench_resumes_set_by_set_and_row_by_row(digits_train, tmp_
     changed = {p.name for p in stamps if p.stat().st_mtime_ns != stamps[p]}
     # the remade herding set has the same tensors (a seeded selection), so its row still holds
     assert changed == {"digits_to_digits_random.json", "digits_to_digits_herding.safetensors"}
+    # a set identical to another row's takes that row's scores (LM and FM keeping one class set)
+    h = out / "sets" / "digits_to_digits_herding.safetensors"
+    twin = synset.load(out / "sets" / "digits_to_digits_random.safetensors")
+    twin.meta["bench_key"] = synset.load(h).meta["bench_key"]
+    synset.save(twin, h)
+    (out / "rows" / "digits_to_digits_herding.json").unlink()
+    bench.main()
+    r_h = json.loads((out / "rows" / "digits_to_digits_herding.json").read_text())
+    assert r_h["same_set_as"] == "digits_to_digits_random"
+    assert r_h["accuracy"] == json.loads(row.read_text())["accuracy"]
     # a row scored on the target's images made by another recipe is scored again
     r = json.loads(row.read_text())
     r["target_data"] = "an older recipe"
