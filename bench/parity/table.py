@@ -21,6 +21,7 @@ NAMES = {
     "ftd": "FTD (shared experts)",
     "ast": "AST (shared experts)",
     "datm": "DATM (shared experts)",
+    "krr_st": "KRR-ST (shared encoder)",
 }
 
 
