@@ -67,20 +67,33 @@ MiB = 1024 * 1024
 # ----------------------------------------------------------------------------- checks
 
 
-def text_errors(obj: Any, where: str = "", skip: tuple[str, ...] = ("synset.path",)) -> list[str]:
+# Values that are descriptions, not names: a slash is allowed there (a transfer result's
+# ``target_data`` is the catalogue's text on how the target's images are made, checked against
+# the catalogue by ddbench.transfer_board.check_protocol); control characters are not.
+PROSE = ("target_data",)
+
+
+def text_errors(
+    obj: Any, where: str = "", skip: tuple[str, ...] = ("synset.path",), prose: tuple[str, ...] = PROSE
+) -> list[str]:  # fmt: skip
     """Free-text values and keys of a result that hold path parts (``/``, ``\\``, ``..``), NUL
-    or other control or format characters; ``skip``: keys (dotted) not checked."""
+    or other control or format characters; ``skip``: keys (dotted) not checked; ``prose``: keys
+    (dotted) whose values may hold path parts but no control or format character."""
     errors = []
     if isinstance(obj, dict):
         for k, v in obj.items():
             path = f"{where}.{k}" if where else str(k)
             if path in skip:
                 continue
-            errors += text_errors(str(k), f"key of {where or 'the result'}", skip)
-            errors += text_errors(v, path, skip)
+            errors += text_errors(str(k), f"key of {where or 'the result'}", skip, ())
+            if path in prose and isinstance(v, str):
+                if any(unicodedata.category(c) in ("Cc", "Cf") for c in v):
+                    errors.append(f"{path!r} holds a control character: {v!r:.60}")
+                continue
+            errors += text_errors(v, path, skip, prose)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            errors += text_errors(v, f"{where}[{i}]", skip)
+            errors += text_errors(v, f"{where}[{i}]", skip, prose)
     elif isinstance(obj, str):
         if _BAD_TEXT.search(obj) or any(unicodedata.category(c) in ("Cc", "Cf") for c in obj):
             errors.append(f"{where!r} holds a path part or a control character: {obj!r:.60}")

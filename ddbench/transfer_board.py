@@ -105,7 +105,8 @@ def claim_errors(e: dict, facts: dict) -> list[str]:
 
 def check_protocol(result: dict) -> Any:
     """The result's transfer protocol is pinned and unmodified (hash, seeds), with the mode and
-    labelled fraction it gives the result's target; returns it."""
+    labelled fraction it gives the result's target, whose images were made by the catalogue's
+    recipe (``target_data``); returns it."""
     from ddbench import data
     from ddbench.board_checks import _BAD_TEXT, check_pinned
     from ddbench.transfer import load_protocol
@@ -115,7 +116,12 @@ def check_protocol(result: dict) -> Any:
         raise DDBenchError(f"transfer protocol {p['name']!r:.60} is not a protocol name")
     proto = load_protocol(p["name"])  # an unknown name raises, naming the known ones
     check_pinned(result, proto, proto.hash, "transfer protocol")
-    data.get_spec(result["target"])  # an unknown target raises
+    spec = data.get_spec(result["target"])  # an unknown target raises
+    made = result.get("target_data", spec.source)  # results before the field: the catalogue's
+    if made != spec.source:
+        raise DDBenchError(f"'target_data' is {made!r:.80}, but the catalogue makes "
+                           f"{result['target']!r}'s images as {spec.source!r:.80}: the result "
+                           "was scored on other target images; score the set again")  # fmt: skip
     pinned = proto.for_target(result["target"])
     for key in ("mode", "label_fraction"):
         if p[key] != getattr(pinned, key):

@@ -417,6 +417,38 @@ def test_a_set_holding_a_target_test_image_is_refused(digits_train, monkeypatch,
         leaderboard.submit(tmp_path / "result.json", set_path, tmp_path / "board")
 
 
+def test_target_data_is_the_catalogues_recipe_slash_and_all(digits_train, monkeypatch, tmp_path):
+    """A result records how its target's images were made (``target_data``, the catalogue's
+    text, which may name a folder, as MNIST's does): the board takes it, and refuses a result
+    scored on images made another way, or whose text hides a control character."""
+    from ddbench import leaderboard
+    from ddbench.protocol import write_result
+
+    spec = data.get_spec("digits")
+    recipe = "scikit-learn digits, or IDX files in raw/"
+    monkeypatch.setitem(data.CATALOGUE, "digits_r",
+                        data.DatasetSpec("digits_r", 1, (8, 8), spec.classes, spec.mean, spec.std,
+                                         recipe))  # fmt: skip
+    monkeypatch.setitem(data._READERS, "digits_r", lambda spec, raw: data.read_digits(spec, raw))
+    monkeypatch.setenv("DDBENCH_DATA", str(tmp_path / "data"))
+    s = run_distill(Random(), _task(digits_train, ipc=1))
+    set_path = synset.save(s, tmp_path / "s.safetensors")
+    s = synset.load(set_path)
+    r = transfer.evaluate(s, transfer.load_protocol("transfer_quick"), "digits_r", device="cpu")
+    assert r["target_data"] == recipe
+    for value, match in (("stretched over 28x28", "scored on other target images"),
+                         (recipe + "\u202e", "control character")):  # fmt: skip
+        bad = dict(r, target_data=value)
+        write_result(bad, tmp_path / "bad.json")
+        with pytest.raises(DDBenchError, match=match):
+            leaderboard.submit(tmp_path / "bad.json", set_path, tmp_path / "board")
+    write_result(r, tmp_path / "result.json")
+    entry = leaderboard.submit(tmp_path / "result.json", set_path, tmp_path / "board")
+    assert json.loads(entry.read_text())["target_data"] == recipe
+    good, bad = leaderboard.scan(tmp_path / "board")
+    assert [f for f, _, _ in good] == [entry] and bad == []
+
+
 def test_krr_st_augments_the_real_batch_as_the_authors(digits_train):
     """crop_flip (the default): kornia's RandomCrop(padding=4), no flip on digits; seeded from
     the task, so a rerun draws the same crops; none leaves the batch as it is."""
