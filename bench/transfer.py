@@ -52,6 +52,7 @@ from ddbench.methods.subset import Random
 from ddbench.models import create_model
 from ddbench.protocol import write_result
 
+KRR_PAIRS = ("fashion_mnist_to_mnist", "mnist_to_fashion_mnist")  # the KRR table's, in order
 SMOKE = {"epochs": 1, "model_kwargs": {"net_width": 16}}  # encoders and surrogates under --smoke
 
 
@@ -176,14 +177,17 @@ def table(rows: list[tuple[str, dict]], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def scored_rows(prefix: str, methods: dict, pair, a, protocol, out: Path, mk: dict, on_row):
+def scored_rows(
+    prefix: str, methods: dict, pair, a, protocol, out: Path, mk: dict, on_row, making=True
+):  # fmt: skip
     """Each method's set made (or loaded) and scored on the pair's target, in order (``None``:
-    no pre-training); ``on_row(rows, key, set)`` after each row."""
+    no pre-training); ``on_row(rows, key, set)`` after each row. ``making=False``: rows are
+    only looked up (a pair this run does not make)."""
     rows = []
     for k, method in methods.items():
         s, row = None, f"{prefix}_scratch"
         # --rows: the others are only looked up (a row another run scored joins the table)
-        make = not a.rows or row_id(k) in a.rows
+        make = making and (not a.rows or row_id(k) in a.rows)
         if method is not None:
             row = f"{prefix}_{k}"
             resumable = isinstance(method, KRRST)  # the one long distillation: checkpointed
@@ -202,10 +206,19 @@ def row_id(key: str) -> str:
     return "scratch" if key == "no pre-training" else key
 
 
+def table_pairs(a, out: Path) -> list[str]:
+    """The KRR table's pairs: this run's (``--pairs``), and every other pair with stored rows,
+    only looked up, so that a run of one pair keeps the other pairs in the table; in the
+    order of the default pairs, then the others."""
+    stored = [p for p in transfer.PAIRS if any((out / "rows").glob(f"{p}_*.json"))]
+    listed = set(a.pairs) | set(stored)
+    return [p for p in KRR_PAIRS if p in listed] + [p for p in sorted(listed) if p not in KRR_PAIRS]
+
+
 def bench_krr(a, protocol, out: Path, report) -> None:
     results, text = {}, ""
     mk = SMOKE["model_kwargs"] if a.smoke else {}
-    for name in a.pairs:
+    for name in table_pairs(a, out):
         pair = transfer.get_pair(name)
         krr_kwargs = {"iterations": a.iterations, **dotlist(a.krr), "encoder": dotlist(a.encoder)}
         if a.smoke:
@@ -219,7 +232,8 @@ def bench_krr(a, protocol, out: Path, report) -> None:
             results[name] = dict(rows)
             report(results, before + table(rows, title))
 
-        text += table(scored_rows(name, methods, pair, a, protocol, out, mk, on_row), title)
+        rows = scored_rows(name, methods, pair, a, protocol, out, mk, on_row, name in a.pairs)
+        text += table(rows, title) if rows else ""
 
 
 def bench_dp4tl(a, protocol, out: Path, report) -> None:
@@ -248,9 +262,7 @@ def bench_dp4tl(a, protocol, out: Path, report) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("table", choices=("krr", "dp4tl"))
-    p.add_argument(
-        "--pairs", nargs="+", default=["fashion_mnist_to_mnist", "mnist_to_fashion_mnist"]
-    )
+    p.add_argument("--pairs", nargs="+", default=list(KRR_PAIRS))
     p.add_argument("--pair", default="mnist_fashion20_to_digits28")
     p.add_argument("--ipc", type=int, default=None, help="krr: 10, dp4tl: 20")
     p.add_argument("--iterations", type=int, default=2000, help="KRR-ST's outer iterations")

@@ -581,6 +581,22 @@ def test_the_transfer_bench_resumes_set_by_set_and_row_by_row(digits_train, tmp_
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()  # without --rows: every row again, the same table as the first run's
     assert (out / "table.md").read_text().count("\n|") == table.count("\n|")
+    # a run of another pair keeps this pair's stored rows in the table, only looked up
+    monkeypatch.setitem(transfer.PAIRS, "digits_to_digits_2",
+                        transfer.Pair("digits_to_digits_2", "digits", "digits"))  # fmt: skip
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "rows").iterdir()}
+    monkeypatch.setattr(
+        sys, "argv", [*argv[:4], "digits_to_digits_2", *argv[5:], "--rows", "scratch"]
+    )
+    bench.main()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert (out / "rows" / "digits_to_digits_2_scratch.json").exists()
+    both = json.loads((out / "results.json").read_text())["results"]
+    assert set(both) == {"digits_to_digits", "digits_to_digits_2"}
+    assert len(both["digits_to_digits"]) == 4 and list(both["digits_to_digits_2"]) == [
+        "no pre-training"
+    ]
+    assert (out / "table.md").read_text().count("## ") == 2
 
 
 def test_a_label_free_set_has_a_thumbnail(digits_train, tmp_path):
