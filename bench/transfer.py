@@ -174,7 +174,7 @@ def table(rows: list[tuple[str, dict]], title: str) -> str:
         seeds = ", ".join(f"{p['accuracy']:.2f}" for p in acc["per_seed"])
         lines.append(f"| {name} | {r['num_images']} | {r['pretrained_on']} | "
                      f"{acc['mean']:.2f} +- {acc['std']:.2f} | {seeds} |")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n"  # a blank line before the next pair's heading
 
 
 def scored_rows(
