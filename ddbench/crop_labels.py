@@ -39,7 +39,7 @@ from ddbench.errors import DDBenchError
 from ddbench.recover import apply_crops, draw_crops
 from ddbench.relabel import LABEL_DTYPES
 
-__all__ = ["CropLabels", "CropReplay", "make_crop_labels"]
+__all__ = ["CropLabels", "CropReplay", "make_crop_labels", "stored_bytes"]
 
 
 @dataclass
@@ -59,16 +59,24 @@ class CropLabels:
     def nbytes(self, image_size: int) -> int:
         """Bytes these labels take as stored (see the module docstring)."""
         e, n = self.partners.shape
-        offset = 1 if image_size <= 255 else 2
-        index = 1 if n <= 2**8 else 2 if n <= 2**15 else 4
-        return e * n * (4 * offset + 1 + index + 2 + 4 * offset) + self.logits.numel() * (
-            self.logits.element_size()
-        )
+        logits = self.logits.numel() * self.logits.element_size()
+        return stored_bytes(e, n, 0, image_size) + logits
 
     def mixed(self, images: torch.Tensor, epoch: int, rows: torch.Tensor) -> torch.Tensor:
         """The stored (cut-mixed) crops of ``images[rows]`` at ``epoch``."""
         e = epoch
         return _mixed(images, self.crops[e], self.partners[e], self.boxes[e], rows)
+
+
+def stored_bytes(
+    epochs: int, n: int, num_classes: int, image_size: int, logit_bytes: int = 2
+) -> int:
+    """Bytes of per-crop labels for ``n`` images over ``epochs`` epochs, as stored (the module
+    docstring): per crop its box (``4o`` bytes, ``o`` = 1 up to 255 px), flip, partner's
+    index, float16 mixing weight, cutmix box (``4o``) and ``num_classes`` logits."""
+    offset = 1 if image_size <= 255 else 2
+    index = 1 if n <= 2**8 else 2 if n <= 2**15 else 4
+    return epochs * n * (4 * offset + 1 + index + 2 + 4 * offset + num_classes * logit_bytes)
 
 
 def _mixed(

@@ -31,7 +31,7 @@ The set expects protocol ``hello``: the ``kd`` recipe (KL at T=4, AdamW + cosine
 DSA) with the set's projector in place of the teacher; the same images under ``kd`` (the
 teacher online) and ``kd_hard`` (hard labels) are its baselines. The metadata records the
 projector's bytes and their ratio to the per-crop soft labels FKD would store for these images
-(``sre2l_fkd``'s 300 epochs, :class:`ddbench.crop_labels.CropLabels`).
+(``sre2l_fkd``'s 300 epochs, :func:`ddbench.crop_labels.stored_bytes`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from ddbench import engine
 from ddbench.augment import make_augment
-from ddbench.crop_labels import CropLabels
+from ddbench.crop_labels import stored_bytes
 from ddbench.distill import class_means, load_optimizer_state, optimizer_state
 from ddbench.errors import DDBenchError
 from ddbench.method import Method, Settings, Task, check_class_budget
@@ -232,7 +232,7 @@ class HeLlO(Method):
         labels = task.train.labels[picked].clone()
         proj_bytes = sum(v.numel() * v.element_size() for v in extras.values())
         label_bytes = proj_bytes + labels.numel() * labels.element_size()
-        fkd = self.fkd_bytes(len(labels), task)
+        fkd = stored_bytes(FKD_EPOCHS, len(labels), task.num_classes, max(task.spec.im_size))
         described = {**desc, **{k: v for k, v in args.items() if k not in desc}}
         projector = {
             "extractor": args,
@@ -259,14 +259,3 @@ class HeLlO(Method):
         )  # fmt: skip
         synset.extras = extras
         return synset
-
-    @staticmethod
-    def fkd_bytes(n: int, task: Task) -> int:
-        """The bytes of FKD's per-crop soft labels for ``n`` images over ``FKD_EPOCHS`` epochs
-        (float16 logits; :meth:`ddbench.crop_labels.CropLabels.nbytes`)."""
-        e, k = FKD_EPOCHS, task.num_classes
-        empty = CropLabels(
-            crops=torch.empty(0), partners=torch.empty(e, n), lams=torch.empty(0),
-            boxes=torch.empty(0), logits=torch.empty(e, n, k, dtype=torch.float16),
-        )  # fmt: skip
-        return empty.nbytes(max(task.spec.im_size))

@@ -4,11 +4,11 @@ CVPR 2025, arXiv:2503.18267). Three stages over SRe2L's machinery (:mod:`ddbench
 1. **Critical-based initial data discovery** (CIDD). For each class, ``candidates`` random real
    images each give one candidate patch (a RandomResizedCrop box, area in ``patch_scale``). A
    patch's *CAM ratio* is the share of its image's class activation map (the teacher's CAM of
-   the image's class, :func:`class_activation_maps`) inside its box; its *confidence* is the
-   teacher's softmax probability of the class on the patch resized to the image size. The
-   ``top_ratio`` of the candidates with the highest CAM ratio are kept, and among them the
-   least confident ones (``select: low``; the paper's choice: they leave the most room for
-   refinement) or, for RDED's realism-first selection, the most confident ones
+   the image's class, :func:`ddbench.cam.class_activation_maps`) inside its box; its
+   *confidence* is the teacher's softmax probability of the class on the patch resized to the
+   image size. The ``top_ratio`` of the candidates with the highest CAM ratio are kept, and
+   among them the least confident ones (``select: low``; the paper's choice: they leave the
+   most room for refinement) or, for RDED's realism-first selection, the most confident ones
    (``select: high``). ``factor x factor`` patches, each down-scaled to ``1/factor`` of the
    side, are stitched into one image (RDED's ``factor``), ``ipc`` images per class.
 2. **Non-critical region refinement** (NRR). The teacher's CAM of each stitched image for its
@@ -38,9 +38,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ddbench.augment import stitch
+from ddbench.cam import class_activation_maps
 from ddbench.dbr import make_dbr_labels
 from ddbench.distill import ImageDistillation
 from ddbench.errors import DDBenchError
@@ -50,37 +50,7 @@ from ddbench.recover import apply_crops, draw_crops, flips, pixel_range
 from ddbench.relabel import LABEL_DTYPES, relabel_set
 from ddbench.synset import SyntheticSet
 
-__all__ = ["NRRDD", "class_activation_maps"]
-
-
-def class_activation_maps(net: nn.Module, x: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """The class activation map of ``classes`` on ``x`` ``[B, C, H, W]``, ``[B, H, W]`` in
-    ``[0, 1]``: the contributions of each position of the last feature map to the class's logit
-    (a flatten-linear head, ConvNet/VGG/AlexNet: ``sum_ch W[y, ch, h, w] f[ch, h, w]``; a
-    pooled head: Zhou et al.'s CAM ``sum_ch W[y, ch] f[ch, h, w]``), upsampled bilinearly to
-    the image size, ReLU, divided by each map's maximum."""
-    features, head = getattr(net, "features", None), getattr(net, "classifier", None)
-    if not isinstance(features, nn.Module) or not isinstance(head, nn.Linear):
-        raise DDBenchError(
-            f"NRR-DD's CAM needs a teacher with `features` and a linear `classifier` "
-            f"(convnet_bn, vgg11_bn), not {type(net).__name__}"
-        )
-    with torch.no_grad():
-        f = features(x).float()
-        _, ch, h, w = f.shape
-        weight = head.weight.float()[classes.to(f.device).long()]
-        if head.in_features == ch * h * w:
-            cam = (weight.view(-1, ch, h, w) * f).sum(1)
-        elif head.in_features == ch:
-            cam = torch.einsum("bc,bchw->bhw", weight, f)
-        else:
-            raise DDBenchError(
-                f"NRR-DD's CAM: a classifier of {head.in_features} inputs over features "
-                f"{tuple(f.shape[1:])}"
-            )
-        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
-        cam = cam[:, 0].clamp_min(0)
-        return cam / cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+__all__ = ["NRRDD"]
 
 
 class NRRDD(SRe2L):

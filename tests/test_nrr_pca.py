@@ -11,10 +11,11 @@ from conftest import check_resume, task_maker, with_teachers
 
 from ddbench import synset as synset_io
 from ddbench.augment import TileCrop, make_augment, stitch
+from ddbench.cam import class_activation_maps
 from ddbench.dbr import distances
 from ddbench.errors import DDBenchError
 from ddbench.leaderboard import claim_errors, set_facts
-from ddbench.methods.nrr_dd import NRRDD, class_activation_maps
+from ddbench.methods.nrr_dd import NRRDD
 from ddbench.methods.pca import PCA
 from ddbench.models import create_model
 from ddbench.protocol import Protocol, evaluate, protocol_config
