@@ -148,6 +148,7 @@ class AST(MTT):
 
     @dataclass
     class Settings(MTT.Settings):
+        # distill.sh:16, CIFAR-10 IPC 10 on flat (smooth) experts: --lr_img=100 --lr_lr=1e-06
         lr_img: float = 100.0
         lr_lr: float = 1e-06
         # --pix_init avg: kmeans; herding and kcenter (expert features) are ddbench's

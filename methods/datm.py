@@ -62,6 +62,8 @@ class DATM(MTT):
 
     @dataclass
     class Settings(MTT.Settings):
+        # configs/CIFAR-10/ConvIN/IPC10.yaml: Iteration 10000, lr_img 100, syn_steps 80,
+        # batch_syn 100, lr_y 2.0, Momentum_y 0.9, threshold 1, the range 0 / 10 -> 20 over 1000
         iterations: int = 10000
         lr_img: float = 100.0
         syn_steps: int = 80

@@ -120,6 +120,8 @@ class FTD(MTT):
 
     @dataclass
     class Settings(MTT.Settings):
+        # FTD's README / distill/run_distill.sh:7, CIFAR-100 IPC 10 (--syn_steps=20
+        # --max_start_epoch=40 --ema_decay=0.9995); expert_epochs 2 and lr_lr 1e-5 are MTT's
         syn_steps: int = 20
         max_start_epoch: int = 40
         ema_decay: float = 0.9995  # the set holds the EMA of the images (0: the last images)

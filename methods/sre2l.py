@@ -73,7 +73,7 @@ class SRe2L(ImageDistillation):
         iterations: int = 1000  # recover iterations (the paper's 1K)
         lr_img: float = 0.25  # Adam lr, cosine-annealed to 0 over the iterations
         img_optimizer: str = "adam"  # the loop's Adam ...
-        img_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])
+        img_betas: list[float] = field(default_factory=lambda: [0.5, 0.9])  # recover_cifar.py:71
         img_schedule: str = "cosine"  # ... with its lr cosine-annealed to 0
         r_bn: float = 0.01  # weight of the BN-statistics loss next to CE
         first_bn_multiplier: float = 10.0  # extra weight of the first BatchNorm layer
