@@ -72,6 +72,7 @@ class CVDD(SRe2L):
     @dataclass
     class Settings(SRe2L.Settings):
         init: str = "real"  # nearest to the paper's real-patch initialisation | noise
+        iterations: int = 4000  # recover/scripts/*/recover_voter_ipc*.sh --iteration 4000
         crop: Any = True  # recover_voter_*.sh --apply-data-augmentation: crop + flip at 32 px
         teacher: Any = None  # not used: the committee teaches
         committee: list[dict[str, Any]] = field(

@@ -261,12 +261,12 @@ class DATM(MTT):
         if self.soft_labels:
             assert self.label_logits is not None
             # a set's classes are its labels' argmax (at most ipc each): rows whose learned
-            # argmax left their class swap the two logits back (SRe2L's class_consistent)
+            # argmax left their class swap that logit with the class's (SRe2L's class_consistent)
             logits, changed = class_consistent(self.label_logits.detach().float().cpu(), s.labels)
             if changed:
                 log.warning(
-                    "datm: %d learned label(s) favoured another class; their top two logits were "
-                    "swapped to keep each image's class",
+                    "datm: %d learned label(s) favoured another class; their class's logit and "
+                    "their largest were swapped to keep each image's class",
                     changed,
                 )
             s.labels = F.softmax(logits, 1)

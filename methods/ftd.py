@@ -6,8 +6,9 @@ FTD is MTT (:class:`ddbench.methods.mtt.MTT`) with two changes, and only these l
 * **flat experts**: the experts are trained with GSAM, a sharpness-aware optimiser, so that their
   trajectories run through flat regions where the student's accumulated error costs less. This
   file registers the step (:class:`GSAMStep`) with the one expert trainer as ``step: gsam``
-  (:func:`ddbench.experts.register_step`); ``conf/method/ftd.yaml`` selects it with its settings
-  ``sam_rho``, ``gsam_alpha`` and ``sam_adaptive`` in ``experts.step_kwargs``;
+  (:func:`ddbench.experts.register_step`); FTD's ``experts`` default (``GSAM_EXPERTS``) selects
+  it with its settings ``sam_rho``, ``gsam_alpha`` and ``sam_adaptive`` in
+  ``experts.step_kwargs``;
 * **an EMA of the synthetic images**: after every update ``ema = d * ema + (1 - d) * images``
   (``ema_decay`` d, the EMA starting at the initial images as timm's ``ModelEmaV2`` does). The
   EMA is what the set holds, what ``eval_every`` evaluates, and it is checkpointed with the run.

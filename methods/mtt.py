@@ -37,8 +37,9 @@ from ddbench.synset import SyntheticSet
 
 
 class MTT(ImageDistillation):
-    """Trajectory matching with a learned student lr. The defaults are the paper's CIFAR-10
-    IPC 10 values; ``conf/recipes/mtt.yaml`` holds the published values of the other settings.
+    """Trajectory matching with a learned student lr. The defaults are CIFAR-10 IPC 10 as MTT's
+    run scripts have it without ZCA (``distill.py``'s ``lr_img`` and ``lr_teacher``);
+    ``conf/recipes/mtt.yaml`` holds the published values per setting.
     """
 
     @dataclass
