@@ -75,7 +75,7 @@ class ImageDistillation(Method):
     class Settings(Settings):
         iterations: int = 1000
         lr_img: float = 0.1
-        momentum_img: float = 0.5
+        momentum_img: float = 0.5  # MTT's distill.py:142 (and DC/DM's image optimisers)
         init: str = "real"
         init_from: str = ""
         eval_every: int = 0

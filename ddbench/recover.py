@@ -49,6 +49,9 @@ __all__ = [
     "pixel_range", "random_resized_crop",
 ]  # fmt: skip
 
+# ddbench's choice, not the papers' (their teachers are ResNet-18s trained for 200 epochs and
+# more, docs/methods.md): a ConvNet-3 with BatchNorm, whose statistics the recovery matches,
+# trained briefly with the engine's usual SGD recipe; the `sre2l` protocol's default teacher.
 DEFAULT_TEACHER: dict[str, Any] = {
     "model": "convnet_bn",
     "model_kwargs": {},

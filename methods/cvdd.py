@@ -45,6 +45,8 @@ from ddbench.teachers import TeacherConfig
 
 __all__ = ["CVDD", "DEFAULT_COMMITTEE", "voting_weights"]
 
+# ddbench's choice (the authors' pool is ResNet-18/50, ShuffleNetV2, MobileNetV2 and
+# DenseNet-121): three BatchNorm ConvNets of other depth, width and seed.
 DEFAULT_COMMITTEE: list[dict[str, Any]] = [
     {"model": "convnet_bn", "seed": 0},
     {"model": "convnet_bn", "model_kwargs": {"net_depth": 4}, "seed": 1},

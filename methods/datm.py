@@ -75,7 +75,8 @@ class DATM(MTT):
         soft_labels: bool = True  # learned soft labels (false: hard labels, as MTT)
         lr_y: float = 2.0  # SGD lr of the label logits
         momentum_y: float = 0.9
-        label_expert: int = 0  # the expert whose logits initialise the labels ...
+        # the expert whose logits initialise the labels (DATM.py 203: the first expert file) ...
+        label_expert: int = 0
         label_epoch: int = -1  # ... at this epoch (Label_Model_Timestamp, -1: the trained expert)
         # with correct_init: the initial logits are the mean of every expert's (at label_epoch)
         # that classifies the image correctly (DATM.py 269-307); false: label_expert's alone

@@ -48,8 +48,8 @@ class MTT(ImageDistillation):
         lr_img: float = 1000.0  # SGD lr of the pixels (momentum_img 0.5)
         lr_lr: float = 1e-05  # SGD lr of the learned lr (momentum 0.5)
         lr_teacher: float = 0.01  # initial learned lr (= the experts' lr)
-        lr_min: float = 1e-06  # the learned lr is clamped to >= this (MTT does not clamp)
-        dsa: bool = True  # a DSA draw per student step
+        lr_min: float = 1e-06  # ddbench's: the learned lr is clamped to >= this (MTT does not)
+        dsa: bool = True  # a DSA draw per student step (distill.py's --dsa True)
         syn_steps: int = 30  # student SGD steps per iteration (N)
         expert_epochs: int = 2  # target: the expert this many epochs after the start (M)
         max_start_epoch: int = 20  # start epochs are drawn from [0, max_start_epoch) (T+)
