@@ -12,17 +12,19 @@ and DATM's parity start both sides from the same experts: the replay buffers of
 ``PARITY_BUFFER``, imported into ddbench's expert cache. SRe2L's, CDA's and CV-DD's parity
 recovers on both sides from the same teacher(s), ddbench's cached ones exported for their
 scripts (``prepare_teachers``, ``sre2l_shim.py``), and checks that both sets are scored by that
-teacher.
+teacher. INFER's (``infer_parity.py``) shares its teachers and its real images, and imports the
+authors' compensators over them.
 
 Usage: python bench/parity/parity.py METHOD OFFICIAL_CHECKOUT OUT DATASET IPC ITERATIONS SEEDS
-  METHOD dm | dc | dsa | datadam | mtt | ftd | ast | datm | sre2l | cda | cvdd; DATASET mnist |
-  fashion_mnist (sre2l, cda, cvdd: any ddbench dataset, e.g. digits); SEEDS comma-separated
+  METHOD dm | dc | dsa | datadam | mtt | ftd | ast | datm | sre2l | cda | cvdd | infer; DATASET
+  mnist | fashion_mnist (sre2l, cda, cvdd, infer: any ddbench dataset, e.g. digits); SEEDS
+  comma-separated
   METHOD fyi_dm | fyi_dsa: FYI's fork (OFFICIAL_CHECKOUT a checkout of cvlab-yonsei/FYI, its
   DC_DSA_DM/ patched by official_dc_setup.sh) against ``ddbench distill method=dm|dsa
   method.fyi=true``; the result is OUT/fyi_<dm|dsa>_<dataset>_ipc<K>.json.
 Environment: PARITY_PROTOCOL (default: the protocol the method declares: dm, dsa, fyi_* ->
 standard; dc -> dc; datadam -> datadam; mtt, ftd, ast -> learned_lr; datm -> datm; sre2l, cda,
-cvdd -> sre2l), PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS),
+cvdd -> sre2l; infer -> infer), PARITY_SRE2L_SETTINGS (sre2l, cda, cvdd: overrides of RECOVERY_SETTINGS),
 PARITY_BUFFER and PARITY_MTT_SETTINGS (mtt, ftd, ast, datm: the shared experts, and overrides of
 TRAJECTORY_SETTINGS), PARITY_EVAL_SEEDS (default 0,1,2), PARITY_OFFICIAL_EVAL=1 to keep one
 final evaluate_synset model in the authors' run (its accuracy is recorded as theirs-scored-by-them),
@@ -49,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 
+import infer_parity
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -526,6 +529,24 @@ OTHER_OFFICIAL.update({
 })  # fmt: skip
 
 
+# INFER (zhangxin-xd/UFC): shared teachers and real images, their compensators (infer_parity.py)
+OTHER_OFFICIAL["infer"] = {
+    "command": infer_parity.command,
+    "res": "compensators_parity.pt",  # with real_parity.pt beside it (infer_parity.collect)
+    "importer": infer_parity.import_set,
+    "protocol": "infer",
+    "ddbench_args": infer_parity.ddbench_args,
+    "prepare": infer_parity.prepare,
+    "collect": infer_parity.collect,
+    "seed_setup": functools.partial(infer_parity.shared_start, ddbench=DDBENCH, root=ROOT),
+    "aligned": infer_parity.aligned(),
+    "settings": infer_parity.SETTINGS,
+    "cwd": "",
+    "repo": "zhangxin-xd/UFC",
+    "edits": "bench/parity/official_infer_setup.sh (U0-U8)",
+}
+
+
 def teacher_of(result: dict) -> dict:
     """The teacher that labelled a result's students (``labels.teacher``), without where it
     came from (``source``: the set's metadata or the protocol): the same for both sides of a
@@ -667,7 +688,9 @@ def main() -> None:
             if other and "collect" in other:  # their per-batch tensors -> the importer's files
                 other["collect"](d / "official", res, dataset, ipc)
         theirs = d / "official.safetensors"
-        if not theirs.exists():
+        if not theirs.exists() and other and "importer" in other:  # no `ddbench import` format
+            other["importer"](res, d, dataset, theirs, f"{other['repo']}@{commit[:7]}")
+        elif not theirs.exists():
             fmt = other["import"] if other else "dc"
             # marked as the authors' set of ddbench's method (a reference row for the board)
             mark = ["--method", base, "--code", f"{other['repo']}@{commit[:7]}"] if other else []
@@ -739,7 +762,7 @@ def main() -> None:
         "data": "ddbench's train split (the 10% val carve-out excluded) and test split, both sides",
         **({"experts": prepared} if prepared and method in TRAJECTORY_SETTINGS else {}),
         **({"shared_teacher": prepared, "aligned_settings": other["aligned"],
-            "recovery_settings": recovery_settings(method)}
+            "recovery_settings": other.get("settings") or recovery_settings(method)}
            if other and "aligned" in other else {}),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), OMP_NUM_THREADS=1",
         "torch": torch.__version__, "commands": commands, "seconds": timings,

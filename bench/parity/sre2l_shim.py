@@ -1,5 +1,5 @@
 """The local parity shim between ddbench and the authors' recovery scripts of SRe2L, CDA
-(VILA-Lab/SRe2L) and CV-DD (Jiacheng8/CV-DD).
+(VILA-Lab/SRe2L), CV-DD (Jiacheng8/CV-DD) and INFER (zhangxin-xd/UFC).
 
 Two halves:
 
@@ -12,7 +12,8 @@ Two halves:
   the exported teacher's config), :func:`teacher` / :func:`member` (the network built by
   ddbench's model factory, ``ddbench.models.create_model``, with stock modules), :func:`priors`,
   :func:`save_slot` (the exact final tensors of one recovery batch) and :func:`init_slot` (a
-  shared start in place of CV-DD's patch files). Importing ddbench there is this shim's doing:
+  shared start in place of CV-DD's patch files); ``official_infer_setup.sh`` calls
+  :func:`setup`, :func:`pool` (INFER's teachers) and :func:`save_compensator`. Importing ddbench there is this shim's doing:
   their scripts run under ddbench's interpreter, nothing else of theirs imports ddbench.
 """
 
@@ -30,7 +31,8 @@ MEAN: list[float] = []
 STD: list[float] = []
 SHAPE: tuple[int, int, int] = (0, 0, 0)
 NUM_CLASSES = 0
-POOL: dict[str, dict] = {}  # CV-DD's committee: member name -> its exported config
+POOL: dict[str, dict] = {}  # CV-DD's committee, INFER's teachers: name -> its exported config
+_POOL_DIR = ""
 
 
 # ------------------------------------------------------------------ ddbench's side
@@ -74,7 +76,7 @@ def setup(args) -> None:
     """After their argparse: seed torch, numpy and python's random with ``--seed`` (>= 0), and
     take the dataset's shape, classes and constants from the exported teacher (``--arch-path``:
     SRe2L, CDA) or committee (``--model-pool-dir``: CV-DD, every ``*.json`` there a member)."""
-    global MEAN, STD, SHAPE, NUM_CLASSES
+    global MEAN, STD, SHAPE, NUM_CLASSES, _POOL_DIR
     if getattr(args, "seed", -1) >= 0:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
@@ -82,6 +84,7 @@ def setup(args) -> None:
     if getattr(args, "arch_path", ""):
         infos = [_info(Path(args.arch_path))]
     else:
+        _POOL_DIR = args.model_pool_dir
         files = sorted(Path(args.model_pool_dir).glob("*.json"))
         POOL.update({f.stem: _info(f) for f in files})
         infos = list(POOL.values())
@@ -118,6 +121,12 @@ def member(name: str) -> torch.nn.Module:
     return _build(POOL[name])
 
 
+def pool() -> list[torch.nn.Module]:
+    """Every exported network of ``--model-pool-dir`` (INFER's ``M`` teachers), in name order,
+    weights loaded, in eval mode on :data:`DEVICE` (their code freezes them next)."""
+    return [teacher(str(Path(_POOL_DIR) / f"{name}.pth")) for name in sorted(POOL)]
+
+
 def priors() -> dict[str, float]:
     """Each member's prior performance for CV-DD's voting: its val accuracy (%), the prior
     ddbench's CV-DD takes by default (their code: per-dataset constants)."""
@@ -131,6 +140,20 @@ def save_slot(save_dir: str, images: torch.Tensor, targets: torch.Tensor, slot: 
         return
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     torch.save({"images": images.detach().cpu().clone(), "labels": targets.detach().cpu().clone()},
+               Path(save_dir) / f"slot_{slot:05d}.pt")  # fmt: skip
+
+
+def save_compensator(
+    save_dir: str, slot: int, real: torch.Tensor, compensator: torch.Tensor, teacher: int
+) -> None:
+    """INFER's generation slot ``slot`` (their ``ipc_id``) as ``save_dir/slot_<slot>.pt``: the
+    batch of real images it starts from, its compensator as optimised (zeros in the first
+    ``B`` slots, which store the real images alone) and the teacher that made it (-1: none)."""
+    if not save_dir:
+        return
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    torch.save({"real": real.detach().cpu().clone(), "teacher": int(teacher),
+                "compensator": compensator.detach().cpu().clone()},
                Path(save_dir) / f"slot_{slot:05d}.pt")  # fmt: skip
 
 
