@@ -13,7 +13,8 @@ Two halves:
   ddbench's model factory, ``ddbench.models.create_model``, with stock modules), :func:`priors`,
   :func:`save_slot` (the exact final tensors of one recovery batch) and :func:`init_slot` (a
   shared start in place of CV-DD's patch files); ``official_infer_setup.sh`` calls
-  :func:`setup`, :func:`pool` (INFER's teachers) and :func:`save_compensator`. Importing ddbench there is this shim's doing:
+  :func:`setup`, :func:`pool` (INFER's teachers) and :func:`save_compensator`. Importing
+  ddbench there is this shim's doing:
   their scripts run under ddbench's interpreter, nothing else of theirs imports ddbench.
 """
 
@@ -144,15 +145,16 @@ def save_slot(save_dir: str, images: torch.Tensor, targets: torch.Tensor, slot: 
 
 
 def save_compensator(
-    save_dir: str, slot: int, real: torch.Tensor, compensator: torch.Tensor, teacher: int
+    save_dir: str, slot: int, real: torch.Tensor, compensator: torch.Tensor, made_by: int
 ) -> None:
     """INFER's generation slot ``slot`` (their ``ipc_id``) as ``save_dir/slot_<slot>.pt``: the
     batch of real images it starts from, its compensator as optimised (zeros in the first
-    ``B`` slots, which store the real images alone) and the teacher that made it (-1: none)."""
+    ``B`` slots, which store the real images alone) and the index of the teacher that made it
+    (``made_by``; -1: none)."""
     if not save_dir:
         return
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    torch.save({"real": real.detach().cpu().clone(), "teacher": int(teacher),
+    torch.save({"real": real.detach().cpu().clone(), "teacher": int(made_by),
                 "compensator": compensator.detach().cpu().clone()},
                Path(save_dir) / f"slot_{slot:05d}.pt")  # fmt: skip
 
