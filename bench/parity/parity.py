@@ -51,8 +51,12 @@ import sys
 import time
 from pathlib import Path
 
-import infer_parity
 import torch
+
+# The helper modules beside this script (infer_parity, sre2l_shim), also when it is imported by
+# path (the tests) rather than run.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import infer_parity  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = os.environ.get("DDBENCH_PY", sys.executable)
@@ -448,7 +452,6 @@ def prepare_teachers(method: str, off: Path, dataset: str, work: Path) -> tuple[
     once by ddbench's teacher cache and exported for their scripts into
     OUT/work/teachers/<dataset>/ (``teacher.pth`` / ``committee/m<i>.pth``, each with its
     ``.json``). Returns no extra ddbench overrides, and what the result records."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from sre2l_shim import export_teacher
 
     from ddbench.recover import DEFAULT_TEACHER
@@ -482,7 +485,6 @@ def shared_start(d: Path, seed: int, dataset: str, ipc: int) -> list[str]:
 def collect_slots(save: Path, res: Path, dataset: str, ipc: int) -> None:
     """Their per-batch tensors (setup S6) as the files `ddbench import mtt` reads:
     ``images_parity.pt`` (ordered by class) and ``labels_parity.pt`` (hard labels)."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from sre2l_shim import collect
 
     from ddbench.data import get_spec
