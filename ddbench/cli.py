@@ -521,6 +521,7 @@ def _evaluate(cfg, s, path: Path, run_dir: Path, tracker) -> dict:
         partial=run_dir / "result.partial.json", split=split,
         checkpoint=run_dir / EVAL_CHECKPOINT, checkpoint_every=int(cfg.eval_checkpoint_every),
         checkpoint_seconds=float(cfg.eval_checkpoint_seconds),
+        reuse=_reused_results(cfg.get("reuse") or []),
     )  # fmt: skip
     result["config_key"] = _run_key(cfg)
     write_result(result, run_dir / "result.json")
@@ -558,6 +559,17 @@ def _pinned_protocol_hash(name: str) -> str | None:
     from ddbench.protocol import pinned_protocol_hash
 
     return pinned_protocol_hash(name)
+
+
+def _reused_results(paths) -> dict[str, dict]:
+    """``{path: result}`` of ``ddbench evaluate reuse=[...]`` (protocol.reusable_seeds checks
+    each against the evaluation)."""
+    from ddbench.leaderboard import Limits, _read_json
+
+    if isinstance(paths, str):
+        paths = [paths]
+    return {str(Path(p).resolve()): _read_json(Path(p), Limits().max_json_bytes, "reused result")
+            for p in paths}  # fmt: skip
 
 
 def _eval_split(cfg) -> str:

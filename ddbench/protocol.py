@@ -216,6 +216,7 @@ def evaluate(
     checkpoint_seconds: float = 60.0,
     split: str = "test",
     channels_last: bool = False,
+    reuse: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Score ``synset`` under ``protocol``: mean/std of the final test accuracy over the seeds.
 
@@ -239,6 +240,10 @@ def evaluate(
     an uninterrupted run. The file is removed once the seeds it holds are scored; one written by
     another evaluation (set, protocol, model, precision, split) or for other seeds is ignored
     with a warning.
+
+    ``reuse``: ``{source: result}``, earlier results (``result.json``) of this same evaluation
+    with other seeds (:func:`reusable_seeds` checks it); the seeds they scored are taken from
+    them instead of trained again, and the result lists them under ``"reused"``.
     """
     if split not in ("test", "val"):
         raise DDBenchError(f"split must be test or val, not {split!r}")
@@ -330,7 +335,10 @@ def evaluate(
         f"{protocol.hash}|{model}|{sorted(kwargs.items())}|{set_sha}|{precision}"
         f"{'' if split == 'test' else '|' + split}".encode()
     ).hexdigest()[:16]
-    done = _load_partial(partial, key)
+    reused = {src: reusable_seeds(r, synset, protocol, model, kwargs, precision, split, device)
+              for src, r in (reuse or {}).items()}  # fmt: skip
+    done = {k: v for accs in reused.values() for k, v in accs.items()}
+    done.update(_load_partial(partial, key))
     todo = [s for s in protocol.seeds if s not in done]
     # the engine decides whether the seeds train stacked; one by one, each seed's score is saved
     # (``partial``) as soon as it is known
@@ -377,6 +385,14 @@ def evaluate(
             ckpt.unlink(missing_ok=True)
     accs = [done[s] for s in protocol.seeds]
     eval_seconds = time.perf_counter() - t0
+    reused_info = [
+        {"from": src, "seeds": sorted(accs_r),
+         # the earlier evaluation's time for these seeds (its time per seed)
+         "eval_seconds": reuse[src]["cost"]["eval_seconds"] * len(accs_r)
+         / len(reuse[src]["accuracy"]["per_seed"])}
+        for src, accs_r in reused.items() if accs_r
+    ]  # fmt: skip
+    eval_seconds += sum(r["eval_seconds"] for r in reused_info)
     declared = meta.get("protocol")
     cross = declared is not None and declared != protocol.name
     if cross:  # a legitimate study, never a silent one
@@ -427,6 +443,8 @@ def evaluate(
         "precision": precision,
         "train_loss_final": losses[-1] if losses else None,
     }
+    if reused_info:
+        result["reused"] = reused_info
     if log is not None:
         log.info(
             "%s %s ipc=%s model=%s protocol=%s: %.2f +- %.2f %% (%s) in %.0fs",
@@ -606,6 +624,47 @@ def _load_checkpoint(path: Path | None, key: str, seeds: list[int]) -> dict | No
     at = "after the last epoch" if state.get("group") else f"at epoch {state.get('epoch')}"
     _log.info("resuming the evaluation of seed(s) %s %s (%s)", list(seeds), at, path)
     return state
+
+
+def reusable_seeds(
+    result: Mapping[str, Any], synset, protocol: Protocol, model: str,
+    model_kwargs: Mapping[str, Any], precision: str, split: str, device,
+) -> dict[int, float]:  # fmt: skip
+    """The accuracies ``{seed: accuracy}`` of an earlier ``result`` that an evaluation of
+    ``synset`` under ``protocol`` may take as its own, for the seeds both have: ``result``
+    scored the same saved set (its sha256) under the same pinned recipe with other seeds (its
+    protocol hash is this protocol's with the seeds replaced by its own), with the same model,
+    model settings, precision, split and kind of device. Each seed's model is built, trained and
+    tested from that seed alone (one at a time on the CPU, ``engine.stacks``), so its accuracy
+    does not depend on the other seeds. Raises DDBenchError naming the first difference."""
+    where = f"reuse: the result of {(result.get('synset') or {}).get('path')!r}"
+    sha = synset.meta.get("sha256")
+    if not sha:
+        raise DDBenchError("reuse: this set has no sha256 (not a saved .safetensors set)")
+    try:
+        theirs = [int(p["seed"]) for p in result["accuracy"]["per_seed"]]
+        if sorted(set(theirs)) != sorted(theirs) or any(s < 0 for s in theirs):
+            raise ValueError("repeated or negative seeds")
+        checks = (
+            ("set (sha256)", result["synset"]["sha256"], sha),
+            ("protocol", result["protocol"]["name"], protocol.name),
+            ("recipe (protocol hash with its seeds)", result["protocol"]["hash"],
+             replace(protocol, seeds=theirs).hash),
+            ("model", result["model"], model),
+            ("model settings", json.dumps(result["model_kwargs"], sort_keys=True),
+             json.dumps(dict(model_kwargs), sort_keys=True)),
+            ("precision", result["precision"], precision),
+            ("split", result.get("split", "test"), split),
+            ("device", torch.device(result["device"]).type, torch.device(device).type),
+        )  # fmt: skip
+        accs = {int(p["seed"]): float(p["accuracy"]) for p in result["accuracy"]["per_seed"]}
+        float(result["cost"]["eval_seconds"])  # its share is added to this evaluation's
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise DDBenchError(f"{where} is not a readable evaluation result ({e})") from e
+    for what, got, want in checks:
+        if got != want:
+            raise DDBenchError(f"{where} has another {what}: {got!r}, here {want!r}")
+    return {s: a for s, a in accs.items() if s in protocol.seeds}
 
 
 def _load_partial(path: str | Path | None, key: str) -> dict[int, float]:

@@ -98,6 +98,39 @@ def test_distill_then_evaluate_then_show(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_reuses_an_earlier_result_s_seeds_and_refuses_another_recipe_s(tmp_path):
+    """`ddbench evaluate reuse=[RESULT]` trains only the seeds RESULT lacks (result.json lists the
+    reused ones); a result of another recipe is refused with a clear error."""
+    d = tmp_path / "d"
+    ddbench(
+        "distill", "dataset=digits", "ipc=2", "progress=false", f"hydra.run.dir={d}", cwd=tmp_path
+    )
+    synset = d / "synset.safetensors"
+    common = (
+        f"synset={synset}",
+        "protocol=quick",
+        "protocol.epochs=2",
+        "model=mlp",
+        "progress=false",
+    )
+
+    def evaluate(out, *extra, check=True):
+        return ddbench("evaluate", *common, *extra, f"hydra.run.dir={tmp_path / out}", cwd=tmp_path,
+                       check=check)  # fmt: skip
+
+    evaluate("one", "protocol.seeds=[1]")
+    evaluate("both", "protocol.seeds=[0,1]", f"reuse=[{tmp_path / 'one' / 'result.json'}]")
+    one, both = (json.loads((tmp_path / x / "result.json").read_text()) for x in ("one", "both"))
+    assert both["reused"][0]["seeds"] == [1] and [
+        p["seed"] for p in both["accuracy"]["per_seed"]
+    ] == [0, 1]
+    assert both["accuracy"]["per_seed"][1] == one["accuracy"]["per_seed"][0]
+    p = evaluate("other", "protocol.seeds=[0,1]", "protocol.epochs=3",
+                 f"reuse=[{tmp_path / 'one' / 'result.json'}]", check=False)  # fmt: skip
+    assert p.returncode != 0 and "another recipe" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "other" / "result.json").exists()
+
+
 def test_method_from_another_package_plugs_in(tmp_path):
     """`method._target_` may name any importable Method subclass (here: tests/plugin_method.py)."""
     out = tmp_path / "p"

@@ -347,6 +347,58 @@ def test_interrupted_evaluation_resumes_from_finished_seeds(digits, tmp_path, mo
     assert calls == [[0]]  # a partial of another evaluation is not reused
 
 
+def test_evaluation_reuses_the_seeds_of_an_earlier_result_of_the_same_recipe(digits, tmp_path):
+    """``reuse``: an earlier evaluation's seeds are taken, not trained again; the others train
+    as in a fresh evaluation of all the seeds (on the CPU each seed trains alone)."""
+    from ddbench import synset
+
+    synset.save(_digits_set(digits), tmp_path / "s.safetensors")
+    s = synset.load(tmp_path / "s.safetensors")
+    kw = dict(device="cpu", progress=False)
+    fresh = evaluate(s, _standard(epochs=2, seeds=[0, 1, 2], augment="none"), "convnet",
+                     {"net_width": 16}, **kw)  # fmt: skip
+    early = evaluate(s, _standard(epochs=2, seeds=[2, 0], augment="none"), "convnet",
+                     {"net_width": 16}, **kw)  # fmt: skip
+    p = _standard(epochs=2, seeds=[0, 1, 2], augment="none")
+    r = evaluate(s, p, "convnet", {"net_width": 16}, reuse={"early.json": early}, **kw)
+    assert r["accuracy"]["per_seed"] == fresh["accuracy"]["per_seed"]
+    assert r["protocol"]["hash"] == fresh["protocol"]["hash"]
+    assert r["reused"][0]["from"] == "early.json" and r["reused"][0]["seeds"] == [0, 2]
+    # the reused seeds' accuracies are the earlier result's, read from it
+    early["accuracy"]["per_seed"][0]["accuracy"] = 12.5  # seed 2's
+    r = evaluate(s, p, "convnet", {"net_width": 16}, reuse={"early.json": early}, **kw)
+    assert [e["accuracy"] for e in r["accuracy"]["per_seed"]][2] == 12.5
+
+
+def test_evaluation_refuses_to_reuse_another_evaluation(digits, tmp_path):
+    from ddbench import synset
+    from ddbench.protocol import reusable_seeds
+
+    synset.save(_digits_set(digits), tmp_path / "s.safetensors")
+    s = synset.load(tmp_path / "s.safetensors")
+    early = evaluate(s, _standard(epochs=1, seeds=[0], augment="none"), "convnet",
+                     {"net_width": 16}, device="cpu", progress=False)  # fmt: skip
+    p = _standard(epochs=1, seeds=[0, 1], augment="none")
+    args = ("convnet", {"net_width": 16}, "fp32", "test", torch.device("cpu"))
+    assert reusable_seeds(early, s, p, *args) == {0: early["accuracy"]["per_seed"][0]["accuracy"]}
+    for what, p2, args2 in (
+        ("recipe", _standard(epochs=2, seeds=[0, 1], augment="none"), args),
+        ("model settings", p, ("convnet", {"net_width": 32}, *args[2:])),
+        ("precision", p, (*args[:2], "bf16", *args[3:])),
+        ("split", p, (*args[:3], "val", args[4])),
+    ):
+        with pytest.raises(DDBenchError, match=f"another {what}"):
+            reusable_seeds(early, s, p2, *args2)
+    other = _digits_set(digits, ipc=2)
+    synset.save(other, tmp_path / "o.safetensors")
+    with pytest.raises(DDBenchError, match=r"another set \(sha256\)"):
+        reusable_seeds(early, synset.load(tmp_path / "o.safetensors"), p, *args)
+    with pytest.raises(DDBenchError, match="not a readable evaluation result"):
+        reusable_seeds({"accuracy": {}}, s, p, *args)
+    with pytest.raises(DDBenchError, match="no sha256"):
+        reusable_seeds(early, _digits_set(digits), p, *args)
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 def test_training_resumed_from_a_checkpoint_ends_exactly_where_an_unbroken_run_does(
     digits, parallel
