@@ -337,7 +337,7 @@ def evaluate(
     ).hexdigest()[:16]
     reused = {src: reusable_seeds(r, synset, protocol, model, kwargs, precision, split, device)
               for src, r in (reuse or {}).items()}  # fmt: skip
-    done = {k: v for accs in reused.values() for k, v in accs.items()}
+    done = {k: v for found in reused.values() for k, v in found.items()}
     done.update(_load_partial(partial, key))
     todo = [s for s in protocol.seeds if s not in done]
     # the engine decides whether the seeds train stacked; one by one, each seed's score is saved
