@@ -562,14 +562,20 @@ def _pinned_protocol_hash(name: str) -> str | None:
 
 
 def _reused_results(paths) -> dict[str, dict]:
-    """``{path: result}`` of ``ddbench evaluate reuse=[...]`` (protocol.reusable_seeds checks
-    each against the evaluation)."""
+    """``{"sha256:<hex>": result}`` of ``ddbench evaluate reuse=[...]`` (protocol.reusable_seeds
+    checks each against the evaluation): each earlier result is named by the checksum of its
+    file, which a board entry can hold where a local path cannot."""
     from ddbench.leaderboard import Limits, _read_json
 
     if isinstance(paths, str):
         paths = [paths]
-    return {str(Path(p).resolve()): _read_json(Path(p), Limits().max_json_bytes, "reused result")
-            for p in paths}  # fmt: skip
+    found = {}
+    for p in map(Path, paths):
+        result = _read_json(p, Limits().max_json_bytes, "reused result")
+        sha = hashlib.sha256(p.read_bytes()).hexdigest()
+        log.info("reuse: %s (sha256 %s)", p, sha[:16])
+        found[f"sha256:{sha}"] = result
+    return found
 
 
 def _eval_split(cfg) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -125,6 +126,9 @@ def test_evaluate_reuses_an_earlier_result_s_seeds_and_refuses_another_recipe_s(
         p["seed"] for p in both["accuracy"]["per_seed"]
     ] == [0, 1]
     assert both["accuracy"]["per_seed"][1] == one["accuracy"]["per_seed"][0]
+    # the earlier result is named by its file's checksum (a board entry holds no local path)
+    sha = hashlib.sha256((tmp_path / "one" / "result.json").read_bytes()).hexdigest()
+    assert both["reused"][0]["from"] == f"sha256:{sha}"
     p = evaluate("other", "protocol.seeds=[0,1]", "protocol.epochs=3",
                  f"reuse=[{tmp_path / 'one' / 'result.json'}]", check=False)  # fmt: skip
     assert p.returncode != 0 and "another recipe" in p.stderr and "Traceback" not in p.stderr

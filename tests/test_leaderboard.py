@@ -519,6 +519,27 @@ def test_an_imported_authors_set_is_a_marked_reference_row(runs, tmp_path):
         reproduce.distill_overrides(e, ref.meta)
 
 
+def test_a_result_with_reused_seeds_is_submitted_without_a_local_path(runs, tmp_path):
+    """`ddbench evaluate reuse=[...]` (here: every seed taken from the run's own result) makes a
+    result the board accepts: the reused file is named by its checksum, not its path."""
+    d = runs[0]
+    e = tmp_path / "e"
+    # quoted: the sweep's run dirs hold '='
+    p = run_cli("evaluate", f"synset='{d / 'synset.safetensors'}'", "protocol=quick",
+                "model.kwargs.net_width=16", "progress=false", f"reuse=['{d / 'result.json'}']",
+                f"hydra.run.dir={e}", cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    r = json.loads((e / "result.json").read_text())
+    assert r["accuracy"] == json.loads((d / "result.json").read_text())["accuracy"]
+    assert r["reused"][0]["seeds"] == [0] and r["reused"][0]["from"].startswith("sha256:")
+    b = tmp_path / "board"
+    p = run_cli("submit", str(e / "result.json"), "--synset", str(d / "synset.safetensors"),
+                "--board", str(b), cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    (entry,) = b.rglob("random-*.json")
+    assert json.loads(entry.read_text())["reused"] == r["reused"]
+
+
 def test_submit_never_writes_outside_the_board(runs, tmp_path, capsys):
     """A symlinked dataset folder in the board does not carry the entry outside it."""
     d = runs[0]
