@@ -91,7 +91,9 @@ def main() -> None:
                 print(" ".join(evaluate), "\n ", " ".join(submit[:4]), "...")
                 continue
             if not (run / "result.json").exists():
-                subprocess.run(evaluate, check=True, cwd=ROOT)
+                if subprocess.run(evaluate, cwd=ROOT).returncode:  # the reason is on stderr
+                    print(f"not scored: {run} (ddbench evaluate failed)")
+                    continue
             if (run / ".submitted").exists():
                 print(f"done: {run}")
                 continue
