@@ -22,6 +22,7 @@ NAMES = {
     "ast": "AST (shared experts)",
     "datm": "DATM (shared experts)",
     "krr_st": "KRR-ST (shared encoder)",
+    "infer": "INFER (shared teachers, shared real images)",
 }
 
 
