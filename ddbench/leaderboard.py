@@ -8,9 +8,9 @@
 A submission is a ``result.json`` (as ``ddbench run``/``evaluate`` wrote it) and the set file it
 scored. ``submit`` checks both (see :func:`check_submission` and ``leaderboard/SCHEMA.md``) and
 on success writes one entry, ``submissions/<dataset>/ipc<N>/<protocol>/<method>-<sha12>.json``,
-with the set copied beside it; a set already on the board (same tensors) is refused whatever
-its metadata says, unless the result is another view of it (another pinned protocol or
-model: it joins the entry's ``other_results``). A rejected submission changes nothing.
+with the set copied beside it; a set already on the board (same tensors, same track: image
+or transfer) is refused whatever its metadata says, unless the result is another view of it
+(another pinned protocol or model: it joins the entry's ``other_results``). A rejected submission changes nothing.
 ``build`` regenerates ``README.md``, ``index.html`` and the sets' thumbnails from the
 well-formed entries (:func:`scan`; ``ddbench.board_page``, scores from ``ddbench.scores``),
 listing the others as excluded;
@@ -308,10 +308,12 @@ def submit(
 ) -> Path:  # fmt: skip
     """Validate and add a submission to ``board``; returns the entry's path.
 
-    One set, one entry: a set whose tensors (``synset.sha256``) are already on the board is
-    refused, whatever its method name or other metadata say, unless the result is a new view
-    of it (the same method's set under another pinned protocol or on another model): that
-    result joins the entry's ``other_results``. ``budget``: the distillation budget as a short
+    One set, one entry per track: a set whose tensors (``synset.sha256``) are already on the
+    board's image tables (or, for a transfer result, its transfer tables) is refused, whatever
+    its method name or other metadata say, unless the result is a new view of it (the same
+    method's set under another pinned protocol or on another model): that result joins the
+    entry's ``other_results``. A set may hold one image entry and one transfer entry (a random
+    subset is the reference of both). ``budget``: the distillation budget as a short
     text (e.g. ``CPU budget: 200 of 20000 iterations``), stored in the entry.
     """
     from ddbench.synset import atomic_write
@@ -327,12 +329,16 @@ def submit(
     if not entry.resolve().is_relative_to(board.resolve()):
         raise DDBenchError(f"{entry.parent} leads outside the board (a symlinked folder?)")
     good, bad = scan(board, limits)
-    same = [(f, e) for f, e, _ in good if e["synset"]["sha256"] == sha]
+    track = transfer_board.is_transfer(result)
+    same = [(f, e) for f, e, _ in good
+            if e["synset"]["sha256"] == sha and transfer_board.is_transfer(e) == track]  # fmt: skip
     known = [f for f, _ in same] + [f for f, _ in bad if f.stem.endswith(f"-{sha[:12]}")]
     if same and len(known) == 1 and _attachable(same[0][1], result):
         return _attach(same[0][0], same[0][1], result, result_path)
     if known:
-        raise DDBenchError(f"this set is already on the board: {known[0]} (one set, one entry)")
+        raise DDBenchError(
+            f"this set is already on the board: {known[0]} (one set, one entry per track)"
+        )
     checks["set"]["train_images"] = _train_images(result["dataset"])
     set_file = entry.with_suffix(".safetensors")
     stored = dict(result)
@@ -482,10 +488,10 @@ def scan(
             errors = _header_errors(e, meta) + _other_results_errors(e, meta)
             if errors:
                 raise DDBenchError("; ".join(errors[:3]))
-            sha = e["synset"]["sha256"]
-            if sha in seen:
-                raise DDBenchError(f"the same set as {seen[sha]} (one set, one entry)")
-            seen[sha] = f
+            key = (e["synset"]["sha256"], transfer_board.is_transfer(e))
+            if key in seen:
+                raise DDBenchError(f"the same set as {seen[key]} (one set, one entry per track)")
+            seen[key] = f
             good.append((f, e, meta))
         except (DDBenchError, RecursionError) as err:
             bad.append((f, str(err) if isinstance(err, DDBenchError) else "nested too deeply"))

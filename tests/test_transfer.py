@@ -390,6 +390,32 @@ def test_transfer_entries_are_checked_verified_and_tamper_flagged(digits_train, 
             leaderboard.check_submission(tmp_path / "bad.json", set_path)
 
 
+def test_one_set_has_one_entry_per_track_image_and_transfer(digits_train, tmp_path):
+    """A random subset may be both a transfer entry and an image entry (the reference of each
+    track); a second entry of the same set in one track is still refused."""
+    from ddbench import leaderboard
+    from ddbench.protocol import Protocol, evaluate, protocol_config, write_result
+
+    s = run_distill(Random(), _task(digits_train, ipc=2))
+    set_path = synset.save(s, tmp_path / "r.safetensors")
+    s = synset.load(set_path)
+    s.meta["_path"] = str(set_path)
+    board = tmp_path / "board"
+    r = transfer.evaluate(s, transfer.load_protocol("transfer_quick"), "digits", device="cpu")
+    write_result(r, tmp_path / "transfer.json")
+    t_entry = leaderboard.submit(tmp_path / "transfer.json", set_path, board)
+    quick = Protocol.from_config(protocol_config("quick"))
+    img = evaluate(s, quick, "mlp", {}, device="cpu", progress=False)
+    write_result(img, tmp_path / "image.json")
+    i_entry = leaderboard.submit(tmp_path / "image.json", set_path, board)
+    assert i_entry != t_entry and i_entry.parent.name == "quick"
+    good, bad = leaderboard.scan(board)
+    assert bad == [] and sorted(f for f, _, _ in good) == sorted([t_entry, i_entry])
+    for again in ("image.json", "transfer.json"):  # a second entry of the set in one track
+        with pytest.raises(DDBenchError, match="already on the board"):
+            leaderboard.submit(tmp_path / again, set_path, board)
+
+
 def test_a_set_holding_a_target_test_image_is_refused(digits_train, monkeypatch, tmp_path):
     from ddbench import leaderboard, transfer_board
     from ddbench.protocol import write_result
