@@ -10,8 +10,10 @@ from ddbench.synset import SyntheticSet
 
 
 def to_pixels(synset: SyntheticSet) -> torch.Tensor:
-    """The set's images in [0,1] pixel space (ZCA sets are min-max scaled per image)."""
-    x = synset.images.float()
+    """The images the set yields (one per label: a set with a view, such as INFER's real images
+    and compensators, shows the composed images) in [0,1] pixel space (ZCA sets are min-max
+    scaled per image)."""
+    x = synset.view_images().float()
     space = synset.meta.get("space", {})
     if space.get("zca"):
         lo = x.flatten(1).min(1).values.view(-1, 1, 1, 1)

@@ -124,6 +124,23 @@ def test_compensated_view_yields_clipped_compositions(make_set, tmp_path, digits
     assert back.meta["num_images"] == 30
 
 
+def test_the_grid_of_a_compensated_set_shows_its_composed_images(make_set, tmp_path):
+    """`ddbench show` and the board's thumbnails draw the images the set yields (one per label),
+    not its stored real images alone."""
+    from ddbench.viz import grid, to_pixels
+
+    back = synset_io.load(
+        synset_io.save(_compensated(make_set, b=1, u=2), tmp_path / "c.safetensors")
+    )
+    shown = to_pixels(back)
+    assert len(shown) == len(back) == 30
+    g = grid(back, max_per_class=3, scale=1)
+    cell = 8 + 1  # an 8x8 image and a 1-pixel line
+    assert g.shape[-2:] == (10 * cell + 1, 3 * cell + 1)  # a row per class, 3 images each
+    row, col = 5 * cell + 1, 2 * cell + 1  # class 5's third image: compensator 1 on its image
+    assert torch.equal(g[0, row : row + 8, col : col + 8], shown[25, 0])
+
+
 def test_compensated_view_refuses_a_bad_set(make_set, tmp_path):
     wrong = _compensated(make_set)
     wrong.extras["compensators"] = torch.zeros(2, 1, 4, 4)
