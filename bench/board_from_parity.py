@@ -75,13 +75,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "board_from_parity")
     ap.add_argument("--plan", action="store_true")
     a = ap.parse_args()
+    failed = []
     for row_path in a.rows:
         for row, side, seed, res in jobs(row_path, a.work, a.sides):
             parity = json.loads(res.read_text())
             protocol, synset = parity["protocol"]["name"], parity["synset"]["path"]
             run = a.out / row_path.stem / f"seed{seed}" / side
-            evaluate = [*DDBENCH, "evaluate", f"synset={synset}", f"protocol={protocol}",
-                        f"reuse=[{res}]", f"precision={parity['precision']}",
+            evaluate = [*DDBENCH, "evaluate", f"synset='{synset}'", f"protocol={protocol}",
+                        f"reuse=['{res}']", f"precision={parity['precision']}",
                         f"device={parity['device']}", "progress=false",
                         f"hydra.run.dir={run}"]  # fmt: skip
             note = budget_note(row, side, row_path.stem, seed)
@@ -92,16 +93,19 @@ def main() -> None:
                 continue
             if not (run / "result.json").exists():
                 if subprocess.run(evaluate, cwd=ROOT).returncode:  # the reason is on stderr
-                    print(f"not scored: {run} (ddbench evaluate failed)")
+                    failed.append(f"not scored: {run} (ddbench evaluate failed)")
                     continue
             if (run / ".submitted").exists():
                 print(f"done: {run}")
                 continue
             out = subprocess.run(submit, cwd=ROOT, capture_output=True, text=True)
             if out.returncode and "already on the board" not in out.stdout + out.stderr:
-                sys.exit(f"submit failed for {run}:\n{out.stdout}{out.stderr}")
+                failed.append(f"not submitted: {run}: {(out.stdout + out.stderr).strip()}")
+                continue
             print(out.stdout.strip() or f"already on the board: {run}")
             (run / ".submitted").touch()
+    if failed:
+        sys.exit("\n".join(failed))
 
 
 if __name__ == "__main__":
