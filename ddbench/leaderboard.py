@@ -10,7 +10,8 @@ scored. ``submit`` checks both (see :func:`check_submission` and ``leaderboard/S
 on success writes one entry, ``submissions/<dataset>/ipc<N>/<protocol>/<method>-<sha12>.json``,
 with the set copied beside it; a set already on the board (same tensors, same track: image
 or transfer) is refused whatever its metadata says, unless the result is another view of it
-(another pinned protocol or model: it joins the entry's ``other_results``). A rejected submission changes nothing.
+(another pinned protocol or model: it joins the entry's ``other_results``). A rejected
+submission changes nothing.
 ``build`` regenerates ``README.md``, ``index.html`` and the sets' thumbnails from the
 well-formed entries (:func:`scan`; ``ddbench.board_page``, scores from ``ddbench.scores``),
 listing the others as excluded;
